@@ -1,0 +1,92 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/nodes"
+)
+
+func deployCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "deploy",
+		Usage:     "create the lab described by a topology file",
+		UsageText: "emu deploy -t FILE [--dry-run] [--reconfigure]",
+		Description: `Validates the topology (every error with file:line and the fix), plans the objects
+(namespaces, veth pairs, addresses, routes), creates them over netlink, and prints the
+lab as "emu inspect" does. Every object is recorded as it is created: if any step fails,
+or on Ctrl-C, exactly those objects are removed again.
+
+--dry-run prints the plan and changes nothing.`,
+		Flags: []cli.Flag{
+			topoFlag,
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan, change nothing"},
+			&cli.BoolFlag{Name: "reconfigure", Usage: "destroy the lab first if it is deployed, then deploy it again"},
+		},
+		Action: func(c *cli.Context) error {
+			t, err := loadTopology(c)
+			if err != nil {
+				return err
+			}
+			p := plan.Build(t, nodes.Default())
+			if c.Bool("dry-run") {
+				printPlan(c.App.Writer, p)
+				return nil
+			}
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			d := deployer(c)
+			d.Progress = printProgress(c.App.ErrWriter)
+			if c.Bool("reconfigure") {
+				if _, err := d.Destroy(t.Name, false); err != nil {
+					return fmt.Errorf("reconfigure: %w", err)
+				}
+			}
+			fmt.Fprintf(c.App.ErrWriter, "deploying lab %q: %d nodes, %d links\n", t.Name, len(t.Nodes), len(t.Links))
+			start := time.Now()
+			if err := d.Deploy(c.Context, p); err != nil {
+				var dep *lab.DeployedError
+				if errors.As(err, &dep) {
+					return invalidInput{err}
+				}
+				return fmt.Errorf("deploy lab %q: %w\nnothing of the lab was left behind", t.Name, err)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "deployed lab %q in %s (lab directory %s)\n", t.Name, time.Since(start).Round(time.Millisecond), p.LabDir)
+			rec, err := d.Store.Get(t.Name)
+			if err != nil {
+				return err
+			}
+			return printLabs(c.App.Writer, []*lab.Record{rec})
+		},
+	}
+}
+
+func printPlan(w io.Writer, p *plan.Plan) {
+	fmt.Fprintf(w, "plan for lab %q (%s), lab directory %s\n", p.Lab, p.Topology, p.LabDir)
+	for i, s := range p.Stages {
+		fmt.Fprintf(w, "[%d/%d] %s: %d\n", i+1, len(p.Stages), s.Name, len(s.Steps))
+		for _, step := range s.Steps {
+			fmt.Fprintf(w, "  %s\n", step)
+		}
+	}
+	fmt.Fprintf(w, "%d steps; nothing was changed (--dry-run)\n", p.StepCount())
+}
+
+func printProgress(w io.Writer) lab.Progress {
+	return func(ev lab.Event) {
+		if !ev.Done {
+			return
+		}
+		fmt.Fprintf(w, "[%d/%d] %-10s %5d done in %s\n", ev.Index, ev.Of, ev.Stage, ev.Count, ev.Elapsed.Round(time.Microsecond*100))
+	}
+}
+
+var _ = os.Stderr

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/olekukonko/tablewriter"
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/wiring"
+)
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "show deployed labs: nodes, namespaces, interfaces, addresses, state",
+		UsageText: "emu inspect -t FILE [--format table|json]\nemu inspect --all [--format table|json]",
+		Description: `Reads the live state of each node's namespace (not the topology file): interface
+operational state and addresses. A node whose namespace vanished shows as "missing".`,
+		Flags: []cli.Flag{
+			topoFlag,
+			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "every deployed lab"},
+			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+		},
+		Action: func(c *cli.Context) error {
+			format := c.String("format")
+			if format != "table" && format != "json" {
+				return invalidInput{fmt.Errorf("--format %q: use table or json", format)}
+			}
+			store := deployer(c).Store
+			var recs []*lab.Record
+			if c.Bool("all") || c.String("topo") == "" {
+				all, err := store.All()
+				if err != nil {
+					return err
+				}
+				recs = all
+			} else {
+				name, err := labName(c)
+				if err != nil {
+					return err
+				}
+				rec, err := store.Get(name)
+				if err != nil {
+					return err
+				}
+				if rec == nil {
+					return fmt.Errorf("lab %q is not deployed: deploy it with `emu deploy -t %s`", name, c.String("topo"))
+				}
+				recs = []*lab.Record{rec}
+			}
+			if format == "json" {
+				return printLabsJSON(c.App.Writer, recs)
+			}
+			if len(recs) == 0 {
+				fmt.Fprintln(c.App.ErrWriter, "no labs deployed")
+				return nil
+			}
+			return printLabs(c.App.Writer, recs)
+		},
+	}
+}
+
+// nodeView is one row of inspect, also its JSON form.
+type nodeView struct {
+	Lab        string                  `json:"lab"`
+	Node       string                  `json:"node"`
+	Kind       string                  `json:"kind"`
+	Namespace  string                  `json:"namespace"`
+	State      string                  `json:"state"`
+	Interfaces []wiring.InterfaceState `json:"interfaces"`
+}
+
+func viewLabs(recs []*lab.Record) []nodeView {
+	var out []nodeView
+	for _, r := range recs {
+		for _, n := range r.Nodes {
+			v := nodeView{Lab: r.Name, Node: n.Name, Kind: n.Kind, Namespace: n.Namespace, State: "running"}
+			if !r.Complete {
+				v.State = "incomplete"
+			}
+			ifs, err := wiring.Interfaces(n.Namespace)
+			if err != nil {
+				v.State = "missing"
+			}
+			v.Interfaces = ifs
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func printLabsJSON(w io.Writer, recs []*lab.Record) error {
+	views := viewLabs(recs)
+	if views == nil {
+		views = []nodeView{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(views)
+}
+
+func printLabs(w io.Writer, recs []*lab.Record) error {
+	t := tablewriter.NewWriter(w)
+	t.Header("Lab", "Node", "Kind", "Namespace", "Interfaces", "State")
+	for _, v := range viewLabs(recs) {
+		var ifs []string
+		for _, i := range v.Interfaces {
+			ifs = append(ifs, strings.TrimSpace(fmt.Sprintf("%s %s %s", i.Name, i.State, strings.Join(i.Addrs, ","))))
+		}
+		if err := t.Append(v.Lab, v.Node, v.Kind, v.Namespace, strings.Join(ifs, "\n"), v.State); err != nil {
+			return err
+		}
+	}
+	return t.Render()
+}

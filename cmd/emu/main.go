@@ -1,0 +1,123 @@
+// Command emu deploys emulated encrypted private connections (data center →
+// Express Connect → VBR → CEN → VPC, with IPsec over it) as network
+// namespaces on one Linux host, and checks them with real packets.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/nodes"
+)
+
+// Exit codes scripts can rely on.
+const (
+	exitOK      = 0
+	exitFailed  = 1 // the operation failed (kernel, permissions, interrupted)
+	exitInvalid = 2 // bad command line or topology file: fix the input
+)
+
+// invalidInput marks errors the user fixes by changing the input.
+type invalidInput struct{ error }
+
+func (e invalidInput) Unwrap() error { return e.error }
+
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := newApp().RunContext(ctx, os.Args)
+	if err == nil {
+		return
+	}
+	var ec cli.ExitCoder
+	var inv invalidInput
+	var topoErr topology.Errors
+	var oneErr *topology.Error
+	code := exitFailed
+	switch {
+	case errors.As(err, &ec):
+		code = ec.ExitCode()
+	case errors.As(err, &inv), errors.As(err, &topoErr), errors.As(err, &oneErr):
+		code = exitInvalid
+	}
+	fmt.Fprintln(os.Stderr, "emu:", err)
+	os.Exit(code)
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "emu",
+		Usage:   "emulate an encrypted private connection (Express Connect + CEN + private IPsec-VPN) on one host",
+		Version: version,
+		Description: `emu builds a lab from a containerlab-style topology file: one network namespace per
+node (emu-<lab>-<node>, so "ip netns exec" works), veth pairs for links, addresses
+and routes, all over netlink. Records of deployed labs live in ` + lab.DefaultStateDir + `;
+each lab also gets a directory emu-<lab>/ next to its topology file.
+
+Typical session (as root):
+   emu deploy -t topologies/static.yaml
+   emu exec -t topologies/static.yaml client -- ip route
+   emu inspect --all
+   emu destroy -t topologies/static.yaml --cleanup
+
+Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
+		HideHelpCommand:      true,
+		EnableBashCompletion: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Value: lab.DefaultStateDir, Usage: "where records of deployed labs are kept", Hidden: true, EnvVars: []string{"EMU_STATE_DIR"}},
+		},
+		Commands: []*cli.Command{
+			deployCommand(),
+			destroyCommand(),
+			inspectCommand(),
+			execCommand(),
+		},
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return invalidInput{err}
+		},
+	}
+}
+
+var topoFlag = &cli.StringFlag{Name: "topo", Aliases: []string{"t"}, Usage: "topology `FILE` (YAML)"}
+
+func deployer(c *cli.Context) *lab.Deployer {
+	return &lab.Deployer{Store: lab.Store{Dir: c.String("state-dir")}}
+}
+
+func loadTopology(c *cli.Context) (*topology.Topology, error) {
+	path := c.String("topo")
+	if path == "" {
+		return nil, invalidInput{errors.New("no topology: give one with -t FILE")}
+	}
+	return topology.Load(path, nodes.Default())
+}
+
+// labName is the lab a command acts on, from -t (only its name is read).
+func labName(c *cli.Context) (string, error) {
+	path := c.String("topo")
+	if path == "" {
+		return "", invalidInput{errors.New("no topology: give one with -t FILE")}
+	}
+	name, err := topology.LabName(path)
+	if err != nil {
+		return "", invalidInput{err}
+	}
+	return name, nil
+}
+
+func requireRoot() error {
+	if os.Geteuid() != 0 {
+		return errors.New("this command creates network namespaces and needs root: run it with sudo")
+	}
+	return nil
+}

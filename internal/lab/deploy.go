@@ -1,0 +1,223 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/wiring"
+)
+
+// Progress is told when a stage starts and ends, for the CLI to print.
+type Progress func(ev Event)
+
+// Event reports a stage of a deploy or destroy.
+type Event struct {
+	Stage   string
+	Index   int // 1-based stage number
+	Of      int // number of stages
+	Count   int // objects in the stage
+	Done    bool
+	Elapsed time.Duration
+}
+
+// Deployer applies plans and destroys labs.
+type Deployer struct {
+	Store    Store
+	Progress Progress
+	// Workers bounds the steps of one stage that run at once.
+	Workers int
+	// BeforeStep runs before step i (0-based, in plan order) and fails the
+	// deploy if it returns an error: tests inject a failure at every step.
+	BeforeStep func(i int, s plan.Step) error
+}
+
+// DeployedError says the lab is already deployed.
+type DeployedError struct{ Record *Record }
+
+func (e *DeployedError) Error() string {
+	r := e.Record
+	if !r.Complete {
+		return fmt.Sprintf("lab %q has a deploy that did not finish (from %s): run `emu destroy -t %s` first", r.Name, r.Topology, r.Topology)
+	}
+	return fmt.Sprintf("lab %q is already deployed from %s: use --reconfigure to redeploy it, or `emu destroy -t %s`", r.Name, r.Topology, r.Topology)
+}
+
+// Deploy creates every object of the plan. On any error, or when ctx is
+// cancelled, it removes exactly what it created before returning.
+func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
+	unlock, err := d.Store.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := d.checkFree(p); err != nil {
+		return err
+	}
+	rec := &Record{Name: p.Lab, Topology: p.Topology, Dir: p.LabDir, Nodes: p.Nodes, Started: time.Now().UTC()}
+	if err := d.Store.put(rec); err != nil {
+		return err
+	}
+	j, err := d.Store.openJournal(p.Lab)
+	if err != nil {
+		d.Store.remove(p.Lab)
+		return err
+	}
+	defer func() {
+		j.close()
+		if err != nil {
+			if rerr := d.undo(p.Lab); rerr != nil {
+				err = fmt.Errorf("%w\nrollback failed too: %v (run `emu destroy -t %s`)", err, rerr, p.Topology)
+			}
+		}
+	}()
+	if err := d.makeLabDir(j, p.LabDir); err != nil {
+		return err
+	}
+	w := wiring.New()
+	defer w.Close()
+	first := 0
+	for si, stage := range p.Stages {
+		start := time.Now()
+		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: len(p.Stages), Count: len(stage.Steps)})
+		if err := d.runStage(ctx, w, j, stage, first); err != nil {
+			return err
+		}
+		first += len(stage.Steps)
+		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: len(p.Stages), Count: len(stage.Steps), Done: true, Elapsed: time.Since(start)})
+	}
+	rec.Complete = true
+	return d.Store.put(rec)
+}
+
+// checkFree refuses a deploy that would collide with a deployed lab or with a
+// namespace emu does not own.
+func (d *Deployer) checkFree(p *plan.Plan) error {
+	rec, err := d.Store.Get(p.Lab)
+	if err != nil {
+		return err
+	}
+	if rec != nil {
+		if rec.Topology != p.Topology {
+			return fmt.Errorf("a lab named %q is already deployed from %s: rename this lab (`name:` in %s) or destroy the other one", p.Lab, rec.Topology, p.Topology)
+		}
+		return &DeployedError{Record: rec}
+	}
+	owners := map[string]string{}
+	all, err := d.Store.All()
+	if err != nil {
+		return err
+	}
+	for _, r := range all {
+		for _, n := range r.Nodes {
+			owners[n.Namespace] = r.Name
+		}
+	}
+	for _, n := range p.Nodes {
+		if !wiring.NamespaceExists(n.Namespace) {
+			continue
+		}
+		if owner, ok := owners[n.Namespace]; ok {
+			return fmt.Errorf("node %q: namespace %s already belongs to lab %q (their names overlap): rename this lab or that one", n.Name, n.Namespace, owner)
+		}
+		return fmt.Errorf("node %q: namespace %s already exists and emu did not create it: remove it (`ip netns del %s`) or rename the lab", n.Name, n.Namespace, n.Namespace)
+	}
+	return nil
+}
+
+func (d *Deployer) makeLabDir(j *journal, dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := j.add(Entry{Kind: "dir", Name: dir}); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fmt.Errorf("create lab directory: %w", err)
+	}
+	return nil
+}
+
+// runStage runs the steps of one stage on a bounded pool of workers and
+// returns the first error; the other workers stop taking new steps.
+func (d *Deployer) runStage(ctx context.Context, w *wiring.Net, j *journal, stage plan.Stage, first int) error {
+	workers := d.Workers
+	if workers <= 0 {
+		workers = 8
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range min(workers, max(len(stage.Steps), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := d.runStep(w, j, first+i, stage.Steps[i]); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := range stage.Steps {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		err = errors.Join(err, e)
+	}
+	if err == nil && ctx.Err() != nil {
+		err = fmt.Errorf("deploy interrupted: %w", context.Cause(ctx))
+	}
+	return err
+}
+
+func (d *Deployer) runStep(w *wiring.Net, j *journal, i int, s plan.Step) error {
+	if d.BeforeStep != nil {
+		if err := d.BeforeStep(i, s); err != nil {
+			return fmt.Errorf("step %d (%s): %w", i+1, s, err)
+		}
+	}
+	switch s := s.(type) {
+	case plan.Namespace:
+		if err := j.add(Entry{Kind: "netns", Name: s.Name}); err != nil {
+			return err
+		}
+		return w.CreateNamespace(s.Name, s.Forwarding, s.IPv6)
+	case plan.Veth:
+		return w.AddVeth(s.A.Namespace, s.A.Interface, s.B.Namespace, s.B.Interface, s.MTU)
+	case plan.Address:
+		return w.AddAddress(s.Namespace, s.Interface, &net.IPNet{IP: s.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), s.Prefix.Addr().BitLen())})
+	case plan.Route:
+		var via net.IP
+		if s.Via.IsValid() {
+			via = s.Via.AsSlice()
+		}
+		dst := &net.IPNet{IP: s.Dst.Addr().AsSlice(), Mask: net.CIDRMask(s.Dst.Bits(), s.Dst.Addr().BitLen())}
+		return w.AddRoute(s.Namespace, dst, via, s.Dev, s.Metric)
+	}
+	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
+}
+
+func (d *Deployer) progress(ev Event) {
+	if d.Progress != nil {
+		d.Progress(ev)
+	}
+}

@@ -1,0 +1,348 @@
+package topology
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Kinds is what the topology needs to know of the node kinds: which exist.
+// The kinds themselves live in package nodes, which validates what is
+// specific to each.
+type Kinds interface {
+	Known(kind string) bool
+	Names() []string
+}
+
+// Methods are the configuration methods of SPEC §3.
+var Methods = []string{"static", "static-bgp", "bgp"}
+
+const (
+	maxIfName = 15 // IFNAMSIZ - 1
+	maxName   = 32 // keeps emu-<lab>-<node> readable in `ip netns`
+)
+
+var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+var ifNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// Load reads and validates a topology file.
+func Load(path string, kinds Kinds) (*Topology, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("topology %s: %w", path, err)
+	}
+	data, err := os.ReadFile(abs)
+	if err != nil {
+		return nil, fmt.Errorf("read topology: %w (give the path of a .yaml file with -t)", err)
+	}
+	return Parse(abs, data, kinds)
+}
+
+// Parse validates topology text; file is used in messages and for the lab
+// directory.
+func Parse(file string, data []byte, kinds Kinds) (*Topology, error) {
+	c := &errs{file: file}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &Error{File: file, Line: yamlErrLine(err), Msg: "not valid YAML: " + yamlErrText(err)}
+	}
+	if len(doc.Content) == 0 {
+		return nil, &Error{File: file, Msg: "the file is empty: it needs at least `name:` and `topology: {nodes: ...}`"}
+	}
+	t := &Topology{File: file}
+	r := resolver{errs: c, kinds: kinds, t: t}
+	r.top(doc.Content[0])
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	r.check()
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+type resolver struct {
+	*errs
+	kinds       Kinds
+	t           *Topology
+	defaultKind string
+}
+
+func (r *resolver) top(n *yaml.Node) {
+	var topo *yaml.Node
+	topoLine := 0
+	nameLine := 0
+	for _, f := range r.fields(n, "top level", "name", "method", "topology") {
+		switch f.key {
+		case "name":
+			nameLine = f.line
+			if s, ok := r.str(f.val, "name"); ok {
+				r.t.Name = s
+				r.checkName(f.line, "lab name", s)
+			}
+		case "method":
+			if s, ok := r.str(f.val, "method"); ok {
+				if !slices.Contains(Methods, s) {
+					r.at(f.line, "method %q is not one of %s%s", s, strings.Join(Methods, ", "), hint(s, Methods))
+				}
+				r.t.Method = s
+			}
+		case "topology":
+			topo, topoLine = f.val, f.line
+		}
+	}
+	if nameLine == 0 && len(r.list) == 0 {
+		r.at(n.Line, "the lab has no `name:`: add one at the top, e.g. `name: mylab` (it names the namespaces emu-<name>-<node>)")
+	}
+	if topo == nil {
+		if len(r.list) == 0 {
+			r.at(n.Line, "no `topology:` section: add `topology:` with `nodes:` and `links:`")
+		}
+		return
+	}
+	var nodes, links *yaml.Node
+	nodesLine := 0
+	for _, f := range r.fields(topo, "topology", "defaults", "kinds", "nodes", "links") {
+		switch f.key {
+		case "defaults":
+			r.defaults(f.val)
+		case "kinds":
+			r.kindDefaults(f.val)
+		case "nodes":
+			nodes, nodesLine = f.val, f.line
+		case "links":
+			links = f.val
+		}
+	}
+	if nodes == nil || len(nodes.Content) == 0 {
+		if nodesLine == 0 {
+			nodesLine = topoLine
+		}
+		r.at(nodesLine, "topology has no nodes: declare them under `topology: nodes:`")
+		return
+	}
+	for _, f := range r.fields(nodes, "nodes") {
+		r.node(f)
+	}
+	for _, l := range r.seq(links, "links") {
+		r.link(l)
+	}
+}
+
+func (r *resolver) defaults(n *yaml.Node) {
+	for _, f := range r.fields(n, "defaults", "kind") {
+		if s, ok := r.str(f.val, "defaults.kind"); ok {
+			if r.kindKnown(f.line, s) {
+				r.defaultKind = s
+			}
+		}
+	}
+}
+
+// kindDefaults accepts per-kind settings; none exist yet beyond naming a
+// known kind, which is still checked so a typo does not pass silently.
+func (r *resolver) kindDefaults(n *yaml.Node) {
+	for _, f := range r.fields(n, "kinds") {
+		r.kindKnown(f.line, f.key)
+		r.fields(f.val, "kinds."+f.key)
+	}
+}
+
+func (r *resolver) kindKnown(line int, kind string) bool {
+	if r.kinds.Known(kind) {
+		return true
+	}
+	names := r.kinds.Names()
+	r.at(line, "unknown kind %q%s: use one of %s", kind, hint(kind, names), strings.Join(names, ", "))
+	return false
+}
+
+func (r *resolver) checkName(line int, what, s string) {
+	switch {
+	case len(s) > maxName:
+		r.at(line, "%s %q is %d characters long: use at most %d", what, s, len(s), maxName)
+	case !nameRe.MatchString(s):
+		r.at(line, "%s %q may hold only lower-case letters, digits, '-' and '_', starting with a letter or digit", what, s)
+	}
+}
+
+func (r *resolver) node(f field) {
+	node := &Node{Name: f.key, Line: f.line, Kind: r.defaultKind}
+	r.checkName(f.line, "node name", f.key)
+	kindSet := false
+	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes") {
+		switch nf.key {
+		case "kind":
+			if s, ok := r.str(nf.val, "kind"); ok {
+				kindSet = true
+				if r.kindKnown(nf.line, s) {
+					node.Kind = s
+				}
+			}
+		case "interfaces":
+			for _, i := range r.fields(nf.val, "interfaces of "+strq(f.key)) {
+				node.Interfaces = append(node.Interfaces, r.iface(node, i))
+			}
+		case "routes":
+			for _, rt := range r.seq(nf.val, "routes of "+strq(f.key)) {
+				if route, ok := r.route(node, rt); ok {
+					node.Routes = append(node.Routes, route)
+				}
+			}
+		}
+	}
+	if node.Kind == "" && !kindSet {
+		r.at(f.line, "node %q has no kind: add `kind:` (one of %s) or set `topology: defaults: kind:`", f.key, strings.Join(r.kinds.Names(), ", "))
+	}
+	r.t.Nodes = append(r.t.Nodes, node)
+}
+
+func (r *resolver) iface(node *Node, f field) *Interface {
+	ifc := &Interface{Name: f.key, Line: f.line}
+	switch {
+	case len(f.key) > maxIfName:
+		r.at(f.line, "node %q: interface name %q is %d characters: Linux allows at most %d", node.Name, f.key, len(f.key), maxIfName)
+	case !ifNameRe.MatchString(f.key):
+		r.at(f.line, "node %q: interface name %q may hold only letters, digits, '.', '-' and '_'", node.Name, f.key)
+	}
+	what := fmt.Sprintf("interface %s:%s", node.Name, f.key)
+	addrs := f.val
+	if f.val.Kind == yaml.MappingNode {
+		addrs = nil
+		for _, af := range r.fields(f.val, what, "addresses", "mtu") {
+			switch af.key {
+			case "addresses":
+				addrs = af.val
+			case "mtu":
+				ifc.MTU, _ = r.integer(af.val, what+" mtu", 68, 65535)
+			}
+		}
+	}
+	if addrs == nil {
+		return ifc
+	}
+	for _, a := range r.strs(addrs, what+" addresses") {
+		if p, ok := r.prefix(a.Line, what, a.Value); ok {
+			ifc.Addrs = append(ifc.Addrs, p)
+		}
+	}
+	return ifc
+}
+
+func (r *resolver) prefix(line int, what, s string) (netip.Prefix, bool) {
+	p, err := netip.ParsePrefix(s)
+	if err == nil {
+		return p, true
+	}
+	if a, aerr := netip.ParseAddr(s); aerr == nil {
+		r.at(line, "%s: address %s has no prefix length: write %s/%d for a subnet, or /%d for a single address", what, s, s, map[bool]int{true: 24, false: 64}[a.Is4()], a.BitLen())
+	} else {
+		r.at(line, "%s: %q is not an address with prefix length (like 10.0.0.1/24 or fd00::1/64)", what, s)
+	}
+	return netip.Prefix{}, false
+}
+
+func (r *resolver) route(node *Node, n *yaml.Node) (Route, bool) {
+	rt := Route{Line: n.Line}
+	what := fmt.Sprintf("node %q route", node.Name)
+	ok := true
+	hasDst := false
+	for _, f := range r.fields(n, what, "dst", "via", "dev", "metric") {
+		s, good := r.str(f.val, what+" "+f.key)
+		if !good {
+			ok = false
+			continue
+		}
+		switch f.key {
+		case "dst":
+			hasDst = true
+			if s == "default" {
+				s = "0.0.0.0/0"
+			}
+			p, good := r.prefix(f.line, what+" dst", s)
+			if !good {
+				ok = false
+				continue
+			}
+			if p != p.Masked() {
+				r.at(f.line, "%s: destination %s has host bits set: write %s", what, p, p.Masked())
+				ok = false
+			}
+			rt.Dst = p
+		case "via":
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				r.at(f.line, "%s: via %q is not an IP address (write the next hop's address, without a prefix length)", what, s)
+				ok = false
+				continue
+			}
+			rt.Via = a
+		case "dev":
+			rt.Dev = s
+		case "metric":
+			rt.Metric, good = r.integer(f.val, what+" metric", 0, 1<<31-1)
+			ok = ok && good
+		}
+	}
+	if !hasDst {
+		r.at(n.Line, "%s has no `dst:`: give the destination prefix (or `default`)", what)
+		ok = false
+	}
+	if !rt.Via.IsValid() && rt.Dev == "" && ok {
+		r.at(n.Line, "%s to %s needs `via:` (next-hop address) or `dev:` (an interface of the node)", what, rt.Dst)
+		ok = false
+	}
+	return rt, ok
+}
+
+func (r *resolver) link(n *yaml.Node) {
+	l := &Link{Line: n.Line}
+	var eps []*yaml.Node
+	for _, f := range r.fields(n, "link", "endpoints") {
+		eps = r.strs(f.val, "link endpoints")
+	}
+	if len(eps) != 2 {
+		if eps != nil || len(r.list) == 0 {
+			r.at(n.Line, "a link needs exactly two endpoints, like `endpoints: [\"a:eth1\", \"b:eth1\"]`, found %d", len(eps))
+		}
+		return
+	}
+	for i, ep := range eps {
+		node, ifname, found := strings.Cut(ep.Value, ":")
+		if !found || node == "" || ifname == "" {
+			r.at(ep.Line, "link endpoint %q must be written node:interface, like \"vbr:eth1\"", ep.Value)
+			return
+		}
+		l.Ends[i] = Endpoint{Node: node, Interface: ifname}
+	}
+	r.t.Links = append(r.t.Links, l)
+}
+
+func strq(s string) string { return fmt.Sprintf("%q", s) }
+
+// yamlErrLine digs the line number out of a yaml.v3 error ("yaml: line 3: ...").
+func yamlErrLine(err error) int {
+	var line int
+	s := err.Error()
+	if i := strings.Index(s, "line "); i >= 0 {
+		fmt.Sscanf(s[i+5:], "%d", &line)
+	}
+	return line
+}
+
+func yamlErrText(err error) string {
+	s := strings.TrimPrefix(err.Error(), "yaml: ")
+	if i := strings.Index(s, "line "); i == 0 {
+		if j := strings.Index(s, ": "); j > 0 {
+			s = s[j+2:]
+		}
+	}
+	return s
+}

@@ -1,0 +1,122 @@
+// Package topology reads a containerlab-style topology file into a validated
+// model. Raw YAML is resolved once into typed values (netip prefixes, node and
+// interface references), so no later stage re-parses strings, and every
+// problem is reported with the file and line that caused it.
+package topology
+
+import (
+	"net/netip"
+	"path/filepath"
+)
+
+// Topology is a validated lab description.
+type Topology struct {
+	Name   string
+	File   string // absolute path of the topology file
+	Method string // configuration method of the shipped scenarios, "" if unset
+	Nodes  []*Node
+	Links  []*Link
+}
+
+// Node is one element of the lab: a namespace of a given kind.
+type Node struct {
+	Name       string
+	Kind       string
+	Line       int
+	Interfaces []*Interface
+	Routes     []Route
+}
+
+// Interface is a declared interface of a node. Loopback is "lo"; every other
+// interface is one end of exactly one link.
+type Interface struct {
+	Name  string
+	Line  int
+	Addrs []netip.Prefix
+	MTU   int // 0 keeps the kernel default
+}
+
+// Route is a static route in a node's main table.
+type Route struct {
+	Dst    netip.Prefix
+	Via    netip.Addr // invalid when the route is on-link through Dev
+	Dev    string
+	Metric int
+	Line   int
+}
+
+// Link is a point-to-point wire between two node interfaces (a veth pair).
+type Link struct {
+	Ends [2]Endpoint
+	Line int
+}
+
+// Endpoint names one end of a link.
+type Endpoint struct {
+	Node      string
+	Interface string
+}
+
+func (e Endpoint) String() string { return e.Node + ":" + e.Interface }
+
+// Loopback is the name of the interface every namespace has without a link.
+const Loopback = "lo"
+
+// LabDir is where deploy keeps the lab's records, next to the topology file
+// as containerlab does (clab-<name>/).
+func (t *Topology) LabDir() string {
+	return filepath.Join(filepath.Dir(t.File), "emu-"+t.Name)
+}
+
+// Node returns the named node, or nil.
+func (t *Topology) Node(name string) *Node {
+	for _, n := range t.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Interface returns the named interface of n, or nil.
+func (n *Node) Interface(name string) *Interface {
+	for _, i := range n.Interfaces {
+		if i.Name == name {
+			return i
+		}
+	}
+	return nil
+}
+
+// InterfaceNames lists the declared interface names in file order.
+func (n *Node) InterfaceNames() []string {
+	names := make([]string, len(n.Interfaces))
+	for i, ifc := range n.Interfaces {
+		names[i] = ifc.Name
+	}
+	return names
+}
+
+// Connected reports the interface whose subnet holds addr, or nil.
+func (n *Node) Connected(addr netip.Addr) *Interface {
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			if p.Bits() < p.Addr().BitLen() && p.Contains(addr) {
+				return ifc
+			}
+		}
+	}
+	return nil
+}
+
+// Owns reports whether addr is one of the node's own addresses.
+func (n *Node) Owns(addr netip.Addr) bool {
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			if p.Addr() == addr {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,249 @@
+// Package wiring creates and removes the kernel objects of a lab over
+// netlink: named network namespaces, veth pairs, addresses and routes. It
+// holds one netlink handle per namespace, opened once, as gont does.
+package wiring
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/netnsx"
+)
+
+// Net holds open handles to the namespaces one deploy works on. It is safe for
+// concurrent use: calls on different namespaces run in parallel, calls on one
+// namespace are serialised (a netlink socket carries one request at a time).
+type Net struct {
+	mu  sync.Mutex
+	nss map[string]*nsHandle
+}
+
+type nsHandle struct {
+	mu sync.Mutex
+	ns netns.NsHandle
+	nl *netlink.Handle
+}
+
+// New returns an empty Net.
+func New() *Net { return &Net{nss: map[string]*nsHandle{}} }
+
+// Close releases every handle; the namespaces stay.
+func (w *Net) Close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for name, h := range w.nss {
+		h.nl.Close()
+		h.ns.Close()
+		delete(w.nss, name)
+	}
+}
+
+// handle returns the open handle of a namespace, opening it on first use.
+func (w *Net) handle(name string) (*nsHandle, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if h := w.nss[name]; h != nil {
+		return h, nil
+	}
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", name, err)
+	}
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("netlink in namespace %s: %w", name, err)
+	}
+	h := &nsHandle{ns: ns, nl: nl}
+	w.nss[name] = h
+	return h, nil
+}
+
+// ErrExists is returned when a namespace of that name is already mounted.
+var ErrExists = errors.New("already exists")
+
+// CreateNamespace creates a named namespace, sets its sysctls and brings its
+// loopback up. The sysctls are written explicitly because a new namespace
+// inherits the host's IPv4 settings (net.core.devconf_inherit_init_net=0),
+// and a lab must behave the same on every host.
+func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
+	if _, err := os.Stat(netnsx.Path(name)); err == nil {
+		return fmt.Errorf("namespace %s: %w", name, ErrExists)
+	}
+	runtime.LockOSThread()
+	origin, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("read current namespace: %w", err)
+	}
+	defer origin.Close()
+	ns, err := netns.NewNamed(name)
+	if err != nil {
+		// NewNamed may have left the thread in a fresh namespace.
+		if serr := netns.Set(origin); serr == nil {
+			runtime.UnlockOSThread()
+		}
+		return fmt.Errorf("create namespace %s: %w", name, err)
+	}
+	setupErr := setupInside(forwarding, ipv6)
+	var nl *netlink.Handle
+	if setupErr == nil {
+		nl, setupErr = netlink.NewHandle()
+	}
+	if err := netns.Set(origin); err != nil {
+		// Leave the thread locked: the runtime discards it.
+		return fmt.Errorf("return from namespace %s: %w", name, err)
+	}
+	runtime.UnlockOSThread()
+	if setupErr != nil {
+		ns.Close()
+		return fmt.Errorf("set up namespace %s: %w", name, setupErr)
+	}
+	w.mu.Lock()
+	w.nss[name] = &nsHandle{ns: ns, nl: nl}
+	w.mu.Unlock()
+	return nil
+}
+
+// setupInside runs on a thread already inside the new namespace.
+func setupInside(forwarding, ipv6 bool) error {
+	fwd := "0"
+	if forwarding {
+		fwd = "1"
+	}
+	sysctls := [][2]string{
+		{"net/ipv4/ip_forward", fwd},
+		// Strict reverse-path filtering would drop the asymmetric paths a
+		// failover produces; the lab's routers are plain forwarders.
+		{"net/ipv4/conf/all/rp_filter", "0"},
+		{"net/ipv4/conf/default/rp_filter", "0"},
+	}
+	if ipv6 {
+		sysctls = append(sysctls, [2]string{"net/ipv6/conf/all/forwarding", fwd})
+	}
+	for _, s := range sysctls {
+		if err := os.WriteFile(filepath.Join("/proc/sys", s[0]), []byte(s[1]), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", s[0], s[1], err)
+		}
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find loopback: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bring loopback up: %w", err)
+	}
+	return nil
+}
+
+// DeleteNamespace unmounts a named namespace; its interfaces (and so the other
+// end of every veth) go with it. A namespace that is already gone is not an
+// error, so destroy can run any number of times.
+func DeleteNamespace(name string) error {
+	path := netnsx.Path(name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount namespace %s: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// NamespaceExists reports whether a named namespace is mounted.
+func NamespaceExists(name string) bool {
+	_, err := os.Stat(netnsx.Path(name))
+	return err == nil
+}
+
+// AddVeth creates a veth pair with one end in each namespace, both up.
+func (w *Net) AddVeth(nsA, ifA, nsB, ifB string, mtu int) error {
+	a, err := w.handle(nsA)
+	if err != nil {
+		return err
+	}
+	b, err := w.handle(nsB)
+	if err != nil {
+		return err
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: ifA, MTU: mtu, Flags: net.FlagUp},
+		PeerName:      ifB,
+		PeerNamespace: netlink.NsFd(b.ns),
+	}
+	a.mu.Lock()
+	err = a.nl.LinkAdd(veth)
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("veth %s:%s <-> %s:%s: %w", nsA, ifA, nsB, ifB, err)
+	}
+	// The peer is created down; bring it up inside its own namespace.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	peer, err := b.nl.LinkByName(ifB)
+	if err == nil {
+		if mtu > 0 {
+			err = b.nl.LinkSetMTU(peer, mtu)
+		}
+		if err == nil {
+			err = b.nl.LinkSetUp(peer)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("bring up %s in %s: %w", ifB, nsB, err)
+	}
+	return nil
+}
+
+// AddAddress adds an address to an interface.
+func (w *Net) AddAddress(ns, ifname string, addr *net.IPNet) error {
+	h, err := w.handle(ns)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", ifname, ns, err)
+	}
+	if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: addr}); err != nil {
+		return fmt.Errorf("address %s on %s in %s: %w", addr, ifname, ns, err)
+	}
+	return nil
+}
+
+// AddRoute adds a route to the main table. via may be nil for an on-link
+// route through dev; dev may be empty to let the kernel pick it from via.
+func (w *Net) AddRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
+	h, err := w.handle(ns)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := &netlink.Route{Dst: dst, Gw: via, Priority: metric}
+	if dev != "" {
+		link, err := h.nl.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", dev, ns, err)
+		}
+		r.LinkIndex = link.Attrs().Index
+		if via == nil {
+			r.Scope = netlink.SCOPE_LINK
+		}
+	}
+	if err := h.nl.RouteAdd(r); err != nil {
+		return fmt.Errorf("route %s in %s: %w", dst, ns, err)
+	}
+	return nil
+}

@@ -1,0 +1,7 @@
+package nodes
+
+// The CEN instance (or transit router) learns routes from the VBRs and VPCs
+// attached to it and forwards between them.
+func registerCEN(r *Registry) {
+	r.Register(&Kind{Name: "cen", Element: "CEN instance / transit router", Forwards: true})
+}

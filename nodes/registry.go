@@ -1,0 +1,62 @@
+// Package nodes holds the node kinds of a lab, one file per kind, each
+// describing the cloud or data-center element it stands for. Kinds are
+// registered explicitly from Default, never from init side effects.
+package nodes
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Kind is what every node of one kind shares.
+type Kind struct {
+	Name    string
+	Element string // the real-world element it emulates, for help and inspect
+	// Forwards is true for router-like kinds: the namespace forwards packets
+	// between its interfaces. Hosts only send and answer.
+	Forwards bool
+}
+
+// Registry maps kind names to kinds.
+type Registry struct {
+	kinds map[string]*Kind
+}
+
+// Register adds a kind; registering a name twice is a programming error.
+func (r *Registry) Register(k *Kind) {
+	if r.kinds == nil {
+		r.kinds = map[string]*Kind{}
+	}
+	if _, dup := r.kinds[k.Name]; dup {
+		panic(fmt.Sprintf("nodes: kind %q registered twice", k.Name))
+	}
+	r.kinds[k.Name] = k
+}
+
+// Get returns the named kind, or nil.
+func (r *Registry) Get(name string) *Kind { return r.kinds[name] }
+
+// Known reports whether a kind of that name is registered.
+func (r *Registry) Known(name string) bool { return r.kinds[name] != nil }
+
+// Names lists the registered kinds, sorted.
+func (r *Registry) Names() []string {
+	names := make([]string, 0, len(r.kinds))
+	for n := range r.kinds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Default is the registry of every kind emu ships.
+func Default() *Registry {
+	r := &Registry{}
+	registerHost(r)
+	registerOnpremGateway(r)
+	registerVBR(r)
+	registerCEN(r)
+	registerVPC(r)
+	registerVPNGateway(r)
+	return r
+}

@@ -1,0 +1,8 @@
+package nodes
+
+// The VPC node is the VPC's vRouter and its route table: system routes for
+// the vSwitch CIDRs, routes the VPN gateway publishes, and routes learned from
+// the CEN, where the VPN gateway's win for the same prefix.
+func registerVPC(r *Registry) {
+	r.Register(&Kind{Name: "vpc", Element: "VPC vRouter and route table", Forwards: true})
+}
