@@ -71,7 +71,7 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	defer func() {
 		j.close()
 		if err != nil {
-			if rerr := d.undo(p.Lab); rerr != nil {
+			if rerr := d.undo(p.Lab, true); rerr != nil {
 				err = fmt.Errorf("%w\nrollback failed too: %v (run `emu destroy -t %s`)", err, rerr, p.Topology)
 			}
 		}

@@ -26,7 +26,7 @@ func (d *Deployer) Destroy(lab string, cleanup bool) (found bool, err error) {
 	}
 	start := time.Now()
 	d.progress(Event{Stage: "destroy", Index: 1, Of: 1, Count: len(rec.Nodes)})
-	if err := d.undo(lab); err != nil {
+	if err := d.undo(lab, cleanup); err != nil {
 		return true, err
 	}
 	if cleanup {
@@ -40,7 +40,9 @@ func (d *Deployer) Destroy(lab string, cleanup bool) (found bool, err error) {
 
 // undo removes the journalled objects, newest first, then the record. It
 // keeps going past a failure so one stuck object does not strand the rest.
-func (d *Deployer) undo(lab string) error {
+// The lab directory holds the user's artifacts (logs, captures), so it goes
+// only on rollback or when asked.
+func (d *Deployer) undo(lab string, removeDir bool) error {
 	entries, err := d.Store.readJournal(lab)
 	if err != nil {
 		return fmt.Errorf("read journal of lab %s: %w", lab, err)
@@ -52,7 +54,9 @@ func (d *Deployer) undo(lab string) error {
 		case "netns":
 			errs = errors.Join(errs, wiring.DeleteNamespace(e.Name))
 		case "dir":
-			errs = errors.Join(errs, removeLabDir(e.Name))
+			if removeDir {
+				errs = errors.Join(errs, removeLabDir(e.Name))
+			}
 		default:
 			errs = errors.Join(errs, fmt.Errorf("journal of lab %s names an unknown object %q: remove it by hand", lab, e.Kind))
 		}

@@ -102,7 +102,7 @@ func (c *errs) seq(n *yaml.Node, what string) []*yaml.Node {
 }
 
 func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+	return n == nil || n.Kind == yaml.ScalarNode && n.Tag == "!!null"
 }
 
 func describe(n *yaml.Node) string {

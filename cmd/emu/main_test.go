@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
+)
+
+// The test binary doubles as emu, so CLI tests run the real command, exit
+// codes and all, without a separate build.
+func TestMain(m *testing.M) {
+	if os.Getenv("EMU_TEST_AS_EMU") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func emuCmd(t *testing.T, stateDir string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "EMU_TEST_AS_EMU=1", "EMU_STATE_DIR="+stateDir)
+	return cmd
+}
+
+func runEmu(t *testing.T, stateDir string, args ...string) result {
+	t.Helper()
+	cmd := emuCmd(t, stateDir, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+const staticTopology = "../../topologies/static.yaml"
+
+func TestCLI_DryRun_PrintsPlanAndChangesNothing(t *testing.T) {
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	r := runEmu(t, t.TempDir(), "deploy", "-t", topo, "--dry-run")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"netns emu-" + name + "-client", "veth emu-" + name + "-onprem:eth2 <-> emu-" + name + "-vbr:eth1", "route 172.16.0.0/16 via 10.0.0.2 in emu-" + name + "-onprem", "nothing was changed"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("plan lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	labtest.AssertNothingLeft(t, name)
+	if _, err := os.Stat(filepath.Join(filepath.Dir(topo), "emu-"+name)); !os.IsNotExist(err) {
+		t.Error("--dry-run created the lab directory")
+	}
+}
+
+func TestCLI_InvalidTopology_ExitCode2WithFileAndLine(t *testing.T) {
+	topo := labtest.Write(t, "name: bad\ntopology:\n  nodes:\n    a: {kind: router}\n")
+	r := runEmu(t, t.TempDir(), "deploy", "-t", topo)
+	if r.code != exitInvalid {
+		t.Fatalf("exit %d, want %d; stderr: %s", r.code, exitInvalid, r.stderr)
+	}
+	if want := topo + `:4: unknown kind "router"`; !strings.Contains(r.stderr, want) {
+		t.Errorf("stderr lacks %q: %s", want, r.stderr)
+	}
+}
+
+func TestCLI_DeployInspectExecDestroy(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	r := runEmu(t, state, "deploy", "-t", topo)
+	if r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "[4/4] routes") || !strings.Contains(r.stdout, "emu-"+name+"-vpngw") {
+		t.Errorf("deploy output lacks progress or table:\n%s\n%s", r.stderr, r.stdout)
+	}
+	r = runEmu(t, state, "deploy", "-t", topo)
+	if r.code != exitInvalid || !strings.Contains(r.stderr, "already deployed") {
+		t.Errorf("second deploy: exit %d, stderr %s", r.code, r.stderr)
+	}
+
+	r = runEmu(t, state, "inspect", "-t", topo, "--format", "json")
+	var nodes []nodeView
+	if err := json.Unmarshal([]byte(r.stdout), &nodes); err != nil || len(nodes) != 7 {
+		t.Fatalf("inspect json: %v, %d nodes: %s", err, len(nodes), r.stdout)
+	}
+	for _, n := range nodes {
+		if n.Node == "vbr" && (len(n.Interfaces) != 2 || n.Interfaces[0].Addrs[0] != "10.0.0.2/30" || n.Interfaces[0].State != "up") {
+			t.Errorf("inspect vbr: %+v", n)
+		}
+	}
+
+	// The exit code of the command passes through, and it runs in the node.
+	r = runEmu(t, state, "exec", "-t", topo, "vpngw", "--", "sh", "-c", "cat /proc/sys/net/ipv4/ip_forward; exit 7")
+	if r.code != 7 || strings.TrimSpace(r.stdout) != "1" {
+		t.Errorf("exec: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "exec", "-t", topo, "nosuchnode", "--", "true")
+	if r.code != exitInvalid || !strings.Contains(r.stderr, "nosuchnode") {
+		t.Errorf("exec in unknown node: exit %d, %s", r.code, r.stderr)
+	}
+
+	r = runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab") {
+		t.Fatalf("destroy: exit %d: %s", r.code, r.stderr)
+	}
+	labtest.AssertNothingLeft(t, name)
+	if _, err := os.Stat(filepath.Join(filepath.Dir(topo), "emu-"+name)); !os.IsNotExist(err) {
+		t.Error("destroy --cleanup left the lab directory")
+	}
+	r = runEmu(t, state, "destroy", "-t", topo)
+	if r.code != 0 || !strings.Contains(r.stderr, "not deployed") {
+		t.Errorf("second destroy: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+func TestCLI_DestroyAll_RemovesEveryRecordedLab(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	var names []string
+	for range 2 {
+		name := labtest.UniqueName()
+		names = append(names, name)
+		topo := labtest.Copy(t, staticTopology, name)
+		t.Cleanup(func() { runEmu(t, state, "destroy", "-t", topo) })
+		if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+			t.Fatalf("deploy: %s", r.stderr)
+		}
+	}
+	r := runEmu(t, state, "destroy", "--all")
+	if r.code != 0 {
+		t.Fatalf("destroy --all: exit %d: %s", r.code, r.stderr)
+	}
+	for _, n := range names {
+		labtest.AssertNothingLeft(t, n)
+	}
+}
+
+func TestCLI_Kill9MidDeploy_DestroyRemovesEverything(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, labtest.Chain(name, 300))
+	t.Cleanup(func() { labtest.AssertNothingLeft(t, name) })
+	cmd := emuCmd(t, state, "deploy", "-t", topo)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill once the deploy is well under way: some namespaces exist.
+	deadline := time.Now().Add(20 * time.Second)
+	for countNamespaces(name) < 20 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if countNamespaces(name) == 0 {
+		t.Fatal("no namespace existed when deploy was killed: the test proves nothing")
+	}
+	r := runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab") {
+		t.Fatalf("destroy after kill -9: exit %d: %s", r.code, r.stderr)
+	}
+	if n := countNamespaces(name); n != 0 {
+		t.Errorf("%d namespaces left after destroy", n)
+	}
+	if left, _ := os.ReadDir(state); len(left) != 0 {
+		t.Errorf("records left: %v", left)
+	}
+}
+
+func countNamespaces(lab string) int {
+	entries, _ := os.ReadDir(netnsx.Dir)
+	n := 0
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "emu-"+lab+"-") {
+			n++
+		}
+	}
+	return n
+}

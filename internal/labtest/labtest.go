@@ -1,0 +1,118 @@
+// Package labtest deploys real labs for root-only integration tests and
+// guarantees they are destroyed, also when the test fails. A test that leaves
+// a namespace behind fails.
+package labtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/nodes"
+)
+
+// RequireRoot skips a test that needs to create namespaces.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: integration tests create network namespaces")
+	}
+}
+
+// UniqueName returns a lab name no other test uses.
+func UniqueName() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "t" + hex.EncodeToString(b)
+}
+
+var nameLine = regexp.MustCompile(`(?m)^name:.*$`)
+
+// Copy writes the topology file src into a fresh temp dir under the lab name
+// name and returns its path; the lab directory lands in that temp dir.
+func Copy(t testing.TB, src, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Write(t, nameLine.ReplaceAllString(string(data), "name: "+name))
+}
+
+// Write stores topology text in a fresh temp dir and returns its path.
+func Write(t testing.TB, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "topology.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Lab is a deployed lab.
+type Lab struct {
+	Topology *topology.Topology
+	Plan     *plan.Plan
+	Deployer *lab.Deployer
+}
+
+// NS is the namespace of a node.
+func (l *Lab) NS(node string) string { return plan.NamespaceName(l.Topology.Name, node) }
+
+// Load parses a topology file or fails the test.
+func Load(t testing.TB, path string) *topology.Topology {
+	t.Helper()
+	topo, err := topology.Load(path, nodes.Default())
+	if err != nil {
+		t.Fatalf("load %s: %v", path, err)
+	}
+	return topo
+}
+
+// NewDeployer returns a deployer whose records live in a temp dir.
+func NewDeployer(t testing.TB) *lab.Deployer {
+	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}}
+}
+
+// Deploy deploys the topology file under a unique lab name and destroys it
+// when the test ends, failing the test if anything is left.
+func Deploy(t testing.TB, src string) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	topo := Load(t, Copy(t, src, UniqueName()))
+	l := &Lab{Topology: topo, Plan: plan.Build(topo, nodes.Default()), Deployer: NewDeployer(t)}
+	t.Cleanup(func() {
+		if _, err := l.Deployer.Destroy(topo.Name, true); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+		AssertNothingLeft(t, topo.Name)
+	})
+	if err := l.Deployer.Deploy(context.Background(), l.Plan); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	return l
+}
+
+// AssertNothingLeft fails the test if any namespace of the lab still exists.
+// The name pattern is only a witness here; emu itself never deletes by it.
+func AssertNothingLeft(t testing.TB, labName string) {
+	t.Helper()
+	entries, err := os.ReadDir(netnsx.Dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "emu-"+labName+"-") {
+			t.Errorf("namespace %s leaked", e.Name())
+		}
+	}
+}
