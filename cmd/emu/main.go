@@ -81,6 +81,7 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
 			destroyCommand(),
 			inspectCommand(),
 			execCommand(),
+			checkCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return invalidInput{err}

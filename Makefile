@@ -1,0 +1,35 @@
+# emu: `make demo` deploys the default lab and checks it; `make test` runs
+# every test (root needed for the integration tests).
+GO      ?= go
+BIN     := bin/emu
+TOPO    ?= topologies/static.yaml
+
+.PHONY: build test unit lint demo bench setup clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/emu
+
+setup:
+	scripts/setup.sh
+
+lint:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l cmd internal nodes bench 2>/dev/null)" || { gofmt -l cmd internal nodes bench; echo "gofmt: files above need formatting"; exit 1; }
+
+# Unit tests only: what runs without root.
+unit:
+	$(GO) test ./...
+
+test: setup lint build
+	$(GO) test -count=1 -timeout 20m ./...
+
+# Deploy the default lab, run its checks, destroy it (also on failure).
+demo: build
+	@trap '$(BIN) destroy -t $(TOPO) --cleanup' EXIT; \
+	$(BIN) deploy -t $(TOPO) --reconfigure && $(BIN) check -t $(TOPO)
+
+bench: build
+	$(GO) run ./bench/deploy
+
+clean:
+	rm -rf bin

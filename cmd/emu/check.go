@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/olekukonko/tablewriter"
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/checks"
+)
+
+// exitChecksFailed is returned when the lab was checked and a check failed.
+const exitChecksFailed = 3
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "check",
+		Usage:     "prove the lab works with real packets",
+		UsageText: "emu check -t FILE [--format table|json]",
+		Description: `Runs the checks against the deployed lab and prints one row per observation:
+  connectivity  ICMP echo and a TCP exchange carrying a random marker between every
+                pair of nodes of kind host, each direction.
+Exit code 3 when a check fails, so CI can tell a broken lab from a broken command.`,
+		Flags: []cli.Flag{
+			topoFlag,
+			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			format := c.String("format")
+			if format != "table" && format != "json" {
+				return invalidInput{fmt.Errorf("--format %q: use table or json", format)}
+			}
+			t, err := loadTopology(c)
+			if err != nil {
+				return err
+			}
+			rec, err := deployer(c).Store.Get(t.Name)
+			if err != nil {
+				return err
+			}
+			if rec == nil || !rec.Complete {
+				return fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
+			}
+			results := checks.Run(c.Context, checks.Lab{Topology: t}, []checks.Check{checks.Connectivity})
+			if format == "json" {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(results); err != nil {
+					return err
+				}
+			} else if err := printResults(c.App.Writer, results); err != nil {
+				return err
+			}
+			if !checks.Passed(results) {
+				return cli.Exit(errors.New("some checks failed"), exitChecksFailed)
+			}
+			return nil
+		},
+	}
+}
+
+func printResults(w io.Writer, rs []checks.Result) error {
+	t := tablewriter.NewWriter(w)
+	t.Header("Check", "Result", "Seen", "Time")
+	passed := 0
+	for _, r := range rs {
+		res := "FAIL"
+		if r.Passed {
+			res = "pass"
+			passed++
+		}
+		if err := t.Append(r.Check, res, r.Evidence, r.Duration.Round(100*time.Microsecond).String()); err != nil {
+			return err
+		}
+	}
+	if err := t.Render(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%d passed, %d failed\n", passed, len(rs)-passed)
+	return err
+}

@@ -1,0 +1,52 @@
+// Package checks proves properties of a deployed lab with real packets. Each
+// check names what it saw, so a failure can be read without re-running it.
+package checks
+
+import (
+	"context"
+	"time"
+
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// Lab is what a check needs of a deployed lab.
+type Lab struct {
+	Topology *topology.Topology
+}
+
+// NS is the namespace of a node.
+func (l Lab) NS(node string) string { return plan.NamespaceName(l.Topology.Name, node) }
+
+// Result is the outcome of one check.
+type Result struct {
+	Check    string        `json:"check"`
+	Passed   bool          `json:"passed"`
+	Evidence string        `json:"evidence"` // what was seen, pass or fail
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Check is one property of a lab.
+type Check struct {
+	Name string
+	Run  func(ctx context.Context, l Lab) []Result
+}
+
+// Run runs the checks in order and returns every result.
+func Run(ctx context.Context, l Lab, cs []Check) []Result {
+	var out []Result
+	for _, c := range cs {
+		out = append(out, c.Run(ctx, l)...)
+	}
+	return out
+}
+
+// Passed reports whether every result passed.
+func Passed(rs []Result) bool {
+	for _, r := range rs {
+		if !r.Passed {
+			return false
+		}
+	}
+	return true
+}

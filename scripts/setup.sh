@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what emu's build and tests need on a fresh Debian machine: Go comes
+# with the machine; iproute2 is the independent witness some tests use.
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+command -v go >/dev/null || { echo "setup: Go 1.26 is required (not found on PATH)" >&2; exit 1; }
+echo "setup: ok ($(go version | cut -d' ' -f3), $(ip -V))"
