@@ -1,0 +1,57 @@
+package capture
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+)
+
+// ErrNotIP is returned by Decode for frames without an IP packet (ARP, for
+// example), which encryption checks skip rather than fail on.
+var ErrNotIP = errors.New("frame carries no IP packet")
+
+// Headers is what the checks read from a frame's outermost IP header: on the
+// private line that header is the tunnel's, so Src and Dst must be the two VPN
+// endpoints and Protocol must be ESP.
+type Headers struct {
+	Src, Dst netip.Addr
+	// Protocol is the IPv4 protocol or the IPv6 next header.
+	Protocol layers.IPProtocol
+	// ESP is true when an ESP header was decoded; SPI and Seq are only
+	// meaningful then (a non-first fragment carries no ESP header).
+	ESP      bool
+	SPI, Seq uint32
+}
+
+// Decode reads the outer IP header of the frame and, for ESP, its SPI and
+// sequence number.
+func (p Packet) Decode() (Headers, error) {
+	pkt := gopacket.NewPacket(p.Data, layers.LayerTypeEthernet, gopacket.DecodeOptions{Lazy: true, NoCopy: true})
+	var h Headers
+	switch ip := pkt.NetworkLayer().(type) {
+	case *layers.IPv4:
+		h.Src, _ = netip.AddrFromSlice(ip.SrcIP.To4())
+		h.Dst, _ = netip.AddrFromSlice(ip.DstIP.To4())
+		h.Protocol = ip.Protocol
+	case *layers.IPv6:
+		h.Src, _ = netip.AddrFromSlice(ip.SrcIP.To16())
+		h.Dst, _ = netip.AddrFromSlice(ip.DstIP.To16())
+		h.Protocol = ip.NextHeader
+	default:
+		return Headers{}, ErrNotIP
+	}
+	if esp, ok := pkt.Layer(layers.LayerTypeIPSecESP).(*layers.IPSecESP); ok {
+		h.ESP, h.SPI, h.Seq = true, esp.SPI, esp.Seq
+	}
+	return h, nil
+}
+
+// ContainsBytes reports whether marker appears anywhere in the captured
+// bytes of the frame: a clear-text leak shows up wherever it sits, in any
+// header or payload, which a decoder keyed on known protocols could miss.
+func (p Packet) ContainsBytes(marker []byte) bool {
+	return bytes.Contains(p.Data, marker)
+}

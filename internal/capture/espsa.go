@@ -1,0 +1,114 @@
+package capture
+
+import (
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+)
+
+// Algorithm names, as SA.Algorithm spells them.
+const (
+	AESGCM128    = "aes-gcm-128"    // rfc4106(gcm(aes)), 16-octet ICV
+	AESCBCSHA1   = "aes-cbc-sha1"   // cbc(aes) + hmac(sha1), 96-bit ICV
+	AESCBCSHA256 = "aes-cbc-sha256" // cbc(aes) + hmac(sha256), 128-bit ICV
+)
+
+// SA is the part of an ESP security association Wireshark needs to decrypt
+// one direction of a tunnel.
+type SA struct {
+	SPI       uint32
+	Src, Dst  netip.Addr
+	Algorithm string
+	// EncKey is the cipher key; for AES-GCM it ends with the 4-byte salt,
+	// exactly as the kernel's rfc4106 key.
+	EncKey  []byte
+	AuthKey []byte
+}
+
+// wiresharkAlgorithm holds, per algorithm, the strings Wireshark's ESP
+// dissector matches in its esp_sa file, with the key lengths they need.
+//
+// Source: Wireshark epan/dissectors/packet-ipsec.c, the value_string tables
+// esp_encryption_type_vals ("AES-CBC [RFC3602]", "AES-GCM with 16 octet ICV
+// [RFC4106]") and esp_authentication_type_vals ("NULL", "HMAC-SHA-1-96
+// [RFC2404]", "HMAC-SHA-256-128 [RFC4868]"); a UAT enum field is saved and
+// loaded as that display string. The dissector refuses AES-GCM with any
+// authentication other than "NULL" ("AES-GCM encryption can only be used
+// with NULL authentication") and wants 160 key bits for it: the 128-bit key
+// and the 32-bit salt.
+var wiresharkAlgorithm = map[string]struct {
+	enc, auth       string
+	encLen, authLen int
+}{
+	AESGCM128:    {"AES-GCM with 16 octet ICV [RFC4106]", "NULL", 20, 0},
+	AESCBCSHA1:   {"AES-CBC [RFC3602]", "HMAC-SHA-1-96 [RFC2404]", 16, 20},
+	AESCBCSHA256: {"AES-CBC [RFC3602]", "HMAC-SHA-256-128 [RFC4868]", 16, 32},
+}
+
+// WriteWiresharkESPSA writes sas as Wireshark's esp_sa file, so a capture of
+// the tunnel decrypts when the file is placed in the Wireshark profile
+// directory (or the same rows entered under Preferences > Protocols > ESP >
+// ESP SAs, with "Attempt to detect/decode encrypted ESP payloads" on). The
+// file holds keys: create it 0600.
+//
+// Format (Wireshark's UAT files, epan/uat_load.l, fields from esp_uat_flds in
+// packet-ipsec.c): one SA per line, every field a double-quoted string,
+// separated by commas, in the order protocol ("IPv4"/"IPv6"), source IP,
+// destination IP, SPI, encryption algorithm, encryption key, authentication
+// algorithm, authentication key; keys as "0x" and hex digits (the
+// dissector's compute_ascii_key reads a "0x" prefix as hex); lines starting
+// with '#' are comments. Recent Wireshark appends two columns, "SN" and "ESN
+// High Bits", and fills them with defaults ("32-bit", "0") when a line stops
+// after the authentication key, while older releases reject a line with more
+// than eight fields; eight fields load in both, and the lab's SAs do not use
+// extended sequence numbers.
+func WriteWiresharkESPSA(w io.Writer, sas []SA) error {
+	var b strings.Builder
+	b.WriteString("# Wireshark ESP SAs (esp_sa) written by emu; they hold keys.\n")
+	for _, sa := range sas {
+		line, err := espSALine(sa)
+		if err != nil {
+			return err
+		}
+		b.WriteString(line)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func espSALine(sa SA) (string, error) {
+	name := fmt.Sprintf("SA 0x%08x %s->%s", sa.SPI, sa.Src, sa.Dst)
+	alg, ok := wiresharkAlgorithm[sa.Algorithm]
+	if !ok {
+		return "", fmt.Errorf("%s: algorithm %q has no Wireshark name (use %s, %s or %s)",
+			name, sa.Algorithm, AESGCM128, AESCBCSHA1, AESCBCSHA256)
+	}
+	sa.Src, sa.Dst = sa.Src.Unmap(), sa.Dst.Unmap()
+	if !sa.Src.IsValid() || !sa.Dst.IsValid() || sa.Src.Is4() != sa.Dst.Is4() {
+		return "", fmt.Errorf("%s: source and destination must be two addresses of one family", name)
+	}
+	if len(sa.EncKey) != alg.encLen || len(sa.AuthKey) != alg.authLen {
+		return "", fmt.Errorf("%s: %s needs a %d-byte encryption key and a %d-byte authentication key, got %d and %d",
+			name, sa.Algorithm, alg.encLen, alg.authLen, len(sa.EncKey), len(sa.AuthKey))
+	}
+	family := "IPv6"
+	if sa.Src.Is4() {
+		family = "IPv4"
+	}
+	fields := []string{
+		family, sa.Src.String(), sa.Dst.String(), fmt.Sprintf("0x%08x", sa.SPI),
+		alg.enc, hexKey(sa.EncKey), alg.auth, hexKey(sa.AuthKey),
+	}
+	return `"` + strings.Join(fields, `","`) + "\"\n", nil
+}
+
+// hexKey leaves an absent key (AES-GCM's authentication key) as an empty
+// field.
+func hexKey(k []byte) string {
+	if len(k) == 0 {
+		return ""
+	}
+	return "0x" + hex.EncodeToString(k)
+}
