@@ -24,6 +24,10 @@ func checkCommand() *cli.Command {
 		Description: `Runs the checks against the deployed lab and prints one row per observation:
   connectivity  ICMP echo and a TCP exchange carrying a random marker between every
                 pair of nodes of kind host, each direction.
+  encryption    (labs with IPsec) captures on every interface of the vbr and cen
+                nodes while hosts exchange a marker over TCP: passes only if the
+                private path carried ESP between tunnel endpoints and nothing else,
+                no host address in clear, and the marker in no captured byte.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken command.`,
 		Flags: []cli.Flag{
 			topoFlag,
@@ -48,7 +52,8 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 			if rec == nil || !rec.Complete {
 				return fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
 			}
-			results := checks.Run(c.Context, checks.Lab{Topology: t}, []checks.Check{checks.Connectivity})
+			l := checks.Lab{Topology: t}
+			results := checks.Run(c.Context, l, checks.For(l))
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/nodes"
@@ -29,13 +29,21 @@ or on Ctrl-C, exactly those objects are removed again.
 			topoFlag,
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan, change nothing"},
 			&cli.BoolFlag{Name: "reconfigure", Usage: "destroy the lab first if it is deployed, then deploy it again"},
+			&cli.StringFlag{Name: dataplaneFlag, Usage: "run IPsec tunnels on `auto` (kernel ESP if the kernel has it, else userspace), kernel or userspace; overrides the topology's ipsec-dataplane"},
 		},
 		Action: func(c *cli.Context) error {
 			t, err := loadTopology(c)
 			if err != nil {
 				return err
 			}
-			p := plan.Build(t, nodes.Default())
+			dataplane, err := chooseDataplane(c.App.ErrWriter, t, c.String(dataplaneFlag))
+			if err != nil {
+				return err
+			}
+			p, err := plan.Build(t, nodes.Default(), &ipsec.Secrets{}, dataplane)
+			if err != nil {
+				return err
+			}
 			if c.Bool("dry-run") {
 				printPlan(c.App.Writer, p)
 				return nil
@@ -88,5 +96,3 @@ func printProgress(w io.Writer) lab.Progress {
 		fmt.Fprintf(w, "[%d/%d] %-10s %5d done in %s\n", ev.Index, ev.Of, ev.Stage, ev.Count, ev.Elapsed.Round(time.Microsecond*100))
 	}
 }
-
-var _ = os.Stderr

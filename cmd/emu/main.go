@@ -82,6 +82,7 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
 			inspectCommand(),
 			execCommand(),
 			checkCommand(),
+			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return invalidInput{err}

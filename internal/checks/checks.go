@@ -50,3 +50,13 @@ func Passed(rs []Result) bool {
 	}
 	return true
 }
+
+// For returns the checks that apply to a lab: encryption only where the lab
+// has IPsec connections to prove.
+func For(l Lab) []Check {
+	cs := []Check{Connectivity}
+	if len(tunnelEndpoints(l)) > 0 {
+		cs = append(cs, Encryption)
+	}
+	return cs
+}

@@ -35,6 +35,8 @@ type Deployer struct {
 	// BeforeStep runs before step i (0-based, in plan order) and fails the
 	// deploy if it returns an error: tests inject a failure at every step.
 	BeforeStep func(i int, s plan.Step) error
+	// Agent starts node agents; nil runs this binary's `agent` command.
+	Agent AgentCommand
 }
 
 // DeployedError says the lab is already deployed.
@@ -85,7 +87,7 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	for si, stage := range p.Stages {
 		start := time.Now()
 		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: len(p.Stages), Count: len(stage.Steps)})
-		if err := d.runStage(ctx, w, j, stage, first); err != nil {
+		if err := d.runStage(ctx, w, j, p.LabDir, stage, first); err != nil {
 			return err
 		}
 		first += len(stage.Steps)
@@ -145,7 +147,7 @@ func (d *Deployer) makeLabDir(j *journal, dir string) error {
 
 // runStage runs the steps of one stage on a bounded pool of workers and
 // returns the first error; the other workers stop taking new steps.
-func (d *Deployer) runStage(ctx context.Context, w *wiring.Net, j *journal, stage plan.Stage, first int) error {
+func (d *Deployer) runStage(ctx context.Context, w *wiring.Net, j *journal, labDir string, stage plan.Stage, first int) error {
 	workers := d.Workers
 	if workers <= 0 {
 		workers = 8
@@ -160,7 +162,7 @@ func (d *Deployer) runStage(ctx context.Context, w *wiring.Net, j *journal, stag
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				if err := d.runStep(w, j, first+i, stage.Steps[i]); err != nil {
+				if err := d.runStep(w, j, labDir, first+i, stage.Steps[i]); err != nil {
 					errs <- err
 					cancel()
 					return
@@ -189,7 +191,7 @@ feed:
 	return err
 }
 
-func (d *Deployer) runStep(w *wiring.Net, j *journal, i int, s plan.Step) error {
+func (d *Deployer) runStep(w *wiring.Net, j *journal, labDir string, i int, s plan.Step) error {
 	if d.BeforeStep != nil {
 		if err := d.BeforeStep(i, s); err != nil {
 			return fmt.Errorf("step %d (%s): %w", i+1, s, err)
@@ -205,6 +207,10 @@ func (d *Deployer) runStep(w *wiring.Net, j *journal, i int, s plan.Step) error 
 		return w.AddVeth(s.A.Namespace, s.A.Interface, s.B.Namespace, s.B.Interface, s.MTU)
 	case plan.Address:
 		return w.AddAddress(s.Namespace, s.Interface, &net.IPNet{IP: s.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), s.Prefix.Addr().BitLen())})
+	case plan.Agent:
+		return d.startAgent(j, labDir, s)
+	case plan.KernelTunnel:
+		return fmt.Errorf("kernel dataplane for %s: not wired yet", s.Conn.Name)
 	case plan.Route:
 		var via net.IP
 		if s.Via.IsValid() {

@@ -51,6 +51,8 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
 		switch e.Kind {
+		case "agent":
+			errs = errors.Join(errs, stopAgent(e.Name))
 		case "netns":
 			errs = errors.Join(errs, wiring.DeleteNamespace(e.Name))
 		case "dir":

@@ -18,7 +18,6 @@ import (
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/wiring"
-	"github.com/emu-lab/emu/nodes"
 )
 
 const staticTopology = "../../topologies/static.yaml"
@@ -56,7 +55,7 @@ func TestDeploy_HostKind_DoesNotForward(t *testing.T) {
 func TestDeploy_FailureAtEveryStep_RollsBackEverything(t *testing.T) {
 	labtest.RequireRoot(t)
 	topo := labtest.Load(t, labtest.Copy(t, staticTopology, labtest.UniqueName()))
-	p := plan.Build(topo, nodes.Default())
+	p := labtest.Plan(t, topo)
 	hostLinks := rootLinks(t)
 	for fail := range p.StepCount() {
 		d := labtest.NewDeployer(t)
@@ -95,7 +94,7 @@ func TestDeploy_Cancelled_RollsBackEverything(t *testing.T) {
 		}
 		return nil
 	}
-	err := d.Deploy(ctx, plan.Build(topo, nodes.Default()))
+	err := d.Deploy(ctx, labtest.Plan(t, topo))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("deploy returned %v, want context.Canceled", err)
 	}
@@ -124,7 +123,7 @@ func TestDeploy_ForeignNamespaceWithSameName_Refused(t *testing.T) {
 	}
 	w.Close()
 	t.Cleanup(func() { wiring.DeleteNamespace(foreign) })
-	err := labtest.NewDeployer(t).Deploy(context.Background(), plan.Build(topo, nodes.Default()))
+	err := labtest.NewDeployer(t).Deploy(context.Background(), labtest.Plan(t, topo))
 	if err == nil || !contains(err.Error(), "emu did not create it") {
 		t.Fatalf("deploy over a foreign namespace returned %v", err)
 	}

@@ -7,12 +7,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
@@ -78,9 +82,50 @@ func Load(t testing.TB, path string) *topology.Topology {
 	return topo
 }
 
-// NewDeployer returns a deployer whose records live in a temp dir.
+// Dataplane is the ESP dataplane integration tests use: userspace, unless
+// EMU_DATAPLANE=kernel (set inside the kernel-ESP VM).
+func Dataplane() string {
+	if os.Getenv("EMU_DATAPLANE") == plan.Kernel {
+		return plan.Kernel
+	}
+	return plan.Userspace
+}
+
+// Plan builds the plan of a topology with fresh keys, or fails the test.
+func Plan(t testing.TB, topo *topology.Topology) *plan.Plan {
+	t.Helper()
+	p, err := plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, Dataplane())
+	if err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+	return p
+}
+
+// NewDeployer returns a deployer whose records live in a temp dir and whose
+// node agents are this test binary (see Main).
 func NewDeployer(t testing.TB) *lab.Deployer {
-	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}}
+	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}, Agent: selfAgent}
+}
+
+const asAgent = "EMU_TEST_AS_AGENT"
+
+func selfAgent(configPath string) (*exec.Cmd, error) {
+	cmd := exec.Command(os.Args[0], "--config", configPath)
+	cmd.Env = append(os.Environ(), asAgent+"=1")
+	return cmd, nil
+}
+
+// Main is the TestMain of packages that deploy labs with tunnels: the test
+// binary, started again by the deployer, plays the node agent.
+func Main(m *testing.M) {
+	if os.Getenv(asAgent) == "1" {
+		if err := agent.Run(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "agent:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }
 
 // Deploy deploys the topology file under a unique lab name and destroys it
@@ -89,7 +134,7 @@ func Deploy(t testing.TB, src string) *Lab {
 	t.Helper()
 	RequireRoot(t)
 	topo := Load(t, Copy(t, src, UniqueName()))
-	l := &Lab{Topology: topo, Plan: plan.Build(topo, nodes.Default()), Deployer: NewDeployer(t)}
+	l := &Lab{Topology: topo, Plan: Plan(t, topo), Deployer: NewDeployer(t)}
 	t.Cleanup(func() {
 		if _, err := l.Deployer.Destroy(topo.Name, true); err != nil {
 			t.Errorf("destroy: %v", err)

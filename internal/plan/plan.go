@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 )
@@ -18,8 +19,10 @@ type Plan struct {
 	Lab      string
 	Topology string // absolute path of the topology file
 	LabDir   string
-	Nodes    []Node
-	Stages   []Stage
+	// Dataplane runs the tunnels: Kernel or Userspace.
+	Dataplane string
+	Nodes     []Node
+	Stages    []Stage
 }
 
 // Node is what inspect needs to know of a node without the topology file.
@@ -65,6 +68,29 @@ type Address struct {
 	Prefix    netip.Prefix
 }
 
+// Agent is the node agent process that runs a node's tunnels in userspace
+// ESP. It carries keys, so it prints none.
+type Agent struct {
+	Namespace string
+	Node      string
+	Tunnels   []ipsec.Conn
+}
+
+// KernelTunnel is a tunnel programmed into the kernel's XFRM: states,
+// policies and an XFRM interface with if_id IfID.
+type KernelTunnel struct {
+	Namespace string
+	Node      string
+	IfID      uint32
+	Conn      ipsec.Conn
+}
+
+// Dataplanes that deploy can use; "auto" is resolved before planning.
+const (
+	Kernel    = "kernel"
+	Userspace = "userspace"
+)
+
 // Route is a static route in a namespace's main table.
 type Route struct {
 	Namespace string
@@ -94,6 +120,26 @@ func (s Address) String() string {
 	return fmt.Sprintf("addr %s dev %s in %s", s.Prefix, s.Interface, s.Namespace)
 }
 
+func (s Agent) String() string {
+	out := fmt.Sprintf("agent in %s:", s.Namespace)
+	for _, t := range s.Tunnels {
+		out += " " + describeTunnel(t, Userspace)
+	}
+	return out
+}
+
+func (s KernelTunnel) String() string {
+	return fmt.Sprintf("xfrm in %s: %s if_id %d", s.Namespace, describeTunnel(s.Conn, Kernel), s.IfID)
+}
+
+func describeTunnel(c ipsec.Conn, dataplane string) string {
+	addr := ""
+	if c.Address.IsValid() {
+		addr = " " + c.Address.String()
+	}
+	return fmt.Sprintf("tunnel %s%s (%s → %s, %s, spi out 0x%08x in 0x%08x, %s ESP)", c.Interface, addr, c.Local, c.Remote, c.Cipher, c.Out.SPI, c.In.SPI, dataplane)
+}
+
 func (s Route) String() string {
 	out := fmt.Sprintf("route %s", s.Dst)
 	if s.Via.IsValid() {
@@ -111,10 +157,11 @@ func (s Route) String() string {
 // NamespaceName is the namespace of a node, named so `ip netns exec` works.
 func NamespaceName(lab, node string) string { return "emu-" + lab + "-" + node }
 
-// Build makes the plan of a topology.
-func Build(t *topology.Topology, kinds *nodes.Registry) *Plan {
-	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir()}
-	var nss, veths, addrs, routes []Step
+// Build makes the plan of a topology. Tunnels run on dataplane (Kernel or
+// Userspace) with keys from secrets.
+func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, dataplane string) (*Plan, error) {
+	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir(), Dataplane: dataplane}
+	var nss, veths, addrs, tunnels, routes []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
 		p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns})
@@ -123,6 +170,13 @@ func Build(t *topology.Topology, kinds *nodes.Registry) *Plan {
 			for _, a := range ifc.Addrs {
 				addrs = append(addrs, Address{Namespace: ns, Interface: ifc.Name, Prefix: a})
 			}
+		}
+		if len(n.Tunnels) > 0 {
+			step, err := tunnelSteps(n, ns, secrets, dataplane)
+			if err != nil {
+				return nil, err
+			}
+			tunnels = append(tunnels, step...)
 		}
 		for _, r := range n.Routes {
 			routes = append(routes, Route{Namespace: ns, Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
@@ -147,9 +201,29 @@ func Build(t *topology.Topology, kinds *nodes.Registry) *Plan {
 		{Name: "namespaces", Steps: nss},
 		{Name: "links", Steps: veths},
 		{Name: "addresses", Steps: addrs},
+		{Name: "tunnels", Steps: tunnels},
 		{Name: "routes", Steps: routes},
 	}
-	return p
+	return p, nil
+}
+
+func tunnelSteps(n *topology.Node, ns string, secrets *ipsec.Secrets, dataplane string) ([]Step, error) {
+	var conns []ipsec.Conn
+	for _, t := range n.Tunnels {
+		c, err := secrets.Resolve(t)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		conns = append(conns, c)
+	}
+	if dataplane == Userspace {
+		return []Step{Agent{Namespace: ns, Node: n.Name, Tunnels: conns}}, nil
+	}
+	var steps []Step
+	for i, c := range conns {
+		steps = append(steps, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
+	}
+	return steps, nil
 }
 
 func usesIPv6(n *topology.Node) bool {

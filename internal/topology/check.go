@@ -18,6 +18,7 @@ func (r *resolver) check() {
 	for _, n := range t.Nodes {
 		r.checkRoutes(n)
 	}
+	r.checkTunnels()
 }
 
 func (r *resolver) checkLinks(nodes map[string]*Node) {
@@ -143,6 +144,12 @@ func (r *resolver) checkRoutes(n *Node) {
 			r.at(rt.Line, "node %q: a route to %s with metric %d is already given at line %d: keep one, or give them different metrics", n.Name, rt.Dst, rt.Metric, prev)
 		}
 		seen[key] = rt.Line
+		if t := n.Tunnel(rt.Dev); t != nil {
+			if rt.Via.IsValid() && !(t.Address.IsValid() && t.Address.Contains(rt.Via)) {
+				r.at(rt.Line, "node %q route to %s: next hop %s is not inside tunnel %s's address (%s)", n.Name, rt.Dst, rt.Via, t.Interface, t.Address)
+			}
+			continue
+		}
 		if rt.Dev != "" && n.Interface(rt.Dev) == nil {
 			r.at(rt.Line, "node %q route to %s: dev %s is not an interface of the node (declared: %s)", n.Name, rt.Dst, rt.Dev, strings.Join(n.InterfaceNames(), ", "))
 			continue
@@ -151,7 +158,7 @@ func (r *resolver) checkRoutes(n *Node) {
 			continue
 		}
 		if rt.Via.Is4() != rt.Dst.Addr().Is4() {
-			r.at(rt.Line, "node %q route to %s: next hop %s is of the other IP family", n.Name, rt.Dst, rt.Via)
+			r.at(rt.Line, "node %q route to %s: next hop %s is of the other IP family: give a next hop of the destination's family (`dst: default` is IPv4; write `::/0` for IPv6)", n.Name, rt.Dst, rt.Via)
 			continue
 		}
 		if n.Owns(rt.Via) {
@@ -166,7 +173,7 @@ func (r *resolver) checkRoutes(n *Node) {
 			}
 			continue
 		}
-		if ifc == nil {
+		if ifc == nil && tunnelOf(n, rt.Via) == nil {
 			r.at(rt.Line, "node %q route to %s: next hop %s is outside every connected subnet of the node (%s): use a neighbour's address on a shared link", n.Name, rt.Dst, rt.Via, prefixes(allAddrs(n)))
 		}
 	}

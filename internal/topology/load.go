@@ -55,7 +55,7 @@ func Parse(file string, data []byte, kinds Kinds) (*Topology, error) {
 	if len(doc.Content) == 0 {
 		return nil, &Error{File: file, Msg: "the file is empty: it needs at least `name:` and `topology: {nodes: ...}`"}
 	}
-	t := &Topology{File: file}
+	t := &Topology{File: file, Dataplane: Dataplanes[0]}
 	r := resolver{errs: c, kinds: kinds, t: t}
 	r.top(doc.Content[0])
 	if err := c.err(); err != nil {
@@ -79,7 +79,7 @@ func (r *resolver) top(n *yaml.Node) {
 	var topo *yaml.Node
 	topoLine := 0
 	nameLine := 0
-	for _, f := range r.fields(n, "top level", "name", "method", "topology") {
+	for _, f := range r.fields(n, "top level", "name", "method", "ipsec-dataplane", "topology") {
 		switch f.key {
 		case "name":
 			nameLine = f.line
@@ -93,6 +93,13 @@ func (r *resolver) top(n *yaml.Node) {
 					r.at(f.line, "method %q is not one of %s%s", s, strings.Join(Methods, ", "), hint(s, Methods))
 				}
 				r.t.Method = s
+			}
+		case "ipsec-dataplane":
+			if s, ok := r.str(f.val, "ipsec-dataplane"); ok {
+				if !slices.Contains(Dataplanes, s) {
+					r.at(f.line, "ipsec-dataplane %q is not one of %s", s, strings.Join(Dataplanes, ", "))
+				}
+				r.t.Dataplane = s
 			}
 		case "topology":
 			topo, topoLine = f.val, f.line
@@ -165,19 +172,28 @@ func (r *resolver) kindKnown(line int, kind string) bool {
 }
 
 func (r *resolver) checkName(line int, what, s string) {
+	if msg := nameProblem(what, s); msg != "" {
+		r.at(line, "%s", msg)
+	}
+}
+
+// nameProblem says what is wrong with a lab or node name, or "" if nothing:
+// the names end up in namespace names and in the lab directory's path.
+func nameProblem(what, s string) string {
 	switch {
 	case len(s) > maxName:
-		r.at(line, "%s %q is %d characters long: use at most %d", what, s, len(s), maxName)
+		return fmt.Sprintf("%s %q is %d characters long: use at most %d", what, s, len(s), maxName)
 	case !nameRe.MatchString(s):
-		r.at(line, "%s %q may hold only lower-case letters, digits, '-' and '_', starting with a letter or digit", what, s)
+		return fmt.Sprintf("%s %q may hold only lower-case letters, digits, '-' and '_', starting with a letter or digit", what, s)
 	}
+	return ""
 }
 
 func (r *resolver) node(f field) {
 	node := &Node{Name: f.key, Line: f.line, Kind: r.defaultKind}
 	r.checkName(f.line, "node name", f.key)
 	kindSet := false
-	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes") {
+	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec") {
 		switch nf.key {
 		case "kind":
 			if s, ok := r.str(nf.val, "kind"); ok {
@@ -189,6 +205,10 @@ func (r *resolver) node(f field) {
 		case "interfaces":
 			for _, i := range r.fields(nf.val, "interfaces of "+strq(f.key)) {
 				node.Interfaces = append(node.Interfaces, r.iface(node, i))
+			}
+		case "ipsec":
+			for i, c := range r.seq(nf.val, "ipsec of "+strq(f.key)) {
+				r.tunnel(node, c, i)
 			}
 		case "routes":
 			for _, rt := range r.seq(nf.val, "routes of "+strq(f.key)) {
@@ -304,12 +324,15 @@ func (r *resolver) route(node *Node, n *yaml.Node) (Route, bool) {
 
 func (r *resolver) link(n *yaml.Node) {
 	l := &Link{Line: n.Line}
+	before := len(r.list)
 	var eps []*yaml.Node
 	for _, f := range r.fields(n, "link", "endpoints") {
 		eps = r.strs(f.val, "link endpoints")
 	}
 	if len(eps) != 2 {
-		if eps != nil || len(r.list) == 0 {
+		// Say so unless this link's shape was already reported; errors
+		// elsewhere in the file must not hide it.
+		if eps != nil || len(r.list) == before {
 			r.at(n.Line, "a link needs exactly two endpoints, like `endpoints: [\"a:eth1\", \"b:eth1\"]`, found %d", len(eps))
 		}
 		return

@@ -14,6 +14,9 @@ type Topology struct {
 	Name   string
 	File   string // absolute path of the topology file
 	Method string // configuration method of the shipped scenarios, "" if unset
+	// Dataplane is how ESP runs: "auto" (kernel if it can, else userspace),
+	// "kernel" or "userspace".
+	Dataplane string
 	Nodes  []*Node
 	Links  []*Link
 }
@@ -25,6 +28,7 @@ type Node struct {
 	Line       int
 	Interfaces []*Interface
 	Routes     []Route
+	Tunnels    []*Tunnel
 }
 
 // Interface is a declared interface of a node. Loopback is "lo"; every other

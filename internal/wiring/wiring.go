@@ -247,3 +247,28 @@ func (w *Net) AddRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric
 	}
 	return nil
 }
+
+
+// DeleteRoute removes a route from the main table; dev and via narrow the
+// match as they do for `ip route del`.
+func (w *Net) DeleteRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
+	h, err := w.handle(ns)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// Scope "nowhere" matches a route of any scope, as `ip route del` does.
+	r := &netlink.Route{Dst: dst, Gw: via, Priority: metric, Scope: netlink.SCOPE_NOWHERE}
+	if dev != "" {
+		link, err := h.nl.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", dev, ns, err)
+		}
+		r.LinkIndex = link.Attrs().Index
+	}
+	if err := h.nl.RouteDel(r); err != nil {
+		return fmt.Errorf("delete route %s in %s: %w", dst, ns, err)
+	}
+	return nil
+}

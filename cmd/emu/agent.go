@@ -1,0 +1,21 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/agent"
+)
+
+// agentCommand is what deploy starts inside a node's namespace; users never
+// call it.
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "agent",
+		Hidden: true,
+		Usage:  "node agent (started by deploy inside a node's namespace)",
+		Flags:  []cli.Flag{&cli.StringFlag{Name: "config", Required: true}},
+		Action: func(c *cli.Context) error {
+			return agent.Run(c.String("config"))
+		},
+	}
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/emu-lab/emu/internal/ipsec/kernelprobe"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+var dataplaneFlag = "ipsec-dataplane"
+
+// chooseDataplane resolves "auto" by probing the kernel, says which dataplane
+// runs the tunnels and why, and refuses a forced kernel dataplane the kernel
+// cannot run.
+func chooseDataplane(w io.Writer, t *topology.Topology, flag string) (string, error) {
+	want := t.Dataplane
+	if flag != "" {
+		want = flag
+	}
+	hasTunnels := false
+	for _, n := range t.Nodes {
+		hasTunnels = hasTunnels || len(n.Tunnels) > 0
+	}
+	switch want {
+	case plan.Userspace:
+		if hasTunnels {
+			fmt.Fprintln(w, "ipsec dataplane: userspace ESP (forced)")
+		}
+		return plan.Userspace, nil
+	case plan.Kernel, "auto":
+	default:
+		return "", invalidInput{fmt.Errorf("--%s %q: use auto, kernel or userspace", dataplaneFlag, want)}
+	}
+	if !hasTunnels {
+		return plan.Kernel, nil
+	}
+	probe := kernelprobe.Probe()
+	switch {
+	case probe.OK():
+		fmt.Fprintln(w, "ipsec dataplane: kernel XFRM (this kernel has ESP and XFRM interfaces)")
+		return plan.Kernel, nil
+	case want == plan.Kernel:
+		return "", fmt.Errorf("the kernel ESP dataplane was asked for, but %s: use --%s userspace, or a kernel with those options", probe.Reason, dataplaneFlag)
+	}
+	fmt.Fprintf(w, "ipsec dataplane: userspace ESP, because %s\n", probe.Reason)
+	return plan.Userspace, nil
+}

@@ -1,0 +1,71 @@
+package checks_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/wiring"
+)
+
+func TestMain(m *testing.M) { labtest.Main(m) }
+
+const staticTopology = "../../topologies/static.yaml"
+
+func TestMethod1Static_TunnelUp_PrivatePathCarriesOnlyESP(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	lab := checks.Lab{Topology: l.Topology}
+	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity}))
+	enc := checks.Run(context.Background(), lab, []checks.Check{checks.Encryption})
+	requirePassed(t, enc)
+	for _, want := range []string{"10.0.0.1→172.16.1.10", "172.16.1.10→10.0.0.1", "0 with inner addresses", "marker in 0"} {
+		if !strings.Contains(enc[0].Evidence, want) {
+			t.Errorf("evidence lacks %q: %s", want, enc[0].Evidence)
+		}
+	}
+
+	// Negative control, and the guide's manual step of method 1: withdraw
+	// the routes into the tunnel; traffic must still flow, now in clear, and
+	// the same check must see it.
+	w := wiring.New()
+	defer w.Close()
+	mustDel(t, w.DeleteRoute(l.NS("onprem"), cidr("172.16.2.0/24"), nil, "ipsec0", 0))
+	mustDel(t, w.DeleteRoute(l.NS("vpc"), cidr("10.1.0.0/24"), net.ParseIP("172.16.1.10"), "", 10))
+	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity}))
+	enc = checks.Run(context.Background(), lab, []checks.Check{checks.Encryption})
+	if enc[0].Passed {
+		t.Fatalf("encryption check passed with the tunnel routes withdrawn: %s", enc[0].Evidence)
+	}
+	for _, want := range []string{"inner addresses in clear", "0 ESP"} {
+		if !strings.Contains(enc[0].Evidence, want) {
+			t.Errorf("evidence of the clear path lacks %q: %s", want, enc[0].Evidence)
+		}
+	}
+	if strings.Contains(enc[0].Evidence, "marker in 0") {
+		t.Errorf("the marker was not seen in clear: %s", enc[0].Evidence)
+	}
+}
+
+func requirePassed(t *testing.T, rs []checks.Result) {
+	t.Helper()
+	for _, r := range rs {
+		if !r.Passed {
+			t.Fatalf("%s failed: %s", r.Check, r.Evidence)
+		}
+	}
+}
+
+func mustDel(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cidr(s string) *net.IPNet {
+	_, n, _ := net.ParseCIDR(s)
+	return n
+}

@@ -1,0 +1,166 @@
+package checks
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/probe"
+)
+
+// Encryption captures on every interface of the private path (the nodes of
+// kind vbr and cen: the Express Connect circuit and the CEN attachments)
+// while hosts exchange TCP traffic carrying a random marker, and requires
+// that the path carried only ESP between tunnel endpoints: no frame with a
+// host's address in its outer header, and the marker in no captured byte.
+var Encryption = Check{Name: "encryption", Run: encryption}
+
+// privatePathKinds are the kinds whose interfaces together see every link of
+// the private path, the wire the guide says is unencrypted without IPsec.
+var privatePathKinds = []string{"vbr", "cen"}
+
+func encryption(ctx context.Context, l Lab) []Result {
+	start := time.Now()
+	fail := func(format string, args ...any) []Result {
+		return []Result{{Check: "encryption", Evidence: fmt.Sprintf(format, args...), Duration: time.Since(start)}}
+	}
+	endpoints := tunnelEndpoints(l)
+	if len(endpoints) == 0 {
+		return fail("the lab has no IPsec connection: nothing is encrypted")
+	}
+	var eps []capture.Endpoint
+	var where []string
+	for _, n := range l.Topology.Nodes {
+		if !slices.Contains(privatePathKinds, n.Kind) {
+			continue
+		}
+		for _, ifc := range n.Interfaces {
+			eps = append(eps, capture.Endpoint{NS: l.NS(n.Name), Interface: ifc.Name})
+			where = append(where, n.Name+":"+ifc.Name)
+		}
+	}
+	if len(eps) == 0 {
+		return fail("no node of kind %s: no private path to watch", strings.Join(privatePathKinds, " or "))
+	}
+	hosts := hostsOf(l.Topology)
+	if len(hosts) < 2 {
+		return fail("needs two nodes of kind host to send traffic, found %d", len(hosts))
+	}
+	g, err := capture.StartMany(ctx, eps, capture.Options{})
+	if err != nil {
+		return fail("start captures: %v", err)
+	}
+	marker := probe.Marker()
+	var trafficErr error
+	for _, a := range hosts {
+		for _, b := range hosts {
+			if a.node == b.node {
+				continue
+			}
+			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := probe.TCPExchange(tctx, l.NS(a.node.Name), l.NS(b.node.Name), netip.AddrPortFrom(b.addr, tcpPort), marker); err != nil && trafficErr == nil {
+				trafficErr = fmt.Errorf("%s → %s: %w", a.node.Name, b.node.Name, err)
+			}
+			cancel()
+		}
+	}
+	if err := g.Stop(); err != nil {
+		return fail("capture: %v", err)
+	}
+	inner := map[netip.Addr]string{}
+	for _, h := range hosts {
+		inner[h.addr] = h.node.Name
+	}
+	v := judge(g.Packets(), endpoints, inner, []byte(marker))
+	r := Result{Check: "encryption", Duration: time.Since(start)}
+	r.Evidence = fmt.Sprintf("on %s: %s", strings.Join(where, ", "), v.summary())
+	switch {
+	case trafficErr != nil:
+		r.Evidence = "traffic failed, so nothing was proven: " + trafficErr.Error() + "; " + r.Evidence
+	case v.markerFrames > 0 || v.innerFrames > 0 || v.otherIP > 0:
+	case v.esp == 0:
+		r.Evidence = "no ESP crossed the private path; " + r.Evidence
+	default:
+		r.Passed = true
+	}
+	return []Result{r}
+}
+
+// verdict counts what the private path carried.
+type verdict struct {
+	frames, esp, markerFrames, innerFrames, otherIP int
+	spis                                            map[uint32]bool
+	pairs                                           map[string]bool
+	firstLeak                                       string
+}
+
+func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip.Addr]string, marker []byte) verdict {
+	v := verdict{spis: map[uint32]bool{}, pairs: map[string]bool{}}
+	for _, p := range pkts {
+		v.frames++
+		leak := ""
+		if p.ContainsBytes(marker) {
+			v.markerFrames++
+			leak = "marker in clear"
+		}
+		h, err := p.Decode()
+		if err == nil {
+			switch {
+			case inner[h.Src] != "" || inner[h.Dst] != "":
+				v.innerFrames++
+				leak = fmt.Sprintf("inner addresses in clear %s → %s (%s)", h.Src, h.Dst, h.Protocol)
+			case h.ESP && endpoints[h.Src] && endpoints[h.Dst]:
+				v.esp++
+				v.spis[h.SPI] = true
+				v.pairs[h.Src.String()+"→"+h.Dst.String()] = true
+			case h.Protocol == 50 && endpoints[h.Src] && endpoints[h.Dst]:
+				v.esp++ // a non-first fragment of an ESP packet
+			case h.Src.IsLinkLocalUnicast() || h.Dst.IsLinkLocalMulticast() || h.Dst.IsMulticast():
+				// neighbour discovery and the like: not traffic between sites
+			default:
+				v.otherIP++
+				leak = fmt.Sprintf("non-ESP traffic %s → %s (%s)", h.Src, h.Dst, h.Protocol)
+			}
+		}
+		if leak != "" && v.firstLeak == "" {
+			v.firstLeak = fmt.Sprintf("%s at %s:%s", leak, p.NS, p.Interface)
+		}
+	}
+	return v
+}
+
+func (v verdict) summary() string {
+	spis := make([]string, 0, len(v.spis))
+	for s := range v.spis {
+		spis = append(spis, fmt.Sprintf("0x%08x", s))
+	}
+	sort.Strings(spis)
+	pairs := make([]string, 0, len(v.pairs))
+	for p := range v.pairs {
+		pairs = append(pairs, p)
+	}
+	sort.Strings(pairs)
+	s := fmt.Sprintf("%d frames, %d ESP (%s; SPI %s), %d with inner addresses, %d other IP, marker in %d",
+		v.frames, v.esp, strings.Join(pairs, ", "), strings.Join(spis, ", "), v.innerFrames, v.otherIP, v.markerFrames)
+	if v.firstLeak != "" {
+		s += "; first leak: " + v.firstLeak
+	}
+	return s
+}
+
+// tunnelEndpoints are the outer addresses of every IPsec connection.
+func tunnelEndpoints(l Lab) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, n := range l.Topology.Nodes {
+		for _, t := range n.Tunnels {
+			out[t.Local] = true
+			out[t.Remote] = true
+		}
+	}
+	return out
+}

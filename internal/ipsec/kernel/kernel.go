@@ -1,0 +1,304 @@
+// Package kernel is the kernel dataplane of a route-based IPsec connection
+// (SPEC §5): ESP tunnel-mode XFRM states, any/any policies and an XFRM
+// interface, all bound together by one if_id, so that whatever routing sends
+// into the interface leaves encrypted and only what arrives under the
+// connection's SAs comes out of it.
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/ipsec/kernelprobe"
+)
+
+// Dataplane programs connections into one network namespace.
+//
+// It keeps an XFRM socket of its own next to the netlink handle because the
+// handle's state API can only ask for a replay window above 32 together with
+// extended sequence numbers, and ESN changes what the ICV covers: the
+// userspace engine, and a provider's gateway configured without ESN, would
+// reject every packet.
+type Dataplane struct {
+	nl   *netlink.Handle
+	xfrm *nl.SocketHandle
+}
+
+// Open returns a Dataplane for the namespace ns; ns may be closed afterwards.
+func Open(ns netns.NsHandle) (*Dataplane, error) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in namespace: %w", err)
+	}
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("XFRM netlink socket in namespace: %w", err)
+	}
+	return &Dataplane{nl: h, xfrm: &nl.SocketHandle{Socket: s}}, nil
+}
+
+// Close releases the sockets; what was programmed stays.
+func (d *Dataplane) Close() {
+	d.xfrm.Close()
+	d.nl.Close()
+}
+
+// reqid ties each policy template to the states of its connection.
+func reqid(ifID uint32) int { return int(ifID) }
+
+// objects are the kernel objects of one connection, described once so that
+// Up creates and Down removes exactly the same set.
+type objects struct {
+	link     *netlink.Xfrmi
+	addr     *netlink.Addr // nil when the connection has no tunnel address
+	states   []sa
+	policies []netlink.XfrmPolicy
+}
+
+// sa is one XFRM state with the name errors use for it.
+type sa struct {
+	dir      string
+	state    netlink.XfrmState
+	alg      esp.XFRM
+	enc, aut []byte
+}
+
+func describe(c *ipsec.Conn, ifID uint32) (objects, error) {
+	switch {
+	case ifID == 0:
+		return objects{}, errors.New("if_id 0 is not allowed: it means \"no interface\" to XFRM")
+	case c.Interface == "" || len(c.Interface) >= unix.IFNAMSIZ:
+		return objects{}, fmt.Errorf("interface name %q must be 1 to %d bytes", c.Interface, unix.IFNAMSIZ-1)
+	case !c.Local.IsValid() || !c.Remote.IsValid() || c.Local.Is4() != c.Remote.Is4():
+		return objects{}, fmt.Errorf("endpoints %v and %v must be two addresses of one family", c.Local, c.Remote)
+	case c.Out.SPI < 0x100 || c.In.SPI < 0x100:
+		return objects{}, fmt.Errorf("SPIs %#x/%#x: 1-255 are reserved and 0 means none (RFC 4303 §2.1)", c.Out.SPI, c.In.SPI)
+	}
+	alg, err := c.Algorithm()
+	if err != nil {
+		return objects{}, err
+	}
+	local, remote := net.IP(c.Local.AsSlice()), net.IP(c.Remote.AsSlice())
+	o := objects{link: &netlink.Xfrmi{
+		LinkAttrs: netlink.LinkAttrs{Name: c.Interface, MTU: c.MTU},
+		Ifid:      ifID,
+	}}
+	if c.Address.IsValid() {
+		o.addr = &netlink.Addr{IPNet: prefixNet(c.Address)}
+	}
+	for _, d := range []struct {
+		dir      string
+		src, dst net.IP
+		keys     ipsec.SA
+	}{{"out", local, remote, c.Out}, {"in", remote, local, c.In}} {
+		o.states = append(o.states, sa{dir: d.dir, alg: alg.XFRM(), enc: d.keys.EncKey, aut: d.keys.AuthKey,
+			state: netlink.XfrmState{Src: d.src, Dst: d.dst, Proto: netlink.XFRM_PROTO_ESP,
+				Mode: netlink.XFRM_MODE_TUNNEL, Spi: int(d.keys.SPI), Reqid: reqid(ifID), Ifid: int(ifID)}})
+	}
+	// Inner IPv4 only: IPv6 routed into the interface finds no policy and
+	// is dropped by the interface, never sent in clear.
+	any4 := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	for _, p := range []struct {
+		dir      netlink.Dir
+		src, dst net.IP
+	}{
+		{netlink.XFRM_DIR_OUT, local, remote},
+		{netlink.XFRM_DIR_IN, remote, local},
+		// Decrypted packets a gateway routes on to its LAN.
+		{netlink.XFRM_DIR_FWD, remote, local},
+	} {
+		o.policies = append(o.policies, netlink.XfrmPolicy{Src: any4, Dst: any4, Dir: p.dir, Ifid: int(ifID),
+			Tmpls: []netlink.XfrmPolicyTmpl{{Src: p.src, Dst: p.dst, Proto: netlink.XFRM_PROTO_ESP,
+				Mode: netlink.XFRM_MODE_TUNNEL, Reqid: reqid(ifID)}}})
+	}
+	return o, nil
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// Up programs connection c with XFRM interface id ifID. Policies go first:
+// they match only traffic carrying their if_id, so they are inert until the
+// interface exists; the interface comes last, so nothing can be routed into
+// a half-built tunnel. On error everything Up created is removed again.
+func (d *Dataplane) Up(c ipsec.Conn, ifID uint32) (err error) {
+	o, err := describe(&c, ifID)
+	if err != nil {
+		return fmt.Errorf("ipsec connection %s: %w", c.Name, err)
+	}
+	var undo []func() error
+	defer func() {
+		if err == nil {
+			return
+		}
+		err = fmt.Errorf("ipsec connection %s: %w", c.Name, err)
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("ipsec connection %s: roll back: %w", c.Name, uerr))
+			}
+		}
+	}()
+	for _, p := range o.policies {
+		if err := d.nl.XfrmPolicyAdd(&p); err != nil {
+			return fmt.Errorf("%s: %w", policyName(&p), err)
+		}
+		undo = append(undo, func() error { return d.nl.XfrmPolicyDel(&p) })
+	}
+	for _, s := range o.states {
+		if err := d.addState(s); err != nil {
+			return fmt.Errorf("%s: %w", stateName(s), withKernelReason(err))
+		}
+		undo = append(undo, func() error { return d.nl.XfrmStateDel(&s.state) })
+	}
+	return d.addLink(o, &undo)
+}
+
+func (d *Dataplane) addLink(o objects, undo *[]func() error) error {
+	// The underlying link only matters to kernels that insist on one; lo
+	// never goes away, unlike the outer interface, which failover swaps.
+	lo, err := d.nl.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo for interface %s: %w", o.link.Name, err)
+	}
+	o.link.ParentIndex = lo.Attrs().Index
+	if err := d.nl.LinkAdd(o.link); err != nil {
+		return fmt.Errorf("XFRM interface %s (if_id %d): %w", o.link.Name, o.link.Ifid, withKernelReason(err))
+	}
+	*undo = append(*undo, func() error { return d.nl.LinkDel(o.link) })
+	if o.addr != nil {
+		if err := d.nl.AddrAdd(o.link, o.addr); err != nil {
+			return fmt.Errorf("address %v on %s: %w", o.addr.IPNet, o.link.Name, err)
+		}
+	}
+	if err := d.nl.LinkSetUp(o.link); err != nil {
+		return fmt.Errorf("set %s up: %w", o.link.Name, err)
+	}
+	return nil
+}
+
+// addState sends XFRM_MSG_NEWSA itself to give the state an anti-replay
+// window of esp.DefaultReplayWindow: the classic replay_window field caps at
+// 32, a larger one needs XFRMA_REPLAY_ESN_VAL, which without the ESN flag
+// keeps plain 32-bit sequence numbers (as `ip xfrm state ... replay-window
+// 64` does).
+func (d *Dataplane) addState(s sa) error {
+	req := nl.NewNetlinkRequest(nl.XFRM_MSG_NEWSA, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_XFRM: d.xfrm}
+	st := &s.state
+	msg := &nl.XfrmUsersaInfo{Family: uint16(nl.GetIPFamily(st.Dst)), Mode: uint8(st.Mode), Reqid: uint32(st.Reqid)}
+	msg.Id.Daddr.FromIP(st.Dst)
+	msg.Id.Spi = nl.Swap32(uint32(st.Spi))
+	msg.Id.Proto = uint8(st.Proto)
+	msg.Saddr.FromIP(st.Src)
+	msg.Lft = unlimited()
+	req.AddData(msg)
+	if s.alg.AEAD != "" {
+		a := nl.XfrmAlgoAEAD{AlgKeyLen: bits(s.enc), AlgICVLen: uint32(s.alg.AEADICVBits), AlgKey: s.enc}
+		copy(a.AlgName[:len(a.AlgName)-1], s.alg.AEAD)
+		req.AddData(nl.NewRtAttr(nl.XFRMA_ALG_AEAD, a.Serialize()))
+	} else {
+		cr := nl.XfrmAlgo{AlgKeyLen: bits(s.enc), AlgKey: s.enc}
+		copy(cr.AlgName[:len(cr.AlgName)-1], s.alg.Crypt)
+		au := nl.XfrmAlgoAuth{AlgKeyLen: bits(s.aut), AlgTruncLen: uint32(s.alg.AuthTruncBits), AlgKey: s.aut}
+		copy(au.AlgName[:len(au.AlgName)-1], s.alg.Auth)
+		req.AddData(nl.NewRtAttr(nl.XFRMA_ALG_CRYPT, cr.Serialize()))
+		req.AddData(nl.NewRtAttr(nl.XFRMA_ALG_AUTH_TRUNC, au.Serialize()))
+	}
+	replay := nl.XfrmReplayStateEsn{ReplayWindow: esp.DefaultReplayWindow, BmpLen: (esp.DefaultReplayWindow + 31) / 32}
+	req.AddData(nl.NewRtAttr(nl.XFRMA_REPLAY_ESN_VAL, replay.Serialize()))
+	req.AddData(nl.NewRtAttr(nl.XFRMA_IF_ID, nl.Uint32Attr(uint32(st.Ifid))))
+	_, err := req.Execute(unix.NETLINK_XFRM, 0)
+	return err
+}
+
+func bits(key []byte) uint32 { return uint32(len(key) * 8) }
+
+// unlimited is what `ip xfrm state add` sends: no byte, packet or time
+// limit. Zero limits would expire the state at once.
+func unlimited() nl.XfrmLifetimeCfg {
+	return nl.XfrmLifetimeCfg{SoftByteLimit: nl.XFRM_INF, HardByteLimit: nl.XFRM_INF,
+		SoftPacketLimit: nl.XFRM_INF, HardPacketLimit: nl.XFRM_INF}
+}
+
+// withKernelReason adds, to an error that means a missing kernel feature,
+// which kernel option is missing. The errno alone can mislead: the kernel
+// checks the algorithms before it looks for ESP, so a kernel without both
+// says "algorithm not found". kernelprobe asks the kernel properly.
+func withKernelReason(err error) error {
+	if !errors.Is(err, unix.EPROTONOSUPPORT) && !errors.Is(err, unix.ENOSYS) &&
+		!errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EOPNOTSUPP) {
+		return err
+	}
+	if r := kernelprobe.Probe(); !r.OK() {
+		return fmt.Errorf("%w (%s; the userspace dataplane works without these)", err, r.Reason)
+	}
+	return err
+}
+
+// Down removes what Up(c, ifID) creates: the interface first, so traffic
+// stops entering the tunnel, then the states and policies. Objects already
+// gone are skipped, so Down can run any number of times.
+func (d *Dataplane) Down(c ipsec.Conn, ifID uint32) error {
+	o, err := describe(&c, ifID)
+	if err != nil {
+		return fmt.Errorf("ipsec connection %s: %w", c.Name, err)
+	}
+	var errs []error
+	if err := d.delLink(o.link); err != nil {
+		errs = append(errs, err)
+	}
+	for _, s := range o.states {
+		if err := d.nl.XfrmStateDel(&s.state); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("%s: %w", stateName(s), err))
+		}
+	}
+	for _, p := range o.policies {
+		if err := d.nl.XfrmPolicyDel(&p); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("%s: %w", policyName(&p), err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ipsec connection %s: remove: %w", c.Name, err)
+	}
+	return nil
+}
+
+// delLink removes the interface only if it is the XFRM interface of this
+// if_id: a link of that name made by anything else is not ours to delete.
+func (d *Dataplane) delLink(want *netlink.Xfrmi) error {
+	l, err := d.nl.LinkByName(want.Name)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find interface %s: %w", want.Name, err)
+	}
+	if x, ok := l.(*netlink.Xfrmi); !ok || x.Ifid != want.Ifid {
+		return fmt.Errorf("interface %s is a %s link, not the XFRM interface with if_id %d: left in place", want.Name, l.Type(), want.Ifid)
+	}
+	if err := d.nl.LinkDel(l); err != nil && !gone(err) {
+		return fmt.Errorf("delete interface %s: %w", want.Name, err)
+	}
+	return nil
+}
+
+func gone(err error) bool { return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) }
+
+func stateName(s sa) string {
+	return fmt.Sprintf("ESP state %s %v→%v spi %#x", s.dir, s.state.Src, s.state.Dst, uint32(s.state.Spi))
+}
+
+func policyName(p *netlink.XfrmPolicy) string {
+	return fmt.Sprintf("policy %s %v→%v if_id %d", p.Dir, p.Src, p.Dst, p.Ifid)
+}

@@ -1,0 +1,164 @@
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/plan"
+)
+
+// agentReadyTimeout bounds how long deploy waits for an agent to serve.
+const agentReadyTimeout = 10 * time.Second
+
+// AgentCommand returns the command that runs `emu agent --config path`.
+// Tests replace it so their own binary plays the agent.
+type AgentCommand func(configPath string) (*exec.Cmd, error)
+
+// SelfAgent runs the agent from the running emu binary.
+func SelfAgent(configPath string) (*exec.Cmd, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the emu binary: %w", err)
+	}
+	return exec.Command(exe, "agent", "--config", configPath), nil
+}
+
+// startAgent writes the agent's config (it holds keys: 0600), records the
+// agent by that unique config path before starting it, starts it inside the
+// node's namespace and waits until it serves.
+func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
+	dir := filepath.Join(labDir, "agents")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(dir, s.Node+".json")
+	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
+		return fmt.Errorf("write agent config: %w", err)
+	}
+	if err := j.add(Entry{Kind: "agent", Name: cfgPath}); err != nil {
+		return err
+	}
+	logPath := filepath.Join(labDir, "logs", s.Node+".log")
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	mk := d.Agent
+	if mk == nil {
+		mk = SelfAgent
+	}
+	cmd, err := mk(cfgPath)
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = []*os.File{w}
+	// Its own session: a Ctrl-C meant for a later command must not stop it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The child inherits the namespace of the thread that forks it.
+	err = netnsx.Do(s.Namespace, cmd.Start)
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("start agent of %s: %w", s.Node, err)
+	}
+	go cmd.Wait() // reap it if it exits while deploy still runs
+	line, err := readLine(r, agentReadyTimeout)
+	if err != nil || line != agent.Ready {
+		if line == "" {
+			line = fmt.Sprint(err)
+		}
+		return fmt.Errorf("agent of %s did not start: %s (log: %s)", s.Node, strings.TrimPrefix(line, "error: "), logPath)
+	}
+	return nil
+}
+
+func readLine(f *os.File, timeout time.Duration) (string, error) {
+	f.SetReadDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return "", fmt.Errorf("no answer within %s", timeout)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// stopAgent ends the agent started with that config path, found by its exact
+// command line, never by a pattern: SIGTERM, then SIGKILL after a grace.
+func stopAgent(cfgPath string) error {
+	pids, err := agentPIDs(cfgPath)
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for _, pid := range pids {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if alive(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	return nil
+}
+
+func agentPIDs(cfgPath string) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
+		for i := 0; i+1 < len(args); i++ {
+			if string(args[i]) == "--config" && string(args[i+1]) == cfgPath {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, nil
+}
+
+// alive is false for a zombie too: it no longer holds anything.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}

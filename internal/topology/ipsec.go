@@ -1,0 +1,188 @@
+package topology
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Tunnel is one route-based IPsec connection of a node: ESP in tunnel mode
+// between Local and Remote, seen by routing as the interface Interface.
+// Both ends declare it; they are paired by their endpoint addresses.
+type Tunnel struct {
+	Name      string
+	Line      int
+	Interface string
+	Address   netip.Prefix // tunnel address, e.g. for BGP over the tunnel; optional
+	Local     netip.Addr   // this node's endpoint (on-prem: its "VPN IP")
+	Remote    netip.Addr   // the peer's endpoint
+	Cipher    string       // one of Ciphers
+	Key       string       // KeyGenerate, or hex key material shared by both ends
+	Peer      Endpoint     // node and interface of the other end, set by check
+}
+
+// KeyGenerate asks deploy for fresh random keys.
+const KeyGenerate = "generate"
+
+// Ciphers are the ESP transforms; the first is the default.
+var Ciphers = []string{"aes-gcm-128", "aes-cbc-sha1", "aes-cbc-sha256"}
+
+// Dataplanes choose how ESP runs; auto probes the kernel.
+var Dataplanes = []string{"auto", "kernel", "userspace"}
+
+// Tunnel returns the tunnel of n with that interface name, or nil.
+func (n *Node) Tunnel(ifname string) *Tunnel {
+	for _, t := range n.Tunnels {
+		if t.Interface == ifname {
+			return t
+		}
+	}
+	return nil
+}
+
+func (r *resolver) tunnel(node *Node, n *yaml.Node, index int) {
+	t := &Tunnel{Line: n.Line, Cipher: Ciphers[0], Key: KeyGenerate, Interface: fmt.Sprintf("ipsec%d", index)}
+	what := fmt.Sprintf("node %q ipsec connection", node.Name)
+	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key") {
+		s, ok := r.str(f.val, what+" "+f.key)
+		if !ok {
+			continue
+		}
+		switch f.key {
+		case "name":
+			t.Name = s
+		case "local", "remote":
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				r.at(f.line, "%s: %s %q is not an IP address (an endpoint is a single address, no prefix length)", what, f.key, s)
+				continue
+			}
+			if f.key == "local" {
+				t.Local = a
+			} else {
+				t.Remote = a
+			}
+		case "interface":
+			if len(s) > maxIfName || !ifNameRe.MatchString(s) {
+				r.at(f.line, "%s: interface %q must be 1 to %d letters, digits, '.', '-' or '_'", what, s, maxIfName)
+			}
+			t.Interface = s
+		case "address":
+			if p, ok := r.prefix(f.line, what+" address", s); ok {
+				t.Address = p
+			}
+		case "cipher":
+			if !slices.Contains(Ciphers, s) {
+				r.at(f.line, "%s: cipher %q is not supported: use one of %s%s", what, s, strings.Join(Ciphers, ", "), hint(s, Ciphers))
+			}
+			t.Cipher = s
+		case "key":
+			if s != KeyGenerate {
+				if b, err := hex.DecodeString(s); err != nil || len(b) < 16 {
+					r.at(f.line, "%s: key must be %q or at least 32 hex digits (16 bytes) shared by both ends", what, KeyGenerate)
+				}
+			}
+			t.Key = s
+		}
+	}
+	if t.Name == "" {
+		t.Name = t.Interface
+	}
+	if !t.Local.IsValid() || !t.Remote.IsValid() {
+		r.at(n.Line, "%s %q needs `local:` (this node's endpoint address) and `remote:` (the peer's)", what, t.Name)
+		return
+	}
+	node.Tunnels = append(node.Tunnels, t)
+}
+
+// checkTunnels pairs every tunnel with its other end and checks that the
+// endpoints are reached over the plain path, never through a tunnel.
+func (r *resolver) checkTunnels() {
+	type key struct{ local, remote netip.Addr }
+	ends := map[key]*Node{}
+	for _, n := range r.t.Nodes {
+		for _, t := range n.Tunnels {
+			ends[key{t.Local, t.Remote}] = n
+		}
+	}
+	for _, n := range r.t.Nodes {
+		names := map[string]int{}
+		for _, t := range n.Tunnels {
+			if prev, dup := names[t.Interface]; dup {
+				r.at(t.Line, "node %q: tunnel interface %s is already used by the connection at line %d: give each its own `interface:`", n.Name, t.Interface, prev)
+			}
+			names[t.Interface] = t.Line
+			if n.Interface(t.Interface) != nil {
+				r.at(t.Line, "node %q: tunnel interface %s clashes with a declared interface: pick another name", n.Name, t.Interface)
+			}
+			if !n.Owns(t.Local) {
+				r.at(t.Line, "node %q connection %s: local endpoint %s is not an address of the node (%s)", n.Name, t.Name, t.Local, prefixes(allAddrs(n)))
+			}
+			peer := ends[key{t.Remote, t.Local}]
+			if peer == nil {
+				r.at(t.Line, "node %q connection %s: no node declares the other end (local: %s, remote: %s): add that connection to the peer gateway", n.Name, t.Name, t.Remote, t.Local)
+				continue
+			}
+			pt := peerTunnel(peer, t)
+			t.Peer = Endpoint{Node: peer.Name, Interface: pt.Interface}
+			if pt.Cipher != t.Cipher {
+				r.at(t.Line, "node %q connection %s: cipher %s differs from %s on %s (line %d): both ends must use the same", n.Name, t.Name, t.Cipher, pt.Cipher, peer.Name, pt.Line)
+			}
+			if pt.Key != t.Key {
+				r.at(t.Line, "node %q connection %s: key differs from the one on %s (line %d): give both ends the same key, or `generate` on both", n.Name, t.Name, peer.Name, pt.Line)
+			}
+			if via := r.routeFor(n, t.Remote); via != "" && n.Tunnel(via) != nil {
+				r.at(t.Line, "node %q connection %s: the remote endpoint %s is routed into tunnel %s itself (recursive): route the endpoint over the plain path with a more specific route", n.Name, t.Name, t.Remote, via)
+			}
+		}
+	}
+}
+
+func peerTunnel(peer *Node, t *Tunnel) *Tunnel {
+	for _, pt := range peer.Tunnels {
+		if pt.Local == t.Remote && pt.Remote == t.Local {
+			return pt
+		}
+	}
+	return nil
+}
+
+// routeFor returns the interface the node's static routes and connected
+// subnets send addr through, by longest prefix, or "" if none does.
+func (r *resolver) routeFor(n *Node, addr netip.Addr) string {
+	best, dev := -1, ""
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			if p.Contains(addr) && p.Bits() > best {
+				best, dev = p.Bits(), ifc.Name
+			}
+		}
+	}
+	for _, rt := range n.Routes {
+		if !rt.Dst.Contains(addr) || rt.Dst.Bits() <= best {
+			continue
+		}
+		best = rt.Dst.Bits()
+		if rt.Dev != "" {
+			dev = rt.Dev
+		} else if ifc := n.Connected(rt.Via); ifc != nil {
+			dev = ifc.Name
+		} else if t := tunnelOf(n, rt.Via); t != nil {
+			dev = t.Interface
+		}
+	}
+	return dev
+}
+
+func tunnelOf(n *Node, via netip.Addr) *Tunnel {
+	for _, t := range n.Tunnels {
+		if t.Address.IsValid() && t.Address.Contains(via) {
+			return t
+		}
+	}
+	return nil
+}
