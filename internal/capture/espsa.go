@@ -59,11 +59,13 @@ var wiresharkAlgorithm = map[string]struct {
 // destination IP, SPI, encryption algorithm, encryption key, authentication
 // algorithm, authentication key; keys as "0x" and hex digits (the
 // dissector's compute_ascii_key reads a "0x" prefix as hex); lines starting
-// with '#' are comments. Recent Wireshark appends two columns, "SN" and "ESN
-// High Bits", and fills them with defaults ("32-bit", "0") when a line stops
-// after the authentication key, while older releases reject a line with more
-// than eight fields; eight fields load in both, and the lab's SAs do not use
-// extended sequence numbers.
+// with '#' are comments. Newer releases add two columns, "SN" and "ESN High
+// Bits", and register defaults for them ("32-bit", "0": esp_uat_defaults_)
+// so files without them still load; releases without those columns reject
+// any extra field ("more fields than required" in uat_load.l). Eight fields
+// is therefore the form both read, and the lab's SAs use no extended
+// sequence numbers. TestWiresharkESPSA_TsharkDecryptsAndAuthenticates checks
+// the file against a real tshark when one is installed.
 func WriteWiresharkESPSA(w io.Writer, sas []SA) error {
 	var b strings.Builder
 	b.WriteString("# Wireshark ESP SAs (esp_sa) written by emu; they hold keys.\n")

@@ -19,6 +19,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/esp"
@@ -124,10 +125,48 @@ func (d *Dataplane) socket(local netip.Addr) (*net.IPConn, error) {
 		return nil, fmt.Errorf("raw ESP socket on %s: %w", local, err)
 	}
 	d.socks[local] = s
+	if err := forceBuffers(s, socketBuffer); err != nil {
+		return nil, fmt.Errorf("raw ESP socket on %s: %w", local, err)
+	}
 	return s, nil
 }
 
+// socketBuffer absorbs bursts: with the default 208 KiB a TCP window of
+// full-size ESP packets overflows the receiving raw socket, and every drop
+// costs the inner flow a retransmission.
+const socketBuffer = 8 << 20
+
+// forceBuffers sets the socket buffers past net.core.[rw]mem_max, which the
+// agent may do as root (SO_RCVBUFFORCE) without changing the host's sysctls.
+func forceBuffers(c *net.IPConn, size int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+		if serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("socket buffers: %w", serr)
+	}
+	return nil
+}
+
 func configureLink(c ipsec.Conn) error {
+	// Without IPv6 the interface sends no router solicitations or MLD
+	// reports into the tunnel before routes exist.
+	if !c.Address.Addr().Is6() {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+c.Interface+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("disable IPv6 on %s: %w", c.Interface, err)
+		}
+	}
 	link, err := netlink.LinkByName(c.Interface)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", c.Interface, err)
