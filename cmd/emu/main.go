@@ -35,7 +35,8 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := newApp().RunContext(ctx, os.Args)
+	app := newApp()
+	err := app.RunContext(ctx, interspersed(app, os.Args))
 	if err == nil {
 		return
 	}
@@ -82,6 +83,7 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
 			inspectCommand(),
 			execCommand(),
 			checkCommand(),
+			captureCommand(),
 			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

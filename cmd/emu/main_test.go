@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,8 @@ import (
 )
 
 // The test binary doubles as emu, so CLI tests run the real command, exit
-// codes and all, without a separate build.
+// codes and all, without a separate build; the agents deploy starts run it
+// too, as `emu agent`.
 func TestMain(m *testing.M) {
 	if os.Getenv("EMU_TEST_AS_EMU") == "1" {
 		main()
@@ -203,4 +205,63 @@ func countNamespaces(lab string) int {
 		}
 	}
 	return n
+}
+
+func TestCLI_Capture_PcapDecryptsWithTheLabsESPSAFile(t *testing.T) {
+	labtest.RequireRoot(t)
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		t.Skip("tshark is not installed (scripts/setup.sh installs it): cannot prove Wireshark decrypts the capture")
+	}
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo, "--ipsec-dataplane", "userspace"); r.code != 0 {
+		t.Fatalf("deploy: %s", r.stderr)
+	}
+	pcap := filepath.Join(t.TempDir(), "vbr.pcap")
+	capCmd := emuCmd(t, state, "capture", "-t", topo, "vbr:eth1", "-d", "3s", "-w", pcap)
+	var capErr bytes.Buffer
+	capCmd.Stderr = &capErr
+	if err := capCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if r := runEmu(t, state, "check", "-t", topo); r.code != 0 {
+		t.Fatalf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := capCmd.Wait(); err != nil {
+		t.Fatalf("capture: %v: %s", err, capErr.String())
+	}
+	if !strings.Contains(capErr.String(), "esp_sa") {
+		t.Errorf("capture does not point to the ESP keys: %s", capErr.String())
+	}
+	home := t.TempDir()
+	os.MkdirAll(filepath.Join(home, "wireshark"), 0o700)
+	keys, err := os.ReadFile(filepath.Join(filepath.Dir(topo), "emu-"+name, "esp_sa"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(home, "wireshark", "esp_sa"), keys, 0o600)
+	fields := func(decrypt bool) string {
+		cmd := exec.Command(tshark, "-r", pcap, "-o", fmt.Sprintf("esp.enable_encryption_decode:%v", decrypt),
+			"-Y", "esp", "-T", "fields", "-e", "ip.src")
+		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+home, "HOME="+home)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("tshark: %v", err)
+		}
+		return string(out)
+	}
+	// ip.src lists the outer and, once decrypted, the inner source.
+	if clear := fields(false); strings.Contains(clear, "10.1.0.10") {
+		t.Fatalf("inner address visible without keys: the capture is not encrypted:\n%s", clear)
+	}
+	if dec := fields(true); !strings.Contains(dec, "10.0.0.1,10.1.0.10") || !strings.Contains(dec, "172.16.1.10,172.16.2.10") {
+		t.Errorf("tshark with the lab's esp_sa did not reveal both inner flows:\n%s", dec)
+	}
 }

@@ -81,6 +81,9 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := d.makeLabDir(j, p.LabDir); err != nil {
 		return err
 	}
+	if err := writeESPSA(p); err != nil {
+		return err
+	}
 	w := wiring.New()
 	defer w.Close()
 	first := 0
