@@ -17,8 +17,8 @@ type Topology struct {
 	// Dataplane is how ESP runs: "auto" (kernel if it can, else userspace),
 	// "kernel" or "userspace".
 	Dataplane string
-	Nodes  []*Node
-	Links  []*Link
+	Nodes     []*Node
+	Links     []*Link
 }
 
 // Node is one element of the lab: a namespace of a given kind.

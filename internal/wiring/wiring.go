@@ -248,7 +248,6 @@ func (w *Net) AddRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric
 	return nil
 }
 
-
 // DeleteRoute removes a route from the main table; dev and via narrow the
 // match as they do for `ip route del`.
 func (w *Net) DeleteRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
