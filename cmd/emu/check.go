@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/olekukonko/tablewriter"
+	"github.com/olekukonko/tablewriter/tw"
 	"github.com/urfave/cli/v2"
 
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/lab"
 )
 
 // exitChecksFailed is returned when the lab was checked and a check failed.
@@ -49,8 +52,11 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 			if err != nil {
 				return err
 			}
-			if rec == nil || !rec.Complete {
+			if rec == nil {
 				return fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
+			}
+			if !rec.Complete {
+				return &lab.DeployedError{Record: rec}
 			}
 			l := checks.Lab{Topology: t}
 			results := checks.Run(c.Context, l, checks.For(l))
@@ -72,7 +78,7 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 }
 
 func printResults(w io.Writer, rs []checks.Result) error {
-	t := tablewriter.NewWriter(w)
+	t := tablewriter.NewTable(w, tablewriter.WithRowAutoWrap(tw.WrapNone))
 	t.Header("Check", "Result", "Seen", "Time")
 	passed := 0
 	for _, r := range rs {
@@ -81,7 +87,7 @@ func printResults(w io.Writer, rs []checks.Result) error {
 			res = "pass"
 			passed++
 		}
-		if err := t.Append(r.Check, res, r.Evidence, r.Duration.Round(100*time.Microsecond).String()); err != nil {
+		if err := t.Append(r.Check, res, wrap(r.Evidence, 72), r.Duration.Round(100*time.Microsecond).String()); err != nil {
 			return err
 		}
 	}
@@ -90,4 +96,22 @@ func printResults(w io.Writer, rs []checks.Result) error {
 	}
 	_, err := fmt.Fprintf(w, "%d passed, %d failed\n", passed, len(rs)-passed)
 	return err
+}
+
+// wrap breaks text into lines of at most width at spaces, never inside a
+// word: evidence carries markers and addresses that must stay whole.
+func wrap(text string, width int) string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(text) {
+		if line != "" && len(line)+1+len(word) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += word
+	}
+	return strings.Join(append(lines, line), "\n")
 }

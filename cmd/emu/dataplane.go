@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/emu-lab/emu/internal/ipsec/kernelprobe"
 	"github.com/emu-lab/emu/internal/plan"
@@ -44,6 +45,18 @@ func chooseDataplane(w io.Writer, t *topology.Topology, flag string) (string, er
 	case want == plan.Kernel:
 		return "", fmt.Errorf("the kernel ESP dataplane was asked for, but %s: use --%s userspace, or a kernel with those options", probe.Reason, dataplaneFlag)
 	}
-	fmt.Fprintf(w, "ipsec dataplane: userspace ESP, because %s\n", probe.Reason)
+	fmt.Fprintf(w, "ipsec dataplane: userspace ESP, because this kernel lacks %s (deploy with --%s kernel to see the kernel's answers)\n", strings.Join(missingOptions(probe), " and "), dataplaneFlag)
 	return plan.Userspace, nil
+}
+
+// missingOptions names the kernel options the probe found missing.
+func missingOptions(r kernelprobe.Result) []string {
+	var out []string
+	if !r.ESP {
+		out = append(out, "ESP (CONFIG_INET_ESP)")
+	}
+	if !r.XFRMInterface {
+		out = append(out, "XFRM interfaces (CONFIG_XFRM_INTERFACE)")
+	}
+	return out
 }
