@@ -12,6 +12,7 @@ func TestInterspersed_FlagsAfterPositionalsAreMovedAhead(t *testing.T) {
 		{[]string{"emu", "exec", "-t", "x.yaml", "client", "--", "ping", "-c", "1"}, []string{"emu", "exec", "-t", "x.yaml", "client", "--", "ping", "-c", "1"}},
 		{[]string{"emu", "deploy", "--dry-run", "-t", "x.yaml"}, []string{"emu", "deploy", "--dry-run", "-t", "x.yaml"}},
 		{[]string{"emu", "--help"}, []string{"emu", "--help"}},
+		{[]string{"emu", "fault", "tunnel", "down", "to-vpc", "-t", "x.yaml"}, []string{"emu", "fault", "tunnel", "down", "-t", "x.yaml", "to-vpc"}},
 	} {
 		if got := interspersed(newApp(), tc.in); !slices.Equal(got, tc.want) {
 			t.Errorf("interspersed(%q) = %q, want %q", tc.in, got, tc.want)

@@ -84,6 +84,8 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
 			execCommand(),
 			checkCommand(),
 			captureCommand(),
+			faultCommand(),
+			routeCommand(),
 			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

@@ -178,8 +178,8 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 			}
 			tunnels = append(tunnels, step...)
 		}
-		for _, r := range n.Routes {
-			routes = append(routes, Route{Namespace: ns, Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+		for _, r := range RoutesOf(t, n) {
+			routes = append(routes, r)
 		}
 	}
 	for _, l := range t.Links {
@@ -224,6 +224,15 @@ func tunnelSteps(n *topology.Node, ns string, secrets *ipsec.Secrets, dataplane 
 		steps = append(steps, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
 	}
 	return steps, nil
+}
+
+// RoutesOf is the static routes of one node as steps.
+func RoutesOf(t *topology.Topology, n *topology.Node) []Route {
+	var out []Route
+	for _, r := range n.Routes {
+		out = append(out, Route{Namespace: NamespaceName(t.Name, n.Name), Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+	}
+	return out
 }
 
 func usesIPv6(n *topology.Node) bool {

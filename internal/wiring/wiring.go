@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -222,6 +223,13 @@ func (w *Net) AddAddress(ns, ifname string, addr *net.IPNet) error {
 	return nil
 }
 
+// ErrRouteExists and ErrNoRoute let callers that add or remove a route
+// twice on purpose (restore, withdraw) treat the second time as done.
+var (
+	ErrRouteExists = unix.EEXIST
+	ErrNoRoute     = unix.ESRCH
+)
+
 // AddRoute adds a route to the main table. via may be nil for an on-link
 // route through dev; dev may be empty to let the kernel pick it from via.
 func (w *Net) AddRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
@@ -270,4 +278,17 @@ func (w *Net) DeleteRoute(ns string, dst *net.IPNet, via net.IP, dev string, met
 		return fmt.Errorf("delete route %s in %s: %w", dst, ns, err)
 	}
 	return nil
+}
+
+// IPNet converts a prefix for the netlink API.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// IP converts an address for the netlink API; the zero Addr becomes nil.
+func IP(a netip.Addr) net.IP {
+	if !a.IsValid() {
+		return nil
+	}
+	return a.AsSlice()
 }

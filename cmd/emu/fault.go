@@ -1,0 +1,157 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/fault"
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+func faultCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "fault",
+		Usage: "break or repair a tunnel or a link of a running lab",
+		UsageText: `emu fault tunnel down|up -t FILE CONNECTION     (CONNECTION: name, or NODE:name)
+emu fault link down|up -t FILE NODE:IF`,
+		Description: `"tunnel down" drops every ESP packet between the connection's two endpoints with an
+nftables table (emu-fault-<connection>) in the namespace of the node that declares it:
+the tunnel stays configured but nothing crosses it, as when the private line or the peer
+fails. "tunnel up" removes that table. "link down" sets an interface down, so its veth
+peer loses carrier. All are idempotent. Example:
+   emu fault tunnel down -t topologies/static.yaml to-vpc`,
+		Subcommands: []*cli.Command{
+			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP of one connection", Subcommands: []*cli.Command{
+				tunnelFault("down"), tunnelFault("up"),
+			}},
+			{Name: "link", Usage: "set an interface down or up", Subcommands: []*cli.Command{
+				linkFault("down"), linkFault("up"),
+			}},
+		},
+	}
+}
+
+func tunnelFault(dir string) *cli.Command {
+	return &cli.Command{
+		Name:      dir,
+		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
+		Flags:     []cli.Flag{topoFlag},
+		Action: func(c *cli.Context) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			t, err := loadTopology(c)
+			if err != nil {
+				return err
+			}
+			node, tun, err := findTunnel(t, c.Args().First())
+			if err != nil {
+				return err
+			}
+			ns := plan.NamespaceName(t.Name, node.Name)
+			if dir == "down" {
+				err = fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote)
+			} else {
+				err = fault.TunnelUp(ns, tun.Name)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.ErrWriter, "tunnel %s (%s %s ↔ %s) is %s\n", tun.Name, node.Name, tun.Local, tun.Remote, map[string]string{"down": "broken: ESP dropped both ways", "up": "repaired"}[dir])
+			return nil
+		},
+	}
+}
+
+// findTunnel resolves "name" or "node:name" to one connection.
+func findTunnel(t *topology.Topology, arg string) (*topology.Node, *topology.Tunnel, error) {
+	if arg == "" {
+		return nil, nil, invalidInput{fmt.Errorf("name the connection: %s", tunnelNames(t))}
+	}
+	nodeName, connName, scoped := strings.Cut(arg, ":")
+	if !scoped {
+		connName, nodeName = arg, ""
+	}
+	var found []*topology.Node
+	var tun *topology.Tunnel
+	for _, n := range t.Nodes {
+		for _, tt := range n.Tunnels {
+			if tt.Name == connName && (nodeName == "" || n.Name == nodeName) {
+				found = append(found, n)
+				tun = tt
+			}
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], tun, nil
+	case 0:
+		return nil, nil, invalidInput{fmt.Errorf("no IPsec connection %q in lab %q (%s)", arg, t.Name, tunnelNames(t))}
+	}
+	return nil, nil, invalidInput{fmt.Errorf("connection name %q is used on several nodes: write NODE:%s", connName, connName)}
+}
+
+func tunnelNames(t *topology.Topology) string {
+	var names []string
+	for _, n := range t.Nodes {
+		for _, tt := range n.Tunnels {
+			names = append(names, n.Name+":"+tt.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "the lab has none"
+	}
+	return "connections: " + strings.Join(names, ", ")
+}
+
+func linkFault(dir string) *cli.Command {
+	return &cli.Command{
+		Name:      dir,
+		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
+		Flags:     []cli.Flag{topoFlag},
+		Action: func(c *cli.Context) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			t, err := loadTopology(c)
+			if err != nil {
+				return err
+			}
+			name := t.Name
+			node, ifname, ok := strings.Cut(c.Args().First(), ":")
+			if !ok || node == "" || ifname == "" {
+				return invalidInput{fmt.Errorf("%q: write NODE:IF, like vbr:eth1", c.Args().First())}
+			}
+			ns := plan.NamespaceName(name, node)
+			if dir == "down" {
+				err = fault.LinkDown(ns, ifname)
+			} else if err = fault.LinkUp(ns, ifname); err == nil {
+				err = reapplyRoutes(t, node)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.ErrWriter, "link %s:%s is %s\n", node, ifname, dir)
+			return nil
+		},
+	}
+}
+
+// reapplyRoutes puts back the static routes the kernel deleted when the
+// interface went down, on the node and on its neighbour across the link
+// (whose routes through the link lost carrier too).
+func reapplyRoutes(t *topology.Topology, node string) error {
+	routes := plan.RoutesOf(t, t.Node(node))
+	for _, l := range t.Links {
+		for i, e := range l.Ends {
+			if e.Node == node {
+				routes = append(routes, plan.RoutesOf(t, t.Node(l.Ends[1-i].Node))...)
+			}
+		}
+	}
+	return lab.ReapplyRoutes(routes)
+}

@@ -1,0 +1,149 @@
+// Package fault breaks and repairs a running lab the way the guide's failure
+// cases need: an IPsec tunnel whose ESP no longer gets through, or a link
+// that goes down. Each fault lives in the namespace it affects, so destroying
+// the lab removes it too.
+package fault
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// tablePrefix names the nftables tables emu owns; one per broken connection.
+const tablePrefix = "emu-fault-"
+
+// TunnelDown drops every ESP packet between local and remote in and out of
+// namespace ns (the gateway holding one end), as a broken private line or a
+// dead peer would: the tunnel stays configured, nothing crosses it.
+// Breaking a tunnel that is already broken is not an error.
+func TunnelDown(ns, conn string, local, remote netip.Addr) error {
+	if !local.Is4() || !remote.Is4() {
+		return fmt.Errorf("tunnel %s: only IPv4 endpoints can be broken yet", conn)
+	}
+	c, closeNS, err := open(ns)
+	if err != nil {
+		return err
+	}
+	defer closeNS()
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: tablePrefix + conn}
+	// Delete and recreate in one batch: idempotent, and atomic.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	for _, hook := range []struct {
+		name     string
+		hook     *nftables.ChainHook
+		src, dst netip.Addr
+	}{
+		{"output", nftables.ChainHookOutput, local, remote},
+		{"input", nftables.ChainHookInput, remote, local},
+	} {
+		ch := c.AddChain(&nftables.Chain{Name: hook.name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropESP(hook.src, hook.dst)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("break tunnel %s in %s: nftables: %w", conn, ns, err)
+	}
+	return nil
+}
+
+// TunnelUp removes what TunnelDown added; repairing a healthy tunnel is not
+// an error.
+func TunnelUp(ns, conn string) error {
+	c, closeNS, err := open(ns)
+	if err != nil {
+		return err
+	}
+	defer closeNS()
+	if _, err := c.ListTableOfFamily(tablePrefix+conn, nftables.TableFamilyIPv4); err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("repair tunnel %s in %s: %w", conn, ns, err)
+	}
+	c.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: tablePrefix + conn})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("repair tunnel %s in %s: nftables: %w", conn, ns, err)
+	}
+	return nil
+}
+
+// TunnelBroken reports whether TunnelDown is in force for conn.
+func TunnelBroken(ns, conn string) (bool, error) {
+	c, closeNS, err := open(ns)
+	if err != nil {
+		return false, err
+	}
+	defer closeNS()
+	_, err = c.ListTableOfFamily(tablePrefix+conn, nftables.TableFamilyIPv4)
+	return err == nil, nil
+}
+
+// dropESP matches IPv4 protocol 50 from src to dst and drops it, counted.
+func dropESP(src, dst netip.Addr) []expr.Any {
+	s, d := src.As4(), dst.As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ESP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d[:]},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+func open(ns string) (*nftables.Conn, func(), error) {
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(h)))
+	if err != nil {
+		h.Close()
+		return nil, nil, fmt.Errorf("nftables in %s: %w", ns, err)
+	}
+	return c, func() { c.CloseLasting(); h.Close() }, nil
+}
+
+// LinkDown sets an interface administratively down; its veth peer loses
+// carrier, as a cut cable would.
+func LinkDown(ns, ifname string) error { return setLink(ns, ifname, false) }
+
+// LinkUp brings it back.
+func LinkUp(ns, ifname string) error { return setLink(ns, ifname, true) }
+
+func setLink(ns, ifname string, up bool) error {
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("interface %s in %s: %w", ifname, ns, err)
+	}
+	if up {
+		err = nl.LinkSetUp(link)
+	} else {
+		err = nl.LinkSetDown(link)
+	}
+	if err != nil {
+		return fmt.Errorf("set %s in %s %s: %w", ifname, ns, map[bool]string{true: "up", false: "down"}[up], err)
+	}
+	return nil
+}
