@@ -3,6 +3,7 @@ package topology
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -15,11 +16,34 @@ func LabName(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read topology: %w", err)
 	}
+	name := labName(data)
+	if name == "" {
+		return "", fmt.Errorf("%s: no lab `name:` found at the top of the file", path)
+	}
+	// The name is joined into namespace names and the lab directory's path:
+	// refuse what Parse refuses rather than act on some other lab or path.
+	if msg := nameProblem("lab name", name); msg != "" {
+		return "", fmt.Errorf("%s: %s", path, msg)
+	}
+	return name, nil
+}
+
+func labName(data []byte) string {
 	var top struct {
 		Name string `yaml:"name"`
 	}
-	if err := yaml.Unmarshal(data, &top); err != nil || top.Name == "" {
-		return "", fmt.Errorf("%s: no lab `name:` found at the top of the file", path)
+	if err := yaml.Unmarshal(data, &top); err == nil {
+		return top.Name
 	}
-	return top.Name, nil
+	// A syntax error anywhere fails the whole document; the top-level
+	// `name:` line alone still says which lab the file deployed.
+	for line := range strings.Lines(string(data)) {
+		if strings.HasPrefix(line, "name:") {
+			if yaml.Unmarshal([]byte(line), &top) == nil {
+				return top.Name
+			}
+			return ""
+		}
+	}
+	return ""
 }

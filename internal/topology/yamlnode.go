@@ -112,7 +112,7 @@ func describe(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	case yaml.AliasNode:
-		return "an alias"
+		return "the alias *" + n.Value + " (emu does not expand YAML aliases: write the value out)"
 	}
 	if isNull(n) {
 		return "an empty value"
