@@ -293,7 +293,9 @@ func (d *Dataplane) delLink(want *netlink.Xfrmi) error {
 	return nil
 }
 
-func gone(err error) bool { return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) }
+func gone(err error) bool {
+	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV)
+}
 
 func stateName(s sa) string {
 	return fmt.Sprintf("ESP state %s %v→%v spi %#x", s.dir, s.state.Src, s.state.Dst, uint32(s.state.Spi))
