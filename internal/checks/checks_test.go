@@ -13,7 +13,7 @@ import (
 
 func TestMain(m *testing.M) { labtest.Main(m) }
 
-const staticTopology = "../../topologies/static.yaml"
+const staticTopology = "static.yaml"
 
 func TestMethod1Static_TunnelUp_PrivatePathCarriesOnlyESP(t *testing.T) {
 	l := labtest.Deploy(t, staticTopology)

@@ -14,7 +14,7 @@ import (
 
 func TestMain(m *testing.M) { labtest.Main(m) }
 
-const staticTopology = "../../topologies/static.yaml"
+const staticTopology = "static.yaml"
 
 var ecs = netip.MustParseAddr("172.16.2.10")
 

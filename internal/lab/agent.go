@@ -100,8 +100,11 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 func readLine(f *os.File, timeout time.Duration) (string, error) {
 	f.SetReadDeadline(time.Now().Add(timeout))
 	line, err := bufio.NewReader(f).ReadString('\n')
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "", fmt.Errorf("no answer within %s", timeout)
+	case err != nil && line == "":
+		return "", errors.New("it exited before saying it was ready")
 	}
 	return strings.TrimSpace(line), nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netns"
+
+	"github.com/emu-lab/emu/internal/ipsec/kernel"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -209,18 +211,13 @@ func (d *Deployer) runStep(w *wiring.Net, j *journal, labDir string, i int, s pl
 	case plan.Veth:
 		return w.AddVeth(s.A.Namespace, s.A.Interface, s.B.Namespace, s.B.Interface, s.MTU)
 	case plan.Address:
-		return w.AddAddress(s.Namespace, s.Interface, &net.IPNet{IP: s.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), s.Prefix.Addr().BitLen())})
+		return w.AddAddress(s.Namespace, s.Interface, wiring.IPNet(s.Prefix))
 	case plan.Agent:
 		return d.startAgent(j, labDir, s)
 	case plan.KernelTunnel:
-		return fmt.Errorf("kernel dataplane for %s: not wired yet", s.Conn.Name)
+		return addKernelTunnel(s)
 	case plan.Route:
-		var via net.IP
-		if s.Via.IsValid() {
-			via = s.Via.AsSlice()
-		}
-		dst := &net.IPNet{IP: s.Dst.Addr().AsSlice(), Mask: net.CIDRMask(s.Dst.Bits(), s.Dst.Addr().BitLen())}
-		return w.AddRoute(s.Namespace, dst, via, s.Dev, s.Metric)
+		return w.AddRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
 	}
 	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
 }
@@ -229,4 +226,21 @@ func (d *Deployer) progress(ev Event) {
 	if d.Progress != nil {
 		d.Progress(ev)
 	}
+}
+
+// addKernelTunnel programs one tunnel into the namespace's XFRM: policies,
+// states and the XFRM interface. They live in the namespace, so destroying
+// the namespace removes them.
+func addKernelTunnel(s plan.KernelTunnel) error {
+	ns, err := netns.GetFromName(s.Namespace)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", s.Namespace, err)
+	}
+	defer ns.Close()
+	d, err := kernel.Open(ns)
+	if err != nil {
+		return fmt.Errorf("xfrm in %s: %w", s.Namespace, err)
+	}
+	defer d.Close()
+	return d.Up(s.Conn, s.IfID)
 }

@@ -20,7 +20,9 @@ import (
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
-const staticTopology = "../../topologies/static.yaml"
+func TestMain(m *testing.M) { labtest.Main(m) }
+
+const staticTopology = "static.yaml"
 
 func TestDeploy_StaticTopology_ForwardsPlainTrafficClientToECS(t *testing.T) {
 	l := labtest.Deploy(t, staticTopology)

@@ -22,6 +22,7 @@ import (
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
+	"github.com/emu-lab/emu/topologies"
 )
 
 // RequireRoot skips a test that needs to create namespaces.
@@ -41,15 +42,26 @@ func UniqueName() string {
 
 var nameLine = regexp.MustCompile(`(?m)^name:.*$`)
 
-// Copy writes the topology file src into a fresh temp dir under the lab name
-// name and returns its path; the lab directory lands in that temp dir.
-func Copy(t testing.TB, src, name string) string {
+// Shipped returns the text of a shipped topology file (topologies/NAME).
+func Shipped(t testing.TB, file string) string {
 	t.Helper()
-	data, err := os.ReadFile(src)
+	data, err := topologies.FS.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Write(t, nameLine.ReplaceAllString(string(data), "name: "+name))
+	return string(data)
+}
+
+// Rename sets the lab name of topology text.
+func Rename(text, name string) string {
+	return nameLine.ReplaceAllString(text, "name: "+name)
+}
+
+// Copy writes the shipped topology file into a fresh temp dir under the lab
+// name name and returns its path; the lab directory lands in that temp dir.
+func Copy(t testing.TB, file, name string) string {
+	t.Helper()
+	return Write(t, Rename(Shipped(t, file), name))
 }
 
 // Write stores topology text in a fresh temp dir and returns its path.
@@ -82,10 +94,13 @@ func Load(t testing.TB, path string) *topology.Topology {
 	return topo
 }
 
-// Dataplane is the ESP dataplane integration tests use: userspace, unless
-// EMU_DATAPLANE=kernel (set inside the kernel-ESP VM).
+// Dataplane is the ESP dataplane integration tests use: EMU_DATAPLANE if
+// set, else kernel inside the kernel-ESP VM (EMU_VMTEST=1), else userspace.
 func Dataplane() string {
-	if os.Getenv("EMU_DATAPLANE") == plan.Kernel {
+	switch {
+	case os.Getenv("EMU_DATAPLANE") != "":
+		return os.Getenv("EMU_DATAPLANE")
+	case os.Getenv("EMU_VMTEST") == "1":
 		return plan.Kernel
 	}
 	return plan.Userspace
@@ -128,12 +143,18 @@ func Main(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// Deploy deploys the topology file under a unique lab name and destroys it
-// when the test ends, failing the test if anything is left.
-func Deploy(t testing.TB, src string) *Lab {
+// Deploy deploys a shipped topology file under a unique lab name and
+// destroys it when the test ends, failing the test if anything is left.
+func Deploy(t testing.TB, file string) *Lab {
+	t.Helper()
+	return DeployText(t, Shipped(t, file))
+}
+
+// DeployText deploys topology text under a unique lab name, like Deploy.
+func DeployText(t testing.TB, text string) *Lab {
 	t.Helper()
 	RequireRoot(t)
-	topo := Load(t, Copy(t, src, UniqueName()))
+	topo := Load(t, Write(t, Rename(text, UniqueName())))
 	l := &Lab{Topology: topo, Plan: Plan(t, topo), Deployer: NewDeployer(t)}
 	t.Cleanup(func() {
 		if _, err := l.Deployer.Destroy(topo.Name, true); err != nil {
