@@ -7,8 +7,8 @@ import (
 
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
-	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/probe"
 )
 
