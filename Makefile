@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/emu
 TOPO    ?= topologies/static.yaml
 
-.PHONY: build test unit lint demo bench setup clean
+.PHONY: build test unit lint demo bench setup clean vmtest
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/emu
@@ -22,6 +22,12 @@ unit:
 
 test: setup lint build
 	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) vmtest
+
+# The kernel ESP dataplane, proven under QEMU with Debian's cloud kernel.
+vmtest:
+	vmtest/setup.sh
+	vmtest/suite.sh
 
 # Deploy the default lab, run its checks, destroy it (also on failure).
 demo: build

@@ -6,8 +6,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -17,6 +21,7 @@ const staticTopology = "static.yaml"
 
 func TestMethod1Static_TunnelUp_PrivatePathCarriesOnlyESP(t *testing.T) {
 	l := labtest.Deploy(t, staticTopology)
+	requireDataplane(t, l, "onprem", "ipsec0", labtest.Dataplane())
 	lab := checks.Lab{Topology: l.Topology}
 	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity}))
 	enc := checks.Run(context.Background(), lab, []checks.Check{checks.Encryption})
@@ -68,4 +73,41 @@ func mustDel(t *testing.T, err error) {
 func cidr(s string) *net.IPNet {
 	_, n, _ := net.ParseCIDR(s)
 	return n
+}
+
+// requireDataplane proves which ESP implementation carried the traffic: the
+// kernel's tunnel interface is an XFRM interface, the userspace one a TUN.
+func requireDataplane(t *testing.T, l *labtest.Lab, node, ifname, want string) {
+	t.Helper()
+	var kind string
+	err := netnsx.Do(l.NS(node), func() error {
+		link, err := netlink.LinkByName(ifname)
+		if err == nil {
+			kind = link.Type()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantType := map[string]string{plan.Kernel: "xfrm", plan.Userspace: "tuntap"}[want]
+	if kind != wantType {
+		t.Fatalf("%s:%s is a %q interface, want %q (%s dataplane)", node, ifname, kind, wantType, want)
+	}
+	t.Logf("%s:%s runs on the %s dataplane (%s interface)", node, ifname, want, kind)
+}
+
+// TestInterop_KernelESPOnOneGateway_UserspaceOnTheOther runs where the
+// kernel has ESP (inside the VM): the two implementations must understand
+// each other's packets in both directions.
+func TestInterop_KernelESPOnOneGateway_UserspaceOnTheOther(t *testing.T) {
+	if labtest.Dataplane() != plan.Kernel {
+		t.Skip("needs a kernel with ESP: runs inside the VM (vmtest/lab.sh)")
+	}
+	text := strings.Replace(labtest.Shipped(t, staticTopology), "kind: onprem-gateway\n", "kind: onprem-gateway\n      ipsec-dataplane: userspace\n", 1)
+	l := labtest.DeployText(t, text)
+	requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
+	requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
+	lab := checks.Lab{Topology: l.Topology}
+	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity, checks.Encryption}))
 }

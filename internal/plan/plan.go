@@ -216,6 +216,9 @@ func tunnelSteps(n *topology.Node, ns string, secrets *ipsec.Secrets, dataplane 
 		}
 		conns = append(conns, c)
 	}
+	if n.Dataplane != "" {
+		dataplane = n.Dataplane
+	}
 	if dataplane == Userspace {
 		return []Step{Agent{Namespace: ns, Node: n.Name, Tunnels: conns}}, nil
 	}

@@ -193,7 +193,7 @@ func (r *resolver) node(f field) {
 	node := &Node{Name: f.key, Line: f.line, Kind: r.defaultKind}
 	r.checkName(f.line, "node name", f.key)
 	kindSet := false
-	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec") {
+	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane") {
 		switch nf.key {
 		case "kind":
 			if s, ok := r.str(nf.val, "kind"); ok {
@@ -205,6 +205,13 @@ func (r *resolver) node(f field) {
 		case "interfaces":
 			for _, i := range r.fields(nf.val, "interfaces of "+strq(f.key)) {
 				node.Interfaces = append(node.Interfaces, r.iface(node, i))
+			}
+		case "ipsec-dataplane":
+			if s, ok := r.str(nf.val, "ipsec-dataplane"); ok {
+				if s != "kernel" && s != "userspace" {
+					r.at(nf.line, "node %q: ipsec-dataplane %q must be kernel or userspace (the lab-wide setting takes auto)", f.key, s)
+				}
+				node.Dataplane = s
 			}
 		case "ipsec":
 			for i, c := range r.seq(nf.val, "ipsec of "+strq(f.key)) {

@@ -29,6 +29,9 @@ type Node struct {
 	Interfaces []*Interface
 	Routes     []Route
 	Tunnels    []*Tunnel
+	// Dataplane forces this node's tunnels onto "kernel" or "userspace";
+	// "" follows the lab (one end kernel, the other userspace interoperate).
+	Dataplane string
 }
 
 // Interface is a declared interface of a node. Loopback is "lo"; every other
