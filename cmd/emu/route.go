@@ -1,14 +1,11 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/emu-lab/emu/internal/plan"
-	"github.com/emu-lab/emu/internal/wiring"
-	"github.com/emu-lab/emu/nodes"
+	"github.com/emu-lab/emu/internal/lab"
 )
 
 func routeCommand() *cli.Command {
@@ -42,30 +39,15 @@ func routeAction(name, usage string, add bool) *cli.Command {
 			if err != nil {
 				return err
 			}
-			routes := nodes.PublishedRoutes(t)
+			routes, err := lab.SetPublishedRoutes(t, add)
+			if err != nil {
+				return err
+			}
 			if len(routes) == 0 {
 				return invalidInput{fmt.Errorf("lab %q has no VPC route pointing to a VPN gateway: nothing to %s", t.Name, name)}
 			}
-			w := wiring.New()
-			defer w.Close()
 			for _, pr := range routes {
-				ns := plan.NamespaceName(t.Name, pr.VPC)
-				r := pr.Route
-				if add {
-					err = w.AddRoute(ns, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
-					if errors.Is(err, wiring.ErrRouteExists) {
-						err = nil
-					}
-				} else {
-					err = w.DeleteRoute(ns, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
-					if errors.Is(err, wiring.ErrNoRoute) {
-						err = nil
-					}
-				}
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(c.App.ErrWriter, "%s: %s route %s via %s (published by %s)\n", pr.VPC, map[bool]string{true: "restored", false: "withdrew"}[add], r.Dst, r.Via, pr.Gateway)
+				fmt.Fprintf(c.App.ErrWriter, "%s: %s route %s via %s (published by %s)\n", pr.VPC, map[bool]string{true: "restored", false: "withdrew"}[add], pr.Route.Dst, pr.Route.Via, pr.Gateway)
 			}
 			return nil
 		},

@@ -5,22 +5,26 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
+	"github.com/emu-lab/emu/internal/monitor"
 )
 
 // Config is what one node's agent runs.
 type Config struct {
-	Lab     string       `json:"lab"`
-	Node    string       `json:"node"`
-	Tunnels []ipsec.Conn `json:"tunnels"`
+	Lab      string           `json:"lab"`
+	Node     string           `json:"node"`
+	Tunnels  []ipsec.Conn     `json:"tunnels,omitempty"`
+	Monitors []monitor.Config `json:"monitors,omitempty"`
 }
 
 // ReadyFD is the descriptor (the first of ExtraFiles) the agent reports on.
@@ -57,19 +61,35 @@ func serve(configPath string, ready func()) error {
 		return fmt.Errorf("config %s: %w", configPath, err)
 	}
 	logger := log.New(os.Stderr, fmt.Sprintf("agent %s/%s: ", cfg.Lab, cfg.Node), log.LstdFlags|log.Lmicroseconds)
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
-	dp, err := userspace.Start(cfg.Tunnels, logger)
-	if err != nil {
-		return err
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var dp *userspace.Dataplane
+	if len(cfg.Tunnels) > 0 {
+		if dp, err = userspace.Start(cfg.Tunnels, logger); err != nil {
+			return err
+		}
+		defer dp.Close()
+		for _, t := range cfg.Tunnels {
+			logger.Printf("tunnel %s up: %s %s → %s, spi out 0x%08x in 0x%08x (userspace ESP)", t.Name, t.Interface, t.Local, t.Remote, t.Out.SPI, t.In.SPI)
+		}
 	}
-	defer dp.Close()
-	for _, t := range cfg.Tunnels {
-		logger.Printf("tunnel %s up: %s %s → %s, spi out 0x%08x in 0x%08x (userspace ESP)", t.Name, t.Interface, t.Local, t.Remote, t.Out.SPI, t.In.SPI)
+	var wg sync.WaitGroup
+	for _, m := range cfg.Monitors {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := monitor.Run(ctx, m, logger); err != nil {
+				logger.Print(err)
+			}
+		}()
+		logger.Printf("watching %s: ping %s via %s every %s, down after %d lost", m.Connection, m.Target, m.Interface, m.Interval, m.Retries)
 	}
 	ready()
-	sig := <-stop
-	stats, _ := json.Marshal(dp.Stats())
-	logger.Printf("stopping on %s; counters %s", sig, stats)
+	<-ctx.Done()
+	wg.Wait()
+	if dp != nil {
+		stats, _ := json.Marshal(dp.Stats())
+		logger.Printf("stopping; counters %s", stats)
+	}
 	return nil
 }

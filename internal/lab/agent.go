@@ -44,7 +44,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return err
 	}
 	cfgPath := filepath.Join(dir, s.Node+".json")
-	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels}, "", "  ")
+	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors}, "", "  ")
 	if err != nil {
 		return err
 	}

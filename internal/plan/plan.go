@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 )
@@ -73,7 +74,8 @@ type Address struct {
 type Agent struct {
 	Namespace string
 	Node      string
-	Tunnels   []ipsec.Conn
+	Tunnels   []ipsec.Conn // userspace tunnels
+	Monitors  []monitor.Config
 }
 
 // KernelTunnel is a tunnel programmed into the kernel's XFRM: states,
@@ -125,6 +127,9 @@ func (s Agent) String() string {
 	for _, t := range s.Tunnels {
 		out += " " + describeTunnel(t, Userspace)
 	}
+	for _, m := range s.Monitors {
+		out += fmt.Sprintf(" watch %s (ping %s via %s every %s, down after %d lost, then withdraw %d routes)", m.Connection, m.Target, m.Interface, m.Interval, m.Retries, len(m.Withdraw))
+	}
 	return out
 }
 
@@ -161,7 +166,7 @@ func NamespaceName(lab, node string) string { return "emu-" + lab + "-" + node }
 // Userspace) with keys from secrets.
 func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, dataplane string) (*Plan, error) {
 	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir(), Dataplane: dataplane}
-	var nss, veths, addrs, tunnels, routes []Step
+	var nss, veths, addrs, tunnels, agents, routes []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
 		p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns})
@@ -172,11 +177,14 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 			}
 		}
 		if len(n.Tunnels) > 0 {
-			step, err := tunnelSteps(n, ns, secrets, dataplane)
+			kernel, agent, err := tunnelSteps(t, n, secrets, dataplane)
 			if err != nil {
 				return nil, err
 			}
-			tunnels = append(tunnels, step...)
+			tunnels = append(tunnels, kernel...)
+			if agent != nil {
+				agents = append(agents, *agent)
+			}
 		}
 		for _, r := range RoutesOf(t, n) {
 			routes = append(routes, r)
@@ -202,31 +210,70 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		{Name: "links", Steps: veths},
 		{Name: "addresses", Steps: addrs},
 		{Name: "tunnels", Steps: tunnels},
+		{Name: "agents", Steps: agents},
 		{Name: "routes", Steps: routes},
 	}
 	return p, nil
 }
 
-func tunnelSteps(n *topology.Node, ns string, secrets *ipsec.Secrets, dataplane string) ([]Step, error) {
-	var conns []ipsec.Conn
-	for _, t := range n.Tunnels {
-		c, err := secrets.Resolve(t)
-		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
-		}
-		conns = append(conns, c)
-	}
+// tunnelSteps returns the kernel tunnels of a node and its agent, if it
+// needs one: for userspace tunnels, or to watch a connection.
+func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets, dataplane string) ([]Step, *Agent, error) {
+	ns := NamespaceName(t.Name, n.Name)
 	if n.Dataplane != "" {
 		dataplane = n.Dataplane
 	}
-	if dataplane == Userspace {
-		return []Step{Agent{Namespace: ns, Node: n.Name, Tunnels: conns}}, nil
+	agent := &Agent{Namespace: ns, Node: n.Name}
+	var kernel []Step
+	for i, tun := range n.Tunnels {
+		c, err := secrets.Resolve(tun)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if dataplane == Userspace {
+			agent.Tunnels = append(agent.Tunnels, c)
+		} else {
+			kernel = append(kernel, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
+		}
+		agent.Monitors = append(agent.Monitors, monitors(t, n, tun)...)
 	}
-	var steps []Step
-	for i, c := range conns {
-		steps = append(steps, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
+	if len(agent.Tunnels) == 0 && len(agent.Monitors) == 0 {
+		return kernel, nil, nil
 	}
-	return steps, nil
+	return kernel, agent, nil
+}
+
+// monitors turns a connection's DPD and health check into what the agent
+// watches and what it withdraws: for DPD the node's own routes into the
+// tunnel, for revoke_route the routes the gateway published into the VPC.
+func monitors(t *topology.Topology, n *topology.Node, tun *topology.Tunnel) []monitor.Config {
+	var out []monitor.Config
+	if tun.DPD != nil {
+		m := monitor.Config{Connection: tun.Name + " dpd", Interface: tun.Interface, Source: tun.Address.Addr(), Target: tun.PeerAddress, Interval: tun.DPD.Interval, Retries: tun.DPD.Retries}
+		for _, r := range n.Routes {
+			if r.Dev == tun.Interface || (r.Via.IsValid() && tun.Address.Contains(r.Via)) {
+				m.Withdraw = append(m.Withdraw, monitor.Route{Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+			}
+		}
+		out = append(out, m)
+	}
+	if hc := tun.HealthCheck; hc != nil {
+		src := hc.Source
+		if !src.IsValid() && tun.Address.IsValid() {
+			src = tun.Address.Addr()
+		}
+		m := monitor.Config{Connection: tun.Name + " health-check", Interface: tun.Interface, Source: src, Target: hc.Destination, Interval: hc.Interval, Retries: hc.Retries}
+		if hc.Policy == topology.RevokeRoute {
+			for _, pr := range nodes.PublishedRoutes(t) {
+				if pr.Gateway == n.Name {
+					r := pr.Route
+					m.Withdraw = append(m.Withdraw, monitor.Route{Namespace: NamespaceName(t.Name, pr.VPC), Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+				}
+			}
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // RoutesOf is the static routes of one node as steps.

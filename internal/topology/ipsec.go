@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -23,7 +24,46 @@ type Tunnel struct {
 	Cipher    string       // one of Ciphers
 	Key       string       // KeyGenerate, or hex key material shared by both ends
 	Peer      Endpoint     // node and interface of the other end, set by check
+	// PeerAddress is the other end's tunnel address, set by check.
+	PeerAddress netip.Addr
+	// DPD probes the peer's tunnel address; nil when off. On by default
+	// where both ends have a tunnel address.
+	DPD *Probe
+	// HealthCheck is the provider's IPsec connection health check; nil when
+	// off, the provider's default.
+	HealthCheck *HealthCheck
+	dpdOff      bool
 }
+
+// Probe is how often a liveness probe goes out and how many may be lost.
+type Probe struct {
+	Interval time.Duration
+	Retries  int
+}
+
+// HealthCheck probes Destination from Source through the tunnel; on failure
+// Policy revoke_route withdraws the routes the connection published, and
+// reserve_route keeps them.
+type HealthCheck struct {
+	Probe
+	Source      netip.Addr
+	Destination netip.Addr
+	Policy      string
+	Line        int
+}
+
+// Health check policies, as the provider names them.
+const (
+	RevokeRoute  = "revoke_route"
+	ReserveRoute = "reserve_route"
+)
+
+// DefaultDPD suits a lab: a dead peer is noticed within 3 s. (IKE daemons
+// default to tens of seconds; the provider documents DPD only as "on".)
+var DefaultDPD = Probe{Interval: time.Second, Retries: 3}
+
+// DefaultHealthCheck is the provider's: every 3 s, 3 retries, revoke_route.
+var DefaultHealthCheck = Probe{Interval: 3 * time.Second, Retries: 3}
 
 // KeyGenerate asks deploy for fresh random keys.
 const KeyGenerate = "generate"
@@ -47,7 +87,21 @@ func (n *Node) Tunnel(ifname string) *Tunnel {
 func (r *resolver) tunnel(node *Node, n *yaml.Node, index int) {
 	t := &Tunnel{Line: n.Line, Cipher: Ciphers[0], Key: KeyGenerate, Interface: fmt.Sprintf("ipsec%d", index)}
 	what := fmt.Sprintf("node %q ipsec connection", node.Name)
-	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key") {
+	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key", "dpd", "health-check") {
+		switch f.key {
+		case "dpd":
+			if isNull(f.val) || (f.val.Kind == yaml.ScalarNode && (f.val.Value == "off" || f.val.Value == "false")) {
+				t.dpdOff = true
+			} else {
+				p := DefaultDPD
+				r.probe(f.val, what+" dpd", &p)
+				t.DPD = &p
+			}
+			continue
+		case "health-check":
+			t.HealthCheck = r.healthCheck(f.val, what+" health-check")
+			continue
+		}
 		s, ok := r.str(f.val, what+" "+f.key)
 		if !ok {
 			continue
@@ -129,17 +183,83 @@ func (r *resolver) checkTunnels() {
 			}
 			pt := peerTunnel(peer, t)
 			t.Peer = Endpoint{Node: peer.Name, Interface: pt.Interface}
+			t.PeerAddress = pt.Address.Addr()
 			if pt.Cipher != t.Cipher {
 				r.at(t.Line, "node %q connection %s: cipher %s differs from %s on %s (line %d): both ends must use the same", n.Name, t.Name, t.Cipher, pt.Cipher, peer.Name, pt.Line)
 			}
 			if pt.Key != t.Key {
 				r.at(t.Line, "node %q connection %s: key differs from the one on %s (line %d): give both ends the same key, or `generate` on both", n.Name, t.Name, peer.Name, pt.Line)
 			}
+			if t.DPD == nil && !t.dpdOff && t.Address.IsValid() && pt.Address.IsValid() {
+				p := DefaultDPD
+				t.DPD = &p
+			}
+			if t.DPD != nil && !(t.Address.IsValid() && pt.Address.IsValid()) {
+				r.at(t.Line, "node %q connection %s: dpd probes the peer's tunnel address: give both ends an `address:` (a /30 in 169.254.0.0/16), or set `dpd: off`", n.Name, t.Name)
+			}
 			if via := r.routeFor(n, t.Remote); via != "" && n.Tunnel(via) != nil {
 				r.at(t.Line, "node %q connection %s: the remote endpoint %s is routed into tunnel %s itself (recursive): route the endpoint over the plain path with a more specific route", n.Name, t.Name, t.Remote, via)
 			}
 		}
 	}
+}
+
+// probe reads interval and retries into p (which holds the defaults).
+func (r *resolver) probe(n *yaml.Node, what string, p *Probe, extra ...string) []field {
+	var rest []field
+	for _, f := range r.fields(n, what, append([]string{"interval", "retries"}, extra...)...) {
+		switch f.key {
+		case "interval":
+			s, ok := r.str(f.val, what+" interval")
+			if !ok {
+				continue
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 100*time.Millisecond || d > time.Hour {
+				r.at(f.line, "%s: interval %q must be a duration from 100ms to 1h, like 3s", what, s)
+				continue
+			}
+			p.Interval = d
+		case "retries":
+			p.Retries, _ = r.integer(f.val, what+" retries", 1, 100)
+		default:
+			rest = append(rest, f)
+		}
+	}
+	return rest
+}
+
+func (r *resolver) healthCheck(n *yaml.Node, what string) *HealthCheck {
+	hc := &HealthCheck{Probe: DefaultHealthCheck, Policy: RevokeRoute, Line: n.Line}
+	for _, f := range r.probe(n, what, &hc.Probe, "source", "destination", "policy") {
+		s, ok := r.str(f.val, what+" "+f.key)
+		if !ok {
+			continue
+		}
+		switch f.key {
+		case "source", "destination":
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				r.at(f.line, "%s: %s %q is not an IP address", what, f.key, s)
+				continue
+			}
+			if f.key == "source" {
+				hc.Source = a
+			} else {
+				hc.Destination = a
+			}
+		case "policy":
+			if s != RevokeRoute && s != ReserveRoute {
+				r.at(f.line, "%s: policy %q must be %s (withdraw the published routes on failure) or %s (keep them)", what, s, RevokeRoute, ReserveRoute)
+			}
+			hc.Policy = s
+		}
+	}
+	if !hc.Destination.IsValid() {
+		r.at(n.Line, "%s needs `destination:`: an address on the other side of the tunnel to probe, e.g. the on-premises gateway's LAN address", what)
+		return nil
+	}
+	return hc
 }
 
 func peerTunnel(peer *Node, t *Tunnel) *Tunnel {
