@@ -15,6 +15,8 @@ type Kind struct {
 	// Forwards is true for router-like kinds: the namespace forwards packets
 	// between its interfaces. Hosts only send and answer.
 	Forwards bool
+	// Rules are the provider's constraints on this kind of node.
+	Rules []rule
 }
 
 // Registry maps kind names to kinds.

@@ -105,7 +105,7 @@ func loadTopology(c *cli.Context) (*topology.Topology, error) {
 	if path == "" {
 		return nil, invalidInput{errors.New("no topology: give one with -t FILE")}
 	}
-	return topology.Load(path, nodes.Default())
+	return nodes.Load(path)
 }
 
 // labName is the lab a command acts on, from -t (only its name is read).

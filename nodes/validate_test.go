@@ -1,0 +1,66 @@
+package nodes_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emu-lab/emu/nodes"
+	"github.com/emu-lab/emu/topologies"
+)
+
+// load writes the shipped static scenario with one edit and loads it.
+func load(t *testing.T, old, new string) error {
+	t.Helper()
+	data, err := topologies.FS.ReadFile("static.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), old) {
+		t.Fatalf("static.yaml no longer contains %q", old)
+	}
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o644)
+	_, err = nodes.Load(path)
+	return err
+}
+
+func TestLoad_ShippedStaticScenario_IsValid(t *testing.T) {
+	if err := load(t, "name: static", "name: static"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoad_RejectsWhatTheProviderRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name, old, new, want string
+	}{
+		{"tunnel CIDR outside 169.254.0.0/16", "169.254.10.2/30", "10.99.0.2/30", "must be a /30 inside 169.254.0.0/16"},
+		{"tunnel CIDR not a /30", "address: 169.254.10.2/30", "address: 169.254.10.2/29", "must be a /30 inside 169.254.0.0/16"},
+		{"reserved tunnel CIDR 169.254.3.0/30", "169.254.10.2/30", "169.254.3.2/30", "reserved by the provider"},
+		{"reserved tunnel CIDR 169.254.169.252/30", "169.254.10.2/30", "169.254.169.254/30", "reserved by the provider"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := load(t, tc.old, tc.new)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "lab.yaml:") {
+				t.Errorf("error has no file:line: %v", err)
+			}
+		})
+	}
+}
+
+func TestLoad_OnpremGatewayIPInForbiddenRange_Rejected(t *testing.T) {
+	// Move the whole Express Connect /30 into the shared address space.
+	data, _ := topologies.FS.ReadFile("static.yaml")
+	text := strings.ReplaceAll(string(data), "10.0.0.", "100.64.0.")
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(path, []byte(text), 0o644)
+	_, err := nodes.Load(path)
+	if err == nil || !strings.Contains(err.Error(), "lies in 100.64.0.0/10") {
+		t.Fatalf("got %v, want the gateway IP range refused", err)
+	}
+}
