@@ -7,7 +7,16 @@ import "github.com/emu-lab/emu/internal/topology"
 // whose "VPN IP" the VPN gateway peers with.
 func registerOnpremGateway(r *Registry) {
 	r.Register(&Kind{Name: "onprem-gateway", Element: "customer gateway device", Forwards: true,
-		Rules: []rule{gatewayIPAllowed}})
+		Rules: []rule{gatewayIPAllowed, notProviderASN}})
+}
+
+// notProviderASN: the provider's ASN is the cloud side's; an on-premises
+// gateway using it could not peer.
+func notProviderASN(_ *topology.Topology, n *topology.Node) []problem {
+	if n.BGP == nil || n.BGP.ASN != topology.ProviderASN {
+		return nil
+	}
+	return []problem{problemf(n.BGP.Line, "node %q: ASN %d is the provider's (cloud side): give the on-premises gateway another ASN, e.g. 65001", n.Name, topology.ProviderASN)}
 }
 
 // gatewayIPAllowed: the provider refuses a customer gateway whose IP lies in

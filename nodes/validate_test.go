@@ -22,7 +22,7 @@ func load(t *testing.T, old, new string) error {
 	}
 	path := filepath.Join(t.TempDir(), "lab.yaml")
 	os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o644)
-	_, err = nodes.Load(path)
+	_, _, err = nodes.Load(path)
 	return err
 }
 
@@ -59,7 +59,7 @@ func TestLoad_OnpremGatewayIPInForbiddenRange_Rejected(t *testing.T) {
 	text := strings.ReplaceAll(string(data), "10.0.0.", "100.64.0.")
 	path := filepath.Join(t.TempDir(), "lab.yaml")
 	os.WriteFile(path, []byte(text), 0o644)
-	_, err := nodes.Load(path)
+	_, _, err := nodes.Load(path)
 	if err == nil || !strings.Contains(err.Error(), "lies in 100.64.0.0/10") {
 		t.Fatalf("got %v, want the gateway IP range refused", err)
 	}

@@ -19,6 +19,7 @@ func (r *resolver) check() {
 		r.checkRoutes(n)
 	}
 	r.checkTunnels()
+	r.checkBGP()
 }
 
 func (r *resolver) checkLinks(nodes map[string]*Node) {

@@ -193,7 +193,7 @@ func (r *resolver) node(f field) {
 	node := &Node{Name: f.key, Line: f.line, Kind: r.defaultKind}
 	r.checkName(f.line, "node name", f.key)
 	kindSet := false
-	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane") {
+	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp") {
 		switch nf.key {
 		case "kind":
 			if s, ok := r.str(nf.val, "kind"); ok {
@@ -206,6 +206,8 @@ func (r *resolver) node(f field) {
 			for _, i := range r.fields(nf.val, "interfaces of "+strq(f.key)) {
 				node.Interfaces = append(node.Interfaces, r.iface(node, i))
 			}
+		case "bgp":
+			node.BGP = r.bgp(node, nf.val)
 		case "ipsec-dataplane":
 			if s, ok := r.str(nf.val, "ipsec-dataplane"); ok {
 				if s != "kernel" && s != "userspace" {

@@ -29,6 +29,7 @@ type Node struct {
 	Interfaces []*Interface
 	Routes     []Route
 	Tunnels    []*Tunnel
+	BGP        *BGP // nil: no BGP speaker
 	// Dataplane forces this node's tunnels onto "kernel" or "userspace";
 	// "" follows the lab (one end kernel, the other userspace interoperate).
 	Dataplane string

@@ -1,0 +1,196 @@
+package topology
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// BGP is a node's BGP speaker: GoBGP embedded in the node's agent, which
+// installs best paths into the node's kernel table with Metric.
+type BGP struct {
+	Line         int
+	ASN          uint32
+	RouterID     netip.Addr
+	Hold         time.Duration // keepalive is a third of it
+	ConnectRetry time.Duration
+	// Metric of the kernel routes BGP installs: against static routes of the
+	// same prefix, the lower metric wins.
+	Metric    int
+	Networks  []netip.Prefix
+	Neighbors []Neighbor
+}
+
+// Neighbor is one BGP peer.
+type Neighbor struct {
+	Line      int
+	Address   netip.Addr
+	ASN       uint32
+	LocalPref uint32 // set on routes learned from this neighbor; 0 keeps the default (100)
+}
+
+// ProviderASN is the cloud side's ASN by default; the on-premises side may
+// not use it.
+const ProviderASN = 45104
+
+// BGP defaults: the shipped scenarios fail over in seconds, not the minutes
+// of BGP's own defaults (hold 90 s, connect-retry 120 s).
+const (
+	DefaultHold         = 3 * time.Second // the minimum GoBGP accepts
+	DefaultConnectRetry = time.Second
+	DefaultBGPMetric    = 20
+)
+
+func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
+	b := &BGP{Line: n.Line, Hold: DefaultHold, ConnectRetry: DefaultConnectRetry, Metric: DefaultBGPMetric}
+	what := fmt.Sprintf("node %q bgp", node.Name)
+	hasASN := false
+	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors") {
+		switch f.key {
+		case "asn":
+			asn, ok := r.integer(f.val, what+" asn", 1, 4294967295)
+			b.ASN, hasASN = uint32(asn), ok
+		case "router-id":
+			if s, ok := r.str(f.val, what+" router-id"); ok {
+				a, err := netip.ParseAddr(s)
+				if err != nil || !a.Is4() {
+					r.at(f.line, "%s: router-id %q must be an IPv4 address", what, s)
+				}
+				b.RouterID = a
+			}
+		case "hold", "connect-retry":
+			if s, ok := r.str(f.val, what+" "+f.key); ok {
+				d, err := time.ParseDuration(s)
+				if err != nil || d < time.Second || d > time.Hour || (f.key == "hold" && d < DefaultHold) {
+					r.at(f.line, "%s: %s %q must be a duration from %s to 1h, like 3s", what, f.key, s, map[string]time.Duration{"hold": DefaultHold, "connect-retry": time.Second}[f.key])
+					continue
+				}
+				if f.key == "hold" {
+					b.Hold = d
+				} else {
+					b.ConnectRetry = d
+				}
+			}
+		case "metric":
+			b.Metric, _ = r.integer(f.val, what+" metric", 0, 1<<31-1)
+		case "networks":
+			for _, p := range r.strs(f.val, what+" networks") {
+				if pf, ok := r.prefix(p.Line, what+" network", p.Value); ok {
+					b.Networks = append(b.Networks, pf.Masked())
+				}
+			}
+		case "neighbors":
+			for _, nb := range r.seq(f.val, what+" neighbors") {
+				if v, ok := r.neighbor(what, nb); ok {
+					b.Neighbors = append(b.Neighbors, v)
+				}
+			}
+		}
+	}
+	if !hasASN {
+		r.at(n.Line, "%s needs `asn:`", what)
+	}
+	return b
+}
+
+func (r *resolver) neighbor(what string, n *yaml.Node) (Neighbor, bool) {
+	nb := Neighbor{Line: n.Line}
+	what += " neighbor"
+	hasAddr, hasASN := false, false
+	for _, f := range r.fields(n, what, "address", "asn", "local-pref") {
+		switch f.key {
+		case "address":
+			if s, ok := r.str(f.val, what+" address"); ok {
+				a, err := netip.ParseAddr(s)
+				if err != nil {
+					r.at(f.line, "%s: address %q is not an IP address", what, s)
+					continue
+				}
+				nb.Address, hasAddr = a, true
+			}
+		case "asn":
+			asn, ok := r.integer(f.val, what+" asn", 1, 4294967295)
+			nb.ASN, hasASN = uint32(asn), ok
+		case "local-pref":
+			lp, _ := r.integer(f.val, what+" local-pref", 0, 4294967295)
+			nb.LocalPref = uint32(lp)
+		}
+	}
+	if !hasAddr || !hasASN {
+		r.at(n.Line, "%s needs `address:` and `asn:`", what)
+		return nb, false
+	}
+	return nb, true
+}
+
+// checkBGP checks that every neighbor is reachable on a connected subnet
+// (a link or a tunnel address) and that sessions pair up: each neighbor is
+// a node of the lab that declares this node back with the right ASN.
+func (r *resolver) checkBGP() {
+	owner := map[netip.Addr]*Node{}
+	for _, n := range r.t.Nodes {
+		for _, ifc := range n.Interfaces {
+			for _, p := range ifc.Addrs {
+				owner[p.Addr()] = n
+			}
+		}
+		for _, t := range n.Tunnels {
+			if t.Address.IsValid() {
+				owner[t.Address.Addr()] = n
+			}
+		}
+	}
+	for _, n := range r.t.Nodes {
+		b := n.BGP
+		if b == nil {
+			continue
+		}
+		if !b.RouterID.IsValid() {
+			b.RouterID = firstIPv4(n)
+		}
+		for _, nb := range b.Neighbors {
+			peer := owner[nb.Address]
+			if peer == nil {
+				r.at(nb.Line, "node %q bgp neighbor %s is no address of the lab: give a neighbour's interface or tunnel address", n.Name, nb.Address)
+				continue
+			}
+			if n.Connected(nb.Address) == nil && tunnelOf(n, nb.Address) == nil {
+				r.at(nb.Line, "node %q bgp neighbor %s (%s) is not on a subnet the node is connected to: peer over a shared link or the tunnel addresses", n.Name, nb.Address, peer.Name)
+			}
+			if peer.BGP == nil {
+				r.at(nb.Line, "node %q bgp neighbor %s is node %q, which has no `bgp:`: configure BGP there too", n.Name, nb.Address, peer.Name)
+				continue
+			}
+			if nb.ASN != peer.BGP.ASN {
+				r.at(nb.Line, "node %q bgp neighbor %s (%s) has asn %d, not %d: use the peer's asn", n.Name, nb.Address, peer.Name, peer.BGP.ASN, nb.ASN)
+			}
+			back := slices.IndexFunc(peer.BGP.Neighbors, func(p Neighbor) bool { return n.Owns(p.Address) || tunnelOwns(n, p.Address) })
+			if back < 0 {
+				r.at(nb.Line, "node %q peers with %s (%s), but %s does not peer back: add a neighbor with one of %s's addresses there", n.Name, nb.Address, peer.Name, peer.Name, n.Name)
+			}
+		}
+	}
+}
+
+func tunnelOwns(n *Node, a netip.Addr) bool {
+	for _, t := range n.Tunnels {
+		if t.Address.IsValid() && t.Address.Addr() == a {
+			return true
+		}
+	}
+	return false
+}
+
+func firstIPv4(n *Node) netip.Addr {
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			if p.Addr().Is4() {
+				return p.Addr()
+			}
+		}
+	}
+	return netip.Addr{}
+}
