@@ -22,7 +22,7 @@ func load(t *testing.T, old, new string) error {
 	}
 	path := filepath.Join(t.TempDir(), "lab.yaml")
 	os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o644)
-	_, _, err = nodes.Load(path)
+	_, err = nodes.Load(path)
 	return err
 }
 
@@ -59,8 +59,57 @@ func TestLoad_OnpremGatewayIPInForbiddenRange_Rejected(t *testing.T) {
 	text := strings.ReplaceAll(string(data), "10.0.0.", "100.64.0.")
 	path := filepath.Join(t.TempDir(), "lab.yaml")
 	os.WriteFile(path, []byte(text), 0o644)
-	_, _, err := nodes.Load(path)
+	_, err := nodes.Load(path)
 	if err == nil || !strings.Contains(err.Error(), "lies in 100.64.0.0/10") {
 		t.Fatalf("got %v, want the gateway IP range refused", err)
+	}
+}
+
+func TestLoad_VBROnBGPWithStaticVPNGateway_RejectedNamingTheMethods(t *testing.T) {
+	data, _ := topologies.FS.ReadFile("static.yaml")
+	text := strings.Replace(string(data), "      routes:\n        - {dst: 10.1.0.0/24, via: 10.0.0.1}", `      bgp:
+        asn: 45104
+        neighbors: [{address: 10.0.0.1, asn: 65001}]
+      routes:
+        - {dst: 10.1.0.0/24, via: 10.0.0.1}`, 1)
+	text = strings.Replace(text, "      ipsec:\n        - name: to-vpc", `      bgp:
+        asn: 65001
+        neighbors: [{address: 10.0.0.2, asn: 45104}]
+      ipsec:
+        - name: to-vpc`, 1)
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(path, []byte(text), 0o644)
+	_, err := nodes.Load(path)
+	if err == nil || !strings.Contains(err.Error(), `VBR "vbr" runs BGP but VPN gateway "vpngw" uses static routing`) || !strings.Contains(err.Error(), "method 3") {
+		t.Fatalf("got %v, want the invalid method combination named", err)
+	}
+}
+
+func TestLoad_ShippedMethodScenarios_AreValid(t *testing.T) {
+	for _, f := range []string{"static.yaml", "static-bgp.yaml", "bgp.yaml"} {
+		data, err := topologies.FS.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), f)
+		os.WriteFile(path, data, 0o644)
+		if _, err := nodes.Load(path); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// The provider warns when the VBR and the VPN gateway see different
+// on-premises ASNs; here each session's ASN must match the peer's own, so
+// the mismatch is an error that names the fix.
+func TestLoad_Method3DifferentOnpremASNs_Rejected(t *testing.T) {
+	data, _ := topologies.FS.ReadFile("bgp.yaml")
+	text := strings.Replace(string(data), "          - {address: 10.0.0.1, asn: 65001}", "          - {address: 10.0.0.1, asn: 65002}", 1)
+	text = strings.Replace(text, "      bgp:\n        asn: 65001", "      bgp:\n        asn: 65002", 1)
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(path, []byte(text), 0o644)
+	_, err := nodes.Load(path)
+	if err == nil || !strings.Contains(err.Error(), "has asn 65002, not 65001") {
+		t.Fatalf("got %v", err)
 	}
 }

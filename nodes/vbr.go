@@ -7,7 +7,7 @@ import "github.com/emu-lab/emu/internal/topology"
 // 2) or runs BGP with the on-premises gateway (method 3).
 func registerVBR(r *Registry) {
 	r.Register(&Kind{Name: "vbr", Element: "virtual border router (Express Connect)", Forwards: true,
-		Rules: []rule{bgpVBRNeedsBGPGateway, sameOnpremASN}})
+		Rules: []rule{bgpVBRNeedsBGPGateway}})
 }
 
 // bgpVBRNeedsBGPGateway: the guide allows static VBR with either VPN gateway
@@ -20,29 +20,6 @@ func bgpVBRNeedsBGPGateway(t *topology.Topology, n *topology.Node) []problem {
 	for _, gw := range t.Nodes {
 		if gw.Kind == "vpn-gateway" && gw.BGP == nil && len(gw.Tunnels) > 0 {
 			out = append(out, problemf(n.BGP.Line, "VBR %q runs BGP but VPN gateway %q uses static routing: the provider does not allow this combination. Configure BGP on the VPN gateway too (method 3), or static routes on the VBR (method 1 or 2)", n.Name, gw.Name))
-		}
-	}
-	return out
-}
-
-// sameOnpremASN: in method 3 the on-premises gateway peers with the VBR and
-// with the VPN gateway; if they see it under different ASNs, the routes it
-// announces flap between the two paths.
-func sameOnpremASN(t *topology.Topology, n *topology.Node) []problem {
-	if n.BGP == nil {
-		return nil
-	}
-	var out []problem
-	for _, vbrNb := range n.BGP.Neighbors {
-		for _, gw := range t.Nodes {
-			if gw.Kind != "vpn-gateway" || gw.BGP == nil {
-				continue
-			}
-			for _, gwNb := range gw.BGP.Neighbors {
-				if onprem := ownerOf(t, vbrNb.Address); onprem != nil && onprem.Kind == "onprem-gateway" && onprem == ownerOf(t, gwNb.Address) && vbrNb.ASN != gwNb.ASN {
-					out = append(out, warnf(vbrNb.Line, "VBR %q sees on-premises gateway %q as AS %d but VPN gateway %q sees it as AS %d: routes will flap; use one on-premises ASN", n.Name, onprem.Name, vbrNb.ASN, gw.Name, gwNb.ASN))
-				}
-			}
 		}
 	}
 	return out

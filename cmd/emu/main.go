@@ -105,11 +105,7 @@ func loadTopology(c *cli.Context) (*topology.Topology, error) {
 	if path == "" {
 		return nil, invalidInput{errors.New("no topology: give one with -t FILE")}
 	}
-	t, warnings, err := nodes.Load(path)
-	for _, w := range warnings {
-		fmt.Fprintln(c.App.ErrWriter, w)
-	}
-	return t, err
+	return nodes.Load(path)
 }
 
 // labName is the lab a command acts on, from -t (only its name is read).

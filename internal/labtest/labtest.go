@@ -87,7 +87,7 @@ func (l *Lab) NS(node string) string { return plan.NamespaceName(l.Topology.Name
 // Load parses a topology file or fails the test.
 func Load(t testing.TB, path string) *topology.Topology {
 	t.Helper()
-	topo, _, err := nodes.Load(path)
+	topo, err := nodes.Load(path)
 	if err != nil {
 		t.Fatalf("load %s: %v", path, err)
 	}
