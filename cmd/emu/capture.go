@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -41,9 +40,9 @@ and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
 			if c.NArg() != 1 {
 				return invalidInput{fmt.Errorf("give one NODE:IF to capture on: %s", c.Command.UsageText)}
 			}
-			node, ifname, ok := strings.Cut(c.Args().First(), ":")
-			if !ok || node == "" || ifname == "" {
-				return invalidInput{fmt.Errorf("%q: write NODE:IF, like vbr:eth1", c.Args().First())}
+			node, ifname, err := nodeInterface(c.Args().First())
+			if err != nil {
+				return err
 			}
 			name, err := labName(c)
 			if err != nil {

@@ -41,10 +41,7 @@ func tunnelFault(dir string) *cli.Command {
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
-			t, err := loadTopology(c)
+			t, err := rootTopology(c)
 			if err != nil {
 				return err
 			}
@@ -114,19 +111,18 @@ func linkFault(dir string) *cli.Command {
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
-			t, err := loadTopology(c)
+			t, err := rootTopology(c)
 			if err != nil {
 				return err
 			}
-			name := t.Name
-			node, ifname, ok := strings.Cut(c.Args().First(), ":")
-			if !ok || node == "" || ifname == "" {
-				return invalidInput{fmt.Errorf("%q: write NODE:IF, like vbr:eth1", c.Args().First())}
+			node, ifname, err := nodeInterface(c.Args().First())
+			if err != nil {
+				return err
 			}
-			ns := plan.NamespaceName(name, node)
+			if t.Node(node) == nil {
+				return invalidInput{fmt.Errorf("lab %q has no node %q", t.Name, node)}
+			}
+			ns := plan.NamespaceName(t.Name, node)
 			if dir == "down" {
 				err = fault.LinkDown(ns, ifname)
 			} else if err = fault.LinkUp(ns, ifname); err == nil {

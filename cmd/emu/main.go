@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -119,6 +120,24 @@ func labName(c *cli.Context) (string, error) {
 		return "", invalidInput{err}
 	}
 	return name, nil
+}
+
+// nodeInterface splits a NODE:IF argument.
+func nodeInterface(arg string) (node, ifname string, err error) {
+	node, ifname, ok := strings.Cut(arg, ":")
+	if !ok || node == "" || ifname == "" {
+		return "", "", invalidInput{fmt.Errorf("%q: write NODE:IF, like vbr:eth1", arg)}
+	}
+	return node, ifname, nil
+}
+
+// rootTopology starts every command that changes a running lab: root, and
+// the lab's validated topology.
+func rootTopology(c *cli.Context) (*topology.Topology, error) {
+	if err := requireRoot(); err != nil {
+		return nil, err
+	}
+	return loadTopology(c)
 }
 
 func requireRoot() error {

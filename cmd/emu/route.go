@@ -32,10 +32,7 @@ func routeAction(name, usage string, add bool) *cli.Command {
 		Usage: usage,
 		Flags: []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
-			t, err := loadTopology(c)
+			t, err := rootTopology(c)
 			if err != nil {
 				return err
 			}
