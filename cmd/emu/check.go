@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+			&cli.StringFlag{Name: "junit", Usage: "also write a JUnit XML report to `FILE` (for CI)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := requireRoot(); err != nil {
@@ -68,6 +70,11 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 				}
 			} else if err := printResults(c.App.Writer, results); err != nil {
 				return err
+			}
+			if path := c.String("junit"); path != "" {
+				if err := writeJUnit(path, t.Name, results); err != nil {
+					return err
+				}
 			}
 			if !checks.Passed(results) {
 				return cli.Exit(errors.New("some checks failed"), exitChecksFailed)
@@ -114,4 +121,16 @@ func wrap(text string, width int) string {
 		line += word
 	}
 	return strings.Join(append(lines, line), "\n")
+}
+
+func writeJUnit(path, suite string, rs []checks.Result) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("junit report: %w", err)
+	}
+	if err := checks.JUnit(f, suite, rs); err != nil {
+		f.Close()
+		return fmt.Errorf("junit report %s: %w", path, err)
+	}
+	return f.Close()
 }

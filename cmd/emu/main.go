@@ -87,6 +87,7 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
 			captureCommand(),
 			faultCommand(),
 			routeCommand(),
+			graphCommand(),
 			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
