@@ -88,6 +88,7 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
 			faultCommand(),
 			routeCommand(),
 			graphCommand(),
+			traceCommand(),
 			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

@@ -83,7 +83,7 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := d.makeLabDir(j, p.LabDir); err != nil {
 		return err
 	}
-	if err := writeESPSA(p); err != nil {
+	if err := writeSecrets(p); err != nil {
 		return err
 	}
 	w := wiring.New()

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,39 +12,59 @@ import (
 	"github.com/emu-lab/emu/internal/plan"
 )
 
-// ESPSAFile is the Wireshark ESP SA table of a lab, in its lab directory.
-const ESPSAFile = "esp_sa"
+// Files in the lab directory that hold keys (mode 0600): the Wireshark ESP
+// SA table, and every connection as deployed, which emu trace reads to
+// decrypt what it captures.
+const (
+	ESPSAFile = "esp_sa"
+	ConnsFile = "ipsec.json"
+)
 
-// writeESPSA stores every SA of the lab in Wireshark's esp_sa format, 0600:
-// it holds keys, and it is what lets a user's Wireshark decrypt a capture.
-func writeESPSA(p *plan.Plan) error {
-	var sas []capture.SA
-	add := func(c ipsec.Conn) {
-		// Each end's outbound SA is one direction; together they are all.
-		sas = append(sas, capture.SA{SPI: c.Out.SPI, Src: c.Local, Dst: c.Remote, Algorithm: c.Cipher, EncKey: c.Out.EncKey, AuthKey: c.Out.AuthKey})
-	}
+// writeSecrets stores every connection of the plan, whichever dataplane
+// runs it.
+func writeSecrets(p *plan.Plan) error {
+	var conns []ipsec.Conn
 	for _, st := range p.Stages {
 		for _, s := range st.Steps {
 			switch s := s.(type) {
 			case plan.Agent:
-				for _, c := range s.Tunnels {
-					add(c)
-				}
+				conns = append(conns, s.Tunnels...)
 			case plan.KernelTunnel:
-				add(s.Conn)
+				conns = append(conns, s.Conn)
 			}
 		}
 	}
-	if len(sas) == 0 {
+	if len(conns) == 0 {
 		return nil
 	}
-	var buf bytes.Buffer
-	if err := capture.WriteWiresharkESPSA(&buf, sas); err != nil {
+	var sas []capture.SA
+	for _, c := range conns {
+		// Each end's outbound SA is one direction; together they are all.
+		sas = append(sas, capture.SA{SPI: c.Out.SPI, Src: c.Local, Dst: c.Remote, Algorithm: c.Cipher, EncKey: c.Out.EncKey, AuthKey: c.Out.AuthKey})
+	}
+	var table bytes.Buffer
+	if err := capture.WriteWiresharkESPSA(&table, sas); err != nil {
 		return err
 	}
-	path := filepath.Join(p.LabDir, ESPSAFile)
-	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+	js, err := json.MarshalIndent(conns, "", "  ")
+	if err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{ESPSAFile: table.Bytes(), ConnsFile: js} {
+		path := filepath.Join(p.LabDir, name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
 	}
 	return nil
+}
+
+// ReadConns returns the connections a deploy stored in a lab directory.
+func ReadConns(labDir string) ([]ipsec.Conn, error) {
+	data, err := os.ReadFile(filepath.Join(labDir, ConnsFile))
+	if err != nil {
+		return nil, err
+	}
+	var conns []ipsec.Conn
+	return conns, json.Unmarshal(data, &conns)
 }

@@ -4,7 +4,6 @@
 package probe
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -33,6 +32,11 @@ func Marker() string {
 
 // Ping sends one ICMP echo from namespace ns to dst and waits for the reply.
 func Ping(ns string, dst netip.Addr, timeout time.Duration) (time.Duration, error) {
+	return PingPayload(ns, dst, Marker(), timeout)
+}
+
+// PingPayload is Ping with a chosen payload, for a capture to look for.
+func PingPayload(ns string, dst netip.Addr, payload string, timeout time.Duration) (time.Duration, error) {
 	network, proto, typ := "ip4:icmp", 1, icmp.Type(ipv4.ICMPTypeEcho)
 	if dst.Is6() {
 		network, proto, typ = "ip6:ipv6-icmp", 58, ipv6.ICMPTypeEchoRequest
@@ -48,8 +52,7 @@ func Ping(ns string, dst netip.Addr, timeout time.Duration) (time.Duration, erro
 	defer conn.Close()
 	id := os.Getpid() & 0xffff
 	seq := int(randUint16())
-	payload := []byte(Marker())
-	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: seq, Data: payload}}
+	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte(payload)}}
 	wire, err := msg.Marshal(nil)
 	if err != nil {
 		return 0, err
@@ -73,7 +76,7 @@ func Ping(ns string, dst netip.Addr, timeout time.Duration) (time.Duration, erro
 			continue
 		}
 		echo, ok := reply.Body.(*icmp.Echo)
-		if !ok || reply.Type == typ || echo.Seq != seq || !bytes.Equal(echo.Data, payload) {
+		if !ok || reply.Type == typ || echo.Seq != seq || string(echo.Data) != payload {
 			continue // our own request on loopback, or someone else's
 		}
 		if from.String() != dst.String() {

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/olekukonko/tablewriter"
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/trace"
+)
+
+func traceCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "trace",
+		Usage:     "show the live walk of one probe through the lab, hop by hop, as the guide's table",
+		UsageText: "emu trace -t FILE [--from NODE] [--to NODE] [--format table|json]",
+		Description: `Captures on every interface of every node, sends one ICMP echo from --from to --to
+(default: the first two nodes of kind host) and prints, in kernel-timestamp order, what
+each node did with the request and the reply: sends, forwards, encrypts, decrypts,
+receives, with the outer addresses and SPI on the wire and the inner addresses (ESP is
+decrypted with the lab's keys). With the tunnel down it shows the fallback path.`,
+		Flags: []cli.Flag{
+			topoFlag,
+			&cli.StringFlag{Name: "from", Usage: "node that sends the probe"},
+			&cli.StringFlag{Name: "to", Usage: "node the probe is for"},
+			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+		},
+		Action: func(c *cli.Context) error {
+			t, err := rootTopology(c)
+			if err != nil {
+				return err
+			}
+			from, to := c.String("from"), c.String("to")
+			var hosts []string
+			for _, n := range t.Nodes {
+				if n.Kind == "host" {
+					hosts = append(hosts, n.Name)
+				}
+			}
+			if from == "" && len(hosts) > 0 {
+				from = hosts[0]
+			}
+			if to == "" && len(hosts) > 1 {
+				to = hosts[1]
+			}
+			rec, err := deployer(c).Store.Get(t.Name)
+			if err != nil {
+				return err
+			}
+			if rec == nil {
+				return fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
+			}
+			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
+			hops, err := trace.Run(c.Context, t, conns, from, to)
+			if err != nil {
+				return err
+			}
+			if c.String("format") == "json" {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(hops)
+			}
+			return printHops(c.App.Writer, hops)
+		},
+	}
+}
+
+func printHops(w io.Writer, hops []trace.Hop) error {
+	t := tablewriter.NewWriter(w)
+	t.Header("#", "Node", "In", "Action", "Out", "On the wire", "Outer src → dst", "SPI", "Inner src → dst")
+	for _, h := range hops {
+		wire, spi, inner := "clear", "", ""
+		if h.Encrypted {
+			wire, spi = "ESP", fmt.Sprintf("0x%08x", h.SPI)
+			inner = fmt.Sprintf("%s → %s", h.InnerSrc, h.InnerDst)
+		}
+		if err := t.Append(fmt.Sprint(h.Step), h.Node, h.In, h.Action, h.Out, wire, fmt.Sprintf("%s → %s", h.OuterSrc, h.OuterDst), spi, inner); err != nil {
+			return err
+		}
+	}
+	return t.Render()
+}

@@ -1,0 +1,217 @@
+// Package trace shows the walk of one probe through the lab, as the guide's
+// 12-step table: it captures on every interface of every node at once, sends
+// one ICMP echo, keeps the frames that carry it (in clear, or inside ESP it
+// decrypts with the lab's keys), orders them by kernel timestamp and says,
+// node by node, what each did: sent, forwarded, encrypted, decrypted,
+// received.
+package trace
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// Hop is one node's handling of the probe.
+type Hop struct {
+	Step      int        `json:"step"`
+	Node      string     `json:"node"`
+	In        string     `json:"in,omitempty"`  // interface it arrived on; "" where the node sent it
+	Out       string     `json:"out,omitempty"` // interface it left by; "" where it was delivered
+	Action    string     `json:"action"`        // sends, forwards, encrypts, decrypts, receives
+	Encrypted bool       `json:"encrypted"`     // as it arrived (or left, for the sender)
+	OuterSrc  netip.Addr `json:"outer_src"`
+	OuterDst  netip.Addr `json:"outer_dst"`
+	SPI       uint32     `json:"spi,omitempty"`
+	InnerSrc  netip.Addr `json:"inner_src,omitzero"`
+	InnerDst  netip.Addr `json:"inner_dst,omitzero"`
+	Time      time.Time  `json:"time"`
+}
+
+// Actions, as the guide words them.
+const (
+	Sends    = "sends"
+	Forwards = "forwards"
+	Encrypts = "encrypts"
+	Decrypts = "decrypts"
+	Receives = "receives"
+)
+
+// frame is a captured frame that carries the probe.
+type frame struct {
+	capture.Packet
+	node      string
+	host      bool // a host never forwards: what arrives is received
+	encrypted bool
+	outer     capture.Headers
+	inner     [2]netip.Addr
+}
+
+// Run traces one ICMP echo from host `from` to the first address of node
+// `to`, and its reply. conns are the lab's connections (to decrypt ESP).
+func Run(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, from, to string) ([]Hop, error) {
+	src, dst := t.Node(from), t.Node(to)
+	if src == nil || dst == nil {
+		return nil, fmt.Errorf("trace: no node %q or %q in lab %q", from, to, t.Name)
+	}
+	target := firstAddr(dst)
+	if !target.IsValid() {
+		return nil, fmt.Errorf("trace: node %q has no address", to)
+	}
+	var eps []capture.Endpoint
+	nodeOf := map[string]*topology.Node{}
+	for _, n := range t.Nodes {
+		ns := plan.NamespaceName(t.Name, n.Name)
+		nodeOf[ns] = n
+		for _, ifc := range n.Interfaces {
+			if ifc.Name != topology.Loopback {
+				eps = append(eps, capture.Endpoint{NS: ns, Interface: ifc.Name})
+			}
+		}
+	}
+	g, err := capture.StartMany(ctx, eps, capture.Options{})
+	if err != nil {
+		return nil, err
+	}
+	marker := probe.Marker()
+	_, pingErr := probe.PingPayload(plan.NamespaceName(t.Name, from), target, marker, 2*time.Second)
+	// Frames reach the capture rings within a few milliseconds.
+	time.Sleep(50 * time.Millisecond)
+	if err := g.Stop(); err != nil {
+		return nil, err
+	}
+	if pingErr != nil {
+		return nil, fmt.Errorf("trace: %w (run it with the lab healthy, or read `emu check`)", pingErr)
+	}
+	var frames []frame
+	for _, p := range g.Packets() {
+		if f, ok := carries(p, []byte(marker), conns); ok {
+			f.node, f.host = nodeOf[p.NS].Name, nodeOf[p.NS].Kind == "host"
+			frames = append(frames, f)
+		}
+	}
+	sort.SliceStable(frames, func(i, j int) bool { return frames[i].Time.Before(frames[j].Time) })
+	return walk(frames), nil
+}
+
+// carries decodes a frame and reports whether the probe is in it.
+func carries(p capture.Packet, marker []byte, conns []ipsec.Conn) (frame, bool) {
+	h, err := p.Decode()
+	if err != nil {
+		return frame{}, false
+	}
+	f := frame{Packet: p, outer: h}
+	if !h.ESP {
+		if !p.ContainsBytes(marker) {
+			return f, false
+		}
+		f.inner = [2]netip.Addr{h.Src, h.Dst}
+		return f, true
+	}
+	inner, ok := decrypt(p.Data, h.SPI, conns)
+	if !ok || !bytes.Contains(inner, marker) || len(inner) < 20 {
+		return f, false
+	}
+	f.encrypted = true
+	f.inner = [2]netip.Addr{netip.AddrFrom4([4]byte(inner[12:16])), netip.AddrFrom4([4]byte(inner[16:20]))}
+	return f, true
+}
+
+// decrypt opens an ESP frame with a fresh inbound SA, so the same packet
+// seen on several links decrypts each time (no replay window across hops).
+func decrypt(data []byte, spi uint32, conns []ipsec.Conn) ([]byte, bool) {
+	const eth = 14
+	if len(data) < eth+20 || data[eth]>>4 != 4 {
+		return nil, false
+	}
+	ihl := int(data[eth]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(data[eth+2:]))
+	if total > len(data)-eth || ihl >= total {
+		return nil, false
+	}
+	payload := data[eth+ihl : eth+total]
+	for _, c := range conns {
+		if c.Out.SPI != spi {
+			continue
+		}
+		cfg, err := c.Outbound()
+		if err != nil {
+			return nil, false
+		}
+		in, err := esp.NewInbound(cfg)
+		if err != nil {
+			return nil, false
+		}
+		inner, _, err := in.Open(nil, payload)
+		return inner, err == nil
+	}
+	return nil, false
+}
+
+// walk turns the ordered frames into hops: a frame arriving at a node pairs
+// with the next one that node sends out, and the pair's states say whether
+// the node forwarded, encrypted or decrypted.
+func walk(frames []frame) []Hop {
+	var hops []Hop
+	used := make([]bool, len(frames))
+	for i, f := range frames {
+		if used[i] {
+			continue
+		}
+		used[i] = true
+		hop := Hop{Node: f.node, Encrypted: f.encrypted, OuterSrc: f.outer.Src, OuterDst: f.outer.Dst, InnerSrc: f.inner[0], InnerDst: f.inner[1], Time: f.Time}
+		if f.encrypted {
+			hop.SPI = f.outer.SPI
+		}
+		if f.Outgoing {
+			hop.Action, hop.Out = Sends, f.Interface
+			hops = append(hops, hop)
+			continue
+		}
+		hop.In, hop.Action = f.Interface, Receives
+		for j := i + 1; j < len(frames) && !f.host; j++ {
+			g := frames[j]
+			if used[j] || g.node != f.node || !g.Outgoing {
+				continue
+			}
+			used[j] = true
+			hop.Out = g.Interface
+			switch {
+			case !f.encrypted && g.encrypted:
+				hop.Action = Encrypts
+			case f.encrypted && !g.encrypted:
+				hop.Action = Decrypts
+			default:
+				hop.Action = Forwards
+			}
+			break
+		}
+		hops = append(hops, hop)
+	}
+	for i := range hops {
+		hops[i].Step = i + 1
+	}
+	return hops
+}
+
+func firstAddr(n *topology.Node) netip.Addr {
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			if p.Addr().Is4() {
+				return p.Addr()
+			}
+		}
+	}
+	return netip.Addr{}
+}
