@@ -32,6 +32,9 @@ func checkCommand() *cli.Command {
                 nodes while hosts exchange a marker over TCP: passes only if the
                 private path carried ESP between tunnel endpoints and nothing else,
                 no host address in clear, and the marker in no captured byte.
+  path          (labs with IPsec) traces one echo through every node (see emu trace):
+                each direction encrypted by one gateway and decrypted by the other,
+                ESP on every vbr and cen hop, the reply back at the sender.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken command.`,
 		Flags: []cli.Flag{
 			topoFlag,
@@ -60,7 +63,8 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 			if !rec.Complete {
 				return &lab.DeployedError{Record: rec}
 			}
-			l := checks.Lab{Topology: t}
+			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
+			l := checks.Lab{Topology: t, Conns: conns}
 			results := checks.Run(c.Context, l, checks.For(l))
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
 )
@@ -13,6 +14,7 @@ import (
 // Lab is what a check needs of a deployed lab.
 type Lab struct {
 	Topology *topology.Topology
+	Conns    []ipsec.Conn // the lab's keys, to read ESP
 }
 
 // NS is the namespace of a node.
@@ -56,7 +58,7 @@ func Passed(rs []Result) bool {
 func For(l Lab) []Check {
 	cs := []Check{Connectivity}
 	if len(tunnelEndpoints(l)) > 0 {
-		cs = append(cs, Encryption)
+		cs = append(cs, Encryption, Path)
 	}
 	return cs
 }

@@ -1,0 +1,68 @@
+package checks
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emu-lab/emu/internal/trace"
+)
+
+// Path traces one echo between the first two hosts and requires the walk the
+// guide describes: the request and the reply each encrypted by one gateway
+// and decrypted by the other, ESP on every hop of the private path (vbr and
+// cen nodes), and the reply back at the sender.
+var Path = Check{Name: "path", Run: path}
+
+func path(ctx context.Context, l Lab) []Result {
+	start := time.Now()
+	r := Result{Check: "path"}
+	hosts := hostsOf(l.Topology)
+	if len(hosts) < 2 {
+		r.Evidence = fmt.Sprintf("needs two nodes of kind host, found %d", len(hosts))
+		return []Result{r}
+	}
+	from, to := hosts[0].node.Name, hosts[1].node.Name
+	hops, err := trace.Run(ctx, l.Topology, l.Conns, from, to)
+	r.Duration = time.Since(start)
+	if err != nil {
+		r.Evidence = err.Error()
+		return []Result{r}
+	}
+	var steps []string
+	var problems []string
+	encrypts, decrypts := 0, 0
+	for _, h := range hops {
+		step := h.Node + " " + h.Action
+		if h.Encrypted {
+			step += fmt.Sprintf(" (ESP spi 0x%08x)", h.SPI)
+		}
+		steps = append(steps, step)
+		kind := l.Topology.Node(h.Node).Kind
+		switch {
+		case h.Action == trace.Encrypts:
+			encrypts++
+		case h.Action == trace.Decrypts:
+			decrypts++
+		}
+		if slices.Contains(privatePathKinds, kind) && !h.Encrypted {
+			problems = append(problems, fmt.Sprintf("step %d: %s forwarded %s → %s in clear", h.Step, h.Node, h.OuterSrc, h.OuterDst))
+		}
+	}
+	switch {
+	case len(hops) == 0:
+		problems = append(problems, "no frame of the probe was captured")
+	case encrypts != 2 || decrypts != 2:
+		problems = append(problems, fmt.Sprintf("%d encryptions and %d decryptions, want 2 of each (request and reply)", encrypts, decrypts))
+	case hops[len(hops)-1].Node != from || hops[len(hops)-1].Action != trace.Receives:
+		problems = append(problems, "the reply did not reach "+from)
+	}
+	r.Passed = len(problems) == 0
+	r.Evidence = strings.Join(steps, " → ")
+	if !r.Passed {
+		r.Evidence = strings.Join(problems, "; ") + "; walk: " + r.Evidence
+	}
+	return []Result{r}
+}
