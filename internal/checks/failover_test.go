@@ -29,7 +29,11 @@ func reachable(l *labtest.Lab, within time.Duration) bool {
 
 func TestMethod1Static_TunnelDown_StopsUntilRoutesWithdrawn_ThenFlowsInClear(t *testing.T) {
 	l := labtest.Deploy(t, staticTopology)
-	lab1 := checks.Lab{Topology: l.Topology}
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab1 := checks.Lab{Topology: l.Topology, Conns: conns}
 	tun := l.Topology.Node("onprem").Tunnels[0]
 	if !reachable(l, 3*time.Second) {
 		t.Fatal("no traffic before the fault")
@@ -54,6 +58,10 @@ func TestMethod1Static_TunnelDown_StopsUntilRoutesWithdrawn_ThenFlowsInClear(t *
 	enc := checks.Run(context.Background(), lab1, []checks.Check{checks.Encryption})
 	if enc[0].Passed || !strings.Contains(enc[0].Evidence, "0 ESP") || strings.Contains(enc[0].Evidence, "marker in 0") {
 		t.Fatalf("after the withdrawal traffic must cross the private path in clear, marker visible: %s", enc[0].Evidence)
+	}
+	path := checks.Run(context.Background(), lab1, []checks.Check{checks.Path})
+	if path[0].Passed || !strings.Contains(path[0].Evidence, "vbr forwarded 10.1.0.10 → 172.16.2.10 in clear") {
+		t.Fatalf("the path check must see the clear fallback walk: %s", path[0].Evidence)
 	}
 
 	if err := fault.TunnelUp(l.NS("onprem"), tun.Name); err != nil {
