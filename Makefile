@@ -34,8 +34,10 @@ demo: build
 	@trap '$(BIN) destroy -t $(TOPO) --cleanup' EXIT; \
 	$(BIN) deploy -t $(TOPO) --reconfigure && $(BIN) check -t $(TOPO)
 
+# Deploy vs an ip script; failover outage per method (100 pps probe stream).
 bench: build
 	$(GO) run ./bench/deploy
+	$(GO) test -run '^$$' -bench Failover -benchtime 1x ./bench/failover
 
 clean:
 	rm -rf bin

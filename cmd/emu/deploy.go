@@ -93,6 +93,10 @@ func printProgress(w io.Writer) lab.Progress {
 		if !ev.Done {
 			return
 		}
+		if ev.Warning != "" {
+			fmt.Fprintf(w, "[%d/%d] %-10s %5d WARNING: %s\n", ev.Index, ev.Of, ev.Stage, ev.Count, ev.Warning)
+			return
+		}
 		fmt.Fprintf(w, "[%d/%d] %-10s %5d done in %s\n", ev.Index, ev.Of, ev.Stage, ev.Count, ev.Elapsed.Round(time.Microsecond*100))
 	}
 }

@@ -13,10 +13,12 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/monitor"
+	"github.com/emu-lab/emu/internal/routing"
 )
 
 // Config is what one node's agent runs.
@@ -25,6 +27,7 @@ type Config struct {
 	Node     string           `json:"node"`
 	Tunnels  []ipsec.Conn     `json:"tunnels,omitempty"`
 	Monitors []monitor.Config `json:"monitors,omitempty"`
+	BGP      *routing.Config  `json:"bgp,omitempty"`
 }
 
 // ReadyFD is the descriptor (the first of ExtraFiles) the agent reports on.
@@ -73,7 +76,22 @@ func serve(configPath string, ready func()) error {
 			logger.Printf("tunnel %s up: %s %s → %s, spi out 0x%08x in 0x%08x (userspace ESP)", t.Name, t.Interface, t.Local, t.Remote, t.Out.SPI, t.In.SPI)
 		}
 	}
+	var speaker *routing.Speaker
+	if cfg.BGP != nil {
+		if speaker, err = routing.Start(ctx, *cfg.BGP, logger); err != nil {
+			return fmt.Errorf("bgp: %w", err)
+		}
+		defer speaker.Stop()
+		logger.Printf("bgp AS%d router-id %s up with %d neighbors", cfg.BGP.ASN, cfg.BGP.RouterID, len(cfg.BGP.Neighbors))
+	}
 	var wg sync.WaitGroup
+	if speaker != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			publish(ctx, configPath, speaker, 500*time.Millisecond)
+		}()
+	}
 	for _, m := range cfg.Monitors {
 		wg.Add(1)
 		go func() {

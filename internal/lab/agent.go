@@ -35,6 +35,12 @@ func SelfAgent(configPath string) (*exec.Cmd, error) {
 	return exec.Command(exe, "agent", "--config", configPath), nil
 }
 
+// agentConfigPath is where a node's agent config lives; its state file is
+// beside it (agent.StatePath).
+func agentConfigPath(labDir, node string) string {
+	return filepath.Join(labDir, "agents", node+".json")
+}
+
 // startAgent writes the agent's config (it holds keys: 0600), records the
 // agent by that unique config path before starting it, starts it inside the
 // node's namespace and waits until it serves.
@@ -43,8 +49,8 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	cfgPath := filepath.Join(dir, s.Node+".json")
-	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors}, "", "  ")
+	cfgPath := agentConfigPath(labDir, s.Node)
+	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors, BGP: s.BGP}, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +28,7 @@ type Event struct {
 	Count   int // objects in the stage
 	Done    bool
 	Elapsed time.Duration
+	Warning string // set when the stage finished but not as hoped
 }
 
 // Deployer applies plans and destroys labs.
@@ -89,17 +92,41 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	w := wiring.New()
 	defer w.Close()
 	first := 0
+	of := len(p.Stages)
+	if p.HasBGP() {
+		of++ // waiting for the sessions is the last stage
+	}
 	for si, stage := range p.Stages {
 		start := time.Now()
-		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: len(p.Stages), Count: len(stage.Steps)})
+		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: of, Count: len(stage.Steps)})
 		if err := d.runStage(ctx, w, j, p.LabDir, stage, first); err != nil {
 			return err
 		}
 		first += len(stage.Steps)
-		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: len(p.Stages), Count: len(stage.Steps), Done: true, Elapsed: time.Since(start)})
+		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: of, Count: len(stage.Steps), Done: true, Elapsed: time.Since(start)})
 	}
 	rec.Complete = true
-	return d.Store.put(rec)
+	if err := d.Store.put(rec); err != nil {
+		return err
+	}
+	return d.converge(ctx, p)
+}
+
+// converge waits for BGP after the lab is complete: a session that stays
+// down is reported, not rolled back, so the user can look at why.
+func (d *Deployer) converge(ctx context.Context, p *plan.Plan) error {
+	start := time.Now()
+	n, down, err := awaitBGP(ctx, p, ConvergeTimeout)
+	if n == 0 {
+		return nil
+	}
+	ev := Event{Stage: "bgp", Index: len(p.Stages) + 1, Of: len(p.Stages) + 1, Count: n, Done: true, Elapsed: time.Since(start)}
+	d.progress(Event{Stage: "bgp", Index: ev.Index, Of: ev.Of, Count: n})
+	if len(down) > 0 {
+		ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' logs in %s)", ConvergeTimeout, strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
+	}
+	d.progress(ev)
+	return err
 }
 
 // checkFree refuses a deploy that would collide with a deployed lab or with a

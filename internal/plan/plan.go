@@ -9,6 +9,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/monitor"
+	"github.com/emu-lab/emu/internal/routing"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 )
@@ -76,6 +77,7 @@ type Agent struct {
 	Node      string
 	Tunnels   []ipsec.Conn // userspace tunnels
 	Monitors  []monitor.Config
+	BGP       *routing.Config
 }
 
 // KernelTunnel is a tunnel programmed into the kernel's XFRM: states,
@@ -130,6 +132,16 @@ func (s Agent) String() string {
 	for _, m := range s.Monitors {
 		out += fmt.Sprintf(" watch %s (ping %s via %s every %s, down after %d lost, then withdraw %d routes)", m.Connection, m.Target, m.Interface, m.Interval, m.Retries, len(m.Withdraw))
 	}
+	if b := s.BGP; b != nil {
+		out += fmt.Sprintf(" bgp AS%d router-id %s networks %v, installs with metric %d:", b.ASN, b.RouterID, b.Networks, b.Metric)
+		for _, n := range b.Neighbors {
+			via := ""
+			if n.Interface != "" {
+				via = " over " + n.Interface
+			}
+			out += fmt.Sprintf(" neighbor %s AS%d%s hold %ds", n.Address, n.PeerASN, via, n.HoldTime)
+		}
+	}
 	return out
 }
 
@@ -176,7 +188,7 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 				addrs = append(addrs, Address{Namespace: ns, Interface: ifc.Name, Prefix: a})
 			}
 		}
-		if len(n.Tunnels) > 0 {
+		if len(n.Tunnels) > 0 || n.BGP != nil {
 			kernel, agent, err := tunnelSteps(t, n, secrets, dataplane)
 			if err != nil {
 				return nil, err
@@ -237,10 +249,38 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 		}
 		agent.Monitors = append(agent.Monitors, monitors(t, n, tun)...)
 	}
-	if len(agent.Tunnels) == 0 && len(agent.Monitors) == 0 {
+	agent.BGP = bgpConfig(n)
+	if len(agent.Tunnels) == 0 && len(agent.Monitors) == 0 && agent.BGP == nil {
 		return kernel, nil, nil
 	}
 	return kernel, agent, nil
+}
+
+// bgpConfig is the node's speaker as the agent runs it. A session with a
+// neighbor on a tunnel's subnet is bound to the tunnel interface, so it can
+// never slip onto the plain path: when the tunnel breaks, the session does.
+func bgpConfig(n *topology.Node) *routing.Config {
+	b := n.BGP
+	if b == nil {
+		return nil
+	}
+	c := &routing.Config{ASN: b.ASN, RouterID: b.RouterID, Networks: b.Networks, Metric: uint32(b.Metric)}
+	for _, nb := range b.Neighbors {
+		rn := routing.Neighbor{
+			Address:      nb.Address,
+			PeerASN:      nb.ASN,
+			HoldTime:     uint32(b.Hold.Seconds()),
+			ConnectRetry: uint32(b.ConnectRetry.Seconds()),
+			LocalPref:    nb.LocalPref,
+		}
+		for _, t := range n.Tunnels {
+			if t.Address.IsValid() && t.Address.Contains(nb.Address) {
+				rn.Interface, rn.LocalAddress = t.Interface, t.Address.Addr()
+			}
+		}
+		c.Neighbors = append(c.Neighbors, rn)
+	}
+	return c
 }
 
 // monitors turns a connection's DPD and health check into what the agent
@@ -308,4 +348,16 @@ func (p *Plan) StepCount() int {
 		n += len(s.Steps)
 	}
 	return n
+}
+
+// HasBGP reports whether any node runs a BGP speaker.
+func (p *Plan) HasBGP() bool {
+	for _, st := range p.Stages {
+		for _, s := range st.Steps {
+			if a, ok := s.(Agent); ok && a.BGP != nil {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -63,7 +63,11 @@ type Neighbor struct {
 	// DefaultConnectRetry). GoBGP's own default, 120 s, would keep a
 	// restored tunnel without routes for minutes.
 	ConnectRetry uint32 `json:"connect_retry,omitempty"`
-	// Passive waits for the neighbor to connect.
+	// Passive waits for the neighbor to connect. Set it on exactly one end
+	// of a session between two speakers of the lab: after every failed
+	// attempt GoBGP sits 5 s in Idle (a constant), refusing connections,
+	// and two active ends can stay out of phase for tens of seconds
+	// (measured: up to 20 s and more to re-establish after a restart).
 	Passive bool `json:"passive,omitempty"`
 	// EBGPMultihop is the TTL of an eBGP session whose neighbor is not
 	// directly connected (0: 1, the eBGP default).

@@ -310,17 +310,27 @@ func (s *Speaker) Routes(ctx context.Context) ([]Route, error) {
 	return out, nil
 }
 
-// bestPaths reads the RIB's best (and, with Multipath, equal) paths.
+// bestPaths reads the RIB's best paths, and with Multipath the paths as
+// good as the best. The second part is computed here because GoBGP's
+// ListPath marks further paths best only when Path.Equal, which compares
+// the source too, so paths from two neighbors never are; the equal-cost
+// rule copies GoBGP's own (table.Path.Compare, used for its multipath).
 func (s *Speaker) bestPaths(ctx context.Context) ([]ribPath, error) {
 	var out []ribPath
 	err := s.bgp.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: ipv4Unicast}, func(d *api.Destination) {
 		prefix, err := netip.ParsePrefix(d.GetPrefix())
-		if err != nil {
+		paths := d.GetPaths()
+		if err != nil || len(paths) == 0 || !paths[0].GetBest() || paths[0].GetIsWithdraw() {
 			return
 		}
-		for _, p := range d.GetPaths() {
-			if p.GetBest() && !p.GetIsWithdraw() {
-				out = append(out, decodePath(prefix, p))
+		best := decodePath(prefix, paths[0], s.cfg.ASN)
+		out = append(out, best)
+		if !s.cfg.Multipath {
+			return
+		}
+		for _, p := range paths[1:] {
+			if r := decodePath(prefix, p, s.cfg.ASN); !p.GetIsWithdraw() && !p.GetIsNexthopInvalid() && r.cost == best.cost {
+				out = append(out, r)
 			}
 		}
 	})
@@ -336,16 +346,26 @@ func (s *Speaker) bestPaths(ctx context.Context) ([]ribPath, error) {
 type ribPath struct {
 	Route
 	local bool
+	cost  cost
 }
 
-func decodePath(prefix netip.Prefix, p *api.Path) ribPath {
+// cost is what makes two paths equally good for multipath.
+type cost struct {
+	local, ibgp              bool
+	localPref, asLen, origin uint32
+	med                      uint32
+}
+
+func decodePath(prefix netip.Prefix, p *api.Path, asn uint32) ribPath {
 	r := ribPath{Route: Route{Prefix: prefix}}
+	r.cost.localPref = 100 // GoBGP's value for a path without one
 	// A local path's source address is nil, which GoBGP prints as "<nil>".
 	from, err := netip.ParseAddr(p.GetNeighborIp())
 	r.local = err != nil || from.IsUnspecified()
 	if !r.local {
 		r.From = from
 	}
+	r.cost.local, r.cost.ibgp = r.local, !r.local && p.GetSourceAsn() == asn
 	for _, a := range p.GetPattrs() {
 		m, err := a.UnmarshalNew()
 		if err != nil {
@@ -357,15 +377,30 @@ func decodePath(prefix netip.Prefix, p *api.Path) ribPath {
 		case *api.AsPathAttribute:
 			for _, seg := range v.GetSegments() {
 				r.ASPath = append(r.ASPath, seg.GetNumbers()...)
+				r.cost.asLen += asPathLen(seg)
 			}
 		case *api.LocalPrefAttribute:
-			r.LocalPref = v.GetLocalPref()
+			r.LocalPref, r.cost.localPref = v.GetLocalPref(), v.GetLocalPref()
 		case *api.MultiExitDiscAttribute:
-			r.MED = v.GetMed()
+			r.MED, r.cost.med = v.GetMed(), v.GetMed()
+		case *api.OriginAttribute:
+			r.cost.origin = v.GetOrigin()
 		}
 	}
 	if r.local || r.NextHop.IsUnspecified() {
 		r.NextHop = netip.Addr{}
 	}
 	return r
+}
+
+// asPathLen counts a segment as BGP's best-path rule does: a set is one hop,
+// confederation segments none.
+func asPathLen(seg *api.AsSegment) uint32 {
+	switch seg.GetType() {
+	case api.AsSegment_AS_SEQUENCE:
+		return uint32(len(seg.GetNumbers()))
+	case api.AsSegment_AS_SET:
+		return 1
+	}
+	return 0
 }
