@@ -35,6 +35,8 @@ func checkCommand() *cli.Command {
   path          (labs with IPsec) traces one echo through every node (see emu trace):
                 each direction encrypted by one gateway and decrypted by the other,
                 ESP on every vbr and cen hop, the reply back at the sender.
+  bgp           (nodes with bgp:) every session Established, and every prefix a
+                neighbor originates a best path installed in the kernel table.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken command.`,
 		Flags: []cli.Flag{
 			topoFlag,
@@ -64,7 +66,7 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 				return &lab.DeployedError{Record: rec}
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
-			l := checks.Lab{Topology: t, Conns: conns}
+			l := checks.Lab{Topology: t, Conns: conns, Dir: rec.Dir}
 			results := checks.Run(c.Context, l, checks.For(l))
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)

@@ -15,6 +15,7 @@ import (
 type Lab struct {
 	Topology *topology.Topology
 	Conns    []ipsec.Conn // the lab's keys, to read ESP
+	Dir      string       // the lab directory: agents publish their state there
 }
 
 // NS is the namespace of a node.
@@ -59,6 +60,11 @@ func For(l Lab) []Check {
 	cs := []Check{Connectivity}
 	if len(tunnelEndpoints(l)) > 0 {
 		cs = append(cs, Encryption, Path)
+	}
+	for _, n := range l.Topology.Nodes {
+		if n.BGP != nil {
+			return append(cs, BGP)
+		}
 	}
 	return cs
 }

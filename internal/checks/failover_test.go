@@ -94,8 +94,8 @@ func automaticFailover(t *testing.T, file string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	labc := checks.Lab{Topology: l.Topology, Conns: conns}
-	requirePassed(t, checks.Run(context.Background(), labc, []checks.Check{checks.Connectivity, checks.Encryption}))
+	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
+	requirePassed(t, checks.Run(context.Background(), labc, checks.For(labc)))
 	tun := l.Topology.Node("onprem").Tunnels[0]
 
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
@@ -123,6 +123,12 @@ func automaticFailover(t *testing.T, file string) {
 	enc := checks.Run(context.Background(), labc, []checks.Check{checks.Encryption})
 	if enc[0].Passed || strings.Contains(enc[0].Evidence, "marker in 0") {
 		t.Fatalf("the fallback must run over the private path in clear: %s", enc[0].Evidence)
+	}
+	if l.Topology.Node("onprem").BGP != nil {
+		bgp := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+		if bgp[0].Check != "bgp onprem" || bgp[0].Passed || !strings.Contains(bgp[0].Evidence, "session with 169.254.10.2 is") {
+			t.Errorf("the bgp check must see the tunnel session down: %+v", bgp[0])
+		}
 	}
 
 	if err := fault.TunnelUp(l.NS("onprem"), tun.Name); err != nil {

@@ -273,11 +273,16 @@ func bgpConfig(n *topology.Node) *routing.Config {
 			ConnectRetry: uint32(b.ConnectRetry.Seconds()),
 			LocalPref:    nb.LocalPref,
 		}
+		local := localAddress(n, nb.Address)
 		for _, t := range n.Tunnels {
 			if t.Address.IsValid() && t.Address.Contains(nb.Address) {
 				rn.Interface, rn.LocalAddress = t.Interface, t.Address.Addr()
 			}
 		}
+		// GoBGP refuses connections for 5 s after a failed session; when
+		// both ends dial they can stay out of phase for tens of seconds.
+		// The end with the higher address waits instead.
+		rn.Passive = local.IsValid() && local.Compare(nb.Address) > 0
 		c.Neighbors = append(c.Neighbors, rn)
 	}
 	return c
@@ -348,6 +353,24 @@ func (p *Plan) StepCount() int {
 		n += len(s.Steps)
 	}
 	return n
+}
+
+// localAddress is the node's own address on the subnet of peer (an
+// interface's or a tunnel's), or the zero Addr.
+func localAddress(n *topology.Node, peer netip.Addr) netip.Addr {
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			if p.Contains(peer) {
+				return p.Addr()
+			}
+		}
+	}
+	for _, t := range n.Tunnels {
+		if t.Address.IsValid() && t.Address.Contains(peer) {
+			return t.Address.Addr()
+		}
+	}
+	return netip.Addr{}
 }
 
 // HasBGP reports whether any node runs a BGP speaker.

@@ -1,0 +1,84 @@
+package checks
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// BGP reads what each node's speaker publishes and requires every session
+// Established and every prefix a neighbor originates present as a best path,
+// installed in the node's kernel table.
+var BGP = Check{Name: "bgp", Run: bgpCheck}
+
+func bgpCheck(_ context.Context, l Lab) []Result {
+	var out []Result
+	for _, n := range l.Topology.Nodes {
+		if n.BGP == nil {
+			continue
+		}
+		start := time.Now()
+		r := Result{Check: "bgp " + n.Name}
+		st, err := agent.ReadState(filepath.Join(l.Dir, "agents", n.Name+".json"))
+		if err != nil {
+			r.Evidence = fmt.Sprintf("no state from %s's agent: %v", n.Name, err)
+			out = append(out, r)
+			continue
+		}
+		var seen, problems []string
+		for _, nb := range st.Neighbors {
+			seen = append(seen, fmt.Sprintf("%s AS%d %s (%d prefixes)", nb.Address, nb.PeerASN, nb.State, nb.Accepted))
+			if !nb.Established {
+				problems = append(problems, fmt.Sprintf("session with %s is %s", nb.Address, nb.State))
+			}
+		}
+		for _, nb := range n.BGP.Neighbors {
+			peer := ownerOfAddr(l, nb.Address)
+			if peer == nil || peer.BGP == nil {
+				continue
+			}
+			for _, p := range peer.BGP.Networks {
+				i := slices.IndexFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p })
+				switch {
+				case i < 0:
+					problems = append(problems, fmt.Sprintf("%s (from %s) is not in the RIB", p, peer.Name))
+				case !st.Routes[i].Installed && !slices.ContainsFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p && r0.Installed }):
+					problems = append(problems, fmt.Sprintf("%s (from %s) is not installed in the kernel", p, peer.Name))
+				default:
+					seen = append(seen, fmt.Sprintf("%s via %s", p, st.Routes[i].NextHop))
+				}
+			}
+		}
+		r.Passed = len(problems) == 0
+		r.Evidence = strings.Join(seen, "; ")
+		if !r.Passed {
+			r.Evidence = strings.Join(problems, "; ") + "; seen: " + r.Evidence
+		}
+		r.Duration = time.Since(start)
+		out = append(out, r)
+	}
+	return out
+}
+
+// ownerOfAddr is the node with that interface or tunnel address, or nil.
+func ownerOfAddr(l Lab, a netip.Addr) *topology.Node {
+	for _, n := range l.Topology.Nodes {
+		if n.Owns(a) {
+			return n
+		}
+		for _, t := range n.Tunnels {
+			if t.Address.IsValid() && t.Address.Addr() == a {
+				return n
+			}
+		}
+	}
+	return nil
+}
