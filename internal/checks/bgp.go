@@ -16,10 +16,25 @@ import (
 
 // BGP reads what each node's speaker publishes and requires every session
 // Established and every prefix a neighbor originates present as a best path,
-// installed in the node's kernel table.
+// installed in the node's kernel table. It runs first and waits up to
+// bgpSettle for that, so checks right after a deploy or a repair judge a
+// converged lab.
 var BGP = Check{Name: "bgp", Run: bgpCheck}
 
-func bgpCheck(_ context.Context, l Lab) []Result {
+const bgpSettle = 10 * time.Second
+
+func bgpCheck(ctx context.Context, l Lab) []Result {
+	deadline := time.Now().Add(bgpSettle)
+	for {
+		rs := bgpOnce(l)
+		if Passed(rs) || time.Now().After(deadline) || ctx.Err() != nil {
+			return rs
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func bgpOnce(l Lab) []Result {
 	var out []Result
 	for _, n := range l.Topology.Nodes {
 		if n.BGP == nil {

@@ -57,14 +57,16 @@ func Passed(rs []Result) bool {
 // For returns the checks that apply to a lab: encryption only where the lab
 // has IPsec connections to prove.
 func For(l Lab) []Check {
-	cs := []Check{Connectivity}
-	if len(tunnelEndpoints(l)) > 0 {
-		cs = append(cs, Encryption, Path)
-	}
+	var cs []Check
 	for _, n := range l.Topology.Nodes {
 		if n.BGP != nil {
-			return append(cs, BGP)
+			cs = []Check{BGP} // first: it waits for convergence
+			break
 		}
+	}
+	cs = append(cs, Connectivity)
+	if len(tunnelEndpoints(l)) > 0 {
+		cs = append(cs, Encryption, Path)
 	}
 	return cs
 }

@@ -7,10 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/probe"
 )
 
@@ -125,7 +128,9 @@ func automaticFailover(t *testing.T, file string) {
 		t.Fatalf("the fallback must run over the private path in clear: %s", enc[0].Evidence)
 	}
 	if l.Topology.Node("onprem").BGP != nil {
-		bgp := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second) // judge now, do not wait
+		defer cancel()
+		bgp := checks.Run(ctx, labc, []checks.Check{checks.BGP})
 		if bgp[0].Check != "bgp onprem" || bgp[0].Passed || !strings.Contains(bgp[0].Evidence, "session with 169.254.10.2 is") {
 			t.Errorf("the bgp check must see the tunnel session down: %+v", bgp[0])
 		}
@@ -157,4 +162,62 @@ func TestMethod3BGP_TunnelDown_FallsBackUnencrypted_ThenReturns(t *testing.T) {
 
 func TestMethod1WithHealthCheck_TunnelDown_RevokesRoutes_FallsBackUnencrypted(t *testing.T) {
 	automaticFailover(t, "static-healthcheck.yaml")
+}
+
+// nexthops counts the kernel's nexthops for a prefix in a node's namespace.
+func nexthops(t *testing.T, l *labtest.Lab, node, prefix string) int {
+	t.Helper()
+	var n int
+	err := netnsx.Do(l.NS(node), func() error {
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == prefix {
+				n = max(1, len(r.MultiPath))
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestTransitRouter_TwoTunnelsInECMP_LosingOneKeepsTrafficEncrypted(t *testing.T) {
+	l := labtest.Deploy(t, "transit-router.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
+	requirePassed(t, checks.Run(context.Background(), labc, checks.For(labc)))
+	for node, prefix := range map[string]string{"onprem": "172.16.2.0/24", "vpngw": "10.1.0.0/24"} {
+		if got := nexthops(t, l, node, prefix); got != 2 {
+			t.Fatalf("%s: %s has %d nexthops, want 2 (one per tunnel)", node, prefix, got)
+		}
+	}
+	tun := l.Topology.Node("onprem").Tunnels[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	go func() {
+		time.Sleep(time.Second)
+		if err := fault.TunnelDown(l.NS("onprem"), tun.Name, tun.Local, tun.Remote); err != nil {
+			t.Error(err)
+		}
+	}()
+	res, err := probe.Stream(ctx, l.NS("client"), ecsAddr, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("one of two tunnels down: %s", res)
+	if res.Outage > 3500*time.Millisecond {
+		t.Errorf("outage %s with a second tunnel available", res.Outage)
+	}
+	if got := nexthops(t, l, "onprem", "172.16.2.0/24"); got != 1 {
+		t.Errorf("onprem: %d nexthops for 172.16.2.0/24 after one tunnel broke, want 1", got)
+	}
+	enc := checks.Run(context.Background(), labc, []checks.Check{checks.Encryption})
+	if !enc[0].Passed || !strings.Contains(enc[0].Evidence, "10.0.0.1→172.16.1.11") || strings.Contains(enc[0].Evidence, "10.0.0.1→172.16.1.10") {
+		t.Fatalf("traffic must stay encrypted, on the second tunnel only: %s", enc[0].Evidence)
+	}
 }

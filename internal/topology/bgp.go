@@ -22,6 +22,10 @@ type BGP struct {
 	Metric    int
 	Networks  []netip.Prefix
 	Neighbors []Neighbor
+	// Multipath installs every equally good path as one ECMP route: several
+	// IPsec connections share the load, as the guide recommends with a
+	// transit router.
+	Multipath bool
 }
 
 // Neighbor is one BGP peer.
@@ -48,7 +52,7 @@ func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
 	b := &BGP{Line: n.Line, Hold: DefaultHold, ConnectRetry: DefaultConnectRetry, Metric: DefaultBGPMetric}
 	what := fmt.Sprintf("node %q bgp", node.Name)
 	hasASN := false
-	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors") {
+	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors", "multipath") {
 		switch f.key {
 		case "asn":
 			asn, ok := r.integer(f.val, what+" asn", 1, 4294967295)
@@ -76,6 +80,13 @@ func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
 			}
 		case "metric":
 			b.Metric, _ = r.integer(f.val, what+" metric", 0, 1<<31-1)
+		case "multipath":
+			if s, ok := r.str(f.val, what+" multipath"); ok {
+				if s != "true" && s != "false" {
+					r.at(f.line, "%s: multipath is true or false, not %q", what, s)
+				}
+				b.Multipath = s == "true"
+			}
 		case "networks":
 			for _, p := range r.strs(f.val, what+" networks") {
 				if pf, ok := r.prefix(p.Line, what+" network", p.Value); ok {
