@@ -61,14 +61,21 @@ func bgpOnce(l Lab) []Result {
 				continue
 			}
 			for _, p := range peer.BGP.Networks {
-				i := slices.IndexFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p })
+				// A best path the node originates itself (a connected
+				// subnet) is as good as the neighbor's; a learned one must
+				// be in the kernel.
+				i := slices.IndexFunc(st.Routes, func(r0 routing.Route) bool {
+					return r0.Prefix == p && (r0.Installed || !r0.NextHop.IsValid())
+				})
 				switch {
-				case i < 0:
-					problems = append(problems, fmt.Sprintf("%s (from %s) is not in the RIB", p, peer.Name))
-				case !st.Routes[i].Installed && !slices.ContainsFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p && r0.Installed }):
+				case i >= 0 && !st.Routes[i].NextHop.IsValid():
+					seen = append(seen, fmt.Sprintf("%s local", p))
+				case i >= 0:
+					seen = append(seen, fmt.Sprintf("%s via %s", p, st.Routes[i].NextHop))
+				case slices.ContainsFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p }):
 					problems = append(problems, fmt.Sprintf("%s (from %s) is not installed in the kernel", p, peer.Name))
 				default:
-					seen = append(seen, fmt.Sprintf("%s via %s", p, st.Routes[i].NextHop))
+					problems = append(problems, fmt.Sprintf("%s (from %s) is not in the RIB", p, peer.Name))
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package checks
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -93,10 +94,10 @@ func encryption(ctx context.Context, l Lab) []Result {
 
 // verdict counts what the private path carried.
 type verdict struct {
-	frames, esp, markerFrames, innerFrames, otherIP int
-	spis                                            map[uint32]bool
-	pairs                                           map[string]bool
-	firstLeak                                       string
+	frames, esp, markerFrames, innerFrames, otherIP, control int
+	spis                                                     map[uint32]bool
+	pairs                                                    map[string]bool
+	firstLeak                                                string
 }
 
 func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip.Addr]string, marker []byte) verdict {
@@ -122,6 +123,8 @@ func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip
 				v.esp++ // a non-first fragment of an ESP packet
 			case h.Src.IsLinkLocalUnicast() || h.Dst.IsLinkLocalMulticast() || h.Dst.IsMulticast():
 				// neighbour discovery and the like: not traffic between sites
+			case isBGP(p.Data):
+				v.control++ // the routers' own sessions (method 3, the cloud side)
 			default:
 				v.otherIP++
 				leak = fmt.Sprintf("non-ESP traffic %s → %s (%s)", h.Src, h.Dst, h.Protocol)
@@ -147,6 +150,9 @@ func (v verdict) summary() string {
 	sort.Strings(pairs)
 	s := fmt.Sprintf("%d frames, %d ESP (%s; SPI %s), %d with inner addresses, %d other IP, marker in %d",
 		v.frames, v.esp, strings.Join(pairs, ", "), strings.Join(spis, ", "), v.innerFrames, v.otherIP, v.markerFrames)
+	if v.control > 0 {
+		s += fmt.Sprintf(", %d BGP between routers", v.control)
+	}
 	if v.firstLeak != "" {
 		s += "; first leak: " + v.firstLeak
 	}
@@ -163,4 +169,21 @@ func tunnelEndpoints(l Lab) map[netip.Addr]bool {
 		}
 	}
 	return out
+}
+
+// isBGP reports an IPv4 TCP segment to or from port 179: routing sessions
+// between the routers of the private path are control traffic, not data
+// between the sites, and carry no host's bytes.
+func isBGP(frame []byte) bool {
+	const eth = 14
+	if len(frame) < eth+20 || frame[eth]>>4 != 4 || frame[eth+9] != 6 {
+		return false
+	}
+	ihl := int(frame[eth]&0x0f) * 4
+	if len(frame) < eth+ihl+4 {
+		return false
+	}
+	src := binary.BigEndian.Uint16(frame[eth+ihl:])
+	dst := binary.BigEndian.Uint16(frame[eth+ihl+2:])
+	return src == 179 || dst == 179
 }

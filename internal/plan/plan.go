@@ -264,7 +264,7 @@ func bgpConfig(n *topology.Node) *routing.Config {
 	if b == nil {
 		return nil
 	}
-	c := &routing.Config{ASN: b.ASN, RouterID: b.RouterID, Networks: b.Networks, Metric: uint32(b.Metric), Multipath: b.Multipath}
+	c := &routing.Config{ASN: b.ASN, RouterID: b.RouterID, Networks: b.Networks, Metric: uint32(b.Metric), Multipath: b.Multipath, Redistribute: b.Redistribute}
 	for _, nb := range b.Neighbors {
 		rn := routing.Neighbor{
 			Address:      nb.Address,

@@ -26,6 +26,9 @@ type BGP struct {
 	// IPsec connections share the load, as the guide recommends with a
 	// transit router.
 	Multipath bool
+	// Redistribute announces kernel routes: "connected" subnets and/or
+	// "static" routes, following the kernel as they come and go.
+	Redistribute []string
 }
 
 // Neighbor is one BGP peer.
@@ -52,7 +55,7 @@ func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
 	b := &BGP{Line: n.Line, Hold: DefaultHold, ConnectRetry: DefaultConnectRetry, Metric: DefaultBGPMetric}
 	what := fmt.Sprintf("node %q bgp", node.Name)
 	hasASN := false
-	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors", "multipath") {
+	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors", "multipath", "redistribute") {
 		switch f.key {
 		case "asn":
 			asn, ok := r.integer(f.val, what+" asn", 1, 4294967295)
@@ -80,6 +83,14 @@ func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
 			}
 		case "metric":
 			b.Metric, _ = r.integer(f.val, what+" metric", 0, 1<<31-1)
+		case "redistribute":
+			for _, v := range r.strs(f.val, what+" redistribute") {
+				if v.Value != "connected" && v.Value != "static" {
+					r.at(v.Line, "%s: redistribute %q: use connected and/or static", what, v.Value)
+					continue
+				}
+				b.Redistribute = append(b.Redistribute, v.Value)
+			}
 		case "multipath":
 			if s, ok := r.str(f.val, what+" multipath"); ok {
 				if s != "true" && s != "false" {
