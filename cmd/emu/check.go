@@ -37,11 +37,17 @@ func checkCommand() *cli.Command {
                 ESP on every vbr and cen hop, the reply back at the sender.
   bgp           (nodes with bgp:) every session Established, and every prefix a
                 neighbor originates a best path installed in the kernel table.
+  failover      (with --failover) breaks the first connection under 100 probes/s:
+                methods 2, 3 and the health check must resume by themselves within
+                10 s; method 1 must stay stopped until the routes are withdrawn (the
+                check does it); the fallback must be in clear; after the repair the
+                traffic must be encrypted again within 15 s.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken command.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
 			&cli.StringFlag{Name: "junit", Usage: "also write a JUnit XML report to `FILE` (for CI)"},
+			&cli.BoolFlag{Name: "failover", Usage: "also break the tunnel and check the method's failover (disrupts the lab for ~20 s, then restores it)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := requireRoot(); err != nil {
@@ -67,7 +73,11 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			l := checks.Lab{Topology: t, Conns: conns, Dir: rec.Dir}
-			results := checks.Run(c.Context, l, checks.For(l))
+			cs := checks.For(l)
+			if c.Bool("failover") {
+				cs = append(cs, checks.Failover)
+			}
+			results := checks.Run(c.Context, l, cs)
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")

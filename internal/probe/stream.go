@@ -25,6 +25,9 @@ type StreamResult struct {
 	Outage time.Duration
 	// LastLoss is when the last lost probe was sent (zero if none).
 	LastLoss time.Time
+	// Trailing is the run of lost probes at the end of the stream, as time:
+	// zero when traffic was flowing when the stream stopped.
+	Trailing time.Duration
 	start    time.Time
 	got      []bool
 }
@@ -106,6 +109,7 @@ func (r *StreamResult) summarise() {
 		r.LastLoss = r.start.Add(time.Duration(i) * r.Interval)
 	}
 	r.Outage = time.Duration(longest) * r.Interval
+	r.Trailing = time.Duration(run) * r.Interval
 }
 
 func (r *StreamResult) String() string {

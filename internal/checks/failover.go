@@ -1,0 +1,186 @@
+package checks
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emu-lab/emu/internal/fault"
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// Failover breaks the first IPsec connection of the first on-premises
+// gateway under a stream of 100 probes a second and checks what the guide
+// says happens, for the lab's configuration:
+//   - automatic (BGP over the tunnel, or the health check with
+//     revoke_route): traffic resumes by itself within FailoverLimit;
+//   - manual (method 1): traffic stops and stays stopped until the
+//     operator withdraws the VPN gateway's routes, then resumes;
+//
+// then that the fallback crosses the private path in clear (or stays
+// encrypted when another connection to the same peer is left), and that
+// after the repair traffic is encrypted again within RepairLimit. It
+// disrupts the lab for about 20 s and restores it.
+var Failover = Check{Name: "failover", Run: failover}
+
+// Limits of the shipped timers: hold 3 s, DPD 1 s x 3, connect-retry 1 s.
+const (
+	FailoverLimit = 10 * time.Second
+	RepairLimit   = 15 * time.Second
+)
+
+func failover(ctx context.Context, l Lab) []Result {
+	gw, tun := firstConnection(l.Topology)
+	hosts := hostsOf(l.Topology)
+	if tun == nil || len(hosts) < 2 {
+		return []Result{{Check: "failover", Evidence: "needs an onprem-gateway with an ipsec connection and two hosts"}}
+	}
+	src, dst := l.NS(hosts[0].node.Name), hosts[1].addr
+	ns := l.NS(gw.Name)
+	auto := automatic(l.Topology, tun)
+	var out []Result
+
+	// 1. Break the tunnel; watch the stream.
+	start := time.Now()
+	r := Result{Check: fmt.Sprintf("failover: %s down", tun.Name)}
+	window := FailoverLimit + 2*time.Second
+	if !auto {
+		window = 8 * time.Second // DPD's 3 s, then proof that nothing resumes
+	}
+	res, err := streamAround(ctx, src, dst, window, func() error { return fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote) })
+	switch {
+	case err != nil:
+		r.Evidence = err.Error()
+	case auto:
+		resumed := res.Trailing == 0
+		r.Passed = resumed && res.Outage > 0 && res.Outage <= FailoverLimit
+		r.Evidence = fmt.Sprintf("automatic failover: %s", res)
+		if !resumed {
+			r.Evidence = "traffic did not resume by itself: " + r.Evidence
+		}
+	default:
+		// Stopped from the fault (plus DPD's detection) to the end.
+		stopped := res.Trailing >= window-5*time.Second
+		r.Passed = stopped
+		r.Evidence = fmt.Sprintf("method 1: traffic stopped and stayed stopped with the VPN gateway's routes published (%s)", res)
+		if !stopped {
+			r.Evidence = "traffic resumed without the operator, which method 1 does not do: " + res.String()
+		}
+	}
+	r.Duration = time.Since(start)
+	out = append(out, r)
+
+	// 2. Method 1's manual step.
+	if !auto {
+		start = time.Now()
+		r = Result{Check: "failover: operator withdraws the VPN gateway's routes"}
+		res, err = streamAround(ctx, src, dst, 4*time.Second, func() error {
+			_, err := lab.SetPublishedRoutes(l.Topology, false)
+			return err
+		})
+		if err != nil {
+			r.Evidence = err.Error()
+		} else {
+			r.Passed = res.Trailing == 0
+			r.Evidence = fmt.Sprintf("after the withdrawal: %s", res)
+		}
+		r.Duration = time.Since(start)
+		out = append(out, r)
+	}
+
+	// 3. The fallback path: in clear, unless another connection is left.
+	start = time.Now()
+	enc := encryption(ctx, l)[0]
+	r = Result{Check: "failover: fallback path", Duration: time.Since(start)}
+	if otherConnection(gw, tun) {
+		r.Passed = enc.Passed
+		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
+	} else {
+		r.Passed = !enc.Passed && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
+		r.Evidence = "unencrypted over Express Connect + CEN, as the guide says: " + enc.Evidence
+	}
+	out = append(out, r)
+
+	// 4. Repair, and back to the tunnel.
+	start = time.Now()
+	r = Result{Check: fmt.Sprintf("failover: %s repaired", tun.Name)}
+	err = fault.TunnelUp(ns, tun.Name)
+	if err == nil && !auto {
+		_, err = lab.SetPublishedRoutes(l.Topology, true)
+	}
+	if err != nil {
+		r.Evidence = err.Error()
+		return append(out, r)
+	}
+	deadline := time.Now().Add(RepairLimit)
+	for {
+		enc = encryption(ctx, l)[0]
+		if enc.Passed || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	r.Passed, r.Duration = enc.Passed, time.Since(start)
+	r.Evidence = fmt.Sprintf("encrypted again after %s: %s", r.Duration.Round(100*time.Millisecond), enc.Evidence)
+	if !enc.Passed {
+		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s", RepairLimit, enc.Evidence)
+	}
+	return append(out, r)
+}
+
+// streamAround runs a probe stream for window, doing action one second in.
+func streamAround(ctx context.Context, src string, dst netip.Addr, window time.Duration, action func() error) (*probe.StreamResult, error) {
+	sctx, cancel := context.WithTimeout(ctx, window)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		errc <- action()
+	}()
+	res, err := probe.Stream(sctx, src, dst, 10*time.Millisecond)
+	if aerr := <-errc; aerr != nil {
+		return nil, aerr
+	}
+	return res, err
+}
+
+func firstConnection(t *topology.Topology) (*topology.Node, *topology.Tunnel) {
+	for _, n := range t.Nodes {
+		if n.Kind == "onprem-gateway" && len(n.Tunnels) > 0 {
+			return n, n.Tunnels[0]
+		}
+	}
+	return nil, nil
+}
+
+// automatic reports whether the lab withdraws a broken tunnel's routes by
+// itself: BGP on the VPN gateway (methods 2, 3), or its health check with
+// revoke_route.
+func automatic(t *topology.Topology, tun *topology.Tunnel) bool {
+	peer := t.Node(tun.Peer.Node)
+	if peer == nil {
+		return false
+	}
+	if peer.BGP != nil {
+		return true
+	}
+	for _, pt := range peer.Tunnels {
+		if pt.Interface == tun.Peer.Interface && pt.HealthCheck != nil && pt.HealthCheck.Policy == topology.RevokeRoute {
+			return true
+		}
+	}
+	return false
+}
+
+func otherConnection(gw *topology.Node, tun *topology.Tunnel) bool {
+	for _, t := range gw.Tunnels {
+		if t != tun && t.Peer.Node == tun.Peer.Node {
+			return true
+		}
+	}
+	return false
+}
