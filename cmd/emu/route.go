@@ -2,10 +2,17 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
 
+	"github.com/olekukonko/tablewriter"
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 func routeCommand() *cli.Command {
@@ -13,15 +20,18 @@ func routeCommand() *cli.Command {
 		Name:  "route",
 		Usage: "withdraw or restore the routes the VPN gateway published into the VPC (method 1's manual step)",
 		UsageText: `emu route withdraw -t FILE
-emu route restore -t FILE`,
+emu route restore -t FILE
+emu route show -t FILE [NODE...]`,
 		Description: `In method 1 (static routes) a broken tunnel stops traffic until the operator withdraws
 the routes the VPN gateway published into the VPC route table; the VPC then reaches the
 data center over the CEN and Express Connect, unencrypted. "withdraw" removes those
 routes (every static route of a vpc node whose next hop is a vpn-gateway), "restore"
-puts them back. Both are idempotent.`,
+puts them back. Both are idempotent. "show" prints each node's kernel routes (with
+where each came from: kernel, static, bgp) and its BGP sessions.`,
 		Subcommands: []*cli.Command{
 			routeAction("withdraw", "remove the VPN gateway's routes from the VPC route tables", false),
 			routeAction("restore", "put the VPN gateway's routes back", true),
+			routeShow(),
 		},
 	}
 }
@@ -47,6 +57,67 @@ func routeAction(name, usage string, add bool) *cli.Command {
 				fmt.Fprintf(c.App.ErrWriter, "%s: %s route %s via %s (published by %s)\n", pr.VPC, map[bool]string{true: "restored", false: "withdrew"}[add], pr.Route.Dst, pr.Route.Via, pr.Gateway)
 			}
 			return nil
+		},
+	}
+}
+
+func routeShow() *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "each node's routes and BGP sessions, live",
+		UsageText: "emu route show -t FILE [NODE...]",
+		Flags:     []cli.Flag{topoFlag},
+		Action: func(c *cli.Context) error {
+			t, err := rootTopology(c)
+			if err != nil {
+				return err
+			}
+			rec, err := deployer(c).Store.Get(t.Name)
+			if err != nil {
+				return err
+			}
+			if rec == nil {
+				return fmt.Errorf("lab %q is not deployed", t.Name)
+			}
+			want := c.Args().Slice()
+			tw := tablewriter.NewWriter(c.App.Writer)
+			tw.Header("Node", "Destination", "Via", "Dev", "From", "Metric")
+			var sessions [][]string
+			for _, n := range t.Nodes {
+				if len(want) > 0 && !slices.Contains(want, n.Name) {
+					continue
+				}
+				routes, err := wiring.Routes(plan.NamespaceName(t.Name, n.Name))
+				if err != nil {
+					return err
+				}
+				for _, r := range routes {
+					tw.Append(n.Name, r.Dst, strings.Join(r.Via, "\n"), strings.Join(r.Dev, "\n"), r.Protocol, fmt.Sprint(r.Metric))
+				}
+				if n.BGP == nil {
+					continue
+				}
+				st, err := agent.ReadState(filepath.Join(rec.Dir, "agents", n.Name+".json"))
+				if err != nil {
+					sessions = append(sessions, []string{n.Name, "-", "-", "no state: " + err.Error(), "", ""})
+					continue
+				}
+				for _, nb := range st.Neighbors {
+					sessions = append(sessions, []string{n.Name, nb.Address.String(), fmt.Sprintf("AS%d", nb.PeerASN), nb.State, fmt.Sprint(nb.Accepted), fmt.Sprint(nb.Advertised)})
+				}
+			}
+			if err := tw.Render(); err != nil {
+				return err
+			}
+			if len(sessions) == 0 {
+				return nil
+			}
+			bw := tablewriter.NewWriter(c.App.Writer)
+			bw.Header("Node", "BGP neighbor", "AS", "State", "Accepted", "Advertised")
+			for _, s := range sessions {
+				bw.Append(s)
+			}
+			return bw.Render()
 		},
 	}
 }
