@@ -6,6 +6,7 @@ package plan
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/monitor"
@@ -225,6 +226,9 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		{Name: "agents", Steps: agents},
 		{Name: "routes", Steps: routes},
 	}
+	// A stage with nothing to do is not shown: a lab without kernel
+	// tunnels, say, has no "tunnels" stage.
+	p.Stages = slices.DeleteFunc(p.Stages, func(s Stage) bool { return len(s.Steps) == 0 })
 	return p, nil
 }
 
