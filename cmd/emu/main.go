@@ -66,13 +66,21 @@ node (emu-<lab>-<node>, so "ip netns exec" works), veth pairs for links, address
 and routes, all over netlink. Records of deployed labs live in ` + lab.DefaultStateDir + `;
 each lab also gets a directory emu-<lab>/ next to its topology file.
 
-Typical session (as root):
-   emu deploy -t topologies/static.yaml
-   emu exec -t topologies/static.yaml client -- ip route
-   emu inspect --all
-   emu destroy -t topologies/static.yaml --cleanup
+Typical session (as root), with method 2 of the guide:
+   emu deploy -t topologies/static-bgp.yaml        # lab up, BGP converged
+   emu check  -t topologies/static-bgp.yaml        # connectivity, ESP on the wire, the walk, BGP
+   emu trace  -t topologies/static-bgp.yaml        # the guide's packet walk, live
+   emu fault tunnel down -t topologies/static-bgp.yaml to-vpc
+   emu trace  -t topologies/static-bgp.yaml        # the fallback: clear, over the CEN
+   emu check  -t topologies/static-bgp.yaml --failover
+   emu destroy -t topologies/static-bgp.yaml --cleanup
 
-Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology.`,
+Scenarios in topologies/: static.yaml (method 1), static-bgp.yaml (method 2),
+bgp.yaml (method 3), static-healthcheck.yaml (method 1 with the health check),
+transit-router.yaml (two tunnels in ECMP).
+
+Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
+3 emu check ran and a check failed.`,
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{

@@ -18,7 +18,7 @@ import (
 func routeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "route",
-		Usage: "withdraw or restore the routes the VPN gateway published into the VPC (method 1's manual step)",
+		Usage: "show routes and BGP sessions; withdraw or restore the VPN gateway's routes in the VPC (method 1's manual step)",
 		UsageText: `emu route withdraw -t FILE
 emu route restore -t FILE
 emu route show -t FILE [NODE...]`,
