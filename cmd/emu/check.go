@@ -61,12 +61,9 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 			if err != nil {
 				return err
 			}
-			rec, err := deployer(c).Store.Get(t.Name)
+			rec, err := deployedLab(c, t)
 			if err != nil {
 				return err
-			}
-			if rec == nil {
-				return fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
 			}
 			if !rec.Complete {
 				return &lab.DeployedError{Record: rec}

@@ -150,6 +150,18 @@ func rootTopology(c *cli.Context) (*topology.Topology, error) {
 	return loadTopology(c)
 }
 
+// deployedLab returns the record of t's lab, or says how to deploy it.
+func deployedLab(c *cli.Context, t *topology.Topology) (*lab.Record, error) {
+	rec, err := deployer(c).Store.Get(t.Name)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
+	}
+	return rec, nil
+}
+
 func requireRoot() error {
 	if os.Geteuid() != 0 {
 		return errors.New("this command creates network namespaces and needs root: run it with sudo")

@@ -72,12 +72,9 @@ func routeShow() *cli.Command {
 			if err != nil {
 				return err
 			}
-			rec, err := deployer(c).Store.Get(t.Name)
+			rec, err := deployedLab(c, t)
 			if err != nil {
 				return err
-			}
-			if rec == nil {
-				return fmt.Errorf("lab %q is not deployed", t.Name)
 			}
 			want := c.Args().Slice()
 			tw := tablewriter.NewWriter(c.App.Writer)

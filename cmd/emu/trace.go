@@ -46,12 +46,9 @@ decrypted with the lab's keys). With the tunnel down it shows the fallback path.
 			if to == "" && len(hosts) > 1 {
 				to = hosts[1]
 			}
-			rec, err := deployer(c).Store.Get(t.Name)
+			rec, err := deployedLab(c, t)
 			if err != nil {
 				return err
-			}
-			if rec == nil {
-				return fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.Run(c.Context, t, conns, from, to)

@@ -12,9 +12,10 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 // tablePrefix names the nftables tables emu owns; one per broken connection.
@@ -123,12 +124,7 @@ func LinkDown(ns, ifname string) error { return setLink(ns, ifname, false) }
 func LinkUp(ns, ifname string) error { return setLink(ns, ifname, true) }
 
 func setLink(ns, ifname string, up bool) error {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
+	nl, err := wiring.Open(ns)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Open returns a netlink handle inside a named namespace, for one-off
+// reads and changes; close it after use.
+func Open(ns string) (*netlink.Handle, error) {
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in namespace %s: %w", ns, err)
+	}
+	return nl, nil
+}
+
 // InterfaceState is what inspect shows of one interface.
 type InterfaceState struct {
 	Name  string   `json:"name"`
@@ -20,14 +35,9 @@ type InterfaceState struct {
 // Interfaces lists the interfaces of a namespace with their global addresses,
 // loopback last unless it carries an address.
 func Interfaces(ns string) ([]InterfaceState, error) {
-	h, err := netns.GetFromName(ns)
+	nl, err := Open(ns)
 	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in namespace %s: %w", ns, err)
+		return nil, err
 	}
 	defer nl.Close()
 	links, err := nl.LinkList()
@@ -70,12 +80,7 @@ type RouteState struct {
 
 // Routes lists the IPv4 main table of a namespace.
 func Routes(ns string) ([]RouteState, error) {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
+	nl, err := Open(ns)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,295 @@
+// Package container runs nodes as Docker containers (SPEC §9). A container
+// holds nothing but a network namespace: emu links that namespace under
+// /run/netns with the node's namespace name, so wiring, agents, probes and
+// `ip netns exec` treat it like a namespace emu created itself.
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	dcontainer "github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/wiring"
+)
+
+// Image is the tag `make images` builds from images/.
+const Image = "emu-node:latest"
+
+// Labels on every container emu creates: List finds a lab's containers by
+// them, and Remove refuses a container that lacks them.
+const (
+	LabelLab  = "emu.lab"
+	LabelNode = "emu.node"
+)
+
+// removeTimeout bounds the clean-up after a failed Create, which runs on a
+// fresh context: the caller's may be the one that was cancelled.
+const removeTimeout = 30 * time.Second
+
+// Runtime creates and removes container nodes through the Docker engine API.
+type Runtime struct{ cli *client.Client }
+
+// New connects to the engine named by DOCKER_HOST, or the local socket. The
+// client speaks the engine's API version, however old (Debian's 20.10 speaks
+// 1.41).
+func New() (*Runtime, error) {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return &Runtime{cli: cli}, nil
+}
+
+// Close releases the connection to the engine.
+func (r *Runtime) Close() error { return r.cli.Close() }
+
+// Ping checks that an engine answers.
+func (r *Runtime) Ping(ctx context.Context) error {
+	_, err := r.cli.Ping(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("the Docker engine at %s refuses this user: run emu as root", r.cli.DaemonHost())
+	}
+	return fmt.Errorf("no Docker engine answers at %s: start it (systemctl start docker) or use runtime: namespace", r.cli.DaemonHost())
+}
+
+// ErrNoImage says the node image is not built.
+var ErrNoImage = errors.New("image not built")
+
+// ImageExists returns nil if the engine has the image, or an error wrapping
+// ErrNoImage that says how to build it.
+func (r *Runtime) ImageExists(ctx context.Context, image string) error {
+	_, err := r.cli.ImageInspect(ctx, image)
+	if cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("container nodes need image %s, which is not built (%w): run `make images` in the emu source tree", image, ErrNoImage)
+	}
+	if err != nil {
+		return fmt.Errorf("inspect image %s: %w", image, err)
+	}
+	return nil
+}
+
+// Container is a container node as the engine reports it.
+type Container struct {
+	// Name is both the container's name and its namespace's name under
+	// /run/netns: emu-<lab>-<node>.
+	Name  string
+	ID    string
+	Lab   string
+	Node  string
+	State string // the engine's word: created, running, exited, ...
+	PID   int    // of its init, while running; 0 from List
+}
+
+// Running reports whether the container's init is alive.
+func (c Container) Running() bool { return c.State == "running" }
+
+// DeadError says a container node stopped: its namespace, held by the
+// /run/netns link, still exists, but nothing runs in it any more.
+type DeadError struct {
+	Name     string
+	State    string // "removed" if the engine no longer knows it
+	ExitCode int
+	Finished time.Time
+}
+
+func (e *DeadError) Error() string {
+	if e.State == "removed" {
+		return fmt.Sprintf("container %s was removed behind emu's back: destroy the lab and deploy it again", e.Name)
+	}
+	at := ""
+	if !e.Finished.IsZero() {
+		at = " at " + e.Finished.Local().Format(time.TimeOnly)
+	}
+	return fmt.Sprintf("container %s is %s (exit code %d%s): destroy the lab and deploy it again (`docker logs %s` may say why)", e.Name, e.State, e.ExitCode, at, e.Name)
+}
+
+// Create starts a container for a node and links its network namespace at
+// /run/netns/emu-<lab>-<node>. On error it removes what it made; a caller
+// that journals the name before calling can also undo a crash with Remove.
+func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Container, err error) {
+	name := plan.NamespaceName(lab, node)
+	if err := r.ImageExists(ctx, image); err != nil {
+		return Container{}, err
+	}
+	if wiring.NamespaceExists(name) {
+		return Container{}, fmt.Errorf("node %q: namespace %s already exists and this container would hide it: remove it (`ip netns del %s`) or rename the lab", node, name, name)
+	}
+	cfg := &dcontainer.Config{
+		Image:    image,
+		Hostname: node,
+		Labels:   map[string]string{LabelLab: lab, LabelNode: node},
+	}
+	host := &dcontainer.HostConfig{
+		// emu wires the namespace from the host: the engine adds nothing
+		// but the loopback, and the init needs no capability at all.
+		NetworkMode:    "none",
+		CapDrop:        []string{"ALL"},
+		SecurityOpt:    []string{"no-new-privileges"},
+		ReadonlyRootfs: true,
+	}
+	created, err := r.cli.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	if cerrdefs.IsConflict(err) {
+		return Container{}, fmt.Errorf("node %q: a container named %s already exists: remove it (`docker rm -f %s`) if it is left over, or rename the lab", node, name, name)
+	}
+	if err != nil {
+		return Container{}, fmt.Errorf("create container %s: %w", name, err)
+	}
+	linked := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+		defer cancel()
+		rerr := r.removeContainer(rctx, created.ID, name)
+		if linked {
+			rerr = errors.Join(wiring.DeleteNamespace(name), rerr)
+		}
+		if rerr != nil {
+			err = fmt.Errorf("%w\nremoving it failed too: %v", err, rerr)
+		}
+	}()
+	if err := r.cli.ContainerStart(ctx, created.ID, dcontainer.StartOptions{}); err != nil {
+		return Container{}, fmt.Errorf("start container %s: %w", name, err)
+	}
+	c, err = r.inspect(ctx, name)
+	if err != nil {
+		return Container{}, err
+	}
+	if err := link(name, created.ID, c.PID); err != nil {
+		return Container{}, err
+	}
+	linked = true
+	// The init may have died, and its PID been reused, between inspect and
+	// link: only the same PID still running proves the link is its namespace.
+	after, err := r.inspect(ctx, name)
+	if err != nil {
+		return Container{}, err
+	}
+	if after.PID != c.PID {
+		return Container{}, fmt.Errorf("container %s restarted while emu linked its namespace", name)
+	}
+	return c, nil
+}
+
+// Check returns a *DeadError if the container is not running.
+func (r *Runtime) Check(ctx context.Context, name string) error {
+	_, err := r.inspect(ctx, name)
+	return err
+}
+
+// inspect returns a running container, or a *DeadError.
+func (r *Runtime) inspect(ctx context.Context, name string) (Container, error) {
+	info, err := r.cli.ContainerInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		return Container{}, &DeadError{Name: name, State: "removed"}
+	}
+	if err != nil {
+		return Container{}, fmt.Errorf("inspect container %s: %w", name, err)
+	}
+	c := Container{Name: name, ID: info.ID}
+	if info.Config != nil {
+		c.Lab, c.Node = info.Config.Labels[LabelLab], info.Config.Labels[LabelNode]
+	}
+	if s := info.State; s != nil {
+		c.State = string(s.Status)
+		if s.Running && !s.Restarting && s.Pid > 0 {
+			c.PID = s.Pid
+			return c, nil
+		}
+		finished, _ := time.Parse(time.RFC3339Nano, s.FinishedAt)
+		return c, &DeadError{Name: name, State: c.State, ExitCode: s.ExitCode, Finished: finished}
+	}
+	return c, &DeadError{Name: name, State: "unknown"}
+}
+
+// Remove unlinks a container node's namespace and removes the container,
+// killing it. What is already gone is not an error, so destroy can run any
+// number of times; a container emu did not label is left alone.
+func (r *Runtime) Remove(ctx context.Context, name string) error {
+	info, err := r.cli.ContainerInspect(ctx, name)
+	found := err == nil
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("inspect container %s: %w", name, err)
+	}
+	if found && (info.Config == nil || info.Config.Labels[LabelLab] == "") {
+		return fmt.Errorf("container %s has no %s label, so emu did not create it: leaving it and its namespace alone", name, LabelLab)
+	}
+	if err := wiring.DeleteNamespace(name); err != nil {
+		return err
+	}
+	if !found {
+		return nil
+	}
+	return r.removeContainer(ctx, info.ID, name)
+}
+
+func (r *Runtime) removeContainer(ctx context.Context, id, name string) error {
+	err := r.cli.ContainerRemove(ctx, id, dcontainer.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("remove container %s: %w", name, err)
+	}
+	return nil
+}
+
+// List returns the containers of a lab, running or not, found by label.
+func (r *Runtime) List(ctx context.Context, lab string) ([]Container, error) {
+	found, err := r.cli.ContainerList(ctx, dcontainer.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelLab+"="+lab)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list containers of lab %s: %w", lab, err)
+	}
+	var out []Container
+	for _, s := range found {
+		c := Container{ID: s.ID, Lab: s.Labels[LabelLab], Node: s.Labels[LabelNode], State: string(s.State)}
+		if len(s.Names) > 0 {
+			c.Name = strings.TrimPrefix(s.Names[0], "/")
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// link bind-mounts the network namespace of the container's init at
+// /run/netns/name, as `ip netns attach` does. The mount holds the namespace:
+// it outlives the container until Remove unmounts it.
+func link(name, id string, pid int) error {
+	// A PID the engine reports is only meaningful here if the engine shares
+	// our PID namespace; the init's cgroup names its container either way.
+	cg, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil || !strings.Contains(string(cg), id) {
+		return fmt.Errorf("container %s: PID %d is not its init on this host (is the Docker engine remote, rootless or in another PID namespace?): container nodes need a local, rootful engine", name, pid)
+	}
+	if err := os.MkdirAll(netnsx.Dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", netnsx.Dir, err)
+	}
+	path := netnsx.Path(name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("link namespace of container %s: %w", name, err)
+	}
+	f.Close()
+	src := fmt.Sprintf("/proc/%d/ns/net", pid)
+	if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("link namespace of container %s: mount %s on %s: %w", name, src, path, err)
+	}
+	return nil
+}
