@@ -176,21 +176,33 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 	}
 	linked = true
 	// The init may have died, and its PID been reused, between inspect and
-	// link: only the same PID still running proves the link is its namespace.
-	after, err := r.inspect(ctx, name)
-	if err != nil {
+	// link.
+	if err := r.Check(ctx, name); err != nil {
 		return Container{}, err
-	}
-	if after.PID != c.PID {
-		return Container{}, fmt.Errorf("container %s restarted while emu linked its namespace", name)
 	}
 	return c, nil
 }
 
-// Check returns a *DeadError if the container is not running.
+// Check returns a *DeadError if the container is not running, and an error
+// if it runs in another namespace than the one linked under /run/netns. The
+// link keeps the wired namespace, and so the node's links and agent, alive
+// after the container dies; a restarted container gets a fresh, unwired one.
 func (r *Runtime) Check(ctx context.Context, name string) error {
-	_, err := r.inspect(ctx, name)
-	return err
+	c, err := r.inspect(ctx, name)
+	if err != nil {
+		return err
+	}
+	var linked, current unix.Stat_t
+	if err := unix.Stat(netnsx.Path(name), &linked); err != nil {
+		return fmt.Errorf("container %s: its namespace link %s: %w", name, netnsx.Path(name), err)
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", c.PID), &current); err != nil {
+		return fmt.Errorf("container %s: namespace of its init: %w", name, err)
+	}
+	if linked.Dev != current.Dev || linked.Ino != current.Ino {
+		return fmt.Errorf("container %s restarted into a new network namespace that emu did not wire: destroy the lab and deploy it again", name)
+	}
+	return nil
 }
 
 // inspect returns a running container, or a *DeadError.
