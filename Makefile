@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/emu
 TOPO    ?= topologies/static.yaml
 
-.PHONY: build test unit lint demo bench setup clean vmtest
+.PHONY: build test unit lint demo bench setup clean vmtest images
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/emu
@@ -38,6 +38,11 @@ demo: build
 bench: build
 	$(GO) run ./bench/deploy
 	$(GO) test -run '^$$' -bench Failover -benchtime 1x ./bench/failover
+
+# The node image for `runtime: docker` nodes (FROM scratch, built through the
+# Docker API; no registry needed).
+images:
+	$(GO) run ./images/build
 
 clean:
 	rm -rf bin

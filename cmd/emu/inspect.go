@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,7 +10,9 @@ import (
 	"github.com/olekukonko/tablewriter"
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -71,16 +74,30 @@ type nodeView struct {
 	Kind       string                  `json:"kind"`
 	Namespace  string                  `json:"namespace"`
 	State      string                  `json:"state"`
+	Runtime    string                  `json:"runtime,omitempty"`
 	Interfaces []wiring.InterfaceState `json:"interfaces"`
 }
 
-func viewLabs(recs []*lab.Record) []nodeView {
+func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
 	var out []nodeView
+	var docker *container.Runtime
 	for _, r := range recs {
 		for _, n := range r.Nodes {
-			v := nodeView{Lab: r.Name, Node: n.Name, Kind: n.Kind, Namespace: n.Namespace, State: "running"}
+			v := nodeView{Lab: r.Name, Node: n.Name, Kind: n.Kind, Namespace: n.Namespace, State: "running", Runtime: n.Runtime}
 			if !r.Complete {
 				v.State = "incomplete"
+			}
+			if n.Runtime == topology.RuntimeDocker {
+				if docker == nil {
+					docker, _ = container.New()
+				}
+				// A dead container's namespace lives on through its link, so
+				// only the engine can tell.
+				if docker == nil {
+					v.State = "no engine"
+				} else if err := docker.Check(ctx, n.Namespace); err != nil {
+					v.State = "dead: " + err.Error()
+				}
 			}
 			ifs, err := wiring.Interfaces(n.Namespace)
 			if err != nil {
@@ -94,7 +111,7 @@ func viewLabs(recs []*lab.Record) []nodeView {
 }
 
 func printLabsJSON(w io.Writer, recs []*lab.Record) error {
-	views := viewLabs(recs)
+	views := viewLabs(context.Background(), recs)
 	if views == nil {
 		views = []nodeView{}
 	}
@@ -106,12 +123,16 @@ func printLabsJSON(w io.Writer, recs []*lab.Record) error {
 func printLabs(w io.Writer, recs []*lab.Record) error {
 	t := tablewriter.NewWriter(w)
 	t.Header("Lab", "Node", "Kind", "Namespace", "Interfaces", "State")
-	for _, v := range viewLabs(recs) {
+	for _, v := range viewLabs(context.Background(), recs) {
 		var ifs []string
 		for _, i := range v.Interfaces {
 			ifs = append(ifs, strings.TrimSpace(fmt.Sprintf("%s %s %s", i.Name, i.State, strings.Join(i.Addrs, ","))))
 		}
-		if err := t.Append(v.Lab, v.Node, v.Kind, v.Namespace, strings.Join(ifs, "\n"), v.State); err != nil {
+		kind := v.Kind
+		if v.Runtime != "" {
+			kind += " (" + v.Runtime + ")"
+		}
+		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), v.State); err != nil {
 			return err
 		}
 	}

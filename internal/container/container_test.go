@@ -1,6 +1,8 @@
 package container_test
 
 import (
+	"github.com/emu-lab/emu/internal/labtest"
+
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -36,6 +38,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	labtest.AgentMain() // lab tests start this binary as their node agents
 	code := m.Run()
 	if imageTag != "" {
 		if err := removeImage(imageTag); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/ipsec/kernel"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/wiring"
@@ -42,6 +43,45 @@ type Deployer struct {
 	BeforeStep func(i int, s plan.Step) error
 	// Agent starts node agents; nil runs this binary's `agent` command.
 	Agent AgentCommand
+
+	docker *container.Runtime // opened on first use: labs without containers never talk to Docker
+}
+
+// containers returns the Docker runtime, connecting on first use.
+func (d *Deployer) containers() (*container.Runtime, error) {
+	if d.docker == nil {
+		rt, err := container.New()
+		if err != nil {
+			return nil, err
+		}
+		d.docker = rt
+	}
+	return d.docker, nil
+}
+
+// checkContainers fails early, before anything is made, when the lab has
+// container nodes but no engine answers or an image is missing.
+func (d *Deployer) checkContainers(ctx context.Context, p *plan.Plan) error {
+	if !p.HasContainers() {
+		return nil
+	}
+	rt, err := d.containers()
+	if err != nil {
+		return err
+	}
+	if err := rt.Ping(ctx); err != nil {
+		return err
+	}
+	for _, st := range p.Stages {
+		for _, s := range st.Steps {
+			if c, ok := s.(plan.Container); ok {
+				if err := rt.ImageExists(ctx, c.Image); err != nil {
+					return fmt.Errorf("node %s: %w", c.Node, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // DeployedError says the lab is already deployed.
@@ -64,6 +104,9 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	}
 	defer unlock()
 	if err := d.checkFree(p); err != nil {
+		return err
+	}
+	if err := d.checkContainers(ctx, p); err != nil {
 		return err
 	}
 	rec := &Record{Name: p.Lab, Topology: p.Topology, Dir: p.LabDir, Nodes: p.Nodes, Started: time.Now().UTC()}
@@ -194,7 +237,7 @@ func (d *Deployer) runStage(ctx context.Context, w *wiring.Net, j *journal, labD
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				if err := d.runStep(w, j, labDir, first+i, stage.Steps[i]); err != nil {
+				if err := d.runStep(ctx, w, j, labDir, first+i, stage.Steps[i]); err != nil {
 					errs <- err
 					cancel()
 					return
@@ -223,7 +266,7 @@ feed:
 	return err
 }
 
-func (d *Deployer) runStep(w *wiring.Net, j *journal, labDir string, i int, s plan.Step) error {
+func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDir string, i int, s plan.Step) error {
 	if d.BeforeStep != nil {
 		if err := d.BeforeStep(i, s); err != nil {
 			return fmt.Errorf("step %d (%s): %w", i+1, s, err)
@@ -235,6 +278,18 @@ func (d *Deployer) runStep(w *wiring.Net, j *journal, labDir string, i int, s pl
 			return err
 		}
 		return w.CreateNamespace(s.Name, s.Forwarding, s.IPv6)
+	case plan.Container:
+		rt, err := d.containers()
+		if err != nil {
+			return err
+		}
+		if err := j.add(Entry{Kind: "container", Name: s.Name}); err != nil {
+			return err
+		}
+		if _, err := rt.Create(ctx, s.Lab, s.Node, s.Image); err != nil {
+			return err
+		}
+		return w.Adopt(s.Name, s.Forwarding, s.IPv6)
 	case plan.Veth:
 		return w.AddVeth(s.A.Namespace, s.A.Interface, s.B.Namespace, s.B.Interface, s.MTU)
 	case plan.Address:

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -53,6 +54,8 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		switch e.Kind {
 		case "agent":
 			errs = errors.Join(errs, stopAgent(e.Name))
+		case "container":
+			errs = errors.Join(errs, d.removeContainer(e.Name))
 		case "netns":
 			errs = errors.Join(errs, wiring.DeleteNamespace(e.Name))
 		case "dir":
@@ -79,4 +82,17 @@ func removeLabDir(dir string) error {
 		return fmt.Errorf("remove lab directory: %w", err)
 	}
 	return nil
+}
+
+// removeContainer removes a container node and its namespace link. If no
+// engine answers, the lab's record stays, so destroy can run again once
+// Docker is back.
+func (d *Deployer) removeContainer(name string) error {
+	rt, err := d.containers()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return rt.Remove(ctx, name)
 }

@@ -133,14 +133,21 @@ func selfAgent(configPath string) (*exec.Cmd, error) {
 // Main is the TestMain of packages that deploy labs with tunnels: the test
 // binary, started again by the deployer, plays the node agent.
 func Main(m *testing.M) {
-	if os.Getenv(asAgent) == "1" {
-		if err := agent.Run(os.Args[2]); err != nil {
-			fmt.Fprintln(os.Stderr, "agent:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	AgentMain()
 	os.Exit(m.Run())
+}
+
+// AgentMain runs the node agent and exits when this test binary was started
+// as one; otherwise it returns. For a TestMain with its own work to do.
+func AgentMain() {
+	if os.Getenv(asAgent) != "1" {
+		return
+	}
+	if err := agent.Run(os.Args[2]); err != nil {
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 // Deploy deploys a shipped topology file under a unique lab name and

@@ -33,6 +33,7 @@ type Node struct {
 	Name      string `json:"name"`
 	Kind      string `json:"kind"`
 	Namespace string `json:"namespace"`
+	Runtime   string `json:"runtime,omitempty"` // "docker" for a container node
 }
 
 // Stage is a named group of independent steps.
@@ -49,6 +50,36 @@ type Namespace struct {
 	Name       string
 	Forwarding bool // router-like kinds forward between interfaces
 	IPv6       bool // the node has IPv6 addresses or routes
+}
+
+// Container is a node run as a Docker container: its network namespace is
+// linked under /run/netns with the name a namespace node would have, then
+// configured like one.
+type Container struct {
+	Lab        string
+	Node       string
+	Name       string // the namespace and container name
+	Image      string
+	Forwarding bool
+	IPv6       bool
+}
+
+func (s Container) String() string {
+	fwd := "host"
+	if s.Forwarding {
+		fwd = "forwarding"
+	}
+	return fmt.Sprintf("container %s from %s, netns linked as %s (%s)", s.Name, s.Image, s.Name, fwd)
+}
+
+// HasContainers reports whether any node is a container.
+func (p *Plan) HasContainers() bool {
+	for _, n := range p.Nodes {
+		if n.Runtime == topology.RuntimeDocker {
+			return true
+		}
+	}
+	return false
 }
 
 // Veth is a link: a veth pair whose ends are created directly in their nodes'
@@ -182,8 +213,14 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 	var nss, veths, addrs, tunnels, agents, routes []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
-		p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns})
-		nss = append(nss, Namespace{Name: ns, Forwarding: kinds.Get(n.Kind).Forwards, IPv6: usesIPv6(n)})
+		fwd, v6 := kinds.Get(n.Kind).Forwards, usesIPv6(n)
+		if n.Runtime == topology.RuntimeDocker {
+			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns, Runtime: n.Runtime})
+			nss = append(nss, Container{Lab: t.Name, Node: n.Name, Name: ns, Image: n.Image, Forwarding: fwd, IPv6: v6})
+		} else {
+			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns})
+			nss = append(nss, Namespace{Name: ns, Forwarding: fwd, IPv6: v6})
+		}
 		for _, ifc := range n.Interfaces {
 			for _, a := range ifc.Addrs {
 				addrs = append(addrs, Address{Namespace: ns, Interface: ifc.Name, Prefix: a})

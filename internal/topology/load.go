@@ -73,6 +73,38 @@ type resolver struct {
 	kinds       Kinds
 	t           *Topology
 	defaultKind string
+	// Runtime settings from `defaults:` and per kind from `kinds:`; a node's
+	// own setting wins over its kind's, which wins over the defaults.
+	byDefault runtimeSettings
+	perKind   map[string]runtimeSettings
+}
+
+type runtimeSettings struct{ runtime, image string }
+
+// Runtimes a node can run in.
+const (
+	RuntimeNamespace = "namespace"
+	RuntimeDocker    = "docker"
+)
+
+// DefaultImage is the node image `make images` builds.
+const DefaultImage = "emu-node:latest"
+
+// runtimeField reads `runtime:` or `image:` into s.
+func (r *resolver) runtimeField(f field, what string, s *runtimeSettings) {
+	v, ok := r.str(f.val, what+" "+f.key)
+	if !ok {
+		return
+	}
+	if f.key == "image" {
+		s.image = v
+		return
+	}
+	if v != RuntimeNamespace && v != RuntimeDocker {
+		r.at(f.line, "%s: runtime %q: use %s (the default) or %s", what, v, RuntimeNamespace, RuntimeDocker)
+		return
+	}
+	s.runtime = v
 }
 
 func (r *resolver) top(n *yaml.Node) {
@@ -144,7 +176,11 @@ func (r *resolver) top(n *yaml.Node) {
 }
 
 func (r *resolver) defaults(n *yaml.Node) {
-	for _, f := range r.fields(n, "defaults", "kind") {
+	for _, f := range r.fields(n, "defaults", "kind", "runtime", "image") {
+		if f.key != "kind" {
+			r.runtimeField(f, "defaults", &r.byDefault)
+			continue
+		}
 		if s, ok := r.str(f.val, "defaults.kind"); ok {
 			if r.kindKnown(f.line, s) {
 				r.defaultKind = s
@@ -153,12 +189,17 @@ func (r *resolver) defaults(n *yaml.Node) {
 	}
 }
 
-// kindDefaults accepts per-kind settings; none exist yet beyond naming a
-// known kind, which is still checked so a typo does not pass silently.
+// kindDefaults reads per-kind settings, containerlab-style: e.g. every vpc
+// node a container.
 func (r *resolver) kindDefaults(n *yaml.Node) {
+	r.perKind = map[string]runtimeSettings{}
 	for _, f := range r.fields(n, "kinds") {
 		r.kindKnown(f.line, f.key)
-		r.fields(f.val, "kinds."+f.key)
+		var s runtimeSettings
+		for _, kf := range r.fields(f.val, "kinds."+f.key, "runtime", "image") {
+			r.runtimeField(kf, "kinds."+f.key, &s)
+		}
+		r.perKind[f.key] = s
 	}
 }
 
@@ -191,9 +232,10 @@ func nameProblem(what, s string) string {
 
 func (r *resolver) node(f field) {
 	node := &Node{Name: f.key, Line: f.line, Kind: r.defaultKind}
+	var own runtimeSettings
 	r.checkName(f.line, "node name", f.key)
 	kindSet := false
-	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp") {
+	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp", "runtime", "image") {
 		switch nf.key {
 		case "kind":
 			if s, ok := r.str(nf.val, "kind"); ok {
@@ -208,6 +250,8 @@ func (r *resolver) node(f field) {
 			}
 		case "bgp":
 			node.BGP = r.bgp(node, nf.val)
+		case "runtime", "image":
+			r.runtimeField(nf, "node "+strq(f.key), &own)
 		case "ipsec-dataplane":
 			if s, ok := r.str(nf.val, "ipsec-dataplane"); ok {
 				if s != "kernel" && s != "userspace" {
@@ -225,6 +269,15 @@ func (r *resolver) node(f field) {
 					node.Routes = append(node.Routes, route)
 				}
 			}
+		}
+	}
+	node.Runtime, node.Image = RuntimeNamespace, DefaultImage
+	for _, s := range []runtimeSettings{r.byDefault, r.perKind[node.Kind], own} {
+		if s.runtime != "" {
+			node.Runtime = s.runtime
+		}
+		if s.image != "" {
+			node.Image = s.image
 		}
 	}
 	if node.Kind == "" && !kindSet {

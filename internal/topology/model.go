@@ -30,6 +30,10 @@ type Node struct {
 	Routes     []Route
 	Tunnels    []*Tunnel
 	BGP        *BGP // nil: no BGP speaker
+	// Runtime is RuntimeNamespace (a bare network namespace) or
+	// RuntimeDocker (a container whose namespace emu wires the same way).
+	Runtime string
+	Image   string // container image, for RuntimeDocker
 	// Dataplane forces this node's tunnels onto "kernel" or "userspace";
 	// "" follows the lab (one end kernel, the other userspace interoperate).
 	Dataplane string

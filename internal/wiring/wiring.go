@@ -115,6 +115,30 @@ func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
 	return nil
 }
 
+// Adopt configures a namespace someone else created (a container's, linked
+// under /run/netns) as CreateNamespace configures its own.
+func (w *Net) Adopt(name string, forwarding, ipv6 bool) error {
+	var nl *netlink.Handle
+	err := netnsx.Do(name, func() (err error) {
+		if err = setupInside(forwarding, ipv6); err == nil {
+			nl, err = netlink.NewHandle()
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set up namespace %s: %w", name, err)
+	}
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		nl.Close()
+		return fmt.Errorf("open namespace %s: %w", name, err)
+	}
+	w.mu.Lock()
+	w.nss[name] = &nsHandle{ns: ns, nl: nl}
+	w.mu.Unlock()
+	return nil
+}
+
 // setupInside runs on a thread already inside the new namespace.
 func setupInside(forwarding, ipv6 bool) error {
 	fwd := "0"
