@@ -34,10 +34,12 @@ demo: build
 	@trap '$(BIN) destroy -t $(TOPO) --cleanup' EXIT; \
 	$(BIN) deploy -t $(TOPO) --reconfigure && $(BIN) check -t $(TOPO)
 
-# Deploy vs an ip script; failover outage per method (100 pps probe stream).
+# Deploy vs an ip script; failover outage per method (100 pps probe stream);
+# TCP throughput plain vs through the userspace ESP tunnel.
 bench: build
 	$(GO) run ./bench/deploy
 	$(GO) test -run '^$$' -bench Failover -benchtime 1x ./bench/failover
+	$(GO) run ./bench/throughput
 
 # The node image for `runtime: docker` nodes (FROM scratch, built through the
 # Docker API; no registry needed).

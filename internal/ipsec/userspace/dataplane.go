@@ -16,10 +16,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"golang.org/x/net/ipv4"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/esp"
@@ -29,7 +30,7 @@ import (
 type Dataplane struct {
 	log     *log.Logger
 	tunnels []*tunnel
-	socks   map[netip.Addr]*net.IPConn // one raw ESP socket per local endpoint
+	socks   map[netip.Addr]*espSocket // one raw ESP socket per local endpoint
 	bySPI   map[uint32]*tunnel
 	wg      sync.WaitGroup
 	closing chan struct{}
@@ -40,7 +41,9 @@ type tunnel struct {
 	tun  *os.File
 	out  *esp.Outbound
 	in   *esp.Inbound
-	sock *net.IPConn
+	sock *espSocket
+	// gro is used by the receive loop of sock only.
+	gro *coalescer
 }
 
 // TunnelStats is the traffic of one connection.
@@ -53,7 +56,7 @@ type TunnelStats struct {
 // Start creates the TUN interfaces and sockets of conns and starts moving
 // packets. On error nothing is left running.
 func Start(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
-	d := &Dataplane{log: logger, socks: map[netip.Addr]*net.IPConn{}, bySPI: map[uint32]*tunnel{}, closing: make(chan struct{})}
+	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, bySPI: map[uint32]*tunnel{}, closing: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -104,6 +107,10 @@ func (d *Dataplane) addTunnel(c ipsec.Conn) error {
 	if t.tun, err = openTUN(c.Interface); err != nil {
 		return err
 	}
+	t.gro = newCoalescer(func(pkt []byte) error {
+		_, err := t.tun.Write(pkt)
+		return err
+	})
 	if err := configureLink(c); err != nil {
 		return err
 	}
@@ -112,51 +119,16 @@ func (d *Dataplane) addTunnel(c ipsec.Conn) error {
 
 // socket returns the raw ESP socket bound to a local endpoint; the kernel
 // writes the outer IP header with that source address.
-func (d *Dataplane) socket(local netip.Addr) (*net.IPConn, error) {
+func (d *Dataplane) socket(local netip.Addr) (*espSocket, error) {
 	if s := d.socks[local]; s != nil {
 		return s, nil
 	}
-	network := "ip4:50"
-	if local.Is6() {
-		network = "ip6:50"
-	}
-	s, err := net.ListenIP(network, &net.IPAddr{IP: local.AsSlice()})
+	s, err := listenESP(local)
 	if err != nil {
-		return nil, fmt.Errorf("raw ESP socket on %s: %w", local, err)
+		return nil, err
 	}
 	d.socks[local] = s
-	if err := forceBuffers(s, socketBuffer); err != nil {
-		return nil, fmt.Errorf("raw ESP socket on %s: %w", local, err)
-	}
 	return s, nil
-}
-
-// socketBuffer absorbs bursts: with the default 208 KiB a TCP window of
-// full-size ESP packets overflows the receiving raw socket, and every drop
-// costs the inner flow a retransmission.
-const socketBuffer = 8 << 20
-
-// forceBuffers sets the socket buffers past net.core.[rw]mem_max, which the
-// agent may do as root (SO_RCVBUFFORCE) without changing the host's sysctls.
-func forceBuffers(c *net.IPConn, size int) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-		if serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("socket buffers: %w", serr)
-	}
-	return nil
 }
 
 func configureLink(c ipsec.Conn) error {
@@ -188,65 +160,103 @@ func configureLink(c ipsec.Conn) error {
 	return nil
 }
 
-// sendLoop encrypts what routing sends into the tunnel interface.
+// sendLoop encrypts what routing sends into the tunnel interface: one
+// read may be a TCP super-packet, whose segments go out in one sendmmsg.
 func (d *Dataplane) sendLoop(t *tunnel) {
 	defer d.wg.Done()
-	inner := make([]byte, 65536)
-	wire := make([]byte, 0, 65536+256)
+	buf := make([]byte, vnetHdrLen+maxIPPacket)
+	seg := make([]byte, maxIPPacket)
+	msgs := make([]ipv4.Message, batchSize)
 	dst := &net.IPAddr{IP: t.conn.Remote.AsSlice()}
-	for {
-		n, err := t.tun.Read(inner)
-		if err != nil {
-			d.stopped(t.conn.Interface, err)
-			return
+	for i := range msgs {
+		msgs[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 0, 2048)}, Addr: dst}
+	}
+	queued := 0
+	send := func() {
+		if err := t.sock.writeAll(msgs[:queued]); err != nil && !d.isClosing() {
+			d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
 		}
-		if n == 0 {
-			continue
-		}
+		queued = 0
+	}
+	seal := func(inner []byte) error {
 		next := byte(4) // IP-in-IP: IPv4
 		if inner[0]>>4 == 6 {
 			next = 41
 		}
-		pkt, err := t.out.Seal(wire[:0], inner[:n], next)
+		// Seal grows the slot's buffer if a packet needs more; it is kept.
+		wire, err := t.out.Seal(msgs[queued].Buffers[0][:0], inner, next)
 		if err != nil {
-			d.log.Printf("%s: seal: %v", t.conn.Name, err)
+			return err
+		}
+		msgs[queued].Buffers[0] = wire
+		if queued++; queued == len(msgs) {
+			send()
+		}
+		return nil
+	}
+	for {
+		n, err := t.tun.Read(buf)
+		if err != nil {
+			d.stopped(t.conn.Interface, err)
+			return
+		}
+		if n <= vnetHdrLen {
 			continue
 		}
-		if _, err := t.sock.WriteToIP(pkt, dst); err != nil && !d.isClosing() {
-			d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
+		if err := segment(decodeVnetHdr(buf), buf[vnetHdrLen:n], seg, seal); err != nil {
+			d.log.Printf("%s: %v", t.conn.Name, err)
 		}
+		send()
 	}
 }
 
 // receiveLoop decrypts ESP arriving at a local endpoint and hands the inner
-// packet to the tunnel interface of its SA, as if it arrived there.
-func (d *Dataplane) receiveLoop(s *net.IPConn) {
+// packets to the tunnel interface of their SA, as if they arrived there.
+// One goroutine per socket keeps the packets of an SA in order, which the
+// replay window and TCP both prefer.
+func (d *Dataplane) receiveLoop(s *espSocket) {
 	defer d.wg.Done()
-	buf := make([]byte, 65536)
-	inner := make([]byte, 0, 65536)
+	msgs := make([]ipv4.Message, batchSize)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+	}
+	inner := make([]byte, 0, maxIPPacket)
+	touched := make([]*tunnel, 0, len(d.tunnels))
 	for {
-		n, from, err := s.ReadFromIP(buf)
+		n, err := s.batch.ReadBatch(msgs, 0)
 		if err != nil {
 			d.stopped("raw socket", err)
 			return
 		}
-		if n < 8 {
-			continue
+		for i := range msgs[:n] {
+			from, esp, ok := s.packet(&msgs[i])
+			if !ok || len(esp) < 8 {
+				continue
+			}
+			t := d.bySPI[binary.BigEndian.Uint32(esp[:4])]
+			if t == nil {
+				continue // not ours: counted by nobody, like the kernel's XfrmInNoStates
+			}
+			if from != t.conn.Remote {
+				continue
+			}
+			pkt, _, err := t.in.Open(inner[:0], esp)
+			if err != nil {
+				continue // counted in the SA's stats
+			}
+			if !slices.Contains(touched, t) {
+				touched = append(touched, t)
+			}
+			if err := t.gro.add(pkt); err != nil && !d.isClosing() {
+				d.log.Printf("%s: deliver: %v", t.conn.Name, err)
+			}
 		}
-		t := d.bySPI[binary.BigEndian.Uint32(buf[:4])]
-		if t == nil {
-			continue // not ours: counted by nobody, like the kernel's XfrmInNoStates
+		for _, t := range touched {
+			if err := t.gro.flush(); err != nil && !d.isClosing() {
+				d.log.Printf("%s: deliver: %v", t.conn.Name, err)
+			}
 		}
-		if src, ok := netip.AddrFromSlice(from.IP); !ok || src.Unmap() != t.conn.Remote {
-			continue
-		}
-		pkt, _, err := t.in.Open(inner[:0], buf[:n])
-		if err != nil {
-			continue // counted in the SA's stats
-		}
-		if _, err := t.tun.Write(pkt); err != nil && !d.isClosing() {
-			d.log.Printf("%s: deliver: %v", t.conn.Name, err)
-		}
+		touched = touched[:0]
 	}
 }
 
@@ -283,7 +293,7 @@ func (d *Dataplane) Close() error {
 		}
 	}
 	for _, s := range d.socks {
-		s.Close()
+		s.conn.Close()
 	}
 	d.wg.Wait()
 	return nil

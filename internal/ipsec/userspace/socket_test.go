@@ -1,0 +1,94 @@
+package userspace
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+)
+
+// inFreshNamespace runs fn on a thread moved into a new, unnamed network
+// namespace with only loopback up: the test's packets never leave it, and
+// it vanishes with the thread, which is never handed back to the runtime.
+func inFreshNamespace(t *testing.T, fn func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace and raw sockets")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // not unlocked: the thread dies with this goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			t.Errorf("loopback: %v", err)
+			return
+		}
+		fn()
+	}()
+	<-done
+}
+
+func TestESPSocket_BatchesOf64_DeliverEveryPacketInOrder(t *testing.T) {
+	inFreshNamespace(t, func() {
+		local := netip.MustParseAddr("127.0.0.1")
+		s, err := listenESP(local)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer s.conn.Close()
+
+		const total = 3*batchSize + 7 // batches of every fill
+		dst := &net.IPAddr{IP: local.AsSlice()}
+		msgs := make([]ipv4.Message, total)
+		for i := range msgs {
+			p := make([]byte, 8+100+i) // SPI, sequence number, a body
+			binary.BigEndian.PutUint32(p, 0x1000)
+			binary.BigEndian.PutUint32(p[4:], uint32(i))
+			msgs[i] = ipv4.Message{Buffers: [][]byte{p}, Addr: dst}
+		}
+		for i := 0; i < total; i += batchSize {
+			if err := s.writeAll(msgs[i:min(i+batchSize, total)]); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+
+		recv := make([]ipv4.Message, batchSize)
+		for i := range recv {
+			recv[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+		}
+		next := 0
+		for next < total {
+			n, err := s.batch.ReadBatch(recv, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for i := range n {
+				from, esp, ok := s.packet(&recv[i])
+				if !ok || from != local {
+					t.Errorf("packet %d: from %v, ok %v", next, from, ok)
+				}
+				if seq := binary.BigEndian.Uint32(esp[4:]); seq != uint32(next) || len(esp) != 108+next {
+					t.Errorf("got sequence %d (%d bytes), want %d (%d bytes)", seq, len(esp), next, 108+next)
+				}
+				next++
+			}
+		}
+	})
+}
