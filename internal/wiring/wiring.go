@@ -109,10 +109,15 @@ func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
 		ns.Close()
 		return fmt.Errorf("set up namespace %s: %w", name, setupErr)
 	}
+	w.keep(name, ns, nl)
+	return nil
+}
+
+// keep caches the handles of a namespace this Net set up.
+func (w *Net) keep(name string, ns netns.NsHandle, nl *netlink.Handle) {
 	w.mu.Lock()
 	w.nss[name] = &nsHandle{ns: ns, nl: nl}
 	w.mu.Unlock()
-	return nil
 }
 
 // Adopt configures a namespace someone else created (a container's, linked
@@ -133,9 +138,7 @@ func (w *Net) Adopt(name string, forwarding, ipv6 bool) error {
 		nl.Close()
 		return fmt.Errorf("open namespace %s: %w", name, err)
 	}
-	w.mu.Lock()
-	w.nss[name] = &nsHandle{ns: ns, nl: nl}
-	w.mu.Unlock()
+	w.keep(name, ns, nl)
 	return nil
 }
 
