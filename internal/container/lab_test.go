@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/client"
 
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/lab"
@@ -142,6 +145,35 @@ func TestContainerLab_FailureAfterContainersStarted_RollsBackContainers(t *testi
 	}
 	if err := d.Deploy(context.Background(), p); !errors.Is(err, injected) {
 		t.Fatalf("deploy returned %v, want the injected failure", err)
+	}
+	if left, err := rt.List(context.Background(), topo.Name); err != nil || len(left) > 0 {
+		t.Fatalf("containers left after rollback: %v %v", left, err)
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+}
+
+func TestContainerLab_ContainerDiesMidDeploy_RolledBack(t *testing.T) {
+	rt := newRuntime(t)
+	text := asContainers(t, "static.yaml", testImage(t), false)
+	topo := labtest.Load(t, labtest.Write(t, labtest.Rename(text, labtest.UniqueName())))
+	d := labtest.NewDeployer(t)
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	// Kill the vbr's container as the routes go in, as `docker kill` would.
+	// Steps of a stage run in parallel: kill once.
+	var kill sync.Once
+	d.BeforeStep = func(_ int, s plan.Step) (err error) {
+		if _, ok := s.(plan.Route); ok {
+			kill.Do(func() { err = cli.ContainerKill(context.Background(), plan.NamespaceName(topo.Name, "vbr"), "KILL") })
+		}
+		return err
+	}
+	err = d.Deploy(context.Background(), labtest.Plan(t, topo))
+	if err == nil || !strings.Contains(err.Error(), "node vbr") {
+		t.Fatalf("deploy with a container killed mid-way: %v, want it to name node vbr", err)
 	}
 	if left, err := rt.List(context.Background(), topo.Name); err != nil || len(left) > 0 {
 		t.Fatalf("containers left after rollback: %v %v", left, err)

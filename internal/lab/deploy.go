@@ -59,6 +59,28 @@ func (d *Deployer) containers() (*container.Runtime, error) {
 	return d.docker, nil
 }
 
+// containersAlive fails the deploy (and so rolls it back) if a container
+// died while the lab was being built: its namespace outlives it through the
+// /run/netns link, so nothing else would notice.
+func (d *Deployer) containersAlive(ctx context.Context, p *plan.Plan) error {
+	for _, st := range p.Stages {
+		for _, s := range st.Steps {
+			c, ok := s.(plan.Container)
+			if !ok {
+				continue
+			}
+			rt, err := d.containers()
+			if err != nil {
+				return err
+			}
+			if err := rt.Check(ctx, c.Name); err != nil {
+				return fmt.Errorf("node %s: %w", c.Node, err)
+			}
+		}
+	}
+	return nil
+}
+
 // checkContainers fails early, before anything is made, when the lab has
 // container nodes but no engine answers or an image is missing.
 func (d *Deployer) checkContainers(ctx context.Context, p *plan.Plan) error {
@@ -147,6 +169,9 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 		}
 		first += len(stage.Steps)
 		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: of, Count: len(stage.Steps), Done: true, Elapsed: time.Since(start)})
+	}
+	if err := d.containersAlive(ctx, p); err != nil {
+		return err
 	}
 	rec.Complete = true
 	if err := d.Store.put(rec); err != nil {
