@@ -3,7 +3,6 @@ package checks
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/routing"
-	"github.com/emu-lab/emu/internal/topology"
 )
 
 // BGP reads what each node's speaker publishes and requires every session
@@ -56,7 +54,7 @@ func bgpOnce(l Lab) []Result {
 			}
 		}
 		for _, nb := range n.BGP.Neighbors {
-			peer := ownerOfAddr(l, nb.Address)
+			peer := l.Topology.Owner(nb.Address)
 			if peer == nil || peer.BGP == nil {
 				continue
 			}
@@ -88,19 +86,4 @@ func bgpOnce(l Lab) []Result {
 		out = append(out, r)
 	}
 	return out
-}
-
-// ownerOfAddr is the node with that interface or tunnel address, or nil.
-func ownerOfAddr(l Lab, a netip.Addr) *topology.Node {
-	for _, n := range l.Topology.Nodes {
-		if n.Owns(a) {
-			return n
-		}
-		for _, t := range n.Tunnels {
-			if t.Address.IsValid() && t.Address.Addr() == a {
-				return n
-			}
-		}
-	}
-	return nil
 }

@@ -152,19 +152,6 @@ func (r *resolver) neighbor(what string, n *yaml.Node) (Neighbor, bool) {
 // (a link or a tunnel address) and that sessions pair up: each neighbor is
 // a node of the lab that declares this node back with the right ASN.
 func (r *resolver) checkBGP() {
-	owner := map[netip.Addr]*Node{}
-	for _, n := range r.t.Nodes {
-		for _, ifc := range n.Interfaces {
-			for _, p := range ifc.Addrs {
-				owner[p.Addr()] = n
-			}
-		}
-		for _, t := range n.Tunnels {
-			if t.Address.IsValid() {
-				owner[t.Address.Addr()] = n
-			}
-		}
-	}
 	for _, n := range r.t.Nodes {
 		b := n.BGP
 		if b == nil {
@@ -174,7 +161,7 @@ func (r *resolver) checkBGP() {
 			b.RouterID = firstIPv4(n)
 		}
 		for _, nb := range b.Neighbors {
-			peer := owner[nb.Address]
+			peer := r.t.Owner(nb.Address)
 			if peer == nil {
 				r.at(nb.Line, "node %q bgp neighbor %s is no address of the lab: give a neighbour's interface or tunnel address", n.Name, nb.Address)
 				continue
@@ -189,7 +176,7 @@ func (r *resolver) checkBGP() {
 			if nb.ASN != peer.BGP.ASN {
 				r.at(nb.Line, "node %q bgp neighbor %s (%s) has asn %d, not %d: use the peer's asn", n.Name, nb.Address, peer.Name, peer.BGP.ASN, nb.ASN)
 			}
-			back := slices.IndexFunc(peer.BGP.Neighbors, func(p Neighbor) bool { return n.Owns(p.Address) || tunnelOwns(n, p.Address) })
+			back := slices.IndexFunc(peer.BGP.Neighbors, func(p Neighbor) bool { return r.t.Owner(p.Address) == n })
 			if back < 0 {
 				r.at(nb.Line, "node %q peers with %s (%s), but %s does not peer back: add a neighbor with one of %s's addresses there", n.Name, nb.Address, peer.Name, peer.Name, n.Name)
 			}

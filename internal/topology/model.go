@@ -90,6 +90,17 @@ func (t *Topology) Node(name string) *Node {
 	return nil
 }
 
+// Owner returns the node holding addr on an interface or as a tunnel
+// address, or nil.
+func (t *Topology) Owner(addr netip.Addr) *Node {
+	for _, n := range t.Nodes {
+		if n.Owns(addr) || tunnelOwns(n, addr) {
+			return n
+		}
+	}
+	return nil
+}
+
 // Interface returns the named interface of n, or nil.
 func (n *Node) Interface(name string) *Interface {
 	for _, i := range n.Interfaces {
