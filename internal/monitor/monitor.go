@@ -18,11 +18,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 // Config is one watched connection.
@@ -42,9 +42,10 @@ type Config struct {
 	Withdraw []Route `json:"withdraw"`
 }
 
-// Route is a route in some namespace of the lab ("" = the agent's own).
+// Route is a route in a namespace of the lab: the gateway's own, or for the
+// health check, the VPC's.
 type Route struct {
-	Namespace string       `json:"namespace,omitempty"`
+	Namespace string       `json:"namespace"`
 	Dst       netip.Prefix `json:"dst"`
 	Via       netip.Addr   `json:"via,omitzero"`
 	Dev       string       `json:"dev,omitempty"`
@@ -59,10 +60,7 @@ func (r Route) String() string {
 	if r.Dev != "" {
 		s += " dev " + r.Dev
 	}
-	if r.Namespace != "" {
-		s += " in " + r.Namespace
-	}
-	return s
+	return s + " in " + r.Namespace
 }
 
 // Run probes until ctx ends. It logs every change of state with how long
@@ -76,8 +74,8 @@ func Run(ctx context.Context, cfg Config, logger *log.Logger) error {
 		return err
 	}
 	defer conn.Close()
-	m := &monitor{cfg: cfg, log: logger, conn: conn, up: true, since: time.Now(), handles: map[string]*netlink.Handle{}}
-	defer m.closeHandles()
+	m := &monitor{cfg: cfg, log: logger, conn: conn, up: true, since: time.Now(), net: wiring.New()}
+	defer m.net.Close()
 	replies := make(chan int, 16)
 	go m.readReplies(replies)
 	tick := time.NewTicker(cfg.Interval)
@@ -111,12 +109,12 @@ func Run(ctx context.Context, cfg Config, logger *log.Logger) error {
 }
 
 type monitor struct {
-	cfg     Config
-	log     *log.Logger
-	conn    net.PacketConn
-	up      bool
-	since   time.Time
-	handles map[string]*netlink.Handle
+	cfg   Config
+	log   *log.Logger
+	conn  net.PacketConn
+	up    bool
+	since time.Time
+	net   *wiring.Net // netlink handles of the namespaces whose routes it manages
 }
 
 // listen opens an ICMP socket bound to the tunnel interface, so a probe can
@@ -179,79 +177,19 @@ func (m *monitor) set(up bool) {
 	m.up, m.since = up, time.Now()
 }
 
-// converge makes the withdrawable routes match the connection's state.
+// converge makes the withdrawable routes match the connection's state. Only
+// a change is logged: a route already as wanted fails with EEXIST or ESRCH,
+// and one whose device vanished with the lab is retried at the next tick.
 func (m *monitor) converge() {
 	for _, r := range m.cfg.Withdraw {
-		h, err := m.handle(r.Namespace)
-		if err != nil {
-			m.log.Printf("connection %s: %v", m.cfg.Connection, err)
-			continue
-		}
-		nr, err := toNetlink(h, r)
-		if err != nil {
-			continue // e.g. the device vanished with the lab
-		}
+		var err error
 		if m.up {
-			err = h.RouteAdd(nr)
-			if err == nil {
-				m.log.Printf("connection %s: restored route %s", m.cfg.Connection, r)
-			}
+			err = m.net.AddRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
 		} else {
-			nr.Scope = netlink.SCOPE_NOWHERE
-			err = h.RouteDel(nr)
-			if err == nil {
-				m.log.Printf("connection %s: withdrew route %s", m.cfg.Connection, r)
-			}
+			err = m.net.DeleteRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
+		}
+		if err == nil {
+			m.log.Printf("connection %s: %s route %s", m.cfg.Connection, map[bool]string{true: "restored", false: "withdrew"}[m.up], r)
 		}
 	}
-}
-
-func (m *monitor) handle(ns string) (*netlink.Handle, error) {
-	if h := m.handles[ns]; h != nil {
-		return h, nil
-	}
-	var h *netlink.Handle
-	var err error
-	if ns == "" {
-		h, err = netlink.NewHandle()
-	} else {
-		var nsh netns.NsHandle
-		if nsh, err = netns.GetFromName(ns); err != nil {
-			return nil, fmt.Errorf("namespace %s: %w", ns, err)
-		}
-		defer nsh.Close()
-		h, err = netlink.NewHandleAt(nsh)
-	}
-	if err != nil {
-		return nil, err
-	}
-	m.handles[ns] = h
-	return h, nil
-}
-
-func (m *monitor) closeHandles() {
-	for _, h := range m.handles {
-		h.Close()
-	}
-}
-
-func toNetlink(h *netlink.Handle, r Route) (*netlink.Route, error) {
-	nr := &netlink.Route{
-		Dst:      &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
-		Priority: r.Metric,
-	}
-	if r.Via.IsValid() {
-		nr.Gw = r.Via.AsSlice()
-	}
-	if r.Dev != "" {
-		link, err := h.LinkByName(r.Dev)
-		if err != nil {
-			return nil, err
-		}
-		nr.LinkIndex = link.Attrs().Index
-		if !r.Via.IsValid() {
-			nr.Scope = netlink.SCOPE_LINK
-		}
-	}
-	return nr, nil
 }

@@ -338,7 +338,7 @@ func monitors(t *topology.Topology, n *topology.Node, tun *topology.Tunnel) []mo
 		m := monitor.Config{Connection: tun.Name + " dpd", Interface: tun.Interface, Source: tun.Address.Addr(), Target: tun.PeerAddress, Interval: tun.DPD.Interval, Retries: tun.DPD.Retries}
 		for _, r := range n.Routes {
 			if r.Dev == tun.Interface || (r.Via.IsValid() && tun.Address.Contains(r.Via)) {
-				m.Withdraw = append(m.Withdraw, monitor.Route{Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+				m.Withdraw = append(m.Withdraw, monitor.Route{Namespace: NamespaceName(t.Name, n.Name), Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
 			}
 		}
 		out = append(out, m)
