@@ -22,3 +22,16 @@ func ReapplyRoutes(routes []plan.Route) error {
 	}
 	return nil
 }
+
+// WithdrawRoutes removes routes, skipping those already gone.
+func WithdrawRoutes(routes []plan.Route) error {
+	w := wiring.New()
+	defer w.Close()
+	for _, r := range routes {
+		err := w.DeleteRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
+		if err != nil && !errors.Is(err, wiring.ErrNoRoute) {
+			return err
+		}
+	}
+	return nil
+}
