@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emu-lab/emu/bench"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 )
@@ -168,7 +169,7 @@ func TestCLI_Kill9MidDeploy_DestroyRemovesEverything(t *testing.T) {
 	labtest.RequireRoot(t)
 	state := t.TempDir()
 	name := labtest.UniqueName()
-	topo := labtest.Write(t, labtest.Chain(name, 300))
+	topo := labtest.Write(t, string(bench.Chain(300).YAML(name)))
 	t.Cleanup(func() { labtest.AssertNothingLeft(t, name) })
 	cmd := emuCmd(t, state, "deploy", "-t", topo)
 	if err := cmd.Start(); err != nil {
