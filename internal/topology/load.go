@@ -48,9 +48,9 @@ func Load(path string, kinds Kinds) (*Topology, error) {
 // directory.
 func Parse(file string, data []byte, kinds Kinds) (*Topology, error) {
 	c := &errs{file: file}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &Error{File: file, Line: yamlErrLine(err), Msg: "not valid YAML: " + yamlErrText(err)}
+	doc, err := decodeOne(file, data)
+	if err != nil {
+		return nil, err
 	}
 	if len(doc.Content) == 0 {
 		return nil, &Error{File: file, Msg: "the file is empty: it needs at least `name:` and `topology: {nodes: ...}`"}

@@ -31,7 +31,31 @@ topology: [nodes, # <- error
 name: lab
 topology:
 	nodes: {} # <- error
-`, "not valid YAML"},
+`, "a tab indents this line (column 1): YAML indents with spaces only; replace the tab with spaces"},
+	{"tab after spaces in the indentation", "name: lab\ntopology:\n  nodes:\n    a: {kind: host}\n  \tlinks: [] # <- error\n",
+		"a tab indents this line (column 3)"},
+	{"NUL byte", "name: lab\ntopology:\n  nodes:\n    a: {kind: ho\x00st} # <- error\n",
+		"a NUL byte at column 17: a topology is YAML text, not a binary file"},
+	{"not UTF-8", "name: lab\ntopology:\n  nodes:\n    a: {kind: h\xf6st} # <- error\n",
+		"byte 0xf6 at column 16 is not UTF-8: a topology is UTF-8 text; save the file as UTF-8"},
+	{"control character", "name: lab\x1b # <- error\ntopology: {nodes: {a: {kind: host}}}\n",
+		"control character U+001B at column 10: YAML does not allow it"},
+	{"second YAML document", `
+name: lab
+topology:
+  nodes:
+    a: {kind: host}
+--- # <- error
+name: other
+`, "a second YAML document starts here (`---`): emu reads one lab per file and would ignore it: remove the `---` and what follows, or move that lab to its own file"},
+	{"broken second YAML document", `
+name: lab
+topology:
+  nodes:
+    a: {kind: host}
+--- # <- error
+name: [other
+`, "a second YAML document starts here (`---`)"},
 	{"empty file", ``, "it needs at least `name:` and `topology: {nodes: ...}`"},
 	{"only comments", `
 # a lab, some day
