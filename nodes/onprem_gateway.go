@@ -7,7 +7,7 @@ import "github.com/emu-lab/emu/internal/topology"
 // whose "VPN IP" the VPN gateway peers with.
 func registerOnpremGateway(r *Registry) {
 	r.Register(&Kind{Name: "onprem-gateway", Element: "customer gateway device", Forwards: true,
-		Rules: []rule{gatewayIPAllowed, notProviderASN}})
+		Rules: []rule{gatewayIPAllowed, notProviderASN, tunnelCIDRAllowed}})
 }
 
 // notProviderASN: the provider's ASN is the cloud side's; an on-premises

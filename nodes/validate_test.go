@@ -10,18 +10,23 @@ import (
 	"github.com/emu-lab/emu/topologies"
 )
 
-// load writes the shipped static scenario with one edit and loads it.
-func load(t *testing.T, old, new string) error {
+// load writes the shipped static scenario with edits (pairs of old, new;
+// every occurrence replaced) and loads it.
+func load(t *testing.T, edits ...string) error {
 	t.Helper()
 	data, err := topologies.FS.ReadFile("static.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(data), old) {
-		t.Fatalf("static.yaml no longer contains %q", old)
+	text := string(data)
+	for i := 0; i+1 < len(edits); i += 2 {
+		if !strings.Contains(text, edits[i]) {
+			t.Fatalf("static.yaml no longer contains %q", edits[i])
+		}
+		text = strings.ReplaceAll(text, edits[i], edits[i+1])
 	}
 	path := filepath.Join(t.TempDir(), "lab.yaml")
-	os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o644)
+	os.WriteFile(path, []byte(text), 0o644)
 	_, err = nodes.Load(path)
 	return err
 }
@@ -33,16 +38,19 @@ func TestLoad_ShippedStaticScenario_IsValid(t *testing.T) {
 }
 
 func TestLoad_RejectsWhatTheProviderRejects(t *testing.T) {
+	// Both ends of the tunnel move: they share one /30.
 	for _, tc := range []struct {
-		name, old, new, want string
+		name  string
+		edits []string
+		want  string
 	}{
-		{"tunnel CIDR outside 169.254.0.0/16", "169.254.10.2/30", "10.99.0.2/30", "must be a /30 inside 169.254.0.0/16"},
-		{"tunnel CIDR not a /30", "address: 169.254.10.2/30", "address: 169.254.10.2/29", "must be a /30 inside 169.254.0.0/16"},
-		{"reserved tunnel CIDR 169.254.3.0/30", "169.254.10.2/30", "169.254.3.2/30", "reserved by the provider"},
-		{"reserved tunnel CIDR 169.254.169.252/30", "169.254.10.2/30", "169.254.169.254/30", "reserved by the provider"},
+		{"tunnel CIDR outside 169.254.0.0/16", []string{"169.254.10.", "10.99.0."}, "must be a /30 inside 169.254.0.0/16"},
+		{"tunnel CIDR not a /30", []string{"169.254.10.1/30", "169.254.10.1/29", "169.254.10.2/30", "169.254.10.2/29"}, "must be a /30 inside 169.254.0.0/16"},
+		{"reserved tunnel CIDR 169.254.3.0/30", []string{"169.254.10.", "169.254.3."}, "reserved by the provider"},
+		{"reserved tunnel CIDR 169.254.169.252/30", []string{"169.254.10.1/30", "169.254.169.253/30", "169.254.10.2/30", "169.254.169.254/30"}, "reserved by the provider"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := load(t, tc.old, tc.new)
+			err := load(t, tc.edits...)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
@@ -111,5 +119,15 @@ func TestLoad_Method3DifferentOnpremASNs_Rejected(t *testing.T) {
 	_, err := nodes.Load(path)
 	if err == nil || !strings.Contains(err.Error(), "has asn 65002, not 65001") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// The on-premises end holds the other half of the provider's tunnel CIDR:
+// the provider's rule is reported on its line too.
+func TestLoad_OnpremTunnelCIDROutsideTheProvidersRules_Rejected(t *testing.T) {
+	err := load(t, "169.254.10.", "10.99.0.")
+	want := `lab.yaml:26: node "onprem" connection to-vpc: tunnel CIDR 10.99.0.0/30 must be a /30 inside 169.254.0.0/16, e.g. 169.254.10.0/30`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want %q", err, want)
 	}
 }

@@ -22,7 +22,9 @@ var reservedTunnelCIDRs = []string{
 
 // tunnelCIDRAllowed: a connection's tunnel CIDR (the BGP peering subnet) is a
 // /30 inside 169.254.0.0/16, not one the provider reserves, unique per
-// gateway.
+// gateway (CreateVpnConnection, TunnelOptionsSpecification.TunnelBgpConfig.
+// TunnelCidr). The on-premises end holds the other address of the same /30,
+// so the rule is checked there too.
 func tunnelCIDRAllowed(_ *topology.Topology, n *topology.Node) []problem {
 	var out []problem
 	seen := map[netip.Prefix]string{}

@@ -165,11 +165,17 @@ func (r *resolver) checkTunnels() {
 	}
 	for _, n := range r.t.Nodes {
 		names := map[string]int{}
+		pairs := map[key]*Tunnel{}
 		for _, t := range n.Tunnels {
 			if prev, dup := names[t.Interface]; dup {
 				r.at(t.Line, "node %q: tunnel interface %s is already used by the connection at line %d: give each its own `interface:`", n.Name, t.Interface, prev)
 			}
 			names[t.Interface] = t.Line
+			if prev, dup := pairs[key{t.Local, t.Remote}]; dup {
+				r.at(t.Line, "node %q connection %s: connection %s (line %d) already joins %s and %s: two connections between the same endpoints cannot be told apart on the wire (their SAs would share addresses and SPIs): remove one, or give this one another local or remote address (a second private IP, as two ECMP tunnels do)", n.Name, t.Name, prev.Name, prev.Line, t.Local, t.Remote)
+				continue
+			}
+			pairs[key{t.Local, t.Remote}] = t
 			if n.Interface(t.Interface) != nil {
 				r.at(t.Line, "node %q: tunnel interface %s clashes with a declared interface: pick another name", n.Name, t.Interface)
 			}
@@ -178,12 +184,15 @@ func (r *resolver) checkTunnels() {
 			}
 			peer := ends[key{t.Remote, t.Local}]
 			if peer == nil {
-				r.at(t.Line, "node %q connection %s: no node declares the other end (local: %s, remote: %s): add that connection to the peer gateway", n.Name, t.Name, t.Remote, t.Local)
+				r.at(t.Line, "node %q connection %s: %s", n.Name, t.Name, r.noMirror(t))
 				continue
 			}
 			pt := peerTunnel(peer, t)
 			t.Peer = Endpoint{Node: peer.Name, Interface: pt.Interface}
 			t.PeerAddress = pt.Address.Addr()
+			if t.Line < pt.Line || t.Line == pt.Line && n.Name < peer.Name {
+				r.checkTunnelAddresses(n, t, peer, pt)
+			}
 			if pt.Cipher != t.Cipher {
 				r.at(t.Line, "node %q connection %s: cipher %s differs from %s on %s (line %d): both ends must use the same", n.Name, t.Name, t.Cipher, pt.Cipher, peer.Name, pt.Line)
 			}
@@ -202,6 +211,77 @@ func (r *resolver) checkTunnels() {
 			}
 		}
 	}
+}
+
+// noMirror explains why no node declares the other end of t: its remote
+// endpoint is nobody's, or the node holding it declares a connection that
+// does not mirror t (the peer's local is t's remote and the peer's remote is
+// t's local).
+func (r *resolver) noMirror(t *Tunnel) string {
+	owner := r.t.Owner(t.Remote)
+	if owner == nil {
+		return fmt.Sprintf("the remote endpoint %s is no address of the lab: give the address of the peer gateway's interface", t.Remote)
+	}
+	for _, pt := range owner.Tunnels {
+		switch {
+		case pt.Local == t.Remote:
+			return fmt.Sprintf("the other end on %q (connection %s, line %d) goes from %s to %s, not to %s: local and remote of the two ends must mirror each other: set `remote: %s` there", owner.Name, pt.Name, pt.Line, pt.Local, pt.Remote, t.Local, t.Local)
+		case pt.Remote == t.Local:
+			return fmt.Sprintf("the other end on %q (connection %s, line %d) starts from %s, not from %s: local and remote of the two ends must mirror each other: set `local: %s` there, or `remote: %s` here", owner.Name, pt.Name, pt.Line, pt.Local, t.Remote, t.Remote, pt.Local)
+		}
+	}
+	return fmt.Sprintf("%q holds the remote endpoint %s but declares no connection back (local: %s, remote: %s): add that connection to it", owner.Name, t.Remote, t.Remote, t.Local)
+}
+
+// checkTunnelAddresses wants the two ends of a connection in one subnet
+// (the provider's /30), on two different host addresses, or neither end
+// addressed: BGP, DPD and routes over the tunnel reach the peer's address
+// on-link. Called once per pair, for the end declared first.
+func (r *resolver) checkTunnelAddresses(n *Node, t *Tunnel, peer *Node, pt *Tunnel) {
+	a, b := t.Address, pt.Address
+	where := fmt.Sprintf("node %q connection %s", n.Name, t.Name)
+	switch {
+	case !a.IsValid() && !b.IsValid():
+	case !a.IsValid() || !b.IsValid():
+		// Said at the end that has one.
+		hn, ht, on, ot := n, t, peer, pt
+		if !a.IsValid() {
+			hn, ht, on, ot = peer, pt, n, t
+		}
+		other, y := hostPair(ht.Address)
+		if other == ht.Address.Addr() {
+			other = y
+		}
+		r.at(ht.Line, "node %q connection %s has tunnel address %s but the other end (%q connection %s, line %d) has none: give it `address: %s/%d` (both ends in one subnet), or remove this one", hn.Name, ht.Name, ht.Address, on.Name, ot.Name, ot.Line, other, ht.Address.Bits())
+	case a.Masked() != b.Masked():
+		x, y := hostPair(a)
+		r.at(t.Line, "%s: tunnel addresses %s here and %s on %q (line %d) are not in one subnet: the ends of a tunnel share one /30, e.g. %s/%d and %s/%d", where, a, b, peer.Name, pt.Line, x, a.Bits(), y, a.Bits())
+	case a.Addr() == b.Addr():
+		x, y := hostPair(a)
+		r.at(t.Line, "%s: both ends have tunnel address %s (the other at line %d): give each end its own address of %s, e.g. %s and %s", where, a.Addr(), pt.Line, a.Masked(), x, y)
+	default:
+		for _, p := range []netip.Prefix{a, b} {
+			if p.Addr().Is4() && p.Bits() <= 30 && (p.Addr() == p.Masked().Addr() || p.Addr() == lastAddr(p)) {
+				x, y := hostPair(p)
+				r.at(t.Line, "%s: tunnel address %s is the network or broadcast address of %s: use its host addresses, e.g. %s and %s", where, p.Addr(), p.Masked(), x, y)
+			}
+		}
+	}
+}
+
+// hostPair is the first two host addresses of p's subnet: .1 and .2 of a /30.
+func hostPair(p netip.Prefix) (netip.Addr, netip.Addr) {
+	first := p.Masked().Addr().Next()
+	return first, first.Next()
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	for i := range 4 {
+		b[3-i] |= byte(host >> (8 * i))
+	}
+	return netip.AddrFrom4(b)
 }
 
 // probe reads interval and retries into p (which holds the defaults).

@@ -633,6 +633,100 @@ topology:
   links:
     - endpoints: ["a:eth1", "b:eth1"]
 `, "next hop fd00::2 is of the other IP family: give a next hop of the destination's family (`dst: default` is IPv4; write `::/0` for IPv6)"},
+
+	// IPsec connections: the two ends must describe one tunnel.
+	{"tunnel addresses not in one /30", `
+name: lab
+topology:
+  nodes:
+    a:
+      kind: onprem-gateway
+      interfaces: {eth1: 10.0.0.1/30}
+      ipsec: [{name: t, local: 10.0.0.1, remote: 10.0.0.2, address: 169.254.10.1/30}] # <- error
+    b:
+      kind: vpn-gateway
+      interfaces: {eth1: 10.0.0.2/30}
+      ipsec: [{name: t, local: 10.0.0.2, remote: 10.0.0.1, address: 169.254.11.2/30}]
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`, `node "a" connection t: tunnel addresses 169.254.10.1/30 here and 169.254.11.2/30 on "b" (line 11) are not in one subnet: the ends of a tunnel share one /30, e.g. 169.254.10.1/30 and 169.254.10.2/30`},
+	{"tunnel ends with the same address", `
+name: lab
+topology:
+  nodes:
+    a:
+      kind: onprem-gateway
+      interfaces: {eth1: 10.0.0.1/30}
+      ipsec: [{name: t, local: 10.0.0.1, remote: 10.0.0.2, address: 169.254.10.1/30}] # <- error
+    b:
+      kind: vpn-gateway
+      interfaces: {eth1: 10.0.0.2/30}
+      ipsec: [{name: t, local: 10.0.0.2, remote: 10.0.0.1, address: 169.254.10.1/30}]
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`, "both ends have tunnel address 169.254.10.1 (the other at line 11): give each end its own address of 169.254.10.0/30, e.g. 169.254.10.1 and 169.254.10.2"},
+	{"tunnel address is the subnet's network address", `
+name: lab
+topology:
+  nodes:
+    a:
+      kind: onprem-gateway
+      interfaces: {eth1: 10.0.0.1/30}
+      ipsec: [{name: t, local: 10.0.0.1, remote: 10.0.0.2, address: 169.254.10.0/30}] # <- error
+    b:
+      kind: vpn-gateway
+      interfaces: {eth1: 10.0.0.2/30}
+      ipsec: [{name: t, local: 10.0.0.2, remote: 10.0.0.1, address: 169.254.10.2/30}]
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`, "tunnel address 169.254.10.0 is the network or broadcast address of 169.254.10.0/30: use its host addresses, e.g. 169.254.10.1 and 169.254.10.2"},
+	{"only one tunnel end has an address", `
+name: lab
+topology:
+  nodes:
+    a:
+      kind: onprem-gateway
+      interfaces: {eth1: 10.0.0.1/30}
+      ipsec: [{name: t, local: 10.0.0.1, remote: 10.0.0.2}]
+    b:
+      kind: vpn-gateway
+      interfaces: {eth1: 10.0.0.2/30}
+      ipsec: [{name: u, local: 10.0.0.2, remote: 10.0.0.1, address: 169.254.10.2/30}] # <- error
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`, `node "b" connection u has tunnel address 169.254.10.2/30 but the other end ("a" connection t, line 7) has none: give it ` + "`address: 169.254.10.1/30`" + ` (both ends in one subnet), or remove this one`},
+	{"tunnel ends do not mirror each other", `
+name: lab
+topology:
+  nodes:
+    a:
+      kind: onprem-gateway
+      interfaces: {eth1: 10.0.0.1/29}
+      ipsec: [{name: t, local: 10.0.0.1, remote: 10.0.0.2}] # <- error
+    b:
+      kind: vpn-gateway
+      interfaces: {eth1: 10.0.0.2/29}
+      ipsec: [{name: u, local: 10.0.0.2, remote: 10.0.0.3}]
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`, `node "a" connection t: the other end on "b" (connection u, line 11) goes from 10.0.0.2 to 10.0.0.3, not to 10.0.0.1: local and remote of the two ends must mirror each other: set ` + "`remote: 10.0.0.1`" + ` there`},
+	{"two connections with the same endpoints on one node", `
+name: lab
+topology:
+  nodes:
+    a:
+      kind: onprem-gateway
+      interfaces: {eth1: 10.0.0.1/30}
+      ipsec:
+        - {name: t1, local: 10.0.0.1, remote: 10.0.0.2, interface: ipsec0}
+        - {name: t2, local: 10.0.0.1, remote: 10.0.0.2, interface: ipsec1} # <- error
+    b:
+      kind: vpn-gateway
+      interfaces: {eth1: 10.0.0.2/30}
+      ipsec: [{name: u, local: 10.0.0.2, remote: 10.0.0.1}]
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`, `node "a" connection t2: connection t1 (line 8) already joins 10.0.0.1 and 10.0.0.2: two connections between the same endpoints cannot be told apart on the wire`},
 }
 
 // TestParse_RejectsBadInput checks that each mistake is caught, located on
