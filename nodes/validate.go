@@ -31,19 +31,22 @@ func Load(path string) (*topology.Topology, error) {
 	return t, r.Validate(t)
 }
 
-// Validate applies the rules of every node's kind.
+// Validate applies the rules of every node's kind, then the lab-wide ones.
 func (r *Registry) Validate(t *topology.Topology) error {
-	var errs topology.Errors
+	var problems []problem
 	for _, n := range t.Nodes {
 		k := r.Get(n.Kind)
 		if k == nil {
 			continue
 		}
 		for _, check := range k.Rules {
-			for _, p := range check(t, n) {
-				errs = append(errs, &topology.Error{File: t.File, Line: p.line, Msg: p.msg})
-			}
+			problems = append(problems, check(t, n)...)
 		}
+	}
+	problems = append(problems, methodFollowed(t)...)
+	var errs topology.Errors
+	for _, p := range problems {
+		errs = append(errs, &topology.Error{File: t.File, Line: p.line, Msg: p.msg})
 	}
 	if len(errs) == 0 {
 		return nil

@@ -3,6 +3,7 @@ package nodes_test
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -14,14 +15,20 @@ import (
 // every occurrence replaced) and loads it.
 func load(t *testing.T, edits ...string) error {
 	t.Helper()
-	data, err := topologies.FS.ReadFile("static.yaml")
+	return loadEdited(t, "static.yaml", edits...)
+}
+
+// loadEdited writes a shipped scenario as lab.yaml with edits and loads it.
+func loadEdited(t *testing.T, scenario string, edits ...string) error {
+	t.Helper()
+	data, err := topologies.FS.ReadFile(scenario)
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(data)
 	for i := 0; i+1 < len(edits); i += 2 {
 		if !strings.Contains(text, edits[i]) {
-			t.Fatalf("static.yaml no longer contains %q", edits[i])
+			t.Fatalf("%s no longer contains %q", scenario, edits[i])
 		}
 		text = strings.ReplaceAll(text, edits[i], edits[i+1])
 	}
@@ -129,5 +136,39 @@ func TestLoad_OnpremTunnelCIDROutsideTheProvidersRules_Rejected(t *testing.T) {
 	want := `lab.yaml:26: node "onprem" connection to-vpc: tunnel CIDR 10.99.0.0/30 must be a /30 inside 169.254.0.0/16, e.g. 169.254.10.0/30`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("got %v, want %q", err, want)
+	}
+}
+
+// `method:` is enforced: a file that names a method routes that way, or is
+// refused on the line that breaks it, with the two ways out.
+func TestLoad_MethodDisagreesWithTheRouting_RejectedOnTheOffendingLine(t *testing.T) {
+	for _, tc := range []struct {
+		name, scenario, method string
+		want                   []string
+	}{
+		{"method static with BGP on the gateways", "static-bgp.yaml", "static", []string{
+			"lab.yaml:40: on-premises gateway \"onprem\" runs BGP, but `method: static` (line 19) is the guide's method 1: static routes on the VBR and on the VPN gateway. Remove its `bgp:` and route statically, or set `method: static-bgp` (or bgp), or drop `method:`",
+			"lab.yaml:99: VPN gateway \"vpngw\" runs BGP, but `method: static` (line 19)",
+		}},
+		{"method static-bgp with the VBR peering with on-prem", "bgp.yaml", "static-bgp", []string{
+			"lab.yaml:57: VBR \"vbr\" peers with the on-premises gateway over BGP (10.0.0.1), but `method: static-bgp` (line 17) is the guide's method 2: static routes on the VBR, BGP on the VPN gateway. Route to the data center with a static route instead, or set `method: bgp`, or drop `method:`",
+		}},
+		{"method bgp with a static VBR", "static-bgp.yaml", "bgp", []string{
+			"lab.yaml:52: VBR \"vbr\" has no BGP session with the on-premises gateway, but `method: bgp` (line 19) is the guide's method 3: BGP on the VBR and on the VPN gateway. Add `bgp:` with the on-premises gateway as a neighbor, or set `method: static-bgp`, or drop `method:`",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, _ := topologies.FS.ReadFile(tc.scenario)
+			old := regexp.MustCompile(`(?m)^method: .*$`).FindString(string(data))
+			err := loadEdited(t, tc.scenario, old, "method: "+tc.method)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
 	}
 }

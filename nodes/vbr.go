@@ -11,9 +11,10 @@ func registerVBR(r *Registry) {
 }
 
 // bgpVBRNeedsBGPGateway: the guide allows static VBR with either VPN gateway
-// routing, but a VBR on BGP only with a VPN gateway on BGP (method 3).
+// routing, but a VBR on BGP with the on-premises gateway only with a VPN
+// gateway on BGP (method 3). BGP toward the CEN is the cloud's own.
 func bgpVBRNeedsBGPGateway(t *topology.Topology, n *topology.Node) []problem {
-	if n.BGP == nil {
+	if onpremNeighbor(t, n) == nil {
 		return nil
 	}
 	var out []problem

@@ -124,7 +124,7 @@ func (r *resolver) top(n *yaml.Node) {
 				if !slices.Contains(Methods, s) {
 					r.at(f.line, "method %q is not one of %s%s", s, strings.Join(Methods, ", "), hint(s, Methods))
 				}
-				r.t.Method = s
+				r.t.Method, r.t.MethodLine = s, f.line
 			}
 		case "ipsec-dataplane":
 			if s, ok := r.str(f.val, "ipsec-dataplane"); ok {

@@ -11,9 +11,10 @@ import (
 
 // Topology is a validated lab description.
 type Topology struct {
-	Name   string
-	File   string // absolute path of the topology file
-	Method string // configuration method of the shipped scenarios, "" if unset
+	Name       string
+	File       string // absolute path of the topology file
+	Method     string // configuration method of the shipped scenarios, "" if unset
+	MethodLine int    // line of `method:`, for the rules that enforce it
 	// Dataplane is how ESP runs: "auto" (kernel if it can, else userspace),
 	// "kernel" or "userspace".
 	Dataplane string
