@@ -172,3 +172,11 @@ func TestLoad_MethodDisagreesWithTheRouting_RejectedOnTheOffendingLine(t *testin
 		})
 	}
 }
+
+func TestLoad_DataCenterLANOverlapsVPCVSwitch_Rejected(t *testing.T) {
+	err := load(t, "10.1.0.0/24", "172.16.2.0/24", "10.1.0.", "172.16.2.1")
+	want := "lab.yaml:23: data-center subnet 172.16.2.0/24 on onprem:eth1 overlaps VPC subnet 172.16.2.0/24 on vpc:eth3 (line 59): the VPC delivers those addresses to its own vSwitch, so they never reach the data center: renumber one of them"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+}
