@@ -20,6 +20,7 @@ func (r *resolver) check() {
 	}
 	r.checkTunnels()
 	r.checkBGP()
+	r.checkBGPRecursion()
 }
 
 func (r *resolver) checkLinks(nodes map[string]*Node) {
