@@ -34,9 +34,6 @@ and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after `D` (e.g. 10s)"},
 		},
 		Action: func(c *cli.Context) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
 			if c.NArg() != 1 {
 				return invalidInput{fmt.Errorf("give one NODE:IF to capture on: %s", c.Command.UsageText)}
 			}
@@ -46,6 +43,9 @@ and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
 			}
 			name, err := labName(c)
 			if err != nil {
+				return err
+			}
+			if err := requireRoot(); err != nil {
 				return err
 			}
 			ns := plan.NamespaceName(name, node)

@@ -13,8 +13,10 @@ func destroyCommand() *cli.Command {
 		Usage:     "remove a lab (or all labs) and everything emu created for it",
 		UsageText: "emu destroy -t FILE [--cleanup]\nemu destroy --all [--cleanup]",
 		Description: `Removes exactly the objects recorded when the lab was deployed, also after a failed
-or killed deploy. Destroying a lab that is not deployed succeeds and says so. Only the
-lab name is read from FILE, so it works after the file was edited.
+or killed deploy. Destroying a lab that is not deployed succeeds and says so. A
+deployed lab is found by the name in FILE alone, so destroy works after the file was
+edited; a FILE naming no deployed lab is validated like deploy does (exit 2 on an
+input error).
 --all destroys every lab emu has records of (never by name pattern).`,
 		Flags: []cli.Flag{
 			topoFlag,
@@ -22,11 +24,18 @@ lab name is read from FILE, so it works after the file was edited.
 			&cli.BoolFlag{Name: "cleanup", Usage: "also remove the lab directory emu-<lab>/"},
 		},
 		Action: func(c *cli.Context) error {
+			d := deployer(c)
+			var labs []string
+			if !c.Bool("all") {
+				name, err := labName(c)
+				if err != nil {
+					return err
+				}
+				labs = []string{name}
+			}
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			d := deployer(c)
-			var labs []string
 			if c.Bool("all") {
 				recs, err := d.Store.All()
 				if err != nil {
@@ -38,12 +47,6 @@ lab name is read from FILE, so it works after the file was edited.
 				if len(labs) == 0 {
 					fmt.Fprintln(c.App.ErrWriter, "no labs deployed")
 				}
-			} else {
-				name, err := labName(c)
-				if err != nil {
-					return err
-				}
-				labs = []string{name}
 			}
 			var errs error
 			for _, name := range labs {

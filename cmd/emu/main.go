@@ -111,23 +111,41 @@ func deployer(c *cli.Context) *lab.Deployer {
 	return &lab.Deployer{Store: lab.Store{Dir: c.String("state-dir")}}
 }
 
+// loadTopology reads and validates -t. Whatever goes wrong is the input's
+// fault (no file, not readable, not a valid topology): exit 2 from every
+// command.
 func loadTopology(c *cli.Context) (*topology.Topology, error) {
 	path := c.String("topo")
 	if path == "" {
 		return nil, invalidInput{errors.New("no topology: give one with -t FILE")}
 	}
-	return nodes.Load(path)
+	t, err := nodes.Load(path)
+	if err != nil {
+		return nil, invalidInput{err}
+	}
+	return t, nil
 }
 
-// labName is the lab a command acts on, from -t (only its name is read).
+// labName is the lab a command acts on, from -t. A deployed lab is found by
+// its name alone, so destroy, inspect, exec and capture still work after its
+// file was edited into something invalid; for any other file the topology
+// is validated as deploy does, so an input error exits 2 from every command.
 func labName(c *cli.Context) (string, error) {
 	path := c.String("topo")
 	if path == "" {
 		return "", invalidInput{errors.New("no topology: give one with -t FILE")}
 	}
-	name, err := topology.LabName(path)
-	if err != nil {
-		return "", invalidInput{err}
+	name, nameErr := topology.LabName(path)
+	if nameErr == nil {
+		if rec, err := deployer(c).Store.Get(name); err == nil && rec != nil {
+			return name, nil
+		}
+	}
+	if _, err := loadTopology(c); err != nil {
+		return "", err
+	}
+	if nameErr != nil {
+		return "", invalidInput{nameErr}
 	}
 	return name, nil
 }
@@ -141,13 +159,14 @@ func nodeInterface(arg string) (node, ifname string, err error) {
 	return node, ifname, nil
 }
 
-// rootTopology starts every command that changes a running lab: root, and
-// the lab's validated topology.
+// rootTopology starts every command that changes a running lab: the lab's
+// validated topology (input errors first, whoever runs emu), and root.
 func rootTopology(c *cli.Context) (*topology.Topology, error) {
-	if err := requireRoot(); err != nil {
+	t, err := loadTopology(c)
+	if err != nil {
 		return nil, err
 	}
-	return loadTopology(c)
+	return t, requireRoot()
 }
 
 // deployedLab returns the record of t's lab, or says how to deploy it.

@@ -87,6 +87,84 @@ func TestCLI_InvalidTopology_ExitCode2WithFileAndLine(t *testing.T) {
 	}
 }
 
+// The same input error exits 2 from every command that takes -t, with the
+// file:line of the mistake, before the command does anything.
+func TestCLI_TopologyInputError_Exit2FromEveryCommand(t *testing.T) {
+	name := labtest.UniqueName() // no lab of this name is deployed
+	type input struct{ name, topo, want string }
+	file := func(what, body, at string) input {
+		topo := labtest.Write(t, "name: "+name+"\n"+body)
+		return input{what, topo, topo + at}
+	}
+	missing := filepath.Join(t.TempDir(), "nope.yaml")
+	inputs := []input{
+		file("unknown kind", "topology:\n  nodes:\n    a: {kind: router}\n", `:4: unknown kind "router"`),
+		file("tab indentation", "topology:\n\tnodes: {}\n", ":3: a tab indents this line"),
+		file("second YAML document", "topology:\n  nodes:\n    a: {kind: host}\n---\nname: other\n", ":5: a second YAML document starts here"),
+		file("NUL byte", "topology:\x00\n", ":2: a NUL byte"),
+		{"no such file", missing, "read topology: open " + missing},
+	}
+	commands := []struct {
+		name       string
+		args, rest []string // before and after -t FILE
+	}{
+		{"deploy", []string{"deploy"}, nil},
+		{"deploy --dry-run", []string{"deploy"}, []string{"--dry-run"}},
+		{"destroy", []string{"destroy"}, nil},
+		{"check", []string{"check"}, nil},
+		{"trace", []string{"trace"}, nil},
+		{"graph", []string{"graph"}, nil},
+		{"inspect -t", []string{"inspect"}, nil},
+		{"fault", []string{"fault", "tunnel", "down"}, []string{"to-vpc"}},
+		{"route", []string{"route", "show"}, []string{"onprem"}},
+		{"capture", []string{"capture"}, []string{"vbr:eth1", "-c", "1"}},
+		{"exec", []string{"exec"}, []string{"client", "--", "true"}},
+	}
+	state := t.TempDir()
+	for _, in := range inputs {
+		for _, cmd := range commands {
+			t.Run(in.name+"/"+cmd.name, func(t *testing.T) {
+				args := append(append(append([]string{}, cmd.args...), "-t", in.topo), cmd.rest...)
+				r := runEmu(t, state, args...)
+				if r.code != exitInvalid {
+					t.Errorf("emu %s: exit %d, want %d; stderr: %s", strings.Join(args, " "), r.code, exitInvalid, r.stderr)
+				}
+				if !strings.Contains(r.stderr, in.want) {
+					t.Errorf("emu %s: stderr lacks %q: %s", strings.Join(args, " "), in.want, r.stderr)
+				}
+			})
+		}
+	}
+	labtest.AssertNothingLeft(t, name)
+}
+
+// Exit 2 on an input error must not strand a lab: a deployed lab is still
+// destroyed after its file was edited into something invalid.
+func TestCLI_DeployedLabWhoseFileTurnedInvalid_StillDestroyed(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
+	}
+	if err := os.WriteFile(topo, []byte("name: "+name+"\ntopology:\n\tnodes: {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := runEmu(t, state, "graph", "-t", topo); r.code != exitInvalid {
+		t.Fatalf("graph of the edited file: exit %d, want %d (the file is meant to be invalid)", r.code, exitInvalid)
+	}
+	r := runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab") {
+		t.Fatalf("destroy: exit %d: %s", r.code, r.stderr)
+	}
+	labtest.AssertNothingLeft(t, name)
+}
+
 func TestCLI_DeployInspectExecDestroy(t *testing.T) {
 	labtest.RequireRoot(t)
 	state := t.TempDir()
