@@ -6,37 +6,55 @@ import (
 	"slices"
 )
 
-// checkBGPRecursion finds tunnels that BGP would route into themselves.
-// A node that runs BGP over a tunnel installs what its peer announces with
-// the tunnel as next hop. If one of those prefixes covers the tunnel's
-// remote endpoint and nothing more specific pins the endpoint to the plain
-// path, the node sends the tunnel's own ESP into the tunnel: the tunnel
-// dies, BGP withdraws the prefix after its hold time, the tunnel comes back,
-// BGP installs the prefix again (measured: a bounce every ~10 s, 49% loss,
-// an agent at 120% CPU). checkTunnels catches the same loop through static
-// routes; this works out what BGP would install.
+// checkBGPRecursion finds tunnel endpoints that BGP would route into a
+// tunnel. A node that runs BGP over a tunnel installs what its peer
+// announces with the tunnel as next hop. If one of those prefixes covers the
+// remote endpoint of that tunnel (or of another tunnel of the node) and
+// nothing more specific pins the endpoint to the plain path, the node sends
+// the tunnel's own ESP into a tunnel: the tunnel dies, BGP withdraws the
+// prefix after its hold time, the tunnel comes back, BGP installs the prefix
+// again (measured: a bounce every ~10 s, 49% loss, an agent at 120% CPU).
+// checkTunnels catches the same loop through static routes; this works out
+// what BGP would install. One error per endpoint: one pin fixes it.
 func (r *resolver) checkBGPRecursion() {
 	for _, x := range r.t.Nodes {
 		if x.BGP == nil {
 			continue
 		}
-		for _, nb := range x.BGP.Neighbors {
-			t := tunnelOf(x, nb.Address)
-			g := r.t.Owner(nb.Address)
-			if t == nil || g == nil || g == x || g.BGP == nil {
-				continue
-			}
-			var worst *announcement
-			for _, a := range announcedTo(r.t, g, x) {
-				if a.prefix.Contains(t.Remote) && !pinned(x, t.Remote, a.prefix) && (worst == nil || a.prefix.Bits() > worst.prefix.Bits()) {
-					worst = &a
-				}
-			}
-			if worst != nil {
-				r.at(nb.Line, "node %q learns %s over BGP from %q (%s) through tunnel %s (%s), and that prefix covers the tunnel's own remote endpoint %s: BGP would route the tunnel's ESP into the tunnel itself (recursive routing: the tunnel breaks, BGP withdraws the route after the hold time, the tunnel comes back, and so on every few seconds). %s, or stop announcing %s over the tunnel",
-					x.Name, worst.prefix, g.Name, nb.Address, t.Name, worst.origin(), t.Remote, pinFix(x, t.Remote), worst.prefix)
+		learned := map[int][]announcement{} // by neighbor, for the sessions over a tunnel
+		for i, nb := range x.BGP.Neighbors {
+			if g := r.t.Owner(nb.Address); tunnelOf(x, nb.Address) != nil && g != nil && g != x && g.BGP != nil {
+				learned[i] = announcedTo(r.t, g, x)
 			}
 		}
+		for _, t := range x.Tunnels {
+			r.checkEndpointPinned(x, t, learned)
+		}
+	}
+}
+
+// checkEndpointPinned reports the first session of x over which x learns a
+// prefix covering t's remote endpoint that no route of x beats (the most
+// specific such prefix of that session).
+func (r *resolver) checkEndpointPinned(x *Node, t *Tunnel, learned map[int][]announcement) {
+	for i, nb := range x.BGP.Neighbors {
+		var worst *announcement
+		for _, a := range learned[i] {
+			if a.prefix.Contains(t.Remote) && !pinned(x, t.Remote, a.prefix) && (worst == nil || a.prefix.Bits() > worst.prefix.Bits()) {
+				worst = &a
+			}
+		}
+		if worst == nil {
+			continue
+		}
+		via := tunnelOf(x, nb.Address)
+		endpoint := fmt.Sprintf("the tunnel's own remote endpoint %s", t.Remote)
+		if via != t {
+			endpoint = fmt.Sprintf("the remote endpoint %s of tunnel %s", t.Remote, t.Name)
+		}
+		r.at(nb.Line, "node %q learns %s over BGP from %q (%s) through tunnel %s (%s), and that prefix covers %s: BGP would route the ESP of tunnel %s into a tunnel (recursive routing: the tunnel breaks, BGP withdraws the route after the hold time, the tunnel comes back, and so on every few seconds). %s, or stop announcing %s over the tunnel",
+			x.Name, worst.prefix, r.t.Owner(nb.Address).Name, nb.Address, via.Name, worst.origin(), endpoint, t.Name, pinFix(x, t.Remote), worst.prefix)
+		return
 	}
 }
 

@@ -21,13 +21,13 @@ func TestParse_BGPOverTheTunnelCoversItsEndpoint_RejectedWithThePinToAdd(t *test
 		want           string   // in the first error
 	}{
 		{"method 2 without the pinned endpoint", "static-bgp.yaml", []string{pin, ""},
-			`lab.yaml:43: node "onprem" learns 172.16.1.0/24 over BGP from "vpngw" (169.254.10.2) through tunnel to-vpc (originated by "vpc": redistribute connected, bgp at line 80), and that prefix covers the tunnel's own remote endpoint 172.16.1.10: BGP would route the tunnel's ESP into the tunnel itself (recursive routing: the tunnel breaks, BGP withdraws the route after the hold time, the tunnel comes back, and so on every few seconds). Pin the endpoint to the plain path on "onprem" with a more specific static route: add ` + "`{dst: 172.16.1.10/32, via: 10.0.0.2}`" + ` to its ` + "`routes:`" + `, or stop announcing 172.16.1.0/24 over the tunnel`},
+			`lab.yaml:43: node "onprem" learns 172.16.1.0/24 over BGP from "vpngw" (169.254.10.2) through tunnel to-vpc (originated by "vpc": redistribute connected, bgp at line 80), and that prefix covers the tunnel's own remote endpoint 172.16.1.10: BGP would route the ESP of tunnel to-vpc into a tunnel (recursive routing: the tunnel breaks, BGP withdraws the route after the hold time, the tunnel comes back, and so on every few seconds). Pin the endpoint to the plain path on "onprem" with a more specific static route: add ` + "`{dst: 172.16.1.10/32, via: 10.0.0.2}`" + ` to its ` + "`routes:`" + `, or stop announcing 172.16.1.0/24 over the tunnel`},
 		{"method 2 with a pin no more specific than BGP's route", "static-bgp.yaml", []string{pin, "        - {dst: 172.16.1.0/24, via: 10.0.0.2, metric: 30}\n"},
 			`lab.yaml:43: node "onprem" learns 172.16.1.0/24 over BGP from "vpngw"`},
 		{"method 3 without the pinned endpoint: the fix goes through the VBR session", "bgp.yaml", []string{pin, ""},
 			"Pin the endpoint to the plain path on \"onprem\" with a more specific static route: add `{dst: 172.16.1.10/32, via: 10.0.0.2}`"},
 		{"on-prem announcing its circuit over the tunnel", "static-bgp.yaml", []string{"        asn: 65001\n", "        asn: 65001\n        redistribute: [connected]\n"},
-			`lab.yaml:103: node "vpngw" learns 10.0.0.0/30 over BGP from "onprem" (169.254.10.1) through tunnel to-dc (originated by "onprem": redistribute connected, bgp at line 40), and that prefix covers the tunnel's own remote endpoint 10.0.0.1: BGP would route the tunnel's ESP into the tunnel itself (recursive routing: the tunnel breaks, BGP withdraws the route after the hold time, the tunnel comes back, and so on every few seconds). Pin the endpoint to the plain path on "vpngw" with a more specific static route: add ` + "`{dst: 10.0.0.1/32, via: 172.16.1.1}`" + ` to its ` + "`routes:`" + `, or stop announcing 10.0.0.0/30 over the tunnel`},
+			`lab.yaml:103: node "vpngw" learns 10.0.0.0/30 over BGP from "onprem" (169.254.10.1) through tunnel to-dc (originated by "onprem": redistribute connected, bgp at line 40), and that prefix covers the tunnel's own remote endpoint 10.0.0.1: BGP would route the ESP of tunnel to-dc into a tunnel (recursive routing: the tunnel breaks, BGP withdraws the route after the hold time, the tunnel comes back, and so on every few seconds). Pin the endpoint to the plain path on "vpngw" with a more specific static route: add ` + "`{dst: 10.0.0.1/32, via: 172.16.1.1}`" + ` to its ` + "`routes:`" + `, or stop announcing 10.0.0.0/30 over the tunnel`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data, err := os.ReadFile("../../topologies/" + tc.scenario)
@@ -49,6 +49,30 @@ func TestParse_BGPOverTheTunnelCoversItsEndpoint_RejectedWithThePinToAdd(t *test
 				t.Errorf("first error:\n%s\nwant:\n%s", got, tc.want)
 			}
 		})
+	}
+}
+
+// With two tunnels (the transit router's ECMP pair), a prefix learned over
+// one that covers the other's endpoint sends that tunnel's ESP through the
+// first: refused too, once per endpoint.
+func TestParse_BGPOverOneTunnelCoversTheOthersEndpoint_Rejected(t *testing.T) {
+	data, err := os.ReadFile("../../topologies/transit-router.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := "        - {dst: 172.16.1.11/32, via: 10.0.0.2}\n"
+	if !strings.Contains(string(data), pin) {
+		t.Fatalf("transit-router.yaml no longer pins %q", pin)
+	}
+	_, err = topology.Parse("lab.yaml", []byte(strings.Replace(string(data), pin, "", 1)), nodes.Default())
+	if err == nil {
+		t.Fatal("Parse accepted the recursive setup")
+	}
+	all := allErrors(t, err)
+	if len(all) != 1 || !strings.Contains(all[0].Msg, `node "onprem" learns 172.16.1.0/24 over BGP from "vpngw" (169.254.10.2) through tunnel to-vpc-1`) ||
+		!strings.Contains(all[0].Msg, "covers the remote endpoint 172.16.1.11 of tunnel to-vpc-2") ||
+		!strings.Contains(all[0].Msg, "add `{dst: 172.16.1.11/32, via: 10.0.0.2}`") {
+		t.Errorf("want one error for endpoint 172.16.1.11, got:\n%v", err)
 	}
 }
 
