@@ -68,30 +68,25 @@ func textError(file string, data []byte, yamlErr error) *Error {
 		i += size
 	}
 	errLine := yamlErrLine(yamlErr)
-	if tabCol := indentTab(data, errLine); tabCol > 0 {
-		return &Error{File: file, Line: errLine, Msg: fmt.Sprintf("a tab indents this line (column %d): YAML indents with spaces only; replace the tab with spaces", tabCol)}
+	if line, col := indentTab(data, errLine); col > 0 {
+		return &Error{File: file, Line: line, Msg: fmt.Sprintf("a tab indents this line (column %d): YAML indents with spaces only; replace the tab with spaces", col)}
 	}
 	return &Error{File: file, Line: errLine, Msg: "not valid YAML: " + yamlErrText(yamlErr)}
 }
 
-// indentTab returns the 1-based column of a tab in the leading whitespace
-// of line n (1-based), or 0.
-func indentTab(data []byte, n int) int {
-	if n < 1 {
-		return 0
-	}
-	lines := bytes.Split(data, []byte("\n"))
-	if n > len(lines) {
-		return 0
-	}
-	for i, c := range lines[n-1] {
-		switch c {
-		case '\t':
-			return i + 1
-		case ' ':
+// indentTab finds a tab in the leading whitespace of the line yaml.v3
+// blamed (1-based) or the next one (its indentation errors name the line
+// before), or of any line when yaml.v3 gave none. It returns that line and
+// the tab's 1-based column, or 0, 0.
+func indentTab(data []byte, blamed int) (line, col int) {
+	for i, l := range bytes.Split(data, []byte("\n")) {
+		n := i + 1
+		if blamed > 0 && n != blamed && n != blamed+1 {
 			continue
 		}
-		return 0
+		if c := bytes.IndexFunc(l, func(r rune) bool { return r != ' ' }); c >= 0 && l[c] == '\t' {
+			return n, c + 1
+		}
 	}
-	return 0
+	return 0, 0
 }
