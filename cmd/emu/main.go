@@ -135,19 +135,16 @@ func labName(c *cli.Context) (string, error) {
 	if path == "" {
 		return "", invalidInput{errors.New("no topology: give one with -t FILE")}
 	}
-	name, nameErr := topology.LabName(path)
-	if nameErr == nil {
+	if name, err := topology.LabName(path); err == nil {
 		if rec, err := deployer(c).Store.Get(name); err == nil && rec != nil {
 			return name, nil
 		}
 	}
-	if _, err := loadTopology(c); err != nil {
+	t, err := loadTopology(c)
+	if err != nil {
 		return "", err
 	}
-	if nameErr != nil {
-		return "", invalidInput{nameErr}
-	}
-	return name, nil
+	return t.Name, nil
 }
 
 // nodeInterface splits a NODE:IF argument.
