@@ -14,9 +14,8 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	dcontainer "github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/client"
+	dcontainer "github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/netnsx"
@@ -42,10 +41,10 @@ const removeTimeout = 30 * time.Second
 type Runtime struct{ cli *client.Client }
 
 // New connects to the engine named by DOCKER_HOST, or the local socket. The
-// client speaks the engine's API version, however old (Debian's 20.10 speaks
-// 1.41).
+// client negotiates the engine's API version down to 1.40 (Debian's 20.10
+// speaks 1.41).
 func New() (*Runtime, error) {
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.FromEnv)
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
@@ -57,7 +56,7 @@ func (r *Runtime) Close() error { return r.cli.Close() }
 
 // Ping checks that an engine answers.
 func (r *Runtime) Ping(ctx context.Context) error {
-	_, err := r.cli.Ping(ctx)
+	_, err := r.cli.Ping(ctx, client.PingOptions{})
 	switch {
 	case err == nil:
 		return nil
@@ -142,7 +141,7 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 		SecurityOpt:    []string{"no-new-privileges"},
 		ReadonlyRootfs: true,
 	}
-	created, err := r.cli.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	created, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host, Name: name})
 	if cerrdefs.IsConflict(err) {
 		return Container{}, fmt.Errorf("node %q: a container named %s already exists: remove it (`docker rm -f %s`) if it is left over, or rename the lab", node, name, name)
 	}
@@ -164,7 +163,7 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 			err = fmt.Errorf("%w\nremoving it failed too: %v", err, rerr)
 		}
 	}()
-	if err := r.cli.ContainerStart(ctx, created.ID, dcontainer.StartOptions{}); err != nil {
+	if _, err := r.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		return Container{}, fmt.Errorf("start container %s: %w", name, err)
 	}
 	c, err = r.inspect(ctx, name)
@@ -207,7 +206,8 @@ func (r *Runtime) Check(ctx context.Context, name string) error {
 
 // inspect returns a running container, or a *DeadError.
 func (r *Runtime) inspect(ctx context.Context, name string) (Container, error) {
-	info, err := r.cli.ContainerInspect(ctx, name)
+	res, err := r.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	info := res.Container
 	if cerrdefs.IsNotFound(err) {
 		return Container{}, &DeadError{Name: name, State: "removed"}
 	}
@@ -234,7 +234,8 @@ func (r *Runtime) inspect(ctx context.Context, name string) (Container, error) {
 // killing it. What is already gone is not an error, so destroy can run any
 // number of times; a container emu did not label is left alone.
 func (r *Runtime) Remove(ctx context.Context, name string) error {
-	info, err := r.cli.ContainerInspect(ctx, name)
+	res, err := r.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	info := res.Container
 	found := err == nil
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("inspect container %s: %w", name, err)
@@ -252,7 +253,7 @@ func (r *Runtime) Remove(ctx context.Context, name string) error {
 }
 
 func (r *Runtime) removeContainer(ctx context.Context, id, name string) error {
-	err := r.cli.ContainerRemove(ctx, id, dcontainer.RemoveOptions{Force: true, RemoveVolumes: true})
+	_, err := r.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("remove container %s: %w", name, err)
 	}
@@ -261,15 +262,15 @@ func (r *Runtime) removeContainer(ctx context.Context, id, name string) error {
 
 // List returns the containers of a lab, running or not, found by label.
 func (r *Runtime) List(ctx context.Context, lab string) ([]Container, error) {
-	found, err := r.cli.ContainerList(ctx, dcontainer.ListOptions{
+	found, err := r.cli.ContainerList(ctx, client.ContainerListOptions{
 		All:     true,
-		Filters: filters.NewArgs(filters.Arg("label", LabelLab+"="+lab)),
+		Filters: make(client.Filters).Add("label", LabelLab+"="+lab),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list containers of lab %s: %w", lab, err)
 	}
 	var out []Container
-	for _, s := range found {
+	for _, s := range found.Items {
 		c := Container{ID: s.ID, Lab: s.Labels[LabelLab], Node: s.Labels[LabelNode], State: string(s.State)}
 		if len(s.Names) > 0 {
 			c.Name = strings.TrimPrefix(s.Names[0], "/")

@@ -18,9 +18,8 @@ import (
 	"testing"
 	"time"
 
-	dcontainer "github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/client"
+	dcontainer "github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
 
 	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/netnsx"
@@ -50,12 +49,12 @@ func TestMain(m *testing.M) {
 }
 
 func removeImage(tag string) error {
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.FromEnv)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	_, err = cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+	_, err = cli.ImageRemove(context.Background(), tag, client.ImageRemoveOptions{Force: true, PruneChildren: true})
 	return err
 }
 
@@ -233,12 +232,12 @@ func TestContainerNode_KilledExternally_ReportedDead(t *testing.T) {
 	if err := rt.Check(ctx, c.Name); err != nil {
 		t.Fatalf("fresh container: %v", err)
 	}
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.FromEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	if err := cli.ContainerKill(ctx, c.ID, "KILL"); err != nil { // as `docker kill` would
+	if _, err := cli.ContainerKill(ctx, c.ID, client.ContainerKillOptions{Signal: "KILL"}); err != nil { // as `docker kill` would
 		t.Fatal(err)
 	}
 	var dead *container.DeadError
@@ -274,12 +273,12 @@ func TestContainerNode_RestartedExternally_ReportedUnwired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.FromEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	if err := cli.ContainerRestart(ctx, c.ID, dcontainer.StopOptions{}); err != nil { // as `docker restart` would
+	if _, err := cli.ContainerRestart(ctx, c.ID, client.ContainerRestartOptions{}); err != nil { // as `docker restart` would
 		t.Fatal(err)
 	}
 	if err := rt.Check(ctx, c.Name); err == nil || !strings.Contains(err.Error(), "new network namespace") {
@@ -312,24 +311,28 @@ func TestRemove_ContainerWithoutEmuLabel_LeftAlone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	name := plan.NamespaceName(lab, "a")
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.FromEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
 	// Created as a user would, with emu's name but without its labels.
-	foreign, err := cli.ContainerCreate(ctx, &dcontainer.Config{Image: img, Labels: map[string]string{"emu.test": lab}}, &dcontainer.HostConfig{NetworkMode: "none"}, nil, nil, name)
+	foreign, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Config:     &dcontainer.Config{Image: img, Labels: map[string]string{"emu.test": lab}},
+		HostConfig: &dcontainer.HostConfig{NetworkMode: "none"},
+		Name:       name,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cli.ContainerRemove(context.Background(), foreign.ID, dcontainer.RemoveOptions{Force: true})
+	defer cli.ContainerRemove(context.Background(), foreign.ID, client.ContainerRemoveOptions{Force: true})
 	if err := rt.Remove(ctx, name); err == nil || !strings.Contains(err.Error(), "emu did not create it") {
 		t.Fatalf("Remove(%s) = %v, want a refusal", name, err)
 	}
 	if _, err := rt.Create(ctx, lab, "a", img); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("Create over a foreign container = %v, want a refusal", err)
 	}
-	if _, err := cli.ContainerInspect(ctx, foreign.ID); err != nil {
+	if _, err := cli.ContainerInspect(ctx, foreign.ID, client.ContainerInspectOptions{}); err != nil {
 		t.Fatalf("the foreign container is gone: %v", err)
 	}
 }

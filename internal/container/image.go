@@ -11,7 +11,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/docker/docker/api/types/build"
+	"github.com/moby/moby/api/types/build"
+	"github.com/moby/moby/client"
 )
 
 // BuildImage builds the image tag from the Dockerfile in contextDir, sending
@@ -24,7 +25,7 @@ func (r *Runtime) BuildImage(ctx context.Context, tag, contextDir string, out io
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(tarDir(pw, contextDir)) }()
 	defer pr.Close()
-	resp, err := r.cli.ImageBuild(ctx, pr, build.ImageBuildOptions{
+	resp, err := r.cli.ImageBuild(ctx, pr, client.ImageBuildOptions{
 		Tags:       []string{tag},
 		Dockerfile: "Dockerfile",
 		// The classic builder: BuildKit over the API needs a client-side

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/client"
+	"github.com/moby/moby/client"
 
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/lab"
@@ -157,7 +157,7 @@ func TestContainerLab_ContainerDiesMidDeploy_RolledBack(t *testing.T) {
 	text := asContainers(t, "static.yaml", testImage(t), false)
 	topo := labtest.Load(t, labtest.Write(t, labtest.Rename(text, labtest.UniqueName())))
 	d := labtest.NewDeployer(t)
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.FromEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,9 @@ func TestContainerLab_ContainerDiesMidDeploy_RolledBack(t *testing.T) {
 	var kill sync.Once
 	d.BeforeStep = func(_ int, s plan.Step) (err error) {
 		if _, ok := s.(plan.Route); ok {
-			kill.Do(func() { err = cli.ContainerKill(context.Background(), plan.NamespaceName(topo.Name, "vbr"), "KILL") })
+			kill.Do(func() {
+				_, err = cli.ContainerKill(context.Background(), plan.NamespaceName(topo.Name, "vbr"), client.ContainerKillOptions{Signal: "KILL"})
+			})
 		}
 		return err
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/gopacket/layers"
+	"github.com/gopacket/gopacket/layers"
 
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/ipsec"
