@@ -3,7 +3,6 @@ package topology
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -37,9 +36,9 @@ func Load(path string, kinds Kinds) (*Topology, error) {
 	if err != nil {
 		return nil, fmt.Errorf("topology %s: %w", path, err)
 	}
-	data, err := os.ReadFile(abs)
+	data, err := readFile(abs)
 	if err != nil {
-		return nil, fmt.Errorf("read topology: %w (give the path of a .yaml file with -t)", err)
+		return nil, err
 	}
 	return Parse(abs, data, kinds)
 }

@@ -2,7 +2,6 @@ package topology
 
 import (
 	"fmt"
-	"os"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -12,9 +11,9 @@ import (
 // exec need no more, and must work even after the rest of the file was
 // edited into something invalid.
 func LabName(path string) (string, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
-		return "", fmt.Errorf("read topology: %w", err)
+		return "", err
 	}
 	name := labName(data)
 	if name == "" {
