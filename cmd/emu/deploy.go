@@ -54,7 +54,7 @@ or on Ctrl-C, exactly those objects are removed again.
 			d := deployer(c)
 			d.Progress = printProgress(c.App.ErrWriter)
 			if c.Bool("reconfigure") {
-				if _, err := d.Destroy(t.Name, false); err != nil {
+				if _, err := d.DestroyFrom(t.File, t.Name, t.LabDir(), false); err != nil {
 					return fmt.Errorf("reconfigure: %w", err)
 				}
 			}
@@ -65,7 +65,7 @@ or on Ctrl-C, exactly those objects are removed again.
 				if errors.As(err, &dep) {
 					return invalidInput{err}
 				}
-				return fmt.Errorf("deploy lab %q: %w\nnothing of the lab was left behind", t.Name, err)
+				return fmt.Errorf("deploy lab %q: %w", t.Name, err)
 			}
 			fmt.Fprintf(c.App.ErrWriter, "deployed lab %q in %s (lab directory %s)\n", t.Name, time.Since(start).Round(time.Millisecond), p.LabDir)
 			rec, err := d.Store.Get(t.Name)

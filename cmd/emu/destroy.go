@@ -5,6 +5,9 @@ import (
 	"fmt"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/topology"
 )
 
 func destroyCommand() *cli.Command {
@@ -16,8 +19,18 @@ func destroyCommand() *cli.Command {
 or killed deploy. Destroying a lab that is not deployed succeeds and says so. A
 deployed lab is found by the name in FILE alone, so destroy works after the file was
 edited; a FILE naming no deployed lab is validated like deploy does (exit 2 on an
-input error).
---all destroys every lab emu has records of (never by name pattern).`,
+input error). A lab of that name deployed from another file is refused (exit 2; destroy
+it with that file, which the error names). It says whether the lab directory
+emu-<lab>/ (logs, captures, keys) was kept or removed.
+
+--cleanup removes emu-<lab>/ beside FILE whenever it exists, also when the lab is not
+deployed (after a reboot, or after a destroy without --cleanup).
+--all destroys every lab emu has records of (never by name pattern).
+
+Examples:
+   emu destroy -t topologies/static.yaml
+   emu destroy -t topologies/static.yaml --cleanup
+   emu destroy --all`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "destroy every deployed lab"},
@@ -25,42 +38,63 @@ input error).
 		},
 		Action: func(c *cli.Context) error {
 			d := deployer(c)
-			var labs []string
+			cleanup := c.Bool("cleanup")
 			if !c.Bool("all") {
-				name, err := labName(c)
+				// Input errors first, whoever runs emu.
+				file, name, err := labOfFile(c)
 				if err != nil {
 					return err
 				}
-				labs = []string{name}
+				if err := requireRoot(); err != nil {
+					return err
+				}
+				rep, err := d.DestroyFrom(file, name, topology.LabDir(file, name), cleanup)
+				var other *lab.OtherFileError
+				if errors.As(err, &other) {
+					return invalidInput{err}
+				}
+				if err != nil {
+					return fmt.Errorf("destroy lab %q: %w", name, err)
+				}
+				fmt.Fprintln(c.App.ErrWriter, destroyMessage(name, rep))
+				return nil
 			}
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			if c.Bool("all") {
-				recs, err := d.Store.All()
-				if err != nil {
-					return err
-				}
-				for _, r := range recs {
-					labs = append(labs, r.Name)
-				}
-				if len(labs) == 0 {
-					fmt.Fprintln(c.App.ErrWriter, "no labs deployed")
-				}
+			recs, err := d.Store.All()
+			if err != nil {
+				return err
+			}
+			if len(recs) == 0 {
+				fmt.Fprintln(c.App.ErrWriter, "no labs deployed")
 			}
 			var errs error
-			for _, name := range labs {
-				found, err := d.Destroy(name, c.Bool("cleanup"))
-				switch {
-				case err != nil:
-					errs = errors.Join(errs, fmt.Errorf("destroy lab %q: %w", name, err))
-				case found:
-					fmt.Fprintf(c.App.ErrWriter, "destroyed lab %q\n", name)
-				default:
-					fmt.Fprintf(c.App.ErrWriter, "lab %q is not deployed: nothing to do\n", name)
+			for _, r := range recs {
+				rep, err := d.DestroyFrom(r.Topology, r.Name, r.Dir, cleanup)
+				if err != nil {
+					errs = errors.Join(errs, fmt.Errorf("destroy lab %q: %w", r.Name, err))
+					continue
 				}
+				fmt.Fprintln(c.App.ErrWriter, destroyMessage(r.Name, rep))
 			}
 			return errs
 		},
 	}
+}
+
+// destroyMessage says what a destroy did, the lab directory included: it
+// holds keys, so the user must know whether it is still there.
+func destroyMessage(name string, rep lab.DestroyReport) string {
+	msg := fmt.Sprintf("lab %q is not deployed: no namespace, agent or container to remove", name)
+	if rep.Found {
+		msg = fmt.Sprintf("destroyed lab %q, deployed from %s", name, rep.Topology)
+	}
+	switch {
+	case rep.DirRemoved:
+		msg += fmt.Sprintf("; removed its lab directory %s", rep.LabDir)
+	case rep.LabDir != "":
+		msg += fmt.Sprintf("; kept its lab directory %s (logs, captures and keys: --cleanup removes it)", rep.LabDir)
+	}
+	return msg
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -145,6 +146,17 @@ func labName(c *cli.Context) (string, error) {
 		return "", err
 	}
 	return t.Name, nil
+}
+
+// labOfFile is the absolute path of -t and the lab name read from it.
+func labOfFile(c *cli.Context) (file, name string, err error) {
+	if name, err = labName(c); err != nil {
+		return "", "", err
+	}
+	if file, err = filepath.Abs(c.String("topo")); err != nil {
+		return "", "", err
+	}
+	return file, name, nil
 }
 
 // nodeInterface splits a NODE:IF argument.

@@ -45,8 +45,7 @@ func agentConfigPath(labDir, node string) string {
 // agent by that unique config path before starting it, starts it inside the
 // node's namespace and waits until it serves.
 func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
-	dir := filepath.Join(labDir, "agents")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := ownSubdir(j, filepath.Join(labDir, "agents"), 0o700); err != nil {
 		return err
 	}
 	cfgPath := agentConfigPath(labDir, s.Node)
@@ -54,17 +53,23 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
-		return fmt.Errorf("write agent config: %w", err)
+	// The agent writes its state file beside its config.
+	for _, f := range []string{cfgPath, agent.StatePath(cfgPath)} {
+		if err := j.add(Entry{Kind: "file", Name: f}); err != nil {
+			return err
+		}
+	}
+	if err := writeSecret(cfgPath, data); err != nil {
+		return fmt.Errorf("agent config: %w", err)
 	}
 	if err := j.add(Entry{Kind: "agent", Name: cfgPath}); err != nil {
 		return err
 	}
 	logPath := filepath.Join(labDir, "logs", s.Node+".log")
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+	if err := ownSubdir(j, filepath.Dir(logPath), 0o755); err != nil {
 		return err
 	}
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logFile, err := openLog(logPath)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -117,6 +116,23 @@ func (e *DeployedError) Error() string {
 	return fmt.Sprintf("lab %q is already deployed from %s: use --reconfigure to redeploy it, or `emu destroy -t %s`", r.Name, r.Topology, r.Topology)
 }
 
+// RollbackError is a deploy that failed after it began to make objects, and
+// what became of them.
+type RollbackError struct {
+	Err      error
+	Rollback error // nil: everything the deploy made was removed
+	Topology string
+}
+
+func (e *RollbackError) Error() string {
+	if e.Rollback != nil {
+		return fmt.Sprintf("%v\nrollback failed too, so parts of the lab are left: %v\nrun `emu destroy -t %s` once the cause is fixed", e.Err, e.Rollback, e.Topology)
+	}
+	return fmt.Sprintf("%v\nrolled back: everything this deploy made was removed", e.Err)
+}
+
+func (e *RollbackError) Unwrap() error { return e.Err }
+
 // Deploy creates every object of the plan. On any error, or when ctx is
 // cancelled, it removes exactly what it created before returning.
 func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
@@ -143,15 +159,13 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	defer func() {
 		j.close()
 		if err != nil {
-			if rerr := d.undo(p.Lab, true); rerr != nil {
-				err = fmt.Errorf("%w\nrollback failed too: %v (run `emu destroy -t %s`)", err, rerr, p.Topology)
-			}
+			err = &RollbackError{Err: err, Rollback: d.undo(p.Lab, true), Topology: p.Topology}
 		}
 	}()
 	if err := d.makeLabDir(j, p.LabDir); err != nil {
 		return err
 	}
-	if err := writeSecrets(p); err != nil {
+	if err := writeSecrets(j, p); err != nil {
 		return err
 	}
 	w := wiring.New()
@@ -232,14 +246,20 @@ func (d *Deployer) checkFree(p *plan.Plan) error {
 	return nil
 }
 
+// makeLabDir creates the lab directory, or reuses it if emu can trust it
+// (see checkOwnDir), before anything else is made.
 func (d *Deployer) makeLabDir(j *journal, dir string) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
+	if err := checkParent(dir); err != nil {
+		return err
+	}
+	exists, err := checkOwnDir(dir)
+	if err != nil || exists {
+		return err
 	}
 	if err := j.add(Entry{Kind: "dir", Name: dir}); err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	if _, err := ensureOwnDir(dir, 0o755); err != nil {
 		return fmt.Errorf("create lab directory: %w", err)
 	}
 	return nil

@@ -4,45 +4,107 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
-// Destroy removes every object recorded for the lab and its record. A lab that
-// is not deployed is not an error: destroy can run any number of times.
-// cleanup also removes the lab directory.
+// Destroy removes every object recorded for the lab and its record, whatever
+// file deployed it (destroy --all). A lab that is not deployed is not an
+// error: destroy can run any number of times. cleanup also removes the lab
+// directory.
 func (d *Deployer) Destroy(lab string, cleanup bool) (found bool, err error) {
+	rep, err := d.destroy(lab, "", "", cleanup)
+	return rep.Found, err
+}
+
+// DestroyReport says what a destroy did, for the user.
+type DestroyReport struct {
+	Found    bool   // the lab had a record, so its objects were removed
+	Topology string // the file that deployed it (when Found)
+	LabDir   string // its lab directory, "" if there is none
+	// DirRemoved: the lab directory was removed (cleanup); otherwise it is
+	// kept, with its logs, captures and keys.
+	DirRemoved bool
+}
+
+// OtherFileError refuses to destroy a lab that another topology file with
+// the same `name:` deployed.
+type OtherFileError struct {
+	Record *Record
+	File   string
+}
+
+func (e *OtherFileError) Error() string {
+	return fmt.Sprintf("lab %q was deployed from %s, not from %s (both name it %q): destroy it with `emu destroy -t %s`; its lab directory %s holds its keys",
+		e.Record.Name, e.Record.Topology, e.File, e.Record.Name, e.Record.Topology, e.Record.Dir)
+}
+
+// DestroyFrom destroys the lab that the topology file deployed, refusing
+// (with *OtherFileError) a lab of that name deployed from another file that
+// still exists. labDir is the file's lab directory: with cleanup it is
+// removed even when the lab is not deployed (after a reboot emptied /run, or
+// after a destroy without cleanup), since it holds keys.
+func (d *Deployer) DestroyFrom(topology, lab, labDir string, cleanup bool) (DestroyReport, error) {
+	return d.destroy(lab, topology, labDir, cleanup)
+}
+
+func (d *Deployer) destroy(lab, topology, labDir string, cleanup bool) (DestroyReport, error) {
+	rep := DestroyReport{LabDir: labDir}
 	unlock, err := d.Store.lock()
 	if err != nil {
-		return false, err
+		return rep, err
 	}
 	defer unlock()
 	rec, err := d.Store.Get(lab)
-	if err != nil || rec == nil {
-		return false, err
+	if err != nil {
+		return rep, err
 	}
+	if rec == nil {
+		if labDir == "" || !exists(labDir) {
+			rep.LabDir = ""
+			return rep, nil
+		}
+		if cleanup {
+			if err := removeLabDir(labDir); err != nil {
+				return rep, err
+			}
+			rep.DirRemoved = true
+		}
+		return rep, nil
+	}
+	if topology != "" && rec.Topology != topology && exists(rec.Topology) {
+		return rep, &OtherFileError{Record: rec, File: topology}
+	}
+	rep.Found, rep.Topology, rep.LabDir = true, rec.Topology, rec.Dir
 	start := time.Now()
 	d.progress(Event{Stage: "destroy", Index: 1, Of: 1, Count: len(rec.Nodes)})
 	if err := d.undo(lab, cleanup); err != nil {
-		return true, err
+		return rep, err
 	}
 	if cleanup {
 		if err := removeLabDir(rec.Dir); err != nil {
-			return true, err
+			return rep, err
 		}
+		rep.DirRemoved = true
+	} else if !exists(rec.Dir) {
+		rep.LabDir = ""
 	}
 	d.progress(Event{Stage: "destroy", Index: 1, Of: 1, Count: len(rec.Nodes), Done: true, Elapsed: time.Since(start)})
-	return true, nil
+	return rep, nil
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // undo removes the journalled objects, newest first, then the record. It
 // keeps going past a failure so one stuck object does not strand the rest.
-// The lab directory holds the user's artifacts (logs, captures), so it goes
-// only on rollback or when asked.
+// The lab directory holds the user's artifacts (logs, captures), so it and
+// the files written into it go only on rollback or when asked.
 func (d *Deployer) undo(lab string, removeDir bool) error {
 	entries, err := d.Store.readJournal(lab)
 	if err != nil {
@@ -58,6 +120,12 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 			errs = errors.Join(errs, d.removeContainer(e.Name))
 		case "netns":
 			errs = errors.Join(errs, wiring.DeleteNamespace(e.Name))
+		case "file":
+			if removeDir {
+				if err := os.Remove(e.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					errs = errors.Join(errs, fmt.Errorf("remove %s: %w", e.Name, err))
+				}
+			}
 		case "dir":
 			if removeDir {
 				errs = errors.Join(errs, removeLabDir(e.Name))
@@ -70,18 +138,6 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		return errs
 	}
 	return d.Store.remove(lab)
-}
-
-// removeLabDir refuses anything that does not look like a lab directory, so a
-// damaged record can never make emu delete a user's files.
-func removeLabDir(dir string) error {
-	if !filepath.IsAbs(dir) || !strings.HasPrefix(filepath.Base(dir), "emu-") {
-		return fmt.Errorf("refusing to remove %q: not an emu lab directory", dir)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove lab directory: %w", err)
-	}
-	return nil
 }
 
 // removeContainer removes a container node and its namespace link. If no

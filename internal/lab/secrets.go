@@ -3,7 +3,6 @@ package lab
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 
@@ -21,8 +20,9 @@ const (
 )
 
 // writeSecrets stores every connection of the plan, whichever dataplane
-// runs it.
-func writeSecrets(p *plan.Plan) error {
+// runs it. Each file is journalled before it is written, so a rollback
+// removes it even from a lab directory that existed before.
+func writeSecrets(j *journal, p *plan.Plan) error {
 	var conns []ipsec.Conn
 	for _, st := range p.Stages {
 		for _, s := range st.Steps {
@@ -52,8 +52,11 @@ func writeSecrets(p *plan.Plan) error {
 	}
 	for name, data := range map[string][]byte{ESPSAFile: table.Bytes(), ConnsFile: js} {
 		path := filepath.Join(p.LabDir, name)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+		if err := j.add(Entry{Kind: "file", Name: path}); err != nil {
+			return err
+		}
+		if err := writeSecret(path, data); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -77,8 +77,12 @@ const Loopback = "lo"
 
 // LabDir is where deploy keeps the lab's records, next to the topology file
 // as containerlab does (clab-<name>/).
-func (t *Topology) LabDir() string {
-	return filepath.Join(filepath.Dir(t.File), "emu-"+t.Name)
+func (t *Topology) LabDir() string { return LabDir(t.File, t.Name) }
+
+// LabDir is the lab directory of the lab named name deployed from the
+// topology file at path: emu-<name>/ beside the file.
+func LabDir(path, name string) string {
+	return filepath.Join(filepath.Dir(path), "emu-"+name)
 }
 
 // Node returns the named node, or nil.

@@ -1,0 +1,291 @@
+package lab_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// planIn plans the static scenario (it has keys) from a topology file in a
+// fresh directory, without deploying anything.
+func planIn(t *testing.T) *plan.Plan {
+	t.Helper()
+	return labtest.Plan(t, labtest.Load(t, labtest.Copy(t, "static-bgp.yaml", labtest.UniqueName())))
+}
+
+// assertDeployRefusedBeforeAnything deploys p and wants a refusal naming
+// want, with no record left and nothing written under witness.
+func assertDeployRefusedBeforeAnything(t *testing.T, p *plan.Plan, witness, want string) {
+	t.Helper()
+	d := labtest.NewDeployer(t)
+	err := d.Deploy(context.Background(), p)
+	if err == nil {
+		d.Destroy(p.Lab, true)
+		t.Fatalf("deploy into %s succeeded, want a refusal", p.LabDir)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("deploy error %q does not say %q", err, want)
+	}
+	labtest.AssertNothingLeft(t, p.Lab)
+	if left, _ := os.ReadDir(d.Store.Dir); len(left) > 0 {
+		t.Errorf("records left: %v", left)
+	}
+	if files, _ := os.ReadDir(witness); len(files) > 0 {
+		t.Errorf("deploy wrote into %s: %v", witness, files)
+	}
+}
+
+func TestDeploy_LabDirIsASymlink_RefusedAndTargetUntouched(t *testing.T) {
+	p := planIn(t)
+	target := t.TempDir()
+	if err := os.Symlink(target, p.LabDir); err != nil {
+		t.Fatal(err)
+	}
+	assertDeployRefusedBeforeAnything(t, p, target, "is a symlink")
+}
+
+func TestDeploy_LabDirWritableByOthers_Refused(t *testing.T) {
+	p := planIn(t)
+	if err := os.Mkdir(p.LabDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p.LabDir, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	assertDeployRefusedBeforeAnything(t, p, p.LabDir, "writable by other users")
+}
+
+func TestDeploy_LabDirOfAnotherUser_Refused(t *testing.T) {
+	labtest.RequireRoot(t)
+	p := planIn(t)
+	if err := os.Mkdir(p.LabDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p.LabDir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	assertDeployRefusedBeforeAnything(t, p, p.LabDir, "belongs to uid 65534")
+}
+
+func TestDeploy_ParentWritableByOthersNotSticky_Refused(t *testing.T) {
+	p := planIn(t)
+	parent := filepath.Dir(p.LabDir)
+	if err := os.Chmod(parent, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	assertDeployRefusedBeforeAnything(t, p, parent+"/nonexistent", "not sticky")
+	if _, err := os.Lstat(p.LabDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lab directory %s was made", p.LabDir)
+	}
+}
+
+// A lab directory emu made earlier (root's, 0755) in which another user
+// could not have planted anything still gets every key file created afresh:
+// an old 0644 copy or a symlink left there is replaced, never written through.
+func TestDeploy_KeyFilesCreatedExclusively0600_NeverThroughASymlink(t *testing.T) {
+	labtest.RequireRoot(t)
+	p := planIn(t)
+	if err := os.MkdirAll(filepath.Join(p.LabDir, "agents"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("untouched"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(p.LabDir, lab.ESPSAFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(p.LabDir, "agents", "onprem.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.LabDir, lab.ConnsFile), []byte("old"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	d := labtest.NewDeployer(t)
+	t.Cleanup(func() {
+		if _, err := d.Destroy(p.Lab, true); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+		labtest.AssertNothingLeft(t, p.Lab)
+	})
+	if err := d.Deploy(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(victim); string(got) != "untouched" {
+		t.Errorf("the symlink's target was written: %q", got)
+	}
+	for _, f := range []string{lab.ESPSAFile, lab.ConnsFile, "agents/onprem.json", "agents/vpngw.json"} {
+		path := filepath.Join(p.LabDir, f)
+		info, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !info.Mode().IsRegular() || info.Mode().Perm() != 0o600 || info.Sys().(*syscall.Stat_t).Uid != 0 {
+			t.Errorf("%s: mode %s uid %d, want a regular file, 0600, root's", f, info.Mode(), info.Sys().(*syscall.Stat_t).Uid)
+		}
+	}
+}
+
+// A deploy that fails in a lab directory that existed before removes the key
+// files it wrote there, and says so.
+func TestDeploy_FailureInExistingLabDir_RemovesItsKeyFilesAndSaysRolledBack(t *testing.T) {
+	labtest.RequireRoot(t)
+	p := planIn(t)
+	if err := os.Mkdir(p.LabDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := labtest.NewDeployer(t)
+	injected := errors.New("injected failure")
+	d.BeforeStep = func(i int, s plan.Step) error {
+		if _, ok := s.(plan.Route); ok {
+			return injected
+		}
+		return nil
+	}
+	err := d.Deploy(context.Background(), p)
+	var rb *lab.RollbackError
+	if !errors.Is(err, injected) || !errors.As(err, &rb) || rb.Rollback != nil {
+		t.Fatalf("deploy = %v, want the injected failure, rolled back", err)
+	}
+	if !strings.Contains(err.Error(), "rolled back: everything this deploy made was removed") {
+		t.Errorf("message does not say it rolled back: %q", err)
+	}
+	labtest.AssertNothingLeft(t, p.Lab)
+	if left, err := os.ReadDir(p.LabDir); err != nil || len(left) > 0 {
+		t.Errorf("the lab directory that existed before should be as it was (empty): %v %v", left, err)
+	}
+}
+
+// When the rollback itself fails the message must not claim the host is
+// clean: it says what is left and how to remove it.
+func TestDeploy_RollbackFails_SaysPartsAreLeft(t *testing.T) {
+	labtest.RequireRoot(t)
+	p := planIn(t)
+	d := labtest.NewDeployer(t)
+	logs := filepath.Join(p.LabDir, "logs")
+	var mu sync.Mutex // route steps run in parallel
+	mounted := false
+	t.Cleanup(func() {
+		if mounted {
+			unix.Unmount(logs, unix.MNT_DETACH)
+		}
+		if _, err := d.Destroy(p.Lab, true); err != nil {
+			t.Errorf("destroy after the failed rollback: %v", err)
+		}
+		labtest.AssertNothingLeft(t, p.Lab)
+	})
+	injected := errors.New("injected failure")
+	d.BeforeStep = func(i int, s plan.Step) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, ok := s.(plan.Route); !ok || mounted {
+			return nil
+		}
+		// A mount inside the lab directory makes its removal fail (EBUSY).
+		if err := unix.Mount("tmpfs", logs, "tmpfs", 0, "size=64k"); err != nil {
+			return err
+		}
+		mounted = true
+		return injected
+	}
+	err := d.Deploy(context.Background(), p)
+	var rb *lab.RollbackError
+	if !errors.As(err, &rb) || !errors.Is(err, injected) || rb.Rollback == nil {
+		t.Fatalf("deploy = %v, want the injected failure and a failed rollback", err)
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "everything this deploy made was removed") || !strings.Contains(msg, "rollback failed too") || !strings.Contains(msg, "emu destroy -t "+p.Topology) {
+		t.Errorf("message after a failed rollback: %q", msg)
+	}
+	if rec, _ := d.Store.Get(p.Lab); rec == nil {
+		t.Error("the record is gone, so destroy could not finish the job")
+	}
+}
+
+// labDirWithKey makes dir/emu-NAME with a key file and returns its path.
+func labDirWithKey(t *testing.T, dir, name string) string {
+	t.Helper()
+	labDir := topology.LabDir(filepath.Join(dir, "lab.yaml"), name)
+	if err := os.Mkdir(labDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(labDir, lab.ESPSAFile), []byte("keys"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return labDir
+}
+
+func TestDestroyCleanup_LabNotDeployed_RemovesTheLabDirectory(t *testing.T) {
+	dir := t.TempDir()
+	name := labtest.UniqueName()
+	labDir := labDirWithKey(t, dir, name)
+	d := labtest.NewDeployer(t) // no record: as after a reboot emptied /run
+	rep, err := d.DestroyFrom(filepath.Join(dir, "lab.yaml"), name, labDir, false)
+	if err != nil || rep.Found || rep.DirRemoved || rep.LabDir != labDir {
+		t.Fatalf("destroy without cleanup = %+v, %v: want the kept lab directory reported", rep, err)
+	}
+	if _, err := os.Stat(labDir); err != nil {
+		t.Fatalf("destroy without --cleanup removed the lab directory: %v", err)
+	}
+	rep, err = d.DestroyFrom(filepath.Join(dir, "lab.yaml"), name, labDir, true)
+	if err != nil || !rep.DirRemoved {
+		t.Fatalf("destroy --cleanup = %+v, %v: want the lab directory removed", rep, err)
+	}
+	if _, err := os.Lstat(labDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lab directory %s (with keys) still there: %v", labDir, err)
+	}
+}
+
+// deployedRecord plays a deploy of lab name from file: a record and an
+// empty journal, which is all destroy reads.
+func deployedRecord(t *testing.T, d *lab.Deployer, file, name string) {
+	t.Helper()
+	if err := os.WriteFile(file, []byte("name: "+name+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := lab.Record{Name: name, Topology: file, Dir: topology.LabDir(file, name), Complete: true}
+	if err := d.Store.PutForTest(&rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDestroy_SameNameFromAnotherFile_RefusedAndNamesTheDeployingFile(t *testing.T) {
+	a, b := t.TempDir(), t.TempDir()
+	name := labtest.UniqueName()
+	d := labtest.NewDeployer(t)
+	aFile, bFile := filepath.Join(a, "lab.yaml"), filepath.Join(b, "lab.yaml")
+	aDir := labDirWithKey(t, a, name)
+	deployedRecord(t, d, aFile, name)
+
+	_, err := d.DestroyFrom(bFile, name, topology.LabDir(bFile, name), true)
+	var other *lab.OtherFileError
+	if !errors.As(err, &other) || !strings.Contains(err.Error(), "deployed from "+aFile) || !strings.Contains(err.Error(), "emu destroy -t "+aFile) {
+		t.Fatalf("destroy -t %s = %v, want a refusal naming %s", bFile, err, aFile)
+	}
+	if rec, _ := d.Store.Get(name); rec == nil {
+		t.Fatal("the refused destroy removed the other file's record")
+	}
+	if _, err := os.Stat(filepath.Join(aDir, lab.ESPSAFile)); err != nil {
+		t.Fatalf("the refused destroy touched %s: %v", aDir, err)
+	}
+
+	rep, err := d.DestroyFrom(aFile, name, topology.LabDir(aFile, name), true)
+	if err != nil || !rep.Found || rep.Topology != aFile || !rep.DirRemoved {
+		t.Fatalf("destroy -t %s --cleanup = %+v, %v", aFile, rep, err)
+	}
+	if _, err := os.Lstat(aDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still there after --cleanup", aDir)
+	}
+}

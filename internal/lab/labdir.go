@@ -1,0 +1,162 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The lab directory holds keys (SPEC §12): emu writes into it only when it is
+// a real directory (not a symlink), owned by the user running emu (root), that
+// no one else can write, inside a parent where no one else can replace it.
+// Secret files are created afresh, exclusively, with mode 0600, never through
+// a symlink.
+
+// checkOwnDir returns whether dir exists, and an error saying what is wrong
+// with it if emu must not write into it.
+func checkOwnDir(dir string) (exists bool, err error) {
+	info, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("lab directory %s: %w", dir, err)
+	}
+	if err := ownDirProblem(dir, info); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// ownDirProblem says why emu must not trust the directory described by info.
+func ownDirProblem(dir string, info fs.FileInfo) error {
+	switch {
+	case info.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%s is a symlink: emu writes keys there and never follows a link: remove it (`rm %s`) and deploy again", dir, dir)
+	case !info.IsDir():
+		return fmt.Errorf("%s is not a directory: move it away and deploy again", dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: cannot read its owner", dir)
+	}
+	if int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to uid %d, not to the user running emu (uid %d): emu writes keys there and will not reuse a directory another user made: remove it (`rm -r %s`) and deploy again", dir, st.Uid, os.Geteuid(), dir)
+	}
+	if info.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s is writable by other users (mode %04o): they could swap the key files: remove it (`rm -r %s`) or `chmod go-w %s`, and deploy again", dir, info.Mode().Perm(), dir, dir)
+	}
+	return nil
+}
+
+// checkParent refuses a lab directory whose parent lets other users rename
+// it away and put their own in its place: writable by others without the
+// sticky bit (/tmp has it, so a topology in /tmp is fine).
+func checkParent(dir string) error {
+	parent := filepath.Dir(dir)
+	info, err := os.Stat(parent)
+	if err != nil {
+		return fmt.Errorf("directory of the lab %s: %w", parent, err)
+	}
+	if info.Mode().Perm()&0o022 != 0 && info.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("%s is writable by other users and not sticky (mode %04o): they could replace the lab directory %s, which holds keys: keep the topology in a directory only you can write (or `chmod +t %s`)", parent, info.Mode().Perm(), filepath.Base(dir), parent)
+	}
+	return nil
+}
+
+// ensureOwnDir makes dir with perm unless it exists and passes checkOwnDir.
+// It tells whether it made it. Concurrent callers for one dir are fine.
+func ensureOwnDir(dir string, perm fs.FileMode) (made bool, err error) {
+	exists, err := checkOwnDir(dir)
+	if err != nil || exists {
+		return false, err
+	}
+	if err := os.Mkdir(dir, perm); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			_, err = checkOwnDir(dir)
+			return false, err
+		}
+		return false, fmt.Errorf("create %s: %w", dir, err)
+	}
+	// Mkdir's mode goes through the umask; a umask cannot widen it, but make
+	// it exact so the directory passes checkOwnDir next time.
+	return true, os.Chmod(dir, perm)
+}
+
+// ownSubdir makes a directory inside the lab directory, recorded first so a
+// rollback removes it, or reuses it if emu can trust it.
+func ownSubdir(j *journal, dir string, perm fs.FileMode) error {
+	exists, err := checkOwnDir(dir)
+	if err != nil || exists {
+		return err
+	}
+	if err := j.add(Entry{Kind: "dir", Name: dir}); err != nil {
+		return err
+	}
+	_, err = ensureOwnDir(dir, perm)
+	return err
+}
+
+// writeSecret replaces the file at path by a new one holding data, mode 0600.
+// Whatever was at path (a file another user can read, a symlink) is unlinked,
+// never written through; O_EXCL|O_NOFOLLOW make the create fail rather than
+// follow a link planted between the unlink and the create.
+func writeSecret(path string, data []byte) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// openLog opens a log file for appending, never through a symlink.
+func openLog(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open log %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// removeLabDir removes a lab directory or one of its subdirectories,
+// refusing anything that does not look like one emu made, so a damaged
+// record or a stray -t can never make emu delete a user's files. A symlink
+// is removed, not followed.
+func removeLabDir(dir string) error {
+	isLabDir := func(d string) bool { return strings.HasPrefix(filepath.Base(d), "emu-") }
+	if !filepath.IsAbs(dir) || !(isLabDir(dir) || isLabDir(filepath.Dir(dir))) {
+		return fmt.Errorf("refusing to remove %q: not an emu lab directory", dir)
+	}
+	info, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove lab directory: %w", err)
+	}
+	if info.IsDir() {
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("refusing to remove %s: it belongs to uid %d, so emu did not make it", dir, st.Uid)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove lab directory: %w", err)
+	}
+	return nil
+}
