@@ -14,8 +14,9 @@ var dataplaneFlag = "ipsec-dataplane"
 
 // chooseDataplane resolves "auto" by probing the kernel, says which dataplane
 // runs the tunnels and why, and refuses a forced kernel dataplane the kernel
-// cannot run.
-func chooseDataplane(w io.Writer, t *topology.Topology, flag string) (string, error) {
+// cannot run. With dryRun it does not probe, since the probe makes a scratch
+// namespace and needs root: it says so, and plans "auto" as userspace.
+func chooseDataplane(w io.Writer, t *topology.Topology, flag string, dryRun bool) (string, error) {
 	want := t.Dataplane
 	if flag != "" {
 		want = flag
@@ -36,6 +37,14 @@ func chooseDataplane(w io.Writer, t *topology.Topology, flag string) (string, er
 	}
 	if !hasTunnels {
 		return plan.Kernel, nil
+	}
+	if dryRun {
+		if want == plan.Kernel {
+			fmt.Fprintln(w, "ipsec dataplane: kernel XFRM (forced; --dry-run does not probe whether this kernel has ESP)")
+			return plan.Kernel, nil
+		}
+		fmt.Fprintf(w, "ipsec dataplane: auto, chosen at deploy by probing the kernel, which --dry-run does not do; this plan shows userspace ESP (--%s kernel shows the kernel's)\n", dataplaneFlag)
+		return plan.Userspace, nil
 	}
 	probe := kernelprobe.Probe()
 	switch {

@@ -24,7 +24,14 @@ func deployCommand() *cli.Command {
 lab as "emu inspect" does. Every object is recorded as it is created: if any step fails,
 or on Ctrl-C, exactly those objects are removed again.
 
---dry-run prints the plan and changes nothing.`,
+--dry-run prints the plan and changes nothing on the host: it needs no root, creates no
+namespace (not even the kernel probe's scratch one) and writes no file; with the default
+--ipsec-dataplane auto it plans userspace ESP, since only a deploy probes the kernel.
+
+The topology must be a regular file of at most 1 MiB. The lab directory emu-<lab>/
+beside it receives the keys (mode 0600): deploy refuses one that is a symlink, belongs
+to another user or is writable by others. If a deploy fails, it removes what it made
+and says so; if that removal fails too, it says what is left.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan, change nothing"},
@@ -36,7 +43,7 @@ or on Ctrl-C, exactly those objects are removed again.
 			if err != nil {
 				return err
 			}
-			dataplane, err := chooseDataplane(c.App.ErrWriter, t, c.String(dataplaneFlag))
+			dataplane, err := chooseDataplane(c.App.ErrWriter, t, c.String(dataplaneFlag), c.Bool("dry-run"))
 			if err != nil {
 				return err
 			}

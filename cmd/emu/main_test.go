@@ -344,3 +344,93 @@ func TestCLI_Capture_PcapDecryptsWithTheLabsESPSAFile(t *testing.T) {
 		t.Errorf("tshark with the lab's esp_sa did not reveal both inner flows:\n%s", dec)
 	}
 }
+
+// The kernel probe makes a scratch network namespace (unshare CLONE_NEWNET);
+// strace is the independent witness that --dry-run never does, and the
+// message must not blame the kernel for what it did not look at.
+func TestCLI_DryRun_CreatesNoNamespaceAndBlamesNoKernelOption(t *testing.T) {
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Fatal("strace is the witness of this test: install it (scripts/setup.sh does)")
+	}
+	topo := labtest.Copy(t, "static-bgp.yaml", labtest.UniqueName())
+	trace := filepath.Join(t.TempDir(), "strace.out")
+	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=unshare,setns,mount,mkdir,mkdirat,openat", "-o", trace, os.Args[0], "deploy", "-t", topo, "--dry-run")
+	cmd.Env = append(os.Environ(), "EMU_TEST_AS_EMU=1", "EMU_STATE_DIR="+filepath.Join(t.TempDir(), "state"))
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("deploy --dry-run under strace: %v\n%s", err, errb.String())
+	}
+	calls, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(calls), "\n") {
+		switch {
+		case strings.Contains(line, "unshare("), strings.Contains(line, "setns("), strings.Contains(line, "mount("), strings.Contains(line, "mkdir"):
+			t.Errorf("--dry-run changed the host: %s", line)
+		case strings.Contains(line, "openat(") && (strings.Contains(line, "O_CREAT") || strings.Contains(line, "O_WRONLY") || strings.Contains(line, "O_RDWR")) && !strings.Contains(line, "/dev/null"):
+			t.Errorf("--dry-run opened a file for writing: %s", line)
+		}
+	}
+	if strings.Contains(errb.String(), "CONFIG_INET_ESP") || !strings.Contains(errb.String(), "--dry-run does not") {
+		t.Errorf("dry-run message: %q", errb.String())
+	}
+	if !strings.Contains(out.String(), "nothing was changed") {
+		t.Errorf("plan: %s", out.String())
+	}
+}
+
+// After a reboot emptied /run (no record) the lab directory with its keys is
+// still beside the topology: destroy says so, and --cleanup removes it.
+func TestCLI_DestroyCleanup_NoRecord_RemovesLabDirectoryAndSaysSo(t *testing.T) {
+	labtest.RequireRoot(t)
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	labDir := filepath.Join(filepath.Dir(topo), "emu-"+name)
+	if err := os.MkdirAll(filepath.Join(labDir, "agents"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(labDir, "esp_sa"), []byte("keys"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runEmu(t, t.TempDir(), "destroy", "-t", topo)
+	if r.code != 0 || !strings.Contains(r.stderr, "not deployed") || !strings.Contains(r.stderr, "kept its lab directory "+labDir) {
+		t.Fatalf("destroy: exit %d: %s", r.code, r.stderr)
+	}
+	r = runEmu(t, t.TempDir(), "destroy", "-t", topo, "--cleanup")
+	if r.code != 0 || !strings.Contains(r.stderr, "removed its lab directory "+labDir) {
+		t.Fatalf("destroy --cleanup: exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Lstat(labDir); !os.IsNotExist(err) {
+		t.Errorf("%s still there: %v", labDir, err)
+	}
+}
+
+// Two files naming the same lab: destroy with the other file refuses (exit
+// 2) and names the file that deployed it.
+func TestCLI_Destroy_SameNameOtherFile_RefusedWithExit2(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	a, b := labtest.Copy(t, staticTopology, name), labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", a, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", a); r.code != 0 {
+		t.Fatalf("deploy: %s", r.stderr)
+	}
+	r := runEmu(t, state, "destroy", "-t", b, "--cleanup")
+	if r.code != exitInvalid || !strings.Contains(r.stderr, "deployed from "+a) {
+		t.Fatalf("destroy -t %s: exit %d: %s", b, r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(netnsx.Dir, "emu-"+name+"-client")); err != nil {
+		t.Fatalf("the lab deployed from %s is gone: %v", a, err)
+	}
+	r = runEmu(t, state, "destroy", "-t", a, "--cleanup")
+	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab \""+name+"\", deployed from "+a+"; removed its lab directory") {
+		t.Fatalf("destroy -t %s: exit %d: %s", a, r.code, r.stderr)
+	}
+}
