@@ -290,8 +290,8 @@ func link(name, id string, pid int) error {
 	if err != nil || !strings.Contains(string(cg), id) {
 		return fmt.Errorf("container %s: PID %d is not its init on this host (is the Docker engine remote, rootless or in another PID namespace?): container nodes need a local, rootful engine", name, pid)
 	}
-	if err := os.MkdirAll(netnsx.Dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", netnsx.Dir, err)
+	if err := netnsx.PrepareDir(); err != nil {
+		return fmt.Errorf("link namespace of container %s: %w", name, err)
 	}
 	path := netnsx.Path(name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)

@@ -3,8 +3,11 @@ package lab_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,8 +17,10 @@ import (
 
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 // planIn plans the static scenario (it has keys) from a topology file in a
@@ -288,4 +293,118 @@ func TestDestroy_SameNameFromAnotherFile_RefusedAndNamesTheDeployingFile(t *test
 	if _, err := os.Lstat(aDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s still there after --cleanup", aDir)
 	}
+}
+
+// C.1 of issue 9: on a fresh host /run/netns is not a mount point; after a
+// deploy, `ip netns add` makes it one. Every namespace of the lab must still
+// go with destroy.
+func TestDestroy_AfterIPNetnsAddOnAFreshHost_RemovesEveryNamespace(t *testing.T) {
+	if !labtest.InPrivateRun(t) {
+		return
+	}
+	if _, err := os.Stat(netnsx.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s exists in a fresh /run: %v", netnsx.Dir, err)
+	}
+	p := planIn(t)
+	d := labtest.NewDeployer(t)
+	if err := d.Deploy(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	other := "other-" + labtest.UniqueName()
+	if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", other).Run()
+	if _, err := d.Destroy(p.Lab, true); err != nil {
+		t.Fatalf("destroy after `ip netns add`: %v", err)
+	}
+	// The mount table is the witness: a namespace lives as long as a mount
+	// of it, visible or not.
+	if left := labMounts(t, p.Lab); len(left) > 0 {
+		t.Errorf("namespaces still mounted after destroy: %v", left)
+	}
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "emu-"+p.Lab) || !strings.Contains(string(out), other) {
+		t.Errorf("ip netns list after destroy: %v\n%s", err, out)
+	}
+}
+
+// A lab deployed before emu prepared /run/netns (or by any tool that mounts
+// namespaces in a plain directory) is hidden by a later `ip netns add`:
+// destroy cannot reach it, so it says so and how to free it, and after that
+// it removes it.
+func TestDeleteNamespace_HiddenBelowALaterMount_SaysHowToFreeIt(t *testing.T) {
+	if !labtest.InPrivateRun(t) {
+		return
+	}
+	lab := labtest.UniqueName()
+	name := plan.NamespaceName(lab, "a")
+	if err := os.MkdirAll(netnsx.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountNewNamespace(t, netnsx.Path(name)) // in the plain directory
+	other := "other-" + labtest.UniqueName()
+	if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	err := wiring.DeleteNamespace(name)
+	var hidden *netnsx.HiddenError
+	if !errors.As(err, &hidden) || !strings.Contains(err.Error(), "umount "+netnsx.Dir) {
+		t.Fatalf("DeleteNamespace of a hidden namespace = %v, want a HiddenError that says to umount %s", err, netnsx.Dir)
+	}
+	if len(labMounts(t, lab)) == 0 {
+		t.Fatal("the hidden namespace is not in the mount table: the test proves nothing")
+	}
+	// Do what the message says.
+	if out, err := exec.Command("ip", "netns", "del", other).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del: %v: %s", err, out)
+	}
+	if err := unix.Unmount(netnsx.Dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := wiring.DeleteNamespace(name); err != nil {
+		t.Fatalf("DeleteNamespace once uncovered: %v", err)
+	}
+	if left := labMounts(t, lab); len(left) > 0 {
+		t.Errorf("still mounted: %v", left)
+	}
+}
+
+// mountNewNamespace mounts a new network namespace at path as `ip netns add`
+// would, minus the preparation of its directory.
+func mountNewNamespace(t *testing.T, path string) {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// The thread ends up in the new namespace: it stays locked, so the
+		// runtime discards it when this goroutine ends.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "none", unix.MS_BIND, "")
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("mount a new namespace at %s: %v", path, err)
+	}
+}
+
+// labMounts lists the mounts of the lab's namespaces, visible or hidden.
+func labMounts(t *testing.T, lab string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], netnsx.Path("emu-"+lab+"-")) {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }

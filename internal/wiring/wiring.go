@@ -80,6 +80,9 @@ func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
 	if _, err := os.Stat(netnsx.Path(name)); err == nil {
 		return fmt.Errorf("namespace %s: %w", name, ErrExists)
 	}
+	if err := netnsx.PrepareDir(); err != nil {
+		return fmt.Errorf("namespace %s: %w", name, err)
+	}
 	runtime.LockOSThread()
 	origin, err := netns.Get()
 	if err != nil {
@@ -175,13 +178,20 @@ func setupInside(forwarding, ipv6 bool) error {
 
 // DeleteNamespace unmounts a named namespace; its interfaces (and so the other
 // end of every veth) go with it. A namespace that is already gone is not an
-// error, so destroy can run any number of times.
+// error, so destroy can run any number of times. A namespace mounted below a
+// later mount of /run/netns over itself cannot be reached: the error is then
+// a *netnsx.HiddenError that says how to free it.
 func DeleteNamespace(name string) error {
 	path := netnsx.Path(name)
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount namespace %s: %w", name, err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, unix.EBUSY) {
+			if herr := netnsx.Hidden(name); herr != nil {
+				return herr
+			}
+		}
 		return fmt.Errorf("remove namespace %s: %w", name, err)
 	}
 	return nil
