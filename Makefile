@@ -16,12 +16,15 @@ lint:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l cmd internal nodes bench 2>/dev/null)" || { gofmt -l cmd internal nodes bench; echo "gofmt: files above need formatting"; exit 1; }
 
-# Unit tests only: what runs without root.
+# Unit tests only: what runs without root (as root too), ending with how many
+# tests were skipped and why.
 unit:
-	$(GO) test ./...
+	EMU_UNIT_ONLY=1 $(GO) test -count=1 -json ./... | $(GO) run ./internal/testenv/report
 
+# Every test. A test that would skip for want of root, Docker or a witness
+# tool fails instead (internal/testenv): run it as root after `make setup`.
 test: setup lint build
-	$(GO) test -count=1 -timeout 20m ./...
+	EMU_REQUIRE_ROOT_TESTS=1 $(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) vmtest
 
 # The kernel ESP dataplane, proven under QEMU with Debian's cloud kernel.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -20,9 +21,7 @@ import (
 // the test ends, also after Ctrl-C (which cancels the returned context).
 func newRunner(tb testing.TB) (*Runner, context.Context) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("creating network namespaces needs root")
-	}
+	testenv.RequireRoot(tb, "creates network namespaces")
 	r, err := NewRunner()
 	if err != nil {
 		tb.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/emu-lab/emu/bench"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/testenv"
 )
 
 // The test binary doubles as emu, so CLI tests run the real command, exit
@@ -289,9 +290,7 @@ func countNamespaces(lab string) int {
 func TestCLI_Capture_PcapDecryptsWithTheLabsESPSAFile(t *testing.T) {
 	labtest.RequireRoot(t)
 	tshark, err := exec.LookPath("tshark")
-	if err != nil {
-		t.Skip("tshark is not installed (scripts/setup.sh installs it): cannot prove Wireshark decrypts the capture")
-	}
+	testenv.Require(t, err, "tshark is the witness that Wireshark decrypts the capture (scripts/setup.sh installs it)")
 	state := t.TempDir()
 	name := labtest.UniqueName()
 	topo := labtest.Copy(t, staticTopology, name)
@@ -350,9 +349,7 @@ func TestCLI_Capture_PcapDecryptsWithTheLabsESPSAFile(t *testing.T) {
 // message must not blame the kernel for what it did not look at.
 func TestCLI_DryRun_CreatesNoNamespaceAndBlamesNoKernelOption(t *testing.T) {
 	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Fatal("strace is the witness of this test: install it (scripts/setup.sh does)")
-	}
+	testenv.Require(t, err, "strace is the witness that --dry-run changes nothing (scripts/setup.sh installs it)")
 	topo := labtest.Copy(t, "static-bgp.yaml", labtest.UniqueName())
 	trace := filepath.Join(t.TempDir(), "strace.out")
 	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=unshare,setns,mount,mkdir,mkdirat,openat", "-o", trace, os.Args[0], "deploy", "-t", topo, "--dry-run")

@@ -23,6 +23,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/testenv"
 )
 
 const ipTool = "/usr/sbin/ip"
@@ -36,12 +37,9 @@ type pair struct {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("capture tests need root: they create network namespaces and open AF_PACKET sockets")
-	}
-	if _, err := os.Stat(ipTool); err != nil {
-		t.Skipf("capture tests set up namespaces with %s: %v", ipTool, err)
-	}
+	testenv.RequireRoot(t, "capture tests create network namespaces and open AF_PACKET sockets")
+	_, err := os.Stat(ipTool)
+	testenv.Require(t, err, "capture tests set up namespaces with "+ipTool+" (scripts/setup.sh installs iproute2)")
 }
 
 func randomHex(t *testing.T, n int) string {

@@ -21,6 +21,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/emu-lab/emu/internal/testenv"
 )
 
 // The esp_sa text is only right if Wireshark itself decrypts with it: this
@@ -29,9 +31,7 @@ import (
 // and asks tshark for the inner UDP port and the ICV verdict.
 func TestWiresharkESPSA_TsharkDecryptsAndAuthenticates(t *testing.T) {
 	tshark, err := exec.LookPath("tshark")
-	if err != nil {
-		t.Skip("tshark is not installed: the esp_sa file is checked against the exact text only")
-	}
+	testenv.Require(t, err, "tshark is the witness that Wireshark decrypts with the esp_sa file (scripts/setup.sh installs it)")
 	src, dst := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	sas := []SA{
 		{SPI: 0x100, Src: src, Dst: dst, Algorithm: AESGCM128, EncKey: seq(20, 0x01)},

@@ -1,8 +1,6 @@
 package container_test
 
 import (
-	"github.com/emu-lab/emu/internal/labtest"
-
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -22,9 +20,11 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/emu-lab/emu/internal/container"
+	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -81,17 +81,13 @@ func testImage(t testing.TB) string {
 // newRuntime skips a test that has no root or no engine to talk to.
 func newRuntime(t testing.TB) *container.Runtime {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: container nodes are linked under /run/netns")
-	}
+	testenv.RequireRoot(t, "container nodes are linked under /run/netns")
 	rt, err := container.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rt.Close() })
-	if err := rt.Ping(t.Context()); err != nil {
-		t.Skipf("skipping container tests: %v", err)
-	}
+	testenv.Require(t, rt.Ping(t.Context()), "container tests need a Docker engine")
 	return rt
 }
 

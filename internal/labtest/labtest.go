@@ -20,17 +20,17 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 	"github.com/emu-lab/emu/topologies"
 )
 
-// RequireRoot skips a test that needs to create namespaces.
+// RequireRoot skips a test that needs to create namespaces, or fails it
+// under make test (see package testenv).
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: integration tests create network namespaces")
-	}
+	testenv.RequireRoot(t, "integration tests create network namespaces")
 }
 
 // UniqueName returns a lab name no other test uses.

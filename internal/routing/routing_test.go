@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -99,9 +100,7 @@ type testLab struct {
 
 func newTestLab(t *testing.T) *testLab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test creates network namespaces")
-	}
+	testenv.RequireRoot(t, "the test creates network namespaces")
 	b := make([]byte, 3)
 	rand.Read(b)
 	w := wiring.New()

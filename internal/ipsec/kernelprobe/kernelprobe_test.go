@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -26,9 +28,7 @@ func TestMain(m *testing.M) {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
+	testenv.RequireRoot(t, "creates a network namespace")
 }
 
 // What each capability needs, in the order the kernel trips over them: the

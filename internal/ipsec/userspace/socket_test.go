@@ -4,13 +4,14 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/testenv"
 )
 
 // inFreshNamespace runs fn on a thread moved into a new, unnamed network
@@ -18,9 +19,7 @@ import (
 // it vanishes with the thread, which is never handed back to the runtime.
 func inFreshNamespace(t *testing.T, fn func()) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and raw sockets")
-	}
+	testenv.RequireRoot(t, "creates a network namespace and raw sockets")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
