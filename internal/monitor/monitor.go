@@ -80,7 +80,8 @@ func Run(ctx context.Context, cfg Config, logger *log.Logger) error {
 	go m.readReplies(replies)
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
-	seq, lost, answered := 0, 0, false
+	v := verdict{retries: cfg.Retries, up: true}
+	seq, answered := 0, false
 	for {
 		seq++
 		m.send(seq)
@@ -91,21 +92,35 @@ func Run(ctx context.Context, cfg Config, logger *log.Logger) error {
 			case <-ctx.Done():
 				return nil
 			case s := <-replies:
-				if s == seq {
+				// A late reply to an earlier probe proves nothing now.
+				if s == seq&0xffff {
 					answered = true
 				}
 			case <-tick.C:
 				break wait
 			}
 		}
-		if answered {
-			lost = 0
-			m.set(true)
-		} else if lost++; lost >= cfg.Retries {
-			m.set(false)
-		}
+		m.set(v.probe(answered))
 		m.converge()
 	}
+}
+
+// verdict is the state of a connection as the probes tell it: one answered
+// probe makes it up, retries lost in a row make it down, and in between it
+// keeps its state (the provider's health check: "3 retries"; DPD likewise).
+type verdict struct {
+	retries, lost int
+	up            bool
+}
+
+// probe records one probe's fate and returns the connection's state.
+func (v *verdict) probe(answered bool) (up bool) {
+	if answered {
+		v.lost, v.up = 0, true
+	} else if v.lost++; v.lost >= v.retries {
+		v.up = false
+	}
+	return v.up
 }
 
 type monitor struct {
