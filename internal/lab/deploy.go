@@ -147,6 +147,14 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := d.checkContainers(ctx, p); err != nil {
 		return err
 	}
+	// Refuse an untrustworthy lab directory before anything is made;
+	// makeLabDir checks again when it uses it.
+	if err := checkParent(p.LabDir); err != nil {
+		return err
+	}
+	if _, err := checkOwnDir(p.LabDir); err != nil {
+		return err
+	}
 	rec := &Record{Name: p.Lab, Topology: p.Topology, Dir: p.LabDir, Nodes: p.Nodes, Started: time.Now().UTC()}
 	if err := d.Store.put(rec); err != nil {
 		return err

@@ -40,8 +40,9 @@ func assertDeployRefusedBeforeAnything(t *testing.T, p *plan.Plan, witness, want
 		d.Destroy(p.Lab, true)
 		t.Fatalf("deploy into %s succeeded, want a refusal", p.LabDir)
 	}
-	if !strings.Contains(err.Error(), want) {
-		t.Fatalf("deploy error %q does not say %q", err, want)
+	var rb *lab.RollbackError
+	if !strings.Contains(err.Error(), want) || errors.As(err, &rb) {
+		t.Fatalf("deploy error %q does not say %q, or came after making something", err, want)
 	}
 	labtest.AssertNothingLeft(t, p.Lab)
 	if left, _ := os.ReadDir(d.Store.Dir); len(left) > 0 {
