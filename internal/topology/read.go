@@ -20,12 +20,12 @@ const MaxFileSize = 1 << 20
 func readFile(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read the topology (%v): give the path of a .yaml file with -t", unwrapPath(err))}
+		return nil, &Error{File: path, Msg: fmt.Sprintf("read topology: %v (give the path of a .yaml file with -t)", err)}
 	}
 	defer f.Close()
 	info, err := f.Stat()
 	if err != nil {
-		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read the topology: %v", unwrapPath(err))}
+		return nil, &Error{File: path, Msg: fmt.Sprintf("read topology: %v", err)}
 	}
 	if !info.Mode().IsRegular() {
 		return nil, &Error{File: path, Msg: fmt.Sprintf("not a regular file (%s): a topology is a .yaml file", fileType(info.Mode()))}
@@ -36,7 +36,7 @@ func readFile(path string) ([]byte, error) {
 	// The file may grow after the stat: read one byte past the limit to see.
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read the topology: %v", unwrapPath(err))}
+		return nil, &Error{File: path, Msg: fmt.Sprintf("read topology: %v", err)}
 	}
 	if len(data) > MaxFileSize {
 		return nil, tooBig(path, int64(len(data)))
@@ -46,14 +46,6 @@ func readFile(path string) ([]byte, error) {
 
 func tooBig(path string, size int64) *Error {
 	return &Error{File: path, Msg: fmt.Sprintf("%d bytes or more, over the limit of %d bytes (1 MiB) for a topology file: split the lab, or check that -t names the right file", size, MaxFileSize)}
-}
-
-// unwrapPath drops the path an *os.PathError repeats, since Error names it.
-func unwrapPath(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return fmt.Errorf("%s: %w", pe.Op, pe.Err)
-	}
-	return err
 }
 
 func fileType(m os.FileMode) string {
