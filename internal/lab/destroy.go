@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -133,6 +134,10 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		default:
 			errs = errors.Join(errs, fmt.Errorf("journal of lab %s names an unknown object %q: remove it by hand", lab, e.Kind))
 		}
+	}
+	var hidden *netnsx.HiddenError
+	if errors.As(errs, &hidden) {
+		errs = errors.Join(errs, errors.New(hidden.HowTo()))
 	}
 	if errs != nil {
 		return errs

@@ -350,7 +350,7 @@ func TestDeleteNamespace_HiddenBelowALaterMount_SaysHowToFreeIt(t *testing.T) {
 	}
 	err := wiring.DeleteNamespace(name)
 	var hidden *netnsx.HiddenError
-	if !errors.As(err, &hidden) || !strings.Contains(err.Error(), "umount "+netnsx.Dir) {
+	if !errors.As(err, &hidden) || hidden.Name != name || !strings.Contains(hidden.HowTo(), "umount "+netnsx.Dir) {
 		t.Fatalf("DeleteNamespace of a hidden namespace = %v, want a HiddenError that says to umount %s", err, netnsx.Dir)
 	}
 	if len(labMounts(t, lab)) == 0 {

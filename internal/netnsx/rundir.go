@@ -93,9 +93,13 @@ type HiddenError struct {
 }
 
 func (e *HiddenError) Error() string {
-	return fmt.Sprintf("namespace %s stays mounted at %s below a later mount of %s over itself (`ip netns add` makes one when %s is not yet a mount point), where no path reaches it, so it cannot be removed: "+
-		"once no other namespace in `ip netns list` is in use, run `umount %s` (this unmounts those too) and destroy again; a reboot also frees it",
-		e.Name, Path(e.Name), e.Cover, e.Cover, e.Cover)
+	return fmt.Sprintf("namespace %s stays mounted at %s below a later mount of %s over itself, where no path reaches it", e.Name, Path(e.Name), e.Cover)
+}
+
+// HowTo says how to free namespaces hidden this way: once for all of them.
+func (e *HiddenError) HowTo() string {
+	return fmt.Sprintf("`ip netns add` mounts %s over itself when it is not yet a mount point, hiding the namespaces mounted there before: once no other namespace in `ip netns list` is in use, run `umount %s` (it unmounts those too) and destroy again; a reboot also frees them",
+		e.Cover, e.Cover)
 }
 
 // Hidden returns a *HiddenError if the named namespace is still mounted at
