@@ -45,7 +45,7 @@ func agentConfigPath(labDir, node string) string {
 // agent by that unique config path before starting it, starts it inside the
 // node's namespace and waits until it serves.
 func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
-	if err := ownSubdir(j, filepath.Join(labDir, "agents"), 0o700); err != nil {
+	if err := ownDir(j, filepath.Join(labDir, "agents"), 0o700); err != nil {
 		return err
 	}
 	cfgPath := agentConfigPath(labDir, s.Node)
@@ -66,7 +66,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return err
 	}
 	logPath := filepath.Join(labDir, "logs", s.Node+".log")
-	if err := ownSubdir(j, filepath.Dir(logPath), 0o755); err != nil {
+	if err := ownDir(j, filepath.Dir(logPath), 0o755); err != nil {
 		return err
 	}
 	logFile, err := openLog(logPath)

@@ -147,12 +147,8 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := d.checkContainers(ctx, p); err != nil {
 		return err
 	}
-	// Refuse an untrustworthy lab directory before anything is made;
 	// makeLabDir checks again when it uses it.
-	if err := checkParent(p.LabDir); err != nil {
-		return err
-	}
-	if _, err := checkOwnDir(p.LabDir); err != nil {
+	if err := checkLabDir(p.LabDir); err != nil {
 		return err
 	}
 	rec := &Record{Name: p.Lab, Topology: p.Topology, Dir: p.LabDir, Nodes: p.Nodes, Started: time.Now().UTC()}
@@ -260,15 +256,8 @@ func (d *Deployer) makeLabDir(j *journal, dir string) error {
 	if err := checkParent(dir); err != nil {
 		return err
 	}
-	exists, err := checkOwnDir(dir)
-	if err != nil || exists {
-		return err
-	}
-	if err := j.add(Entry{Kind: "dir", Name: dir}); err != nil {
-		return err
-	}
-	if _, err := ensureOwnDir(dir, 0o755); err != nil {
-		return fmt.Errorf("create lab directory: %w", err)
+	if err := ownDir(j, dir, 0o755); err != nil {
+		return fmt.Errorf("lab directory: %w", err)
 	}
 	return nil
 }

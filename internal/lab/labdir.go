@@ -70,28 +70,20 @@ func checkParent(dir string) error {
 	return nil
 }
 
-// ensureOwnDir makes dir with perm unless it exists and passes checkOwnDir.
-// It tells whether it made it. Concurrent callers for one dir are fine.
-func ensureOwnDir(dir string, perm fs.FileMode) (made bool, err error) {
-	exists, err := checkOwnDir(dir)
-	if err != nil || exists {
-		return false, err
+// checkLabDir refuses a lab directory emu must not write into, before
+// anything is made.
+func checkLabDir(dir string) error {
+	if err := checkParent(dir); err != nil {
+		return err
 	}
-	if err := os.Mkdir(dir, perm); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			_, err = checkOwnDir(dir)
-			return false, err
-		}
-		return false, fmt.Errorf("create %s: %w", dir, err)
-	}
-	// Mkdir's mode goes through the umask; a umask cannot widen it, but make
-	// it exact so the directory passes checkOwnDir next time.
-	return true, os.Chmod(dir, perm)
+	_, err := checkOwnDir(dir)
+	return err
 }
 
-// ownSubdir makes a directory inside the lab directory, recorded first so a
-// rollback removes it, or reuses it if emu can trust it.
-func ownSubdir(j *journal, dir string, perm fs.FileMode) error {
+// ownDir makes the lab directory or a directory inside it, recorded first so
+// a rollback removes it, or reuses it if emu can trust it. Concurrent callers
+// for one directory are fine.
+func ownDir(j *journal, dir string, perm fs.FileMode) error {
 	exists, err := checkOwnDir(dir)
 	if err != nil || exists {
 		return err
@@ -99,8 +91,16 @@ func ownSubdir(j *journal, dir string, perm fs.FileMode) error {
 	if err := j.add(Entry{Kind: "dir", Name: dir}); err != nil {
 		return err
 	}
-	_, err = ensureOwnDir(dir, perm)
-	return err
+	if err := os.Mkdir(dir, perm); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			_, err = checkOwnDir(dir)
+			return err
+		}
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	// Mkdir's mode goes through the umask; a umask cannot widen it, but make
+	// it exact so the directory passes checkOwnDir next time.
+	return os.Chmod(dir, perm)
 }
 
 // writeSecret replaces the file at path by a new one holding data, mode 0600.
