@@ -39,7 +39,7 @@ func PrepareDir() error {
 		return nil
 	}
 	if err := os.MkdirAll(Dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", Dir, err)
+		return fmt.Errorf("create %s: %w (emu needs root and a writable /run)", Dir, err)
 	}
 	for bound := false; ; bound = true {
 		err := unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, "")
@@ -47,7 +47,7 @@ func PrepareDir() error {
 			break
 		}
 		if !errors.Is(err, unix.EINVAL) || bound {
-			return fmt.Errorf("mount --make-rshared %s: %w", Dir, err)
+			return fmt.Errorf("prepare %s for named namespaces as iproute2 does: mount --make-rshared: %w (emu needs root and a writable /run)", Dir, err)
 		}
 		// EINVAL: Dir is not a mount point.
 		under, err := mountsUnder(Dir)
@@ -59,7 +59,7 @@ func PrepareDir() error {
 			break
 		}
 		if err := unix.Mount(Dir, Dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("mount --rbind %s %s: %w", Dir, Dir, err)
+			return fmt.Errorf("prepare %s for named namespaces as iproute2 does: mount --rbind on itself: %w (emu needs root and a writable /run)", Dir, err)
 		}
 	}
 	prepared.done = true
