@@ -38,6 +38,18 @@ func PrepareDir() error {
 	if prepared.done {
 		return nil
 	}
+	// Two emu processes preparing a fresh Dir at once would both see it is no
+	// mount point and stack two mounts, the second hiding what the first
+	// process mounted in between: a host-wide lock (on Dir's parent, which
+	// creates no file) makes the second find the work done.
+	parent, err := os.Open(filepath.Dir(Dir))
+	if err != nil {
+		return fmt.Errorf("open %s: %w", filepath.Dir(Dir), err)
+	}
+	defer parent.Close()
+	if err := unix.Flock(int(parent.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", filepath.Dir(Dir), err)
+	}
 	if err := os.MkdirAll(Dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w (emu needs root and a writable /run)", Dir, err)
 	}
