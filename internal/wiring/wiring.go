@@ -157,9 +157,14 @@ func setupInside(forwarding, ipv6 bool) error {
 		// failover produces; the lab's routers are plain forwarders.
 		{"net/ipv4/conf/all/rp_filter", "0"},
 		{"net/ipv4/conf/default/rp_filter", "0"},
+		// ECMP routes (BGP multipath over several tunnels) spread flows by
+		// their 5-tuple, as the provider's transit router does; the kernel's
+		// default hashes addresses only, so every flow between two hosts
+		// would take one tunnel.
+		{"net/ipv4/fib_multipath_hash_policy", "1"},
 	}
 	if ipv6 {
-		sysctls = append(sysctls, [2]string{"net/ipv6/conf/all/forwarding", fwd})
+		sysctls = append(sysctls, [2]string{"net/ipv6/conf/all/forwarding", fwd}, [2]string{"net/ipv6/fib_multipath_hash_policy", "1"})
 	}
 	for _, s := range sysctls {
 		if err := os.WriteFile(filepath.Join("/proc/sys", s[0]), []byte(s[1]), 0o644); err != nil {
