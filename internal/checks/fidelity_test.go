@@ -2,11 +2,15 @@ package checks_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/labtest"
@@ -98,5 +102,109 @@ func TestTransitRouter_64UDPFlows_SpreadOverBothTunnels(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// udpDatagram sends payload from namespace src to dst with the DF bit set
+// or clear (IP_MTU_DISCOVER), and reports whether a listener in namespace
+// dstNS received it whole within a second.
+func udpDatagram(t *testing.T, srcNS, dstNS string, dst netip.AddrPort, payload []byte, df bool) bool {
+	t.Helper()
+	var ln *net.UDPConn
+	if err := netnsx.Do(dstNS, func() (err error) {
+		ln, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(dst))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var c *net.UDPConn
+	if err := netnsx.Do(srcNS, func() (err error) {
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mode := unix.IP_PMTUDISC_DONT
+	if df {
+		mode = unix.IP_PMTUDISC_DO
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, mode) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	if _, err := c.Write(payload); err != nil {
+		t.Fatalf("send %d bytes (DF %v) from %s: %v", len(payload), df, srcNS, err)
+	}
+	ln.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 65536)
+	n, err := ln.Read(buf)
+	return err == nil && n == len(payload)
+}
+
+// outerFlags returns the outer IPv4 header's DF and fragment state of an
+// ESP frame.
+func outerFlags(p capture.Packet) (df, fragment bool) {
+	ip := p.Data[14:]
+	flags := binary.BigEndian.Uint16(ip[6:])
+	return flags&0x4000 != 0, flags&0x3fff != 0
+}
+
+func TestTunnel_DFClearDatagramOverSmallerPathMTU_FragmentedOutsideAndDelivered(t *testing.T) {
+	// The VBR ↔ CEN attachment has a smaller MTU than the tunnel's packets
+	// need: a datagram that fits the tunnel interface (1400) becomes an
+	// ESP packet of about 1360 bytes, too big for 1300.
+	text := strings.Replace(labtest.Shipped(t, staticTopology), "eth2: 10.0.1.1/30 ", "eth2: {addresses: [10.0.1.1/30], mtu: 1300} ", 1)
+	l := labtest.DeployText(t, text)
+	if !reachable(l, 3*time.Second) {
+		t.Fatal("no traffic through the tunnel")
+	}
+	c, err := capture.Start(context.Background(), l.NS("cen"), "eth1", capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(ecsAddr, 40200)
+	big := make([]byte, 1300)
+	copy(big, probe.Marker())
+	// The first one counts: with DF forced on the outer header it is lost
+	// (the kernel only learns the path MTU from the ICMP error it causes).
+	clearDelivered := udpDatagram(t, l.NS("client"), l.NS("ecs"), dst, big, false)
+	// A small datagram with DF: the outer header must carry DF too.
+	small := big[:200]
+	setDelivered := udpDatagram(t, l.NS("client"), l.NS("ecs"), dst, small, true)
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !clearDelivered {
+		t.Error("the first 1300-byte datagram with DF clear was not delivered through the tunnel")
+	}
+	if !setDelivered {
+		t.Error("a 200-byte datagram with DF set was not delivered through the tunnel")
+	}
+	fragments, smallDF := 0, 0
+	for _, p := range c.Packets() {
+		h, err := p.Decode()
+		if err != nil || h.Protocol != 50 || h.Src != l.Topology.Node("onprem").Tunnels[0].Local {
+			continue
+		}
+		df, frag := outerFlags(p)
+		switch {
+		case frag && !df:
+			fragments++
+		case df && p.Length > 250 && p.Length < 400: // not DPD's pings
+			smallDF++
+		}
+	}
+	t.Logf("on cen:eth1 (mtu 1300): %d ESP fragments, %d small ESP packets with DF", fragments, smallDF)
+	if fragments < 2 {
+		t.Errorf("saw %d outer fragments of the DF-clear datagram's ESP packet on cen:eth1, want 2", fragments)
+	}
+	if smallDF == 0 {
+		t.Error("the DF-set datagram's ESP packet crossed without DF: the outer DF must copy the inner")
 	}
 }

@@ -171,9 +171,9 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 	for i := range msgs {
 		msgs[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 0, 2048)}, Addr: dst}
 	}
-	queued := 0
+	queued, queuedDF := 0, false
 	send := func() {
-		if err := t.sock.writeAll(msgs[:queued]); err != nil && !d.isClosing() {
+		if err := t.sock.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
 			d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
 		}
 		queued = 0
@@ -182,6 +182,14 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 		next := byte(4) // IP-in-IP: IPv4
 		if inner[0]>>4 == 6 {
 			next = 41
+		}
+		// A batch leaves through one socket, so one DF setting: a packet
+		// with the other ends it, which also keeps the packets in order.
+		if df := innerDF(inner); df != queuedDF {
+			if queued > 0 {
+				send()
+			}
+			queuedDF = df
 		}
 		// Seal grows the slot's buffer if a packet needs more; it is kept.
 		wire, err := t.out.Seal(msgs[queued].Buffers[0][:0], inner, next)
@@ -208,6 +216,15 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 		}
 		send()
 	}
+}
+
+// innerDF reports whether the outer header of inner's ESP packet carries
+// DF: copied from an inner IPv4 header (RFC 4301 §8.1 default, and what the
+// kernel's xfrm4 tunnel mode does); clear for inner IPv6, which has no DF
+// and whose size the sender already fitted to the tunnel's MTU, so the
+// outer path may fragment.
+func innerDF(inner []byte) bool {
+	return len(inner) >= 20 && inner[0]>>4 == 4 && inner[6]&0x40 != 0
 }
 
 // receiveLoop decrypts ESP arriving at a local endpoint and hands the inner
@@ -293,7 +310,7 @@ func (d *Dataplane) Close() error {
 		}
 	}
 	for _, s := range d.socks {
-		s.conn.Close()
+		s.Close()
 	}
 	d.wg.Wait()
 	return nil

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestESPSocket_BatchesOf64_DeliverEveryPacketInOrder(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		defer s.conn.Close()
+		defer s.Close()
 
 		const total = 3*batchSize + 7 // batches of every fill
 		dst := &net.IPAddr{IP: local.AsSlice()}
@@ -62,7 +63,7 @@ func TestESPSocket_BatchesOf64_DeliverEveryPacketInOrder(t *testing.T) {
 			msgs[i] = ipv4.Message{Buffers: [][]byte{p}, Addr: dst}
 		}
 		for i := 0; i < total; i += batchSize {
-			if err := s.writeAll(msgs[i:min(i+batchSize, total)]); err != nil {
+			if err := s.writeAll(msgs[i:min(i+batchSize, total)], true); err != nil {
 				t.Error(err)
 				return
 			}
@@ -95,6 +96,48 @@ func TestESPSocket_BatchesOf64_DeliverEveryPacketInOrder(t *testing.T) {
 				}
 				next++
 			}
+		}
+	})
+}
+
+func TestESPSocket_OuterDF_CopiedFromInner_EachPacketOnce(t *testing.T) {
+	inFreshNamespace(t, func() {
+		local := netip.MustParseAddr("127.0.0.1")
+		s, err := listenESP(local)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer s.Close()
+		dst := &net.IPAddr{IP: local.AsSlice()}
+		for i, df := range []bool{false, true, false} {
+			p := make([]byte, 64)
+			binary.BigEndian.PutUint32(p, 0x1000)
+			binary.BigEndian.PutUint32(p[4:], uint32(i))
+			if err := s.writeAll([]ipv4.Message{{Buffers: [][]byte{p}, Addr: dst}}, df); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		// Only the receiving socket hands packets over, each once: the
+		// send-only socket's filter keeps its copies out.
+		recv := make([]ipv4.Message, batchSize)
+		for i := range recv {
+			recv[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+		}
+		s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		var got []bool
+		for {
+			n, err := s.batch.ReadBatch(recv, 0)
+			if err != nil {
+				break
+			}
+			for _, m := range recv[:n] {
+				got = append(got, m.Buffers[0][6]&0x40 != 0)
+			}
+		}
+		if want := []bool{false, true, false}; !slices.Equal(got, want) {
+			t.Errorf("outer DF of the packets received: %v, want %v", got, want)
 		}
 	})
 }
