@@ -101,7 +101,7 @@ func TestLoad_VBROnBGPWithStaticVPNGateway_RejectedNamingTheMethods(t *testing.T
 }
 
 func TestLoad_ShippedMethodScenarios_AreValid(t *testing.T) {
-	for _, f := range []string{"static.yaml", "static-bgp.yaml", "bgp.yaml", "static-healthcheck.yaml", "transit-router.yaml"} {
+	for _, f := range []string{"static.yaml", "static-bgp.yaml", "bgp.yaml", "static-healthcheck.yaml", "transit-router.yaml", "dual-stack.yaml"} {
 		data, err := topologies.FS.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

@@ -78,7 +78,8 @@ Typical session (as root), with method 2 of the guide:
 
 Scenarios in topologies/: static.yaml (method 1), static-bgp.yaml (method 2),
 bgp.yaml (method 3), static-healthcheck.yaml (method 1 with the health check),
-transit-router.yaml (two tunnels in ECMP).
+transit-router.yaml (two tunnels in ECMP), dual-stack.yaml (IPv6 inside the
+IPv4 tunnel).
 
 Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
 3 emu check ran and a check failed.`,

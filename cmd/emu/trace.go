@@ -16,16 +16,19 @@ func traceCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "trace",
 		Usage:     "show the live walk of one probe through the lab, hop by hop, as the guide's table",
-		UsageText: "emu trace -t FILE [--from NODE] [--to NODE] [--format table|json]",
+		UsageText: "emu trace -t FILE [--from NODE] [--to NODE] [-6] [--format table|json]",
 		Description: `Captures on every interface of every node, sends one ICMP echo from --from to --to
 (default: the first two nodes of kind host) and prints, in kernel-timestamp order, what
 each node did with the request and the reply: sends, forwards, encrypts, decrypts,
 receives, with the outer addresses and SPI on the wire and the inner addresses (ESP is
-decrypted with the lab's keys). With the tunnel down it shows the fallback path.`,
+decrypted with the lab's keys). With the tunnel down it shows the fallback path.
+With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stack lab
+(topologies/dual-stack.yaml) the walk shows IPv6 inside the IPv4 tunnel.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "from", Usage: "node that sends the probe"},
 			&cli.StringFlag{Name: "to", Usage: "node the probe is for"},
+			&cli.BoolFlag{Name: "ipv6", Aliases: []string{"6"}, Usage: "trace an ICMPv6 echo to the node's first IPv6 address"},
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
 		},
 		Action: func(c *cli.Context) error {
@@ -51,7 +54,7 @@ decrypted with the lab's keys). With the tunnel down it shows the fallback path.
 				return err
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
-			hops, err := trace.Run(c.Context, t, conns, from, to)
+			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))
 			if err != nil {
 				return err
 			}

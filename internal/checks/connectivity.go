@@ -28,48 +28,80 @@ func connectivity(ctx context.Context, l Lab) []Result {
 			if a.node == b.node {
 				continue
 			}
-			name := fmt.Sprintf("ping %s → %s", a.node.Name, b.node.Name)
-			start := time.Now()
-			rtt, err := probe.Ping(l.NS(a.node.Name), b.addr, 2*time.Second)
-			out = append(out, result(name, start, err, fmt.Sprintf("echo reply from %s in %s", b.addr, rtt.Round(time.Microsecond))))
+			for _, dst := range a.targets(b) {
+				family := familySuffix(dst)
+				name := fmt.Sprintf("ping%s %s → %s", family, a.node.Name, b.node.Name)
+				start := time.Now()
+				rtt, err := probe.Ping(l.NS(a.node.Name), dst, 2*time.Second)
+				out = append(out, result(name, start, err, fmt.Sprintf("echo reply from %s in %s", dst, rtt.Round(time.Microsecond))))
 
-			name = fmt.Sprintf("tcp %s → %s:%d", a.node.Name, b.node.Name, tcpPort)
-			start = time.Now()
-			marker := probe.Marker()
-			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = probe.TCPExchange(tctx, l.NS(a.node.Name), l.NS(b.node.Name), netip.AddrPortFrom(b.addr, tcpPort), marker)
-			cancel()
-			out = append(out, result(name, start, err, fmt.Sprintf("marker %s echoed back", marker)))
+				name = fmt.Sprintf("tcp%s %s → %s:%d", family, a.node.Name, b.node.Name, tcpPort)
+				start = time.Now()
+				marker := probe.Marker()
+				tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err = probe.TCPExchange(tctx, l.NS(a.node.Name), l.NS(b.node.Name), netip.AddrPortFrom(dst, tcpPort), marker)
+				cancel()
+				out = append(out, result(name, start, err, fmt.Sprintf("marker %s echoed back", marker)))
+			}
 		}
 	}
 	return out
 }
 
 type host struct {
-	node *topology.Node
-	addr netip.Addr
+	node  *topology.Node
+	addr  netip.Addr // the first IPv4 address, else the first IPv6 one
+	addr6 netip.Addr // the first IPv6 address, if any
 }
 
-// hostsOf returns each host node with its first IPv4 (else IPv6) address.
+// hostsOf returns each host node with its addresses.
 func hostsOf(t *topology.Topology) []host {
 	var out []host
 	for _, n := range t.Nodes {
 		if n.Kind != "host" {
 			continue
 		}
-		var addr netip.Addr
+		var v4, v6 netip.Addr
 		for _, ifc := range n.Interfaces {
 			for _, p := range ifc.Addrs {
-				if !addr.IsValid() || (p.Addr().Is4() && !addr.Is4()) {
-					addr = p.Addr()
+				switch a := p.Addr(); {
+				case a.Is4() && !v4.IsValid():
+					v4 = a
+				case a.Is6() && !v6.IsValid():
+					v6 = a
 				}
 			}
 		}
-		if addr.IsValid() {
-			out = append(out, host{n, addr})
+		switch {
+		case v4.IsValid():
+			out = append(out, host{node: n, addr: v4, addr6: v6})
+		case v6.IsValid():
+			out = append(out, host{node: n, addr: v6, addr6: v6})
 		}
 	}
 	return out
+}
+
+// targets lists the addresses of b that h reaches in a family both have:
+// IPv4, and IPv6 too, so a dual-stack lab proves both.
+func (h host) targets(b host) []netip.Addr {
+	var out []netip.Addr
+	if h.addr.Is4() && b.addr.Is4() {
+		out = append(out, b.addr)
+	}
+	if h.addr6.IsValid() && b.addr6.IsValid() {
+		out = append(out, b.addr6)
+	}
+	return out
+}
+
+// familySuffix marks the checks of IPv6 traffic ("ping6", "tcp6"), as the
+// tools name them; IPv4 checks keep their plain names.
+func familySuffix(a netip.Addr) string {
+	if a.Is6() {
+		return "6"
+	}
+	return ""
 }
 
 func result(name string, start time.Time, err error, okEvidence string) Result {

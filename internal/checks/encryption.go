@@ -16,7 +16,8 @@ import (
 
 // Encryption captures on every interface of the private path (the nodes of
 // kind vbr and cen: the Express Connect circuit and the CEN attachments)
-// while hosts exchange TCP traffic carrying a random marker, and requires
+// while hosts exchange TCP traffic carrying a random marker (over IPv4 and,
+// between dual-stack hosts, IPv6 as well), and requires
 // that the path carried only ESP between tunnel endpoints: no frame with a
 // host's address in its outer header, and the marker in no captured byte.
 var Encryption = Check{Name: "encryption", Run: encryption}
@@ -63,11 +64,13 @@ func encryption(ctx context.Context, l Lab) []Result {
 			if a.node == b.node {
 				continue
 			}
-			tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := probe.TCPExchange(tctx, l.NS(a.node.Name), l.NS(b.node.Name), netip.AddrPortFrom(b.addr, tcpPort), marker); err != nil && trafficErr == nil {
-				trafficErr = fmt.Errorf("%s → %s: %w", a.node.Name, b.node.Name, err)
+			for _, dst := range a.targets(b) {
+				tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if err := probe.TCPExchange(tctx, l.NS(a.node.Name), l.NS(b.node.Name), netip.AddrPortFrom(dst, tcpPort), marker); err != nil && trafficErr == nil {
+					trafficErr = fmt.Errorf("%s → %s (%s): %w", a.node.Name, b.node.Name, dst, err)
+				}
+				cancel()
 			}
-			cancel()
 		}
 	}
 	if err := g.Stop(); err != nil {
@@ -76,6 +79,9 @@ func encryption(ctx context.Context, l Lab) []Result {
 	inner := map[netip.Addr]string{}
 	for _, h := range hosts {
 		inner[h.addr] = h.node.Name
+		if h.addr6.IsValid() {
+			inner[h.addr6] = h.node.Name
+		}
 	}
 	v := judge(g.Packets(), endpoints, inner, []byte(marker))
 	r := Result{Check: "encryption", Duration: time.Since(start)}

@@ -13,9 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/trace"
 )
 
 // sendUDPFlows sends one datagram of size bytes on each of flows UDP flows
@@ -206,5 +209,43 @@ func TestTunnel_DFClearDatagramOverSmallerPathMTU_FragmentedOutsideAndDelivered(
 	}
 	if smallDF == 0 {
 		t.Error("the DF-set datagram's ESP packet crossed without DF: the outer DF must copy the inner")
+	}
+}
+
+func TestDualStack_IPv6InsideIPv4Tunnel_ConnectivityEncryptionAndPathPass(t *testing.T) {
+	l := labtest.Deploy(t, "dual-stack.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
+	results := checks.Run(context.Background(), labc, checks.For(labc))
+	requirePassed(t, results)
+	seen := map[string]string{}
+	for _, r := range results {
+		seen[r.Check] = r.Evidence
+	}
+	for _, want := range []string{"ping6 client → ecs", "tcp6 client → ecs:40123", "ping6 ecs → client", "tcp6 ecs → client:40123", "path6"} {
+		if _, ok := seen[want]; !ok {
+			t.Errorf("no %q check ran on a dual-stack lab", want)
+		}
+	}
+	// The inner packets are IPv6 inside IPv4 ESP on every hop of the private path.
+	hops, err := trace.RunFamily(context.Background(), l.Topology, conns, "client", "ecs", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encrypted := 0
+	for _, h := range hops {
+		if !h.Encrypted {
+			continue
+		}
+		encrypted++
+		if !h.OuterSrc.Is4() || !h.InnerSrc.Is6() || !h.InnerDst.Is6() {
+			t.Errorf("step %d at %s: outer %s → %s, inner %s → %s: want IPv6 inside IPv4", h.Step, h.Node, h.OuterSrc, h.OuterDst, h.InnerSrc, h.InnerDst)
+		}
+	}
+	if encrypted == 0 {
+		t.Fatal("the IPv6 echo crossed no hop encrypted")
 	}
 }

@@ -10,26 +10,37 @@ import (
 	"github.com/emu-lab/emu/internal/trace"
 )
 
-// Path traces one echo between the first two hosts and requires the walk the
-// guide describes: the request and the reply each encrypted by one gateway
+// Path traces one echo between the first two hosts (and one ICMPv6 echo,
+// "path6", when both are dual-stack) and requires the walk the guide
+// describes: the request and the reply each encrypted by one gateway
 // and decrypted by the other, ESP on every hop of the private path (vbr and
 // cen nodes), and the reply back at the sender.
 var Path = Check{Name: "path", Run: path}
 
 func path(ctx context.Context, l Lab) []Result {
-	start := time.Now()
-	r := Result{Check: "path"}
 	hosts := hostsOf(l.Topology)
 	if len(hosts) < 2 {
-		r.Evidence = fmt.Sprintf("needs two nodes of kind host, found %d", len(hosts))
-		return []Result{r}
+		return []Result{{Check: "path", Evidence: fmt.Sprintf("needs two nodes of kind host, found %d", len(hosts))}}
 	}
-	from, to := hosts[0].node.Name, hosts[1].node.Name
-	hops, err := trace.Run(ctx, l.Topology, l.Conns, from, to)
+	var out []Result
+	for _, dst := range hosts[0].targets(hosts[1]) {
+		out = append(out, walkOnce(ctx, l, hosts[0].node.Name, hosts[1].node.Name, dst.Is6()))
+	}
+	return out
+}
+
+// walkOnce traces one echo in one family and judges its walk.
+func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
+	start := time.Now()
+	r := Result{Check: "path"}
+	if ipv6 {
+		r.Check = "path6"
+	}
+	hops, err := trace.RunFamily(ctx, l.Topology, l.Conns, from, to, ipv6)
 	r.Duration = time.Since(start)
 	if err != nil {
 		r.Evidence = err.Error()
-		return []Result{r}
+		return r
 	}
 	var steps []string
 	var problems []string
@@ -64,5 +75,5 @@ func path(ctx context.Context, l Lab) []Result {
 	if !r.Passed {
 		r.Evidence = strings.Join(problems, "; ") + "; walk: " + r.Evidence
 	}
-	return []Result{r}
+	return r
 }

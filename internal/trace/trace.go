@@ -58,16 +58,27 @@ type frame struct {
 	inner     [2]netip.Addr
 }
 
-// Run traces one ICMP echo from host `from` to the first address of node
-// `to`, and its reply. conns are the lab's connections (to decrypt ESP).
+// Run traces one ICMP echo from host `from` to the first IPv4 address of
+// node `to`, and its reply. conns are the lab's connections (to decrypt ESP).
 func Run(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, from, to string) ([]Hop, error) {
+	return RunFamily(ctx, t, conns, from, to, false)
+}
+
+// RunFamily is Run with an ICMPv6 echo to the first IPv6 address of `to`
+// when ipv6 is set: a dual-stack lab carries IPv6 inside its IPv4 tunnels,
+// and the walk shows the inner IPv6 addresses of the ESP it decrypts.
+func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, from, to string, ipv6 bool) ([]Hop, error) {
 	src, dst := t.Node(from), t.Node(to)
 	if src == nil || dst == nil {
 		return nil, fmt.Errorf("trace: no node %q or %q in lab %q", from, to, t.Name)
 	}
-	target := firstAddr(dst)
+	target := firstAddr(dst, ipv6)
 	if !target.IsValid() {
-		return nil, fmt.Errorf("trace: node %q has no address", to)
+		family := "IPv4"
+		if ipv6 {
+			family = "IPv6"
+		}
+		return nil, fmt.Errorf("trace: node %q has no %s address", to, family)
 	}
 	var eps []capture.Endpoint
 	nodeOf := map[string]*topology.Node{}
@@ -120,12 +131,26 @@ func carries(p capture.Packet, marker []byte, conns []ipsec.Conn) (frame, bool) 
 		return f, true
 	}
 	inner, ok := decrypt(p.Data, h.SPI, conns)
-	if !ok || !bytes.Contains(inner, marker) || len(inner) < 20 {
+	if !ok || !bytes.Contains(inner, marker) {
+		return f, false
+	}
+	if f.inner, ok = innerAddrs(inner); !ok {
 		return f, false
 	}
 	f.encrypted = true
-	f.inner = [2]netip.Addr{netip.AddrFrom4([4]byte(inner[12:16])), netip.AddrFrom4([4]byte(inner[16:20]))}
 	return f, true
+}
+
+// innerAddrs reads the source and destination of a decrypted inner packet,
+// IPv4 or IPv6 (ESP next header 4 or 41).
+func innerAddrs(pkt []byte) ([2]netip.Addr, bool) {
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		return [2]netip.Addr{netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))}, true
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		return [2]netip.Addr{netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))}, true
+	}
+	return [2]netip.Addr{}, false
 }
 
 // decrypt opens an ESP frame with a fresh inbound SA, so the same packet
@@ -205,10 +230,10 @@ func walk(frames []frame) []Hop {
 	return hops
 }
 
-func firstAddr(n *topology.Node) netip.Addr {
+func firstAddr(n *topology.Node, ipv6 bool) netip.Addr {
 	for _, ifc := range n.Interfaces {
 		for _, p := range ifc.Addrs {
-			if p.Addr().Is4() {
+			if p.Addr().Is6() == ipv6 {
 				return p.Addr()
 			}
 		}

@@ -164,7 +164,11 @@ func setupInside(forwarding, ipv6 bool) error {
 		{"net/ipv4/fib_multipath_hash_policy", "1"},
 	}
 	if ipv6 {
-		sysctls = append(sysctls, [2]string{"net/ipv6/conf/all/forwarding", fwd}, [2]string{"net/ipv6/fib_multipath_hash_policy", "1"})
+		sysctls = append(sysctls, [2]string{"net/ipv6/conf/all/forwarding", fwd}, [2]string{"net/ipv6/fib_multipath_hash_policy", "1"},
+			// Duplicate address detection would keep every IPv6 address
+			// tentative (unusable) for a second after deploy; validation
+			// already refuses duplicates, so there is nothing to detect.
+			[2]string{"net/ipv6/conf/all/accept_dad", "0"}, [2]string{"net/ipv6/conf/default/accept_dad", "0"})
 	}
 	for _, s := range sysctls {
 		if err := os.WriteFile(filepath.Join("/proc/sys", s[0]), []byte(s[1]), 0o644); err != nil {

@@ -132,11 +132,14 @@ func (d *Dataplane) socket(local netip.Addr) (*espSocket, error) {
 }
 
 func configureLink(c ipsec.Conn) error {
-	// Without IPv6 the interface sends no router solicitations or MLD
-	// reports into the tunnel before routes exist.
+	// The tunnel carries IPv6 as well (ESP next header 41), so IPv6 stays
+	// on: routes into the interface need it. Without a link-local address
+	// (addr_gen_mode 1, "none") the interface sends no router
+	// solicitations, duplicate address probes or MLD reports into the
+	// tunnel on its own.
 	if !c.Address.Addr().Is6() {
-		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+c.Interface+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("disable IPv6 on %s: %w", c.Interface, err)
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+c.Interface+"/addr_gen_mode", []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("IPv6 link-local address off on %s: %w", c.Interface, err)
 		}
 	}
 	link, err := netlink.LinkByName(c.Interface)
