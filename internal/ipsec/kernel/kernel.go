@@ -105,21 +105,26 @@ func describe(c *ipsec.Conn, ifID uint32) (objects, error) {
 			state: netlink.XfrmState{Src: d.src, Dst: d.dst, Proto: netlink.XFRM_PROTO_ESP,
 				Mode: netlink.XFRM_MODE_TUNNEL, Spi: int(d.keys.SPI), Reqid: reqid(ifID), Ifid: int(ifID)}})
 	}
-	// Inner IPv4 only: IPv6 routed into the interface finds no policy and
-	// is dropped by the interface, never sent in clear.
+	// Inner IPv4 and IPv6 alike (a dual-stack lab routes both into the
+	// tunnel): one set of any/any policies per inner family, all with the
+	// outer family's template. The states take either inner family
+	// (XFRM_STATE_AF_UNSPEC in addState).
 	any4 := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
-	for _, p := range []struct {
-		dir      netlink.Dir
-		src, dst net.IP
-	}{
-		{netlink.XFRM_DIR_OUT, local, remote},
-		{netlink.XFRM_DIR_IN, remote, local},
-		// Decrypted packets a gateway routes on to its LAN.
-		{netlink.XFRM_DIR_FWD, remote, local},
-	} {
-		o.policies = append(o.policies, netlink.XfrmPolicy{Src: any4, Dst: any4, Dir: p.dir, Ifid: int(ifID),
-			Tmpls: []netlink.XfrmPolicyTmpl{{Src: p.src, Dst: p.dst, Proto: netlink.XFRM_PROTO_ESP,
-				Mode: netlink.XFRM_MODE_TUNNEL, Reqid: reqid(ifID)}}})
+	any6 := &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	for _, anyAddr := range []*net.IPNet{any4, any6} {
+		for _, p := range []struct {
+			dir      netlink.Dir
+			src, dst net.IP
+		}{
+			{netlink.XFRM_DIR_OUT, local, remote},
+			{netlink.XFRM_DIR_IN, remote, local},
+			// Decrypted packets a gateway routes on to its LAN.
+			{netlink.XFRM_DIR_FWD, remote, local},
+		} {
+			o.policies = append(o.policies, netlink.XfrmPolicy{Src: anyAddr, Dst: anyAddr, Dir: p.dir, Ifid: int(ifID),
+				Tmpls: []netlink.XfrmPolicyTmpl{{Src: p.src, Dst: p.dst, Proto: netlink.XFRM_PROTO_ESP,
+					Mode: netlink.XFRM_MODE_TUNNEL, Reqid: reqid(ifID)}}})
+		}
 	}
 	return o, nil
 }
@@ -196,7 +201,10 @@ func (d *Dataplane) addState(s sa) error {
 	req := nl.NewNetlinkRequest(nl.XFRM_MSG_NEWSA, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_XFRM: d.xfrm}
 	st := &s.state
-	msg := &nl.XfrmUsersaInfo{Family: uint16(nl.GetIPFamily(st.Dst)), Mode: uint8(st.Mode), Reqid: uint32(st.Reqid)}
+	// AF_UNSPEC leaves the state's selector family open, so one tunnel-mode
+	// state carries inner IPv4 and IPv6 (the kernel otherwise pins it to
+	// the outer family); strongSwan sets it on every tunnel-mode SA.
+	msg := &nl.XfrmUsersaInfo{Family: uint16(nl.GetIPFamily(st.Dst)), Mode: uint8(st.Mode), Reqid: uint32(st.Reqid), Flags: nl.XFRM_STATE_AF_UNSPEC}
 	msg.Id.Daddr.FromIP(st.Dst)
 	msg.Id.Spi = nl.Swap32(uint32(st.Spi))
 	msg.Id.Proto = uint8(st.Proto)

@@ -161,8 +161,8 @@ func TestDown_LeavesNoStatePolicyOrInterface(t *testing.T) {
 		d *Dataplane
 		c ipsec.Conn
 	}{{g.a, a}, {g.b, b}} {
-		if left := leftovers(t, end.d); len(left) != 1+2+3 {
-			t.Errorf("%s after Up: want 1 interface, 2 states, 3 policies; have %v", end.c.Name, left)
+		if left := leftovers(t, end.d); len(left) != 1+2+6 {
+			t.Errorf("%s after Up: want 1 interface, 2 states, 6 policies (in, out, fwd for inner IPv4 and IPv6); have %v", end.c.Name, left)
 		}
 		start := time.Now()
 		if err := end.d.Down(end.c, testIfID); err != nil {
