@@ -1,6 +1,7 @@
 package nodes_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -178,5 +179,28 @@ func TestLoad_DataCenterLANOverlapsVPCVSwitch_Rejected(t *testing.T) {
 	want := "lab.yaml:23: data-center subnet 172.16.2.0/24 on onprem:eth1 overlaps VPC subnet 172.16.2.0/24 on vpc:eth3 (line 59): the VPC delivers those addresses to its own vSwitch, so they never reach the data center: renumber one of them"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("got %v, want %q", err, want)
+	}
+}
+
+// The tunnels carry IPv6, BGP does not: an IPv6 network would be announced
+// to no one, so it is refused where it is written, with the static-route fix.
+func TestLoad_IPv6BGPNetwork_RejectedWithLineAndStaticRouteFix(t *testing.T) {
+	data, _ := topologies.FS.ReadFile("bgp.yaml")
+	text := strings.Replace(string(data), "networks: [10.1.0.0/24]", `networks: [10.1.0.0/24, "fd00:1::/64"]`, 1)
+	if text == string(data) {
+		t.Fatal("bgp.yaml no longer has the on-prem networks line this test edits")
+	}
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(path, []byte(text), 0o644)
+	line := 0
+	for i, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, "fd00:1::/64") {
+			line = i + 1
+		}
+	}
+	_, err := nodes.Load(path)
+	want := fmt.Sprintf("lab.yaml:%d: ", line)
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "IPv4 routes only") || !strings.Contains(err.Error(), "dev: <tunnel interface>") {
+		t.Fatalf("got %v, want an error at %s naming the static-route fix", err, want)
 	}
 }

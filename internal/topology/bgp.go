@@ -100,7 +100,7 @@ func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
 			}
 		case "networks":
 			for _, p := range r.strs(f.val, what+" networks") {
-				if pf, ok := r.prefix(p.Line, what+" network", p.Value); ok {
+				if pf, ok := r.prefix(p.Line, what+" network", p.Value); ok && r.ipv4Network(p.Line, what+" network", pf) {
 					b.Networks = append(b.Networks, pf.Masked())
 				}
 			}
