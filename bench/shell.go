@@ -43,9 +43,9 @@ func commands(step plan.Step) []string {
 		if s.Forwarding {
 			fwd = "1"
 		}
-		sysctls := "net.ipv4.ip_forward=" + fwd + " net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0"
+		sysctls := "net.ipv4.ip_forward=" + fwd + " net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.fib_multipath_hash_policy=1"
 		if s.IPv6 {
-			sysctls += " net.ipv6.conf.all.forwarding=" + fwd
+			sysctls += " net.ipv6.conf.all.forwarding=" + fwd + " net.ipv6.fib_multipath_hash_policy=1 net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0"
 		}
 		return []string{
 			"ip netns add " + s.Name,
@@ -64,6 +64,18 @@ func commands(step plan.Step) []string {
 		}
 	case plan.Address:
 		return []string{fmt.Sprintf("ip -n %s addr add %s dev %s", s.Namespace, s.Prefix, s.Interface)}
+	case plan.RateLimit:
+		tc := fmt.Sprintf("ip netns exec %s tc ", s.Namespace)
+		if !s.SplitESP {
+			return []string{fmt.Sprintf("%sqdisc replace dev %s root tbf rate %dmbit burst 32kb latency 20ms", tc, s.Interface, s.Mbit)}
+		}
+		return []string{
+			fmt.Sprintf("%sqdisc replace dev %s root handle 1: htb default 20", tc, s.Interface),
+			fmt.Sprintf("%sclass replace dev %s parent 1: classid 1:10 htb rate %dmbit", tc, s.Interface, s.Mbit),
+			fmt.Sprintf("%sclass replace dev %s parent 1: classid 1:20 htb rate %dmbit", tc, s.Interface, s.Mbit),
+			fmt.Sprintf("%sfilter add dev %s parent 1: protocol ip prio 1 u32 match ip protocol 50 0xff flowid 1:10", tc, s.Interface),
+			fmt.Sprintf("%sfilter add dev %s parent 1: protocol ipv6 prio 1 u32 match ip6 protocol 50 0xff flowid 1:10", tc, s.Interface),
+		}
 	case plan.Route:
 		cmd := fmt.Sprintf("ip -n %s route add %s", s.Namespace, s.Dst)
 		if s.Via.IsValid() {

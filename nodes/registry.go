@@ -17,6 +17,9 @@ type Kind struct {
 	Forwards bool
 	// Rules are the provider's constraints on this kind of node.
 	Rules []rule
+	// Bandwidth is the kind's bandwidth spec; nil when the provider sells
+	// none for the element.
+	Bandwidth *BandwidthSpec
 }
 
 // Registry maps kind names to kinds.

@@ -3,6 +3,7 @@ package nodes
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/emu-lab/emu/internal/topology"
 )
@@ -39,7 +40,7 @@ func (r *Registry) Validate(t *topology.Topology) error {
 		if k == nil {
 			continue
 		}
-		for _, check := range k.Rules {
+		for _, check := range append(slices.Clip(k.Rules), r.bandwidthProblems) {
 			problems = append(problems, check(t, n)...)
 		}
 	}

@@ -204,3 +204,45 @@ func TestLoad_IPv6BGPNetwork_RejectedWithLineAndStaticRouteFix(t *testing.T) {
 		t.Fatalf("got %v, want an error at %s naming the static-route fix", err, want)
 	}
 }
+
+func TestLoad_BandwidthSpecs_OnlyWhatTheProviderSells(t *testing.T) {
+	data, _ := topologies.FS.ReadFile("static.yaml")
+	for _, c := range []struct {
+		name, after, want string
+	}{
+		{"VPN gateway 300", "kind: vpn-gateway", "bandwidth 300 Mbit/s is not sold for a private VPN gateway (CreateVpnGateway Bandwidth): use one of 200 or 1000"},
+		{"bandwidth on a host", "kind: host", `kind host has no bandwidth spec to emulate: ` + "`bandwidth:`" + ` belongs to vbr (Express Connect circuit bandwidth`},
+		{"not a number", "kind: vbr", "bandwidth (Mbit/s) must be a whole number from 1 to 100000"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			value := map[string]string{"VPN gateway 300": "300", "bandwidth on a host": "100", "not a number": "1G"}[c.name]
+			text := strings.Replace(string(data), "      "+c.after+"\n", "      "+c.after+"\n      bandwidth: "+value+" # <- here\n", 1)
+			path := filepath.Join(t.TempDir(), "lab.yaml")
+			os.WriteFile(path, []byte(text), 0o644)
+			line := 0
+			for i, l := range strings.Split(text, "\n") {
+				if strings.Contains(l, "# <- here") {
+					line = i + 1
+				}
+			}
+			_, err := nodes.Load(path)
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("lab.yaml:%d: ", line)) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want at line %d: %s", err, line, c.want)
+			}
+		})
+	}
+	// A VBR without a circuit (no link to an on-premises gateway) has
+	// nothing to limit.
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(path, []byte(`name: lab
+topology:
+  nodes:
+    vbr: {kind: vbr, bandwidth: 100, interfaces: {eth1: 10.0.1.1/30}}
+    cen: {kind: cen, interfaces: {eth1: 10.0.1.2/30}}
+  links:
+    - endpoints: ["vbr:eth1", "cen:eth1"]
+`), 0o644)
+	if _, err := nodes.Load(path); err == nil || !strings.Contains(err.Error(), "lab.yaml:4: ") || !strings.Contains(err.Error(), "limits nothing") {
+		t.Fatalf("got %v, want the VBR's bandwidth refused for lack of a circuit", err)
+	}
+}

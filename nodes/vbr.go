@@ -7,7 +7,10 @@ import "github.com/emu-lab/emu/internal/topology"
 // 2) or runs BGP with the on-premises gateway (method 3).
 func registerVBR(r *Registry) {
 	r.Register(&Kind{Name: "vbr", Element: "virtual border router (Express Connect)", Forwards: true,
-		Rules: []rule{bgpVBRNeedsBGPGateway}})
+		Rules: []rule{bgpVBRNeedsBGPGateway},
+		// A VBR terminates one Express Connect circuit; its bandwidth is
+		// the circuit's, sold from 50 Mbit/s (hosted) to 100 Gbit/s ports.
+		Bandwidth: &BandwidthSpec{Of: "Express Connect circuit of", Field: "Express Connect circuit bandwidth, CreatePhysicalConnection bandwidth", Limits: circuit}})
 }
 
 // bgpVBRNeedsBGPGateway: the guide allows static VBR with either VPN gateway

@@ -11,7 +11,9 @@ import (
 // the ECS instances and encrypts their replies.
 func registerVPNGateway(r *Registry) {
 	r.Register(&Kind{Name: "vpn-gateway", Element: "private VPN gateway", Forwards: true,
-		Rules: []rule{tunnelCIDRAllowed}})
+		Rules: []rule{tunnelCIDRAllowed},
+		// A private VPN gateway is sold at 200 or 1000 Mbit/s, each way.
+		Bandwidth: &BandwidthSpec{Of: "private VPN gateway", Field: "CreateVpnGateway Bandwidth", Allowed: []int{200, 1000}, Limits: ownInterfaces, SplitESP: true}})
 }
 
 // reservedTunnelCIDRs are the /30s the provider keeps for itself.

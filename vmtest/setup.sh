@@ -14,12 +14,13 @@ cache="$here/.cache"
 # the crypto API rather than linked, so modinfo names none of them: they go
 # first. Each module's depends= is resolved below and loaded before it.
 # af_packet is listed because the encryption checks capture with AF_PACKET
-# (built in on Debian's cloud kernel).
+# (built in on Debian's cloud kernel); sch_tbf, sch_htb and cls_u32 because
+# bandwidth specs are emulated with them.
 modules=(sha3_generic jitterentropy_rng ctr sha512_generic drbg
 	xfrm_algo xfrm_user tunnel4 xfrm4_tunnel tunnel6 xfrm6_tunnel
 	gf128mul ghash-generic gcm seqiv echainiv authenc esp4 xfrm_interface
 	veth tun nfnetlink libcrc32c nf_tables cryptd crypto_simd aesni-intel
-	af_packet)
+	af_packet sch_tbf sch_htb cls_u32)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

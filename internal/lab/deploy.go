@@ -336,6 +336,8 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		return w.AddVeth(s.A.Namespace, s.A.Interface, s.B.Namespace, s.B.Interface, s.MTU)
 	case plan.Address:
 		return w.AddAddress(s.Namespace, s.Interface, wiring.IPNet(s.Prefix))
+	case plan.RateLimit:
+		return w.LimitRate(s.Namespace, s.Interface, uint64(s.Mbit)*1_000_000, s.SplitESP)
 	case plan.Agent:
 		return d.startAgent(j, labDir, s)
 	case plan.KernelTunnel:

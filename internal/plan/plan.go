@@ -121,6 +121,24 @@ type KernelTunnel struct {
 	Conn      ipsec.Conn
 }
 
+// RateLimit emulates a provider's bandwidth spec on one interface: its
+// egress leaves at Mbit Mbit/s at most (a tbf qdisc), or with SplitESP ESP
+// and the rest at Mbit Mbit/s each (an htb qdisc with two classes).
+type RateLimit struct {
+	Namespace string
+	Interface string
+	Of        string // the element whose spec it is, in words
+	Mbit      int
+	SplitESP  bool
+}
+
+func (s RateLimit) String() string {
+	if s.SplitESP {
+		return fmt.Sprintf("htb %d Mbit/s for ESP and %d Mbit/s for the rest on %s egress in %s (%s, each direction)", s.Mbit, s.Mbit, s.Interface, s.Namespace, s.Of)
+	}
+	return fmt.Sprintf("tbf %d Mbit/s on %s egress in %s (%s)", s.Mbit, s.Interface, s.Namespace, s.Of)
+}
+
 // Dataplanes that deploy can use; "auto" is resolved before planning.
 const (
 	Kernel    = "kernel"
@@ -210,7 +228,7 @@ func NamespaceName(lab, node string) string { return "emu-" + lab + "-" + node }
 // Userspace) with keys from secrets.
 func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, dataplane string) (*Plan, error) {
 	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir(), Dataplane: dataplane}
-	var nss, veths, addrs, tunnels, agents, routes []Step
+	var nss, veths, limits, addrs, tunnels, agents, routes []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
 		fwd, v6 := kinds.Get(n.Kind).Forwards, usesIPv6(n)
@@ -239,6 +257,10 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		for _, r := range RoutesOf(t, n) {
 			routes = append(routes, r)
 		}
+		eps, spec := kinds.Limits(t, n)
+		for _, e := range eps {
+			limits = append(limits, RateLimit{Namespace: NamespaceName(t.Name, e.Node), Interface: e.Interface, Of: spec.Of + " " + n.Name, Mbit: n.Bandwidth, SplitESP: spec.SplitESP})
+		}
 	}
 	for _, l := range t.Links {
 		v := Veth{}
@@ -258,6 +280,7 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 	p.Stages = []Stage{
 		{Name: "namespaces", Steps: nss},
 		{Name: "links", Steps: veths},
+		{Name: "bandwidth", Steps: limits},
 		{Name: "addresses", Steps: addrs},
 		{Name: "tunnels", Steps: tunnels},
 		{Name: "agents", Steps: agents},

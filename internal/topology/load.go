@@ -234,7 +234,7 @@ func (r *resolver) node(f field) {
 	var own runtimeSettings
 	r.checkName(f.line, "node name", f.key)
 	kindSet := false
-	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp", "runtime", "image") {
+	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp", "runtime", "image", "bandwidth") {
 		switch nf.key {
 		case "kind":
 			if s, ok := r.str(nf.val, "kind"); ok {
@@ -249,6 +249,9 @@ func (r *resolver) node(f field) {
 			}
 		case "bgp":
 			node.BGP = r.bgp(node, nf.val)
+		case "bandwidth":
+			node.Bandwidth, _ = r.integer(nf.val, "node "+strq(f.key)+" bandwidth (Mbit/s)", 1, 100000)
+			node.BandwidthLine = nf.line
 		case "runtime", "image":
 			r.runtimeField(nf, "node "+strq(f.key), &own)
 		case "ipsec-dataplane":

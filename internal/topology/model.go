@@ -38,6 +38,12 @@ type Node struct {
 	// Dataplane forces this node's tunnels onto "kernel" or "userspace";
 	// "" follows the lab (one end kernel, the other userspace interoperate).
 	Dataplane string
+	// Bandwidth is the provider's bandwidth spec of the element in Mbit/s,
+	// 0 for none: a VPN gateway's `Bandwidth` (CreateVpnGateway), a VBR's
+	// Express Connect circuit's `bandwidth` (CreatePhysicalConnection). The
+	// node's kind says which values are valid and which interfaces it limits.
+	Bandwidth     int
+	BandwidthLine int
 }
 
 // Interface is a declared interface of a node. Loopback is "lo"; every other

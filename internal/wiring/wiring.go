@@ -269,6 +269,92 @@ func (w *Net) AddAddress(ns, ifname string, addr *net.IPNet) error {
 	return nil
 }
 
+// LimitRate limits an interface's egress to bitsPerSec, as a provider's
+// bandwidth spec limits an element. Without splitESP it is one token bucket
+// filter (tbf) root qdisc. Buckets hold 2 ms of traffic (at least 32 KiB,
+// several full frames), so a sender the busy host schedules late can catch
+// up; tbf's queue holds 20 ms more, enough for TCP to keep the link full
+// without a standing queue of seconds.
+//
+// With splitESP, ESP and everything else each get bitsPerSec of their own
+// (an HTB qdisc with two classes, u32 filters on the IP protocol): a
+// one-armed VPN gateway sends both directions of its traffic out of one
+// interface, encrypted toward the data center and decrypted into the VPC,
+// and its spec limits each direction. The qdiscs go with the namespace.
+func (w *Net) LimitRate(ns, ifname string, bitsPerSec uint64, splitESP bool) error {
+	h, err := w.handle(ns)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", ifname, ns, err)
+	}
+	rate := bitsPerSec / 8 // bytes per second
+	burst := uint32(max(rate/500, 32<<10))
+	if splitESP {
+		err = splitRate(h.nl, link.Attrs().Index, bitsPerSec, burst)
+	} else {
+		err = h.nl.QdiscReplace(&netlink.Tbf{
+			QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
+			Rate:       rate,
+			Buffer:     netlink.Xmittime(rate, burst),
+			Limit:      uint32(rate/50) + burst,
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("limit %s in %s to %d bit/s: %w", ifname, ns, bitsPerSec, err)
+	}
+	return nil
+}
+
+// HTB classes of splitRate: 1:10 for ESP, 1:20 (the default) for the rest.
+const (
+	espClass   = 0x10
+	otherClass = 0x20
+)
+
+func splitRate(h *netlink.Handle, index int, bitsPerSec uint64, burst uint32) error {
+	root := netlink.MakeHandle(1, 0)
+	htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: index, Handle: root, Parent: netlink.HANDLE_ROOT})
+	htb.Defcls = otherClass
+	if err := h.QdiscReplace(htb); err != nil {
+		return fmt.Errorf("htb qdisc: %w", err)
+	}
+	for _, minor := range []uint16{espClass, otherClass} {
+		class := netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: index, Parent: root, Handle: netlink.MakeHandle(1, minor)},
+			// The quantum only shares spare rate between classes, and these
+			// borrow none; a fixed one spares the kernel's "quantum is big".
+			netlink.HtbClassAttrs{Rate: bitsPerSec, Ceil: bitsPerSec, Buffer: burst, Cbuffer: burst, Quantum: 60000})
+		if err := h.ClassReplace(class); err != nil {
+			return fmt.Errorf("htb class 1:%x: %w", minor, err)
+		}
+	}
+	// The protocol byte: IPv4 header offset 9, IPv6 offset 6 (next header;
+	// ESP follows the fixed header directly in the lab's packets).
+	// One priority per protocol: the kernel keeps one protocol per priority.
+	for i, m := range []struct {
+		proto     uint16
+		off       int32
+		mask, val uint32
+	}{
+		{unix.ETH_P_IP, 8, 0x00ff0000, unix.IPPROTO_ESP << 16},
+		{unix.ETH_P_IPV6, 4, 0x0000ff00, unix.IPPROTO_ESP << 8},
+	} {
+		f := &netlink.U32{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: index, Parent: root, Priority: uint16(i + 1), Protocol: m.proto},
+			ClassId:     netlink.MakeHandle(1, espClass),
+			Sel:         &netlink.TcU32Sel{Flags: netlink.TC_U32_TERMINAL, Keys: []netlink.TcU32Key{{Mask: m.mask, Val: m.val, Off: m.off}}},
+		}
+		if err := h.FilterAdd(f); err != nil {
+			return fmt.Errorf("u32 filter for ESP: %w", err)
+		}
+	}
+	return nil
+}
+
 // ErrRouteExists and ErrNoRoute let callers that add or remove a route
 // twice on purpose (restore, withdraw) treat the second time as done.
 var (
