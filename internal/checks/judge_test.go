@@ -1,0 +1,34 @@
+package checks
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/emu-lab/emu/internal/capture"
+)
+
+// ipv6Frame is an Ethernet frame carrying an IPv6 UDP packet src → dst.
+func ipv6Frame(src, dst netip.Addr) []byte {
+	f := make([]byte, 14+40+8)
+	f[12], f[13] = 0x86, 0xdd
+	ip := f[14:]
+	ip[0] = 0x60
+	ip[5] = 8  // payload length
+	ip[6] = 17 // UDP
+	ip[7] = 64
+	s, d := src.As16(), dst.As16()
+	copy(ip[8:], s[:])
+	copy(ip[24:], d[:])
+	return f
+}
+
+// A dual-stack host's IPv6 address in clear on the private path is a leak,
+// as its IPv4 address is.
+func TestJudge_InnerIPv6AddressesInClear_CountAsLeak(t *testing.T) {
+	client, ecs := netip.MustParseAddr("fd00:1::10"), netip.MustParseAddr("fd00:172:2::10")
+	inner := map[netip.Addr]string{client: "client", ecs: "ecs", netip.MustParseAddr("10.1.0.10"): "client"}
+	v := judge([]capture.Packet{{NS: "emu-x-vbr", Interface: "eth1", Data: ipv6Frame(client, ecs)}}, map[netip.Addr]bool{}, inner, []byte("marker"))
+	if v.innerFrames != 1 || v.firstLeak == "" {
+		t.Fatalf("verdict %+v: want the IPv6 frame counted as inner addresses in clear", v)
+	}
+}
