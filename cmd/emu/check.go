@@ -27,7 +27,8 @@ func checkCommand() *cli.Command {
 		UsageText: "emu check -t FILE [--format table|json]",
 		Description: `Runs the checks against the deployed lab and prints one row per observation:
   connectivity  ICMP echo and a TCP exchange carrying a random marker between every
-                pair of nodes of kind host, each direction.
+                pair of nodes of kind host, each direction; over IPv6 too (ping6,
+                tcp6) between dual-stack hosts.
   encryption    (labs with IPsec) captures on every interface of the vbr and cen
                 nodes while hosts exchange a marker over TCP: passes only if the
                 private path carried ESP between tunnel endpoints and nothing else,
@@ -35,6 +36,10 @@ func checkCommand() *cli.Command {
   path          (labs with IPsec) traces one echo through every node (see emu trace):
                 each direction encrypted by one gateway and decrypted by the other,
                 ESP on every vbr and cen hop, the reply back at the sender.
+                path6 does the same with an ICMPv6 echo between dual-stack hosts.
+  ecmp          (a gateway with several connections) 64 UDP flows each way that
+                differ only in their ports; counted by SPI on the private path,
+                each connection must carry at least half its share.
   bgp           (nodes with bgp:) every session Established, and every prefix a
                 neighbor originates a best path installed in the kernel table.
   failover      (with --failover) breaks the first connection under 100 probes/s:

@@ -55,7 +55,7 @@ func Passed(rs []Result) bool {
 }
 
 // For returns the checks that apply to a lab: encryption only where the lab
-// has IPsec connections to prove.
+// has IPsec connections to prove, ECMP only where a gateway has several.
 func For(l Lab) []Check {
 	var cs []Check
 	for _, n := range l.Topology.Nodes {
@@ -67,6 +67,9 @@ func For(l Lab) []Check {
 	cs = append(cs, Connectivity)
 	if len(tunnelEndpoints(l)) > 0 {
 		cs = append(cs, Encryption, Path)
+	}
+	if len(multiTunnelGateways(l.Topology)) > 0 {
+		cs = append(cs, ECMP)
 	}
 	return cs
 }

@@ -1,0 +1,130 @@
+package checks
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// ECMP proves that a gateway with several IPsec connections to the other
+// side spreads flows over all of them, as the provider's transit router
+// does with equal-cost routes: ecmpFlows UDP flows that differ only in their
+// source ports go each way between the first two hosts, a capture on the
+// private path counts the ESP packets of each connection by SPI, and every
+// connection of the sending gateway must carry at least half its fair share
+// (for two connections: a quarter of the flows each).
+var ECMP = Check{Name: "ecmp", Run: ecmp}
+
+const (
+	ecmpFlows     = 64
+	ecmpFirstPort = 41000
+	// ecmpSize tells the flows' ESP packets from the BGP keepalives and
+	// dead peer detection probes that share the tunnels.
+	ecmpSize = 600
+	ecmpPort = 40124
+)
+
+// multiTunnelGateways are the nodes with more than one connection: the ones
+// whose routes into the tunnels can be equal-cost.
+func multiTunnelGateways(t *topology.Topology) []*topology.Node {
+	var out []*topology.Node
+	for _, n := range t.Nodes {
+		if len(n.Tunnels) > 1 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func ecmp(ctx context.Context, l Lab) []Result {
+	start := time.Now()
+	fail := func(format string, args ...any) []Result {
+		return []Result{{Check: "ecmp", Evidence: fmt.Sprintf(format, args...), Duration: time.Since(start)}}
+	}
+	hosts := hostsOf(l.Topology)
+	if len(hosts) < 2 {
+		return fail("needs two nodes of kind host to send flows, found %d", len(hosts))
+	}
+	// One interface of the private path sees every flow once.
+	var wire *capture.Endpoint
+	for _, n := range l.Topology.Nodes {
+		if slices.Contains(privatePathKinds, n.Kind) && len(n.Interfaces) > 0 && wire == nil {
+			wire = &capture.Endpoint{NS: l.NS(n.Name), Interface: n.Interfaces[0].Name}
+		}
+	}
+	if wire == nil {
+		return fail("no node of kind %s: no private path to watch", strings.Join(privatePathKinds, " or "))
+	}
+	c, err := capture.Start(ctx, wire.NS, wire.Interface, capture.Options{})
+	if err != nil {
+		return fail("start capture: %v", err)
+	}
+	marker := probe.Marker()
+	var sendErr error
+	for _, pair := range [][2]host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+		from, to := pair[0], pair[1]
+		got, err := probe.UDPFlows(l.NS(from.node.Name), l.NS(to.node.Name), netip.AddrPortFrom(to.addr, ecmpPort), ecmpFlows, ecmpFirstPort, ecmpSize, marker)
+		if err == nil && got != ecmpFlows {
+			err = fmt.Errorf("%d of %d UDP flows %s → %s arrived", got, ecmpFlows, from.node.Name, to.node.Name)
+		}
+		if err != nil && sendErr == nil {
+			sendErr = err
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the last frames reach the ring
+	if err := c.Stop(); err != nil {
+		return fail("capture: %v", err)
+	}
+	if sendErr != nil {
+		return fail("%v", sendErr)
+	}
+	perSPI := map[uint32]int{}
+	for _, p := range c.Packets() {
+		if h, err := p.Decode(); err == nil && h.ESP && p.Length > ecmpSize {
+			perSPI[h.SPI]++
+		}
+	}
+	var out []Result
+	for _, g := range multiTunnelGateways(l.Topology) {
+		out = append(out, judgeSpread(l, g, perSPI, start))
+	}
+	return out
+}
+
+// judgeSpread says how the flows leaving gateway g spread over its
+// connections, each known on the wire by its outbound SPI.
+func judgeSpread(l Lab, g *topology.Node, perSPI map[uint32]int, start time.Time) Result {
+	r := Result{Check: "ecmp " + g.Name, Duration: time.Since(start)}
+	fair := ecmpFlows / len(g.Tunnels)
+	total, least := 0, ecmpFlows
+	var seen []string
+	for _, tun := range g.Tunnels {
+		i := slices.IndexFunc(l.Conns, func(c ipsec.Conn) bool { return c.Name == tun.Name && c.Local == tun.Local })
+		if i < 0 {
+			r.Evidence = fmt.Sprintf("no keys of connection %s in the lab directory: cannot tell its packets", tun.Name)
+			return r
+		}
+		n := perSPI[l.Conns[i].Out.SPI]
+		total += n
+		least = min(least, n)
+		seen = append(seen, fmt.Sprintf("%s (SPI 0x%08x) %d", tun.Name, l.Conns[i].Out.SPI, n))
+	}
+	r.Evidence = fmt.Sprintf("%d UDP flows out of %s, by connection: %s", ecmpFlows, g.Name, strings.Join(seen, ", "))
+	switch {
+	case total != ecmpFlows:
+		r.Evidence = fmt.Sprintf("%d of %d flows crossed the private path in %s's tunnels; ", total, ecmpFlows, g.Name) + r.Evidence
+	case least < fair/2:
+		r.Evidence = fmt.Sprintf("a connection carried fewer than %d flows (half its share): is ECMP hashing the 5-tuple? ", fair/2) + r.Evidence
+	default:
+		r.Passed = true
+	}
+	return r
+}
