@@ -81,7 +81,8 @@ bgp.yaml (method 3), static-healthcheck.yaml (method 1 with the health check),
 transit-router.yaml (two tunnels in ECMP).
 
 Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
-3 emu check ran and a check failed.`,
+3 emu check ran and a check failed, 4 emu check ran, none failed, but some
+were inconclusive (e.g. a capture lost frames: re-run).`,
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{

@@ -56,12 +56,7 @@ func failover(ctx context.Context, l Lab) []Result {
 	case err != nil:
 		r.Evidence = err.Error()
 	case auto:
-		resumed := res.Trailing == 0
-		r.Passed = resumed && res.Outage > 0 && res.Outage <= FailoverLimit
-		r.Evidence = fmt.Sprintf("automatic failover: %s", res)
-		if !resumed {
-			r.Evidence = "traffic did not resume by itself: " + r.Evidence
-		}
+		r.Passed, r.Evidence = judgeAutomatic(res, otherConnection(gw, tun))
 	default:
 		// Stopped from the fault (plus DPD's detection) to the end.
 		stopped := res.Trailing >= window-5*time.Second
@@ -94,13 +89,21 @@ func failover(ctx context.Context, l Lab) []Result {
 
 	// 3. The fallback path: in clear, unless another connection is left.
 	start = time.Now()
-	enc := encryption(ctx, l)[0]
+	enc, v := observeEncryption(ctx, l)
 	r = Result{Check: "failover: fallback path", Duration: time.Since(start)}
 	if otherConnection(gw, tun) {
-		r.Passed = enc.Passed
+		// Zero outage is only believable if the broken connection really
+		// stopped carrying: its endpoints must be gone from the wire.
+		broken := v != nil && (v.pairs[tun.Local.String()+"→"+tun.Remote.String()] || v.pairs[tun.Remote.String()+"→"+tun.Local.String()])
+		r.Passed = enc.Passed && !broken
+		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
+		if broken {
+			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP %s ↔ %s; %s", tun.Name, tun.Local, tun.Remote, enc.Evidence)
+		}
 	} else {
-		r.Passed = !enc.Passed && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
+		r.Passed = !enc.Passed && !enc.Inconclusive && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
+		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "unencrypted over Express Connect + CEN, as the guide says: " + enc.Evidence
 	}
 	out = append(out, r)
@@ -118,18 +121,39 @@ func failover(ctx context.Context, l Lab) []Result {
 	}
 	deadline := time.Now().Add(RepairLimit)
 	for {
-		enc = encryption(ctx, l)[0]
+		enc, _ = observeEncryption(ctx, l)
 		if enc.Passed || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	r.Passed, r.Duration = enc.Passed, time.Since(start)
+	r.Passed, r.Inconclusive, r.Duration = enc.Passed, enc.Inconclusive, time.Since(start)
 	r.Evidence = fmt.Sprintf("encrypted again after %s: %s", r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	if !enc.Passed {
 		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s", RepairLimit, enc.Evidence)
 	}
 	return append(out, r)
+}
+
+// judgeAutomatic judges the outage of an automatic failover. Traffic must
+// resume by itself within FailoverLimit. With another connection to the same
+// peer left, ECMP or the routing keeps it flowing and zero outage is the
+// expected outcome (the fallback step proves the fault took effect). With no
+// other connection, the withdrawal takes at least a hold time or a health
+// check: zero outage then means the fault did not bite.
+func judgeAutomatic(res *probe.StreamResult, other bool) (bool, string) {
+	evidence := "automatic failover: " + res.String()
+	switch {
+	case res.Trailing > 0:
+		return false, "traffic did not resume by itself: " + evidence
+	case res.Outage > FailoverLimit:
+		return false, fmt.Sprintf("outage longer than %s: %s", FailoverLimit, evidence)
+	case other:
+		return true, "another connection carried the traffic, " + evidence
+	case res.Outage == 0:
+		return false, "no outage although the only connection broke, so the fault did not take effect: " + evidence
+	}
+	return true, evidence
 }
 
 // streamAround runs a probe stream for window, doing action one second in.

@@ -60,6 +60,8 @@ type frame struct {
 
 // Run traces one ICMP echo from host `from` to the first address of node
 // `to`, and its reply. conns are the lab's connections (to decrypt ESP).
+// When a capture lost frames it returns the partial walk with an error
+// wrapping *capture.LostFramesError.
 func Run(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, from, to string) ([]Hop, error) {
 	src, dst := t.Node(from), t.Node(to)
 	if src == nil || dst == nil {
@@ -102,6 +104,11 @@ func Run(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, from, to
 		}
 	}
 	sort.SliceStable(frames, func(i, j int) bool { return frames[i].Time.Before(frames[j].Time) })
+	// A walk with frames missing may show a hop skipped: say so, with
+	// what was seen.
+	if err := g.Incomplete(); err != nil {
+		return walk(frames), fmt.Errorf("trace incomplete: %w", err)
+	}
 	return walk(frames), nil
 }
 
