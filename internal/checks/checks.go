@@ -68,11 +68,22 @@ type Check struct {
 	Run  func(ctx context.Context, l Lab) []Result
 }
 
-// Run runs the checks in order and returns every result.
+// Run runs the checks in order and returns every result. A failed result
+// also names the node agents that are not alive, with their logs: the
+// failure may be theirs.
 func Run(ctx context.Context, l Lab, cs []Check) []Result {
 	var out []Result
 	for _, c := range cs {
-		out = append(out, c.Run(ctx, l)...)
+		rs := c.Run(ctx, l)
+		for i := range rs {
+			if rs[i].Passed || c.Name == Agents.Name { // those rows name them already
+				continue
+			}
+			if trouble := agentTrouble(l); trouble != "" {
+				rs[i].Evidence += "; " + trouble
+			}
+		}
+		out = append(out, rs...)
 	}
 	return out
 }
@@ -102,13 +113,13 @@ func Passed(rs []Result) bool {
 	return true
 }
 
-// For returns the checks that apply to a lab: encryption only where the lab
-// has IPsec connections to prove.
+// For returns the checks that apply to a lab: the agents' health first,
+// encryption only where the lab has IPsec connections to prove.
 func For(l Lab) []Check {
-	var cs []Check
+	cs := []Check{Agents}
 	for _, n := range l.Topology.Nodes {
 		if n.BGP != nil {
-			cs = []Check{BGP} // first: it waits for convergence
+			cs = append(cs, BGP) // before traffic: it waits for convergence
 			break
 		}
 	}
