@@ -181,4 +181,3 @@ func TestBogusESP_RandomSPIs_CountedLiveAsUnknownSPI(t *testing.T) {
 		t.Errorf("sent %d ESP packets with unknown SPIs, the live counter says %d", n, got)
 	}
 }
-
