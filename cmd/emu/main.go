@@ -99,6 +99,7 @@ were inconclusive (e.g. a capture lost frames: re-run).`,
 			routeCommand(),
 			graphCommand(),
 			traceCommand(),
+			ipsecCommand(),
 			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

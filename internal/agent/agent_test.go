@@ -181,3 +181,41 @@ func TestBogusESP_RandomSPIs_CountedLiveAsUnknownSPI(t *testing.T) {
 		t.Errorf("sent %d ESP packets with unknown SPIs, the live counter says %d", n, got)
 	}
 }
+
+func TestAgentHung_ShownHung_ThenKilledAndRestarted(t *testing.T) {
+	l := labtest.Deploy(t, "static.yaml")
+	onprem := configOf(l, "onprem")
+	before := agent.Check(onprem)
+	if !before.Alive {
+		t.Fatalf("after deploy: %s", before.Summary())
+	}
+	// A stopped process is alive to the kernel but does nothing: only its
+	// missing heartbeat tells.
+	if err := syscall.Kill(before.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(before.PID, syscall.SIGKILL) // if the supervisor did not
+	var h agent.Health
+	sawHung := false
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		h = agent.Check(onprem)
+		if h.State == agent.StateHung {
+			sawHung = true
+			if _, err := agent.ReadState(onprem); err == nil {
+				t.Error("a hung agent's state was read as current")
+			}
+		}
+		if h.Alive && h.Restarts == 1 {
+			break
+		}
+	}
+	if !sawHung {
+		t.Error("inspect never showed the stopped agent as hung")
+	}
+	if !h.Alive || h.Restarts != 1 || !strings.Contains(h.Detail, "hung") {
+		t.Fatalf("stopped agent not replaced: %s", h.Summary())
+	}
+	if !flows(l, 10*time.Second) {
+		t.Fatal("no traffic after the hung agent was replaced")
+	}
+}

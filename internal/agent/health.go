@@ -58,7 +58,7 @@ func (h Health) Summary() string {
 	if !h.Since.IsZero() {
 		s += " since " + h.Since.Format(time.TimeOnly)
 	}
-	s += fmt.Sprintf(", %d restarts", h.Restarts)
+	s += fmt.Sprintf(", restarts %d", h.Restarts)
 	if h.Detail != "" {
 		s += " (" + h.Detail + ")"
 	}

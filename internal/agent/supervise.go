@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Restart policy: a worker that dies is started again after a backoff that
@@ -173,7 +175,7 @@ func describe(ps *os.ProcessState, err error) string {
 		return fmt.Sprint(err)
 	}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return fmt.Sprintf("killed by signal %d (%s)", int(ws.Signal()), ws.Signal())
+		return fmt.Sprintf("killed by signal %d (%s)", int(ws.Signal()), unix.SignalName(ws.Signal()))
 	}
 	return fmt.Sprintf("exit status %d", ps.ExitCode())
 }
