@@ -81,20 +81,26 @@ type ipsecView struct {
 }
 
 func printIPsec(w io.Writer, views []ipsecView) error {
-	t := tablewriter.NewWriter(w)
-	t.Header("Node", "Connection", "SA", "SPI", "Packets", "Bytes", "Seq", "Auth fail", "Replay", "Malformed")
+	sas := tablewriter.NewWriter(w)
+	sas.Header("Node", "Connection", "SA", "SPI", "Packets", "Bytes", "Seq", "Auth fail", "Replay", "Malformed")
+	pre := tablewriter.NewWriter(w)
+	pre.Header("Node", "Short", "Unknown SPI", "Wrong source")
 	for _, v := range views {
 		if v.Error != "" {
-			t.Append(v.Node, wrap(v.Error, 60), "", "", "", "", "", "", "", "")
+			sas.Append(v.Node, wrap(v.Error, 60), "", "", "", "", "", "", "", "")
 			continue
 		}
 		for _, ts := range v.Tunnels {
-			t.Append(v.Node, ts.Name, "out", fmt.Sprintf("0x%08x", ts.OutSPI), fmt.Sprint(ts.Out.Packets), fmt.Sprint(ts.Out.Bytes), fmt.Sprint(ts.Out.Seq), "", "", fmt.Sprint(ts.Out.Errors))
-			t.Append(v.Node, ts.Name, "in", fmt.Sprintf("0x%08x", ts.InSPI), fmt.Sprint(ts.In.Packets), fmt.Sprint(ts.In.Bytes), fmt.Sprint(ts.In.Seq), fmt.Sprint(ts.In.AuthFailures), fmt.Sprint(ts.In.ReplayDrops), fmt.Sprint(ts.In.Errors))
+			sas.Append(v.Node, ts.Name, "out", fmt.Sprintf("0x%08x", ts.OutSPI), fmt.Sprint(ts.Out.Packets), fmt.Sprint(ts.Out.Bytes), fmt.Sprint(ts.Out.Seq), "", "", fmt.Sprint(ts.Out.Errors))
+			sas.Append(v.Node, ts.Name, "in", fmt.Sprintf("0x%08x", ts.InSPI), fmt.Sprint(ts.In.Packets), fmt.Sprint(ts.In.Bytes), fmt.Sprint(ts.In.Seq), fmt.Sprint(ts.In.AuthFailures), fmt.Sprint(ts.In.ReplayDrops), fmt.Sprint(ts.In.Errors))
 		}
 		if d := v.Drops; d != nil {
-			t.Append(v.Node, "(before any SA)", "in", "", "", "", "", "", "", fmt.Sprintf("short %d, unknown SPI %d, wrong source %d", d.Short, d.UnknownSPI, d.WrongSource))
+			pre.Append(v.Node, fmt.Sprint(d.Short), fmt.Sprint(d.UnknownSPI), fmt.Sprint(d.WrongSource))
 		}
 	}
-	return t.Render()
+	if err := sas.Render(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "ESP refused before any SA saw it:")
+	return pre.Render()
 }

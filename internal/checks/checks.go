@@ -79,7 +79,7 @@ func Run(ctx context.Context, l Lab, cs []Check) []Result {
 			if rs[i].Passed || c.Name == Agents.Name { // those rows name them already
 				continue
 			}
-			if trouble := agentTrouble(l); trouble != "" {
+			if trouble := agentTrouble(l, rs[i].Evidence); trouble != "" {
 				rs[i].Evidence += "; " + trouble
 			}
 		}
