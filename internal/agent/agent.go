@@ -10,6 +10,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 // Config is what one node's agent runs.
@@ -34,6 +36,8 @@ type Config struct {
 	Tunnels  []ipsec.Conn     `json:"tunnels,omitempty"`
 	Monitors []monitor.Config `json:"monitors,omitempty"`
 	BGP      *routing.Config  `json:"bgp,omitempty"`
+	// Routes are put back by a restarted worker (plan.Agent.Routes).
+	Routes []monitor.Route `json:"routes_into_tunnels,omitempty"`
 }
 
 // ReadyFD is the descriptor (the first of ExtraFiles) the agent reports on
@@ -109,14 +113,22 @@ func serve(configPath string, ready func()) error {
 	if len(cfg.Tunnels) > 0 {
 		// A previous worker's checkpoint (deploy removes it): its SAs
 		// resume where they were, so the peer drops nothing as a replay.
+		prevState, prevErr := readState(configPath)
 		var prev []userspace.TunnelStats
-		if st, err := readState(configPath); err == nil {
-			prev = st.Tunnels
+		if prevErr == nil {
+			prev = prevState.Tunnels
 		}
 		if dp, err = userspace.StartFrom(cfg.Tunnels, logger, prev); err != nil {
 			return err
 		}
 		defer dp.Close()
+		if prevErr == nil {
+			// A restart: the TUN interfaces are new, and the routes into
+			// them died with the old ones. (At deploy, deploy adds them.)
+			if err := restoreRoutes(cfg.Routes, logger); err != nil {
+				return err
+			}
+		}
 		for _, t := range dp.Stats() {
 			logger.Printf("tunnel %s up: spi out 0x%08x (next seq %d) in 0x%08x (highest seen %d) (userspace ESP)", t.Name, t.OutSPI, uint64(t.Out.Seq)+1, t.InSPI, t.In.Seq)
 		}
@@ -151,6 +163,23 @@ func serve(configPath string, ready func()) error {
 	if dp != nil {
 		stats, _ := json.Marshal(dp.Stats())
 		logger.Printf("stopping; counters %s", stats)
+	}
+	return nil
+}
+
+// restoreRoutes adds routes, skipping those present.
+func restoreRoutes(routes []monitor.Route, logger *log.Logger) error {
+	w := wiring.New()
+	defer w.Close()
+	for _, r := range routes {
+		err := w.AddRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
+		switch {
+		case errors.Is(err, wiring.ErrRouteExists):
+		case err != nil:
+			return fmt.Errorf("restore route %s: %w", r, err)
+		default:
+			logger.Printf("restored route %s", r)
+		}
 	}
 	return nil
 }

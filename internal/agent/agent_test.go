@@ -219,3 +219,31 @@ func TestAgentHung_ShownHung_ThenKilledAndRestarted(t *testing.T) {
 		t.Fatal("no traffic after the hung agent was replaced")
 	}
 }
+
+// Without dead peer detection nothing but the agent puts back the routes
+// into its tunnel, which the kernel deleted with the dead agent's TUN
+// interface: traffic would flow in clear over the fallback route.
+func TestAgentKilled_WithoutDPD_RoutesIntoTheTunnelComeBack_TrafficStaysEncrypted(t *testing.T) {
+	text := strings.Replace(labtest.Shipped(t, "static.yaml"), "address: 169.254.10.1/30\n", "address: 169.254.10.1/30\n          dpd: off\n", 1)
+	l := labtest.DeployText(t, text)
+	onprem := configOf(l, "onprem")
+	before := agent.Check(onprem)
+	if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var after agent.Health
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if after = agent.Check(onprem); after.Alive && after.Restarts > 0 {
+			break
+		}
+	}
+	if !after.Alive || after.Restarts != 1 {
+		t.Fatalf("onprem's agent after kill -9: %s", after.Summary())
+	}
+	labc := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+	for _, r := range checks.Run(context.Background(), labc, []checks.Check{checks.Connectivity, checks.Encryption}) {
+		if !r.Passed {
+			t.Errorf("after the restart: %s: %s", r.Check, r.Evidence)
+		}
+	}
+}

@@ -48,7 +48,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return err
 	}
 	cfgPath := agentConfigPath(labDir, s.Node)
-	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors, BGP: s.BGP}, "", "  ")
+	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors, BGP: s.BGP, Routes: s.Routes}, "", "  ")
 	if err != nil {
 		return err
 	}
