@@ -18,8 +18,11 @@ import (
 // read, without a control socket. Updated is its heartbeat; the tunnel
 // counters are also the checkpoint a restarted worker resumes its SAs from.
 type State struct {
-	Updated   time.Time               `json:"updated"`
+	Updated time.Time `json:"updated"`
+	// PID and PIDStart (clock ticks since boot, /proc/<pid>/stat field 22)
+	// identify the worker that wrote it, also after its pid is reused.
 	PID       int                     `json:"pid"`
+	PIDStart  uint64                  `json:"pid_start"`
 	Started   time.Time               `json:"started"`
 	Neighbors []routing.NeighborState `json:"neighbors,omitempty"`
 	Routes    []routing.Route         `json:"routes,omitempty"`
@@ -56,10 +59,10 @@ func sibling(configPath, suffix string) string {
 func ReadState(configPath string) (*State, error) {
 	s, err := readState(configPath)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("agent of %s has no state: %w; it is %s (log: %s)", nodeOf(configPath), err, Check(configPath).Summary(), LogPath(configPath))
 	}
 	age := time.Since(s.Updated)
-	if age <= StaleAfter && Alive(s.PID) {
+	if age <= StaleAfter && Same(s.PID, s.PIDStart) {
 		return s, nil
 	}
 	return nil, fmt.Errorf("agent of %s: its state (pid %d, %s old) is not current: %s (log: %s)",
@@ -84,8 +87,9 @@ func nodeOf(configPath string) string {
 func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane) {
 	tick := time.NewTicker(PublishEvery)
 	defer tick.Stop()
+	self, _ := procStart(os.Getpid())
 	for {
-		st := State{Updated: time.Now(), PID: os.Getpid(), Started: started}
+		st := State{Updated: time.Now(), PID: os.Getpid(), PIDStart: self, Started: started}
 		if s != nil {
 			st.Neighbors, _ = s.Neighbors(ctx)
 			st.Routes, _ = s.Routes(ctx)
