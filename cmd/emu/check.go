@@ -46,7 +46,10 @@ func checkCommand() *cli.Command {
                 methods 2, 3 and the health check must resume by themselves within
                 10 s; method 1 must stay stopped until the routes are withdrawn (the
                 check does it); the fallback must be in clear; after the repair the
-                traffic must be encrypted again within 15 s.
+                traffic must be encrypted again within 15 s. Where another connection
+                to the same peer is left (ECMP), 0 probes lost is expected, the
+                broken connection's SAs must vanish from the wire and come back after
+                the repair.
 A check whose capture lost frames (the kernel's drop counter) is INCONCLUSIVE,
 never pass: what it did not see may have been a leak.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken

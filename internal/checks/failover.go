@@ -93,13 +93,13 @@ func failover(ctx context.Context, l Lab) []Result {
 	r = Result{Check: "failover: fallback path", Duration: time.Since(start)}
 	if otherConnection(gw, tun) {
 		// Zero outage is only believable if the broken connection really
-		// stopped carrying: its endpoints must be gone from the wire.
-		broken := v != nil && (v.pairs[tun.Local.String()+"→"+tun.Remote.String()] || v.pairs[tun.Remote.String()+"→"+tun.Local.String()])
-		r.Passed = enc.Passed && !broken
+		// stopped carrying: none of its SAs may be on the wire.
+		still := carriedSPIs(l, tun, v)
+		r.Passed = enc.Passed && len(still) == 0
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
-		if broken {
-			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP %s ↔ %s; %s", tun.Name, tun.Local, tun.Remote, enc.Evidence)
+		if len(still) > 0 {
+			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP (SPI %s); %s", tun.Name, strings.Join(still, ", "), enc.Evidence)
 		}
 	} else {
 		r.Passed = !enc.Passed && !enc.Inconclusive && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
@@ -119,18 +119,28 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Evidence = err.Error()
 		return append(out, r)
 	}
+	// With another connection the traffic was encrypted all along: the
+	// repair shows only once the repaired connection carries again.
+	other := otherConnection(gw, tun)
+	var back []string
 	deadline := time.Now().Add(RepairLimit)
 	for {
-		enc, _ = observeEncryption(ctx, l)
-		if enc.Passed || time.Now().After(deadline) || ctx.Err() != nil {
+		enc, v = observeEncryption(ctx, l)
+		back = carriedSPIs(l, tun, v)
+		if enc.Passed && (!other || len(back) > 0) || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	r.Passed, r.Inconclusive, r.Duration = enc.Passed, enc.Inconclusive, time.Since(start)
+	r.Passed, r.Inconclusive, r.Duration = enc.Passed && (!other || len(back) > 0), enc.Inconclusive, time.Since(start)
 	r.Evidence = fmt.Sprintf("encrypted again after %s: %s", r.Duration.Round(100*time.Millisecond), enc.Evidence)
-	if !enc.Passed {
+	switch {
+	case !enc.Passed:
 		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s", RepairLimit, enc.Evidence)
+	case other && len(back) == 0:
+		r.Evidence = fmt.Sprintf("%s carries nothing again within %s: %s", tun.Name, RepairLimit, enc.Evidence)
+	case other:
+		r.Evidence = fmt.Sprintf("%s carries again (SPI %s) after %s: %s", tun.Name, strings.Join(back, ", "), r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	}
 	return append(out, r)
 }
@@ -198,6 +208,26 @@ func automatic(t *topology.Topology, tun *topology.Tunnel) bool {
 		}
 	}
 	return false
+}
+
+// carriedSPIs lists the SPIs of connection tun (its local end's SAs, from
+// the lab's keys) that the capture behind v saw.
+func carriedSPIs(l Lab, tun *topology.Tunnel, v *verdict) []string {
+	var out []string
+	if v == nil {
+		return nil
+	}
+	for _, c := range l.Conns {
+		if c.Name != tun.Name || c.Local != tun.Local {
+			continue
+		}
+		for _, spi := range []uint32{c.Out.SPI, c.In.SPI} {
+			if v.spis[spi] {
+				out = append(out, fmt.Sprintf("0x%08x", spi))
+			}
+		}
+	}
+	return out
 }
 
 func otherConnection(gw *topology.Node, tun *topology.Tunnel) bool {

@@ -2,12 +2,15 @@ package checks
 
 import (
 	"encoding/json"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/topology"
 )
 
 func TestEncryption_CaptureLostFrames_InconclusiveNeverPass(t *testing.T) {
@@ -56,5 +59,20 @@ func TestFailover_OtherConnectionCarriesTraffic_ZeroOutagePasses(t *testing.T) {
 		if ok, ev := judgeAutomatic(stuck, other); ok {
 			t.Errorf("traffic never resumed (other connection %v): judged pass: %s", other, ev)
 		}
+	}
+}
+
+func TestFailover_OtherConnection_BrokenOneStillOnTheWire_FaultDidNotBite(t *testing.T) {
+	tun := &topology.Tunnel{Name: "to-vpc-1", Local: netip.MustParseAddr("10.0.0.1")}
+	l := Lab{Conns: []ipsec.Conn{
+		{Name: "to-vpc-1", Local: tun.Local, Out: ipsec.SA{SPI: 0x11}, In: ipsec.SA{SPI: 0x12}},
+		{Name: "to-vpc-2", Local: tun.Local, Out: ipsec.SA{SPI: 0x21}, In: ipsec.SA{SPI: 0x22}},
+		{Name: "to-vpc-1", Local: netip.MustParseAddr("172.16.1.10"), Out: ipsec.SA{SPI: 0x12}, In: ipsec.SA{SPI: 0x11}},
+	}}
+	if got := carriedSPIs(l, tun, &verdict{spis: map[uint32]bool{0x21: true, 0x22: true}}); len(got) != 0 {
+		t.Errorf("only the other connection on the wire, yet %v reported", got)
+	}
+	if got := carriedSPIs(l, tun, &verdict{spis: map[uint32]bool{0x21: true, 0x12: true}}); len(got) != 1 || got[0] != "0x00000012" {
+		t.Errorf("the broken connection's inbound SA on the wire, reported %v", got)
 	}
 }
