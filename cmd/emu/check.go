@@ -31,6 +31,9 @@ func checkCommand() *cli.Command {
 		Usage:     "prove the lab works with real packets",
 		UsageText: "emu check -t FILE [--format table|json]",
 		Description: `Runs the checks against the deployed lab and prints one row per observation:
+  agents        each node agent alive (processes and a heartbeat under 3 s old),
+                with pid, since and restarts; dead, hung or restarting fails and
+                names the agent's log, and so does every failed row after it.
   connectivity  ICMP echo and a TCP exchange carrying a random marker between every
                 pair of nodes of kind host, each direction.
   encryption    (labs with IPsec) captures on every interface of the vbr and cen
