@@ -110,9 +110,11 @@ type Agent struct {
 	Tunnels   []ipsec.Conn // userspace tunnels
 	Monitors  []monitor.Config
 	BGP       *routing.Config
-	// Routes lead into its userspace tunnels and no monitor manages them:
-	// the kernel deletes them with the TUN interface when the agent dies,
-	// so a restarted agent adds them again.
+	// Routes lead into its userspace tunnels: the kernel deletes them with
+	// the TUN interface when the agent dies, so a restarted agent adds them
+	// again at once, as deploy did (dead peer detection, if on, withdraws
+	// them again should the tunnel be down; it would restore them only
+	// after its first probe interval).
 	Routes []monitor.Route
 }
 
@@ -289,9 +291,7 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 		}
 		if dataplane == Userspace {
 			agent.Tunnels = append(agent.Tunnels, c)
-			if tun.DPD == nil { // else dead peer detection restores them
-				agent.Routes = append(agent.Routes, routesInto(t, n, tun)...)
-			}
+			agent.Routes = append(agent.Routes, routesInto(t, n, tun)...)
 		} else {
 			kernel = append(kernel, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
 		}
