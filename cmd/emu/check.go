@@ -17,8 +17,13 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 )
 
-// exitChecksFailed is returned when the lab was checked and a check failed.
-const exitChecksFailed = 3
+// Exit codes of emu check beyond main's: a failed check outranks an
+// inconclusive one, since a failure is a finding and inconclusive only asks
+// for a re-run.
+const (
+	exitChecksFailed       = 3 // a check failed
+	exitChecksInconclusive = 4 // none failed, some could not judge
+)
 
 func checkCommand() *cli.Command {
 	return &cli.Command{
@@ -26,6 +31,9 @@ func checkCommand() *cli.Command {
 		Usage:     "prove the lab works with real packets",
 		UsageText: "emu check -t FILE [--format table|json]",
 		Description: `Runs the checks against the deployed lab and prints one row per observation:
+  agents        each node agent alive (processes and a heartbeat under 3 s old),
+                with pid, since and restarts; dead, hung or restarting fails and
+                names the agent's log, and so does every failed row after it.
   connectivity  ICMP echo and a TCP exchange carrying a random marker between every
                 pair of nodes of kind host, each direction; over IPv6 too (ping6,
                 tcp6) between dual-stack hosts.
@@ -46,8 +54,16 @@ func checkCommand() *cli.Command {
                 methods 2, 3 and the health check must resume by themselves within
                 10 s; method 1 must stay stopped until the routes are withdrawn (the
                 check does it); the fallback must be in clear; after the repair the
-                traffic must be encrypted again within 15 s.
-Exit code 3 when a check fails, so CI can tell a broken lab from a broken command.`,
+                traffic must be encrypted again within 15 s. Where another connection
+                to the same peer is left (ECMP), 0 probes lost is expected, the
+                broken connection's SAs must vanish from the wire and come back after
+                the repair.
+A check whose capture lost frames (the kernel's drop counter) is INCONCLUSIVE,
+never pass: what it did not see may have been a leak.
+Exit code 3 when a check fails, so CI can tell a broken lab from a broken
+command; 4 when none failed but some were inconclusive (re-run on a quieter
+machine). JSON results carry "result": "pass", "fail" or "inconclusive"; JUnit
+reports an inconclusive check as <error message="inconclusive">.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
@@ -91,8 +107,11 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 					return err
 				}
 			}
-			if !checks.Passed(results) {
+			switch _, failed, inconclusive := checks.Count(results); {
+			case failed > 0:
 				return cli.Exit(errors.New("some checks failed"), exitChecksFailed)
+			case inconclusive > 0:
+				return cli.Exit(errors.New("some checks were inconclusive: re-run them"), exitChecksInconclusive)
 			}
 			return nil
 		},
@@ -102,12 +121,10 @@ Exit code 3 when a check fails, so CI can tell a broken lab from a broken comman
 func printResults(w io.Writer, rs []checks.Result) error {
 	t := tablewriter.NewTable(w, tablewriter.WithRowAutoWrap(tw.WrapNone))
 	t.Header("Check", "Result", "Seen", "Time")
-	passed := 0
 	for _, r := range rs {
-		res := "FAIL"
-		if r.Passed {
-			res = "pass"
-			passed++
+		res := r.Outcome()
+		if res != checks.OutcomePass {
+			res = strings.ToUpper(res)
 		}
 		if err := t.Append(r.Check, res, wrap(r.Evidence, 72), r.Duration.Round(100*time.Microsecond).String()); err != nil {
 			return err
@@ -116,7 +133,12 @@ func printResults(w io.Writer, rs []checks.Result) error {
 	if err := t.Render(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "%d passed, %d failed\n", passed, len(rs)-passed)
+	passed, failed, inconclusive := checks.Count(rs)
+	summary := fmt.Sprintf("%d passed, %d failed", passed, failed)
+	if inconclusive > 0 {
+		summary += fmt.Sprintf(", %d inconclusive", inconclusive)
+	}
+	_, err := fmt.Fprintln(w, summary)
 	return err
 }
 

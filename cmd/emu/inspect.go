@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/olekukonko/tablewriter"
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/topology"
@@ -22,7 +26,12 @@ func inspectCommand() *cli.Command {
 		Usage:     "show deployed labs: nodes, namespaces, interfaces, addresses, state",
 		UsageText: "emu inspect -t FILE [--format table|json]\nemu inspect --all [--format table|json]",
 		Description: `Reads the live state of each node's namespace (not the topology file): interface
-operational state and addresses. A node whose namespace vanished shows as "missing".`,
+operational state and addresses. A node whose namespace vanished shows as "missing".
+Agent: the node agent's health, judged from its processes (pid and start time) and
+its heartbeat, never from an old file: alive, dead, hung (no heartbeat for 3 s),
+restarting (its supervisor starts a new worker), with pid, since when it runs and
+how often it was restarted. A node whose agent is not alive shows "agent dead" (or
+hung, restarting) as its state.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "every deployed lab"},
@@ -76,6 +85,8 @@ type nodeView struct {
 	State      string                  `json:"state"`
 	Runtime    string                  `json:"runtime,omitempty"`
 	Interfaces []wiring.InterfaceState `json:"interfaces"`
+	// Agent is the node agent's live health, where the node has one.
+	Agent *agent.Health `json:"agent,omitempty"`
 }
 
 func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
@@ -103,6 +114,13 @@ func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
 			if err != nil {
 				v.State = "missing"
 			}
+			if cfg := filepath.Join(r.Dir, "agents", n.Name+".json"); fileExists(cfg) {
+				h := agent.Check(cfg)
+				v.Agent = &h
+				if !h.Alive && v.State == "running" {
+					v.State = "agent " + h.State
+				}
+			}
 			v.Interfaces = ifs
 			out = append(out, v)
 		}
@@ -122,7 +140,7 @@ func printLabsJSON(w io.Writer, recs []*lab.Record) error {
 
 func printLabs(w io.Writer, recs []*lab.Record) error {
 	t := tablewriter.NewWriter(w)
-	t.Header("Lab", "Node", "Kind", "Namespace", "Interfaces", "State")
+	t.Header("Lab", "Node", "Kind", "Namespace", "Interfaces", "State", "Agent")
 	for _, v := range viewLabs(context.Background(), recs) {
 		var ifs []string
 		for _, i := range v.Interfaces {
@@ -132,9 +150,32 @@ func printLabs(w io.Writer, recs []*lab.Record) error {
 		if v.Runtime != "" {
 			kind += " (" + v.Runtime + ")"
 		}
-		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), v.State); err != nil {
+		agentCol := ""
+		if a := v.Agent; a != nil {
+			lines := []string{a.State}
+			if a.PID != 0 {
+				lines[0] += fmt.Sprintf(", pid %d", a.PID)
+			}
+			if !a.Since.IsZero() {
+				lines = append(lines, "since "+a.Since.Format(time.TimeOnly))
+			}
+			lines = append(lines, fmt.Sprintf("restarts %d", a.Restarts))
+			if a.Detail != "" {
+				lines = append(lines, wrap(a.Detail, 40))
+			}
+			if !a.Alive {
+				lines = append(lines, "log: "+a.Log)
+			}
+			agentCol = strings.Join(lines, "\n")
+		}
+		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), v.State, agentCol); err != nil {
 			return err
 		}
 	}
 	return t.Render()
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

@@ -82,7 +82,8 @@ transit-router.yaml (two tunnels in ECMP), dual-stack.yaml (IPv6 inside the
 IPv4 tunnel).
 
 Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
-3 emu check ran and a check failed.`,
+3 emu check ran and a check failed, 4 emu check ran, none failed, but some
+were inconclusive (e.g. a capture lost frames: re-run).`,
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{
@@ -99,6 +100,7 @@ Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
 			routeCommand(),
 			graphCommand(),
 			traceCommand(),
+			ipsecCommand(),
 			agentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 
 	"github.com/olekukonko/tablewriter"
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/trace"
 )
@@ -55,15 +57,20 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))
-			if err != nil {
+			var lost *capture.LostFramesError
+			if err != nil && !errors.As(err, &lost) {
 				return err
 			}
 			if c.String("format") == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
-				return enc.Encode(hops)
+				if jerr := enc.Encode(hops); jerr != nil {
+					return jerr
+				}
+			} else if perr := printHops(c.App.Writer, hops); perr != nil {
+				return perr
 			}
-			return printHops(c.App.Writer, hops)
+			return err // the walk shown may miss hops the capture lost
 		},
 	}
 }

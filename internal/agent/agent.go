@@ -1,24 +1,32 @@
 // Package agent is the long-lived process emu starts inside a node's
-// namespace for what must outlive the deploy command: today the userspace
-// ESP dataplane. It reads its configuration from a 0600 file in the lab
-// directory, says "ready" (or why not) on a pipe, and runs until SIGTERM.
+// namespace for what must outlive the deploy command: the userspace ESP
+// dataplane, dead peer detection and health checks, BGP. It reads its
+// configuration from a 0600 file in the lab directory, says "ready" (or why
+// not) on a pipe, and runs until SIGTERM: a supervisor that restarts the
+// worker doing the work when it dies or hangs, each restart recorded and
+// shown by `emu inspect`.
 package agent
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 // Config is what one node's agent runs.
@@ -28,18 +36,31 @@ type Config struct {
 	Tunnels  []ipsec.Conn     `json:"tunnels,omitempty"`
 	Monitors []monitor.Config `json:"monitors,omitempty"`
 	BGP      *routing.Config  `json:"bgp,omitempty"`
+	// Routes are put back by a restarted worker (plan.Agent.Routes).
+	Routes []monitor.Route `json:"routes_into_tunnels,omitempty"`
 }
 
-// ReadyFD is the descriptor (the first of ExtraFiles) the agent reports on.
+// ReadyFD is the descriptor (the first of ExtraFiles) the agent reports on
+// when ReadyEnv names it.
 const ReadyFD = 3
+
+// ReadyEnv names the descriptor of the ready pipe. Without it the agent
+// reports to nobody: a descriptor inherited by accident (an agent started by
+// hand) is never written to or closed, since it may be anything, and once
+// the agent runs it may be the agent's own socket.
+const ReadyEnv = "EMU_AGENT_READY_FD"
 
 // Ready is the line an agent writes when it serves.
 const Ready = "ready"
 
-// Run starts what the config asks and blocks until SIGTERM or SIGINT. Setup
+// workerEnv marks the process the supervisor starts to do the work.
+const workerEnv = "EMU_AGENT_WORKER"
+
+// Run runs the agent of configPath until SIGTERM or SIGINT: as the supervisor
+// (see supervise) unless it is the worker the supervisor started. Setup
 // errors are reported on the ready pipe too, so the deploy can show them.
 func Run(configPath string) error {
-	ready := os.NewFile(ReadyFD, "ready")
+	ready := readyPipe()
 	report := func(msg string) {
 		if ready != nil {
 			fmt.Fprintln(ready, msg)
@@ -47,11 +68,32 @@ func Run(configPath string) error {
 			ready = nil
 		}
 	}
-	err := serve(configPath, func() { report(Ready) })
+	var err error
+	if os.Getenv(workerEnv) == "1" {
+		err = serve(configPath, func() { report(Ready) })
+	} else {
+		err = supervise(configPath, func() { report(Ready) })
+	}
 	if err != nil {
 		report("error: " + err.Error())
 	}
 	return err
+}
+
+// readyPipe takes the ready pipe before anything else is opened, and only
+// if ReadyEnv names a descriptor that is a pipe.
+func readyPipe() *os.File {
+	fd, err := strconv.Atoi(os.Getenv(ReadyEnv))
+	os.Unsetenv(ReadyEnv) // the worker gets its own
+	if err != nil || fd < 3 {
+		return nil
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return nil
+	}
+	unix.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), "ready")
 }
 
 func serve(configPath string, ready func()) error {
@@ -63,17 +105,32 @@ func serve(configPath string, ready func()) error {
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		return fmt.Errorf("config %s: %w", configPath, err)
 	}
-	logger := log.New(os.Stderr, fmt.Sprintf("agent %s/%s: ", cfg.Lab, cfg.Node), log.LstdFlags|log.Lmicroseconds)
+	started := time.Now()
+	logger := log.New(os.Stderr, fmt.Sprintf("agent %s/%s[%d]: ", cfg.Lab, cfg.Node, os.Getpid()), log.LstdFlags|log.Lmicroseconds)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	var dp *userspace.Dataplane
 	if len(cfg.Tunnels) > 0 {
-		if dp, err = userspace.Start(cfg.Tunnels, logger); err != nil {
+		// A previous worker's checkpoint (deploy removes it): its SAs
+		// resume where they were, so the peer drops nothing as a replay.
+		prevState, prevErr := readState(configPath)
+		var prev []userspace.TunnelStats
+		if prevErr == nil {
+			prev = prevState.Tunnels
+		}
+		if dp, err = userspace.StartFrom(cfg.Tunnels, logger, prev); err != nil {
 			return err
 		}
 		defer dp.Close()
-		for _, t := range cfg.Tunnels {
-			logger.Printf("tunnel %s up: %s %s → %s, spi out 0x%08x in 0x%08x (userspace ESP)", t.Name, t.Interface, t.Local, t.Remote, t.Out.SPI, t.In.SPI)
+		if prevErr == nil {
+			// A restart: the TUN interfaces are new, and the routes into
+			// them died with the old ones. (At deploy, deploy adds them.)
+			if err := restoreRoutes(cfg.Routes, logger); err != nil {
+				return err
+			}
+		}
+		for _, t := range dp.Stats() {
+			logger.Printf("tunnel %s up: spi out 0x%08x (next seq %d) in 0x%08x (highest seen %d) (userspace ESP)", t.Name, t.OutSPI, uint64(t.Out.Seq)+1, t.InSPI, t.In.Seq)
 		}
 	}
 	var speaker *routing.Speaker
@@ -85,13 +142,11 @@ func serve(configPath string, ready func()) error {
 		logger.Printf("bgp AS%d router-id %s up with %d neighbors", cfg.BGP.ASN, cfg.BGP.RouterID, len(cfg.BGP.Neighbors))
 	}
 	var wg sync.WaitGroup
-	if speaker != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			publish(ctx, configPath, speaker, 500*time.Millisecond)
-		}()
-	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		publish(ctx, configPath, started, speaker, dp)
+	}()
 	for _, m := range cfg.Monitors {
 		wg.Add(1)
 		go func() {
@@ -108,6 +163,23 @@ func serve(configPath string, ready func()) error {
 	if dp != nil {
 		stats, _ := json.Marshal(dp.Stats())
 		logger.Printf("stopping; counters %s", stats)
+	}
+	return nil
+}
+
+// restoreRoutes adds routes, skipping those present.
+func restoreRoutes(routes []monitor.Route, logger *log.Logger) error {
+	w := wiring.New()
+	defer w.Close()
+	for _, r := range routes {
+		err := w.AddRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
+		switch {
+		case errors.Is(err, wiring.ErrRouteExists):
+		case err != nil:
+			return fmt.Errorf("restore route %s: %w", r, err)
+		default:
+			logger.Printf("restored route %s", r)
+		}
 	}
 	return nil
 }

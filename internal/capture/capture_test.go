@@ -475,15 +475,11 @@ func assertPcap(t *testing.T, r io.Reader, want []Packet) {
 // More frames than the ring holds at once: the reader must give blocks back
 // and follow the kernel around the ring without reordering frames or losing
 // any the kernel does not count as dropped.
-func TestCapture_MoreFramesThanTheRing_NoSilentLossNoReorder(t *testing.T) {
-	p := newPair(t)
-	marker := newMarker(t)
-	c, err := Start(context.Background(), p.a, "vA", Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// b listens without reading: once its buffer is full it drops quietly,
-	// where a closed port would answer with ICMP and fail the sender.
+// floodUDP returns a socket in a sending to b, where a socket listens
+// without reading: once its buffer is full it drops quietly, where a closed
+// port would answer with ICMP and fail the sender. Both close with the test.
+func floodUDP(t *testing.T, p pair) *net.UDPConn {
+	t.Helper()
 	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.addrB, 40001))
 	var rx, tx *net.UDPConn
 	if err := netnsx.Do(p.b, func() (err error) {
@@ -492,14 +488,25 @@ func TestCapture_MoreFramesThanTheRing_NoSilentLossNoReorder(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer rx.Close()
+	t.Cleanup(func() { rx.Close() })
 	if err := netnsx.Do(p.a, func() (err error) {
 		tx, err = net.DialUDP("udp4", nil, dst)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Close()
+	t.Cleanup(func() { tx.Close() })
+	return tx
+}
+
+func TestCapture_MoreFramesThanTheRing_NoSilentLossNoReorder(t *testing.T) {
+	p := newPair(t)
+	marker := newMarker(t)
+	c, err := Start(context.Background(), p.a, "vA", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := floodUDP(t, p)
 	const n = 6000 // about 6.5 MB of frames through a 4 MB ring
 	pad := bytes.Repeat([]byte{'.'}, 1000)
 	for i := range n {
@@ -539,4 +546,38 @@ func TestCapture_MoreFramesThanTheRing_NoSilentLossNoReorder(t *testing.T) {
 	if missing := n - seen; missing > int(c.Dropped()) {
 		t.Errorf("saw %d of %d datagrams, kernel reports only %d drops", seen, n, c.Dropped())
 	}
+}
+
+func TestCapture_ReaderFallsBehind_IncompleteNamesTheLoss(t *testing.T) {
+	p := newPair(t)
+	marker := newMarker(t)
+	release := make(chan struct{})
+	// The reader blocks on the first frame, so the 4 MB ring fills and the
+	// kernel drops the rest of a 6.5 MB burst.
+	g, err := StartMany(context.Background(), []Endpoint{{NS: p.a, Interface: "vA"}}, Options{OnPacket: func(Packet) error {
+		<-release
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := floodUDP(t, p)
+	frame := append(marker, bytes.Repeat([]byte{'.'}, 1000)...)
+	for range 6000 {
+		if _, err := tx.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	if err := g.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	var lost *LostFramesError
+	if err := g.Incomplete(); !errors.As(err, &lost) {
+		t.Fatalf("ring overflowed, Incomplete() = %v, want a *LostFramesError", err)
+	}
+	if lost.Dropped == 0 || len(lost.Where) != 1 || !strings.HasPrefix(lost.Where[0], p.a+":vA (") {
+		t.Errorf("loss not attributed: %+v", lost)
+	}
+	t.Log(lost)
 }

@@ -3,7 +3,9 @@ package capture
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -73,6 +75,35 @@ func (g *Group) Packets() []Packet {
 	}
 	slices.SortStableFunc(all, func(a, b Packet) int { return a.Time.Compare(b.Time) })
 	return all
+}
+
+// LostFramesError says a capture is incomplete: the kernel discarded frames
+// because the ring was full (its PACKET_STATISTICS drop counter), so any
+// verdict of the form "never seen" drawn from it is unsound.
+type LostFramesError struct {
+	Dropped uint32   // frames lost, over all interfaces
+	Where   []string // "namespace:interface (n)" for each interface that lost some
+}
+
+func (e *LostFramesError) Error() string {
+	return fmt.Sprintf("the capture lost %d frames (kernel drop counter) on %s: the machine was too busy to read them; re-run when it is quieter",
+		e.Dropped, strings.Join(e.Where, ", "))
+}
+
+// Incomplete returns a *LostFramesError once the group has ended if any of
+// its captures lost frames, else nil.
+func (g *Group) Incomplete() error {
+	e := &LostFramesError{}
+	for _, c := range g.caps {
+		if d := c.Dropped(); d > 0 {
+			e.Dropped += d
+			e.Where = append(e.Where, fmt.Sprintf("%s:%s (%d)", c.ns, c.ifname, d))
+		}
+	}
+	if e.Dropped == 0 {
+		return nil
+	}
+	return e
 }
 
 // Dropped is the total of Capture.Dropped over the group.

@@ -4,6 +4,7 @@ package checks
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec"
@@ -21,12 +22,44 @@ type Lab struct {
 // NS is the namespace of a node.
 func (l Lab) NS(node string) string { return plan.NamespaceName(l.Topology.Name, node) }
 
-// Result is the outcome of one check.
+// Result is the outcome of one check: passed, failed, or inconclusive.
 type Result struct {
-	Check    string        `json:"check"`
-	Passed   bool          `json:"passed"`
-	Evidence string        `json:"evidence"` // what was seen, pass or fail
-	Duration time.Duration `json:"duration_ns"`
+	Check  string `json:"check"`
+	Passed bool   `json:"passed"`
+	// Inconclusive is set (with Passed false) when the check could not
+	// observe enough to judge, e.g. its capture lost frames: neither a
+	// pass nor a proof of failure. Re-run it on a quieter machine.
+	Inconclusive bool          `json:"inconclusive,omitempty"`
+	Evidence     string        `json:"evidence"` // what was seen, pass or fail
+	Duration     time.Duration `json:"duration_ns"`
+}
+
+// Outcomes, as the table, JSON and JUnit name them.
+const (
+	OutcomePass         = "pass"
+	OutcomeFail         = "fail"
+	OutcomeInconclusive = "inconclusive"
+)
+
+// Outcome names the result: OutcomePass, OutcomeFail or OutcomeInconclusive.
+func (r Result) Outcome() string {
+	switch {
+	case r.Passed:
+		return OutcomePass
+	case r.Inconclusive:
+		return OutcomeInconclusive
+	}
+	return OutcomeFail
+}
+
+// MarshalJSON adds "result" (the Outcome) to the fields, so a JSON reader
+// needs no rule to combine passed and inconclusive.
+func (r Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	return json.Marshal(struct {
+		plain
+		Result string `json:"result"`
+	}{plain(r), r.Outcome()})
 }
 
 // Check is one property of a lab.
@@ -35,13 +68,39 @@ type Check struct {
 	Run  func(ctx context.Context, l Lab) []Result
 }
 
-// Run runs the checks in order and returns every result.
+// Run runs the checks in order and returns every result. A failed result
+// also names the node agents that are not alive, with their logs: the
+// failure may be theirs.
 func Run(ctx context.Context, l Lab, cs []Check) []Result {
 	var out []Result
 	for _, c := range cs {
-		out = append(out, c.Run(ctx, l)...)
+		rs := c.Run(ctx, l)
+		for i := range rs {
+			if rs[i].Passed || c.Name == Agents.Name { // those rows name them already
+				continue
+			}
+			if trouble := agentTrouble(l, rs[i].Evidence); trouble != "" {
+				rs[i].Evidence += "; " + trouble
+			}
+		}
+		out = append(out, rs...)
 	}
 	return out
+}
+
+// Count returns how many results passed, failed and were inconclusive.
+func Count(rs []Result) (passed, failed, inconclusive int) {
+	for _, r := range rs {
+		switch r.Outcome() {
+		case OutcomePass:
+			passed++
+		case OutcomeInconclusive:
+			inconclusive++
+		default:
+			failed++
+		}
+	}
+	return passed, failed, inconclusive
 }
 
 // Passed reports whether every result passed.
@@ -54,13 +113,14 @@ func Passed(rs []Result) bool {
 	return true
 }
 
-// For returns the checks that apply to a lab: encryption only where the lab
-// has IPsec connections to prove, ECMP only where a gateway has several.
+// For returns the checks that apply to a lab: the agents' health first,
+// encryption only where the lab has IPsec connections to prove, ECMP only
+// where a gateway has several.
 func For(l Lab) []Check {
-	var cs []Check
+	cs := []Check{Agents}
 	for _, n := range l.Topology.Nodes {
 		if n.BGP != nil {
-			cs = []Check{BGP} // first: it waits for convergence
+			cs = append(cs, BGP) // before traffic: it waits for convergence
 			break
 		}
 	}

@@ -27,9 +27,17 @@ var Encryption = Check{Name: "encryption", Run: encryption}
 var privatePathKinds = []string{"vbr", "cen"}
 
 func encryption(ctx context.Context, l Lab) []Result {
+	r, _ := observeEncryption(ctx, l)
+	return []Result{r}
+}
+
+// observeEncryption runs the encryption check and also returns what the
+// private path carried (nil when nothing was captured), for the failover
+// check to tell which connection carried it.
+func observeEncryption(ctx context.Context, l Lab) (Result, *verdict) {
 	start := time.Now()
-	fail := func(format string, args ...any) []Result {
-		return []Result{{Check: "encryption", Evidence: fmt.Sprintf(format, args...), Duration: time.Since(start)}}
+	fail := func(format string, args ...any) (Result, *verdict) {
+		return Result{Check: "encryption", Evidence: fmt.Sprintf(format, args...), Duration: time.Since(start)}, nil
 	}
 	endpoints := tunnelEndpoints(l)
 	if len(endpoints) == 0 {
@@ -90,12 +98,26 @@ func encryption(ctx context.Context, l Lab) []Result {
 	case trafficErr != nil:
 		r.Evidence = "traffic failed, so nothing was proven: " + trafficErr.Error() + "; " + r.Evidence
 	case v.markerFrames > 0 || v.innerFrames > 0 || v.otherIP > 0:
+		// A leak seen is proof, whatever else the capture missed.
+	case lost(&r, g.Incomplete()):
 	case v.esp == 0:
 		r.Evidence = "no ESP crossed the private path; " + r.Evidence
 	default:
 		r.Passed = true
 	}
-	return []Result{r}
+	return r, &v
+}
+
+// lost marks r inconclusive when the capture behind it lost frames (err from
+// capture.Group.Incomplete): "never seen in clear" is unsound then, and so is
+// "no ESP". It reports whether it did.
+func lost(r *Result, err error) bool {
+	if err == nil {
+		return false
+	}
+	r.Passed, r.Inconclusive = false, true
+	r.Evidence = fmt.Sprintf("inconclusive, %v; what was captured: %s", err, r.Evidence)
+	return true
 }
 
 // verdict counts what the private path carried.

@@ -56,12 +56,7 @@ func failover(ctx context.Context, l Lab) []Result {
 	case err != nil:
 		r.Evidence = err.Error()
 	case auto:
-		resumed := res.Trailing == 0
-		r.Passed = resumed && res.Outage > 0 && res.Outage <= FailoverLimit
-		r.Evidence = fmt.Sprintf("automatic failover: %s", res)
-		if !resumed {
-			r.Evidence = "traffic did not resume by itself: " + r.Evidence
-		}
+		r.Passed, r.Evidence = judgeAutomatic(res, otherConnection(gw, tun))
 	default:
 		// Stopped from the fault (plus DPD's detection) to the end.
 		stopped := res.Trailing >= window-5*time.Second
@@ -94,13 +89,21 @@ func failover(ctx context.Context, l Lab) []Result {
 
 	// 3. The fallback path: in clear, unless another connection is left.
 	start = time.Now()
-	enc := encryption(ctx, l)[0]
+	enc, v := observeEncryption(ctx, l)
 	r = Result{Check: "failover: fallback path", Duration: time.Since(start)}
 	if otherConnection(gw, tun) {
-		r.Passed = enc.Passed
+		// Zero outage is only believable if the broken connection really
+		// stopped carrying: none of its SAs may be on the wire.
+		still := carriedSPIs(l, tun, v)
+		r.Passed = enc.Passed && len(still) == 0
+		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
+		if len(still) > 0 {
+			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP (SPI %s); %s", tun.Name, strings.Join(still, ", "), enc.Evidence)
+		}
 	} else {
-		r.Passed = !enc.Passed && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
+		r.Passed = !enc.Passed && !enc.Inconclusive && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
+		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "unencrypted over Express Connect + CEN, as the guide says: " + enc.Evidence
 	}
 	out = append(out, r)
@@ -116,20 +119,51 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Evidence = err.Error()
 		return append(out, r)
 	}
+	// With another connection the traffic was encrypted all along: the
+	// repair shows only once the repaired connection carries again.
+	other := otherConnection(gw, tun)
+	var back []string
 	deadline := time.Now().Add(RepairLimit)
 	for {
-		enc = encryption(ctx, l)[0]
-		if enc.Passed || time.Now().After(deadline) || ctx.Err() != nil {
+		enc, v = observeEncryption(ctx, l)
+		back = carriedSPIs(l, tun, v)
+		if enc.Passed && (!other || len(back) > 0) || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	r.Passed, r.Duration = enc.Passed, time.Since(start)
+	r.Passed, r.Inconclusive, r.Duration = enc.Passed && (!other || len(back) > 0), enc.Inconclusive, time.Since(start)
 	r.Evidence = fmt.Sprintf("encrypted again after %s: %s", r.Duration.Round(100*time.Millisecond), enc.Evidence)
-	if !enc.Passed {
+	switch {
+	case !enc.Passed:
 		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s", RepairLimit, enc.Evidence)
+	case other && len(back) == 0:
+		r.Evidence = fmt.Sprintf("%s carries nothing again within %s: %s", tun.Name, RepairLimit, enc.Evidence)
+	case other:
+		r.Evidence = fmt.Sprintf("%s carries again (SPI %s) after %s: %s", tun.Name, strings.Join(back, ", "), r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	}
 	return append(out, r)
+}
+
+// judgeAutomatic judges the outage of an automatic failover. Traffic must
+// resume by itself within FailoverLimit. With another connection to the same
+// peer left, ECMP or the routing keeps it flowing and zero outage is the
+// expected outcome (the fallback step proves the fault took effect). With no
+// other connection, the withdrawal takes at least a hold time or a health
+// check: zero outage then means the fault did not bite.
+func judgeAutomatic(res *probe.StreamResult, other bool) (bool, string) {
+	evidence := "automatic failover: " + res.String()
+	switch {
+	case res.Trailing > 0:
+		return false, "traffic did not resume by itself: " + evidence
+	case res.Outage > FailoverLimit:
+		return false, fmt.Sprintf("outage longer than %s: %s", FailoverLimit, evidence)
+	case other:
+		return true, "another connection carried the traffic, " + evidence
+	case res.Outage == 0:
+		return false, "no outage although the only connection broke, so the fault did not take effect: " + evidence
+	}
+	return true, evidence
 }
 
 // streamAround runs a probe stream for window, doing action one second in.
@@ -174,6 +208,26 @@ func automatic(t *topology.Topology, tun *topology.Tunnel) bool {
 		}
 	}
 	return false
+}
+
+// carriedSPIs lists the SPIs of connection tun (its local end's SAs, from
+// the lab's keys) that the capture behind v saw.
+func carriedSPIs(l Lab, tun *topology.Tunnel, v *verdict) []string {
+	var out []string
+	if v == nil {
+		return nil
+	}
+	for _, c := range l.Conns {
+		if c.Name != tun.Name || c.Local != tun.Local {
+			continue
+		}
+		for _, spi := range []uint32{c.Out.SPI, c.In.SPI} {
+			if v.spis[spi] {
+				out = append(out, fmt.Sprintf("0x%08x", spi))
+			}
+		}
+	}
+	return out
 }
 
 func otherConnection(gw *topology.Node, tun *topology.Tunnel) bool {

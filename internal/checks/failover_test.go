@@ -123,6 +123,10 @@ func TestMethod1WithHealthCheck_TunnelDown_RevokesRoutes_FallsBackUnencrypted(t 
 	failoverCheck(t, "static-healthcheck.yaml", "automatic failover")
 }
 
+func TestTransitRouter_FailoverCheck_OtherConnectionCarriesTraffic(t *testing.T) {
+	failoverCheck(t, "transit-router.yaml", "another connection carried the traffic")
+}
+
 // nexthops counts the kernel's nexthops for a prefix in a node's namespace.
 func nexthops(t *testing.T, l *labtest.Lab, node, prefix string) int {
 	t.Helper()

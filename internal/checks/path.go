@@ -2,11 +2,13 @@ package checks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/trace"
 )
 
@@ -38,13 +40,15 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 	}
 	hops, err := trace.RunFamily(ctx, l.Topology, l.Conns, from, to, ipv6)
 	r.Duration = time.Since(start)
-	if err != nil {
+	var lostFrames *capture.LostFramesError
+	if err != nil && !errors.As(err, &lostFrames) {
 		r.Evidence = err.Error()
 		return r
 	}
 	var steps []string
 	var problems []string
 	encrypts, decrypts := 0, 0
+	inClear := false
 	for _, h := range hops {
 		step := h.Node + " " + h.Action
 		if h.Encrypted {
@@ -59,6 +63,7 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 			decrypts++
 		}
 		if slices.Contains(privatePathKinds, kind) && !h.Encrypted {
+			inClear = true
 			problems = append(problems, fmt.Sprintf("step %d: %s forwarded %s → %s in clear", h.Step, h.Node, h.OuterSrc, h.OuterDst))
 		}
 	}
@@ -70,9 +75,18 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 	case hops[len(hops)-1].Node != from || hops[len(hops)-1].Action != trace.Receives:
 		problems = append(problems, "the reply did not reach "+from)
 	}
-	r.Passed = len(problems) == 0
 	r.Evidence = strings.Join(steps, " → ")
-	if !r.Passed {
+	switch {
+	case len(problems) == 0 && lostFrames == nil:
+		r.Passed = true
+	case !inClear && lostFrames != nil:
+		// A missing hop or a missing reply may be a frame the capture
+		// lost; a hop seen in clear is a fact even so (next case).
+		lost(&r, lostFrames)
+		if len(problems) > 0 {
+			r.Evidence += "; " + strings.Join(problems, "; ")
+		}
+	default:
 		r.Evidence = strings.Join(problems, "; ") + "; walk: " + r.Evidence
 	}
 	return r

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -49,12 +48,13 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return err
 	}
 	cfgPath := agentConfigPath(labDir, s.Node)
-	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors, BGP: s.BGP}, "", "  ")
+	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors, BGP: s.BGP, Routes: s.Routes}, "", "  ")
 	if err != nil {
 		return err
 	}
-	// The agent writes its state file beside its config.
-	for _, f := range []string{cfgPath, agent.StatePath(cfgPath)} {
+	// The agent writes its state and its supervisor's status beside its
+	// config.
+	for _, f := range append([]string{cfgPath}, agent.Files(cfgPath)...) {
 		if err := j.add(Entry{Kind: "file", Name: f}); err != nil {
 			return err
 		}
@@ -65,7 +65,14 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err := j.add(Entry{Kind: "agent", Name: cfgPath}); err != nil {
 		return err
 	}
-	logPath := filepath.Join(labDir, "logs", s.Node+".log")
+	// A new deploy is a new generation: a previous one's state must neither
+	// be read as this agent's nor resumed from (the keys may be the same).
+	for _, old := range []string{agent.StatePath(cfgPath), agent.StatusPath(cfgPath)} {
+		if err := os.Remove(old); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove the previous deploy's %s: %w", old, err)
+		}
+	}
+	logPath := agent.LogPath(cfgPath)
 	if err := ownDir(j, filepath.Dir(logPath), 0o755); err != nil {
 		return err
 	}
@@ -89,6 +96,10 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	defer r.Close()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.ExtraFiles = []*os.File{w}
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", agent.ReadyEnv, agent.ReadyFD))
 	// Its own session: a Ctrl-C meant for a later command must not stop it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	// The child inherits the namespace of the thread that forks it.
@@ -98,7 +109,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return fmt.Errorf("start agent of %s: %w", s.Node, err)
 	}
 	go cmd.Wait() // reap it if it exits while deploy still runs
-	line, err := readLine(r, agentReadyTimeout)
+	line, err := agent.ReadLine(r, agentReadyTimeout)
 	if err != nil || line != agent.Ready {
 		if line == "" {
 			line = fmt.Sprint(err)
@@ -106,18 +117,6 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return fmt.Errorf("agent of %s did not start: %s (log: %s)", s.Node, strings.TrimPrefix(line, "error: "), logPath)
 	}
 	return nil
-}
-
-func readLine(f *os.File, timeout time.Duration) (string, error) {
-	f.SetReadDeadline(time.Now().Add(timeout))
-	line, err := bufio.NewReader(f).ReadString('\n')
-	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return "", fmt.Errorf("no answer within %s", timeout)
-	case err != nil && line == "":
-		return "", errors.New("it exited before saying it was ready")
-	}
-	return strings.TrimSpace(line), nil
 }
 
 // stopAgent ends the agent started with that config path, found by its exact
@@ -132,10 +131,10 @@ func stopAgent(cfgPath string) error {
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for _, pid := range pids {
-		for alive(pid) && time.Now().Before(deadline) {
+		for agent.Alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
-		if alive(pid) {
+		if agent.Alive(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -165,14 +164,4 @@ func agentPIDs(cfgPath string) ([]int, error) {
 		}
 	}
 	return pids, nil
-}
-
-// alive is false for a zombie too: it no longer holds anything.
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(stat, ')')
-	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }

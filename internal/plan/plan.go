@@ -110,6 +110,12 @@ type Agent struct {
 	Tunnels   []ipsec.Conn // userspace tunnels
 	Monitors  []monitor.Config
 	BGP       *routing.Config
+	// Routes lead into its userspace tunnels: the kernel deletes them with
+	// the TUN interface when the agent dies, so a restarted agent adds them
+	// again at once, as deploy did (dead peer detection, if on, withdraws
+	// them again should the tunnel be down; it would restore them only
+	// after its first probe interval).
+	Routes []monitor.Route
 }
 
 // KernelTunnel is a tunnel programmed into the kernel's XFRM: states,
@@ -308,6 +314,7 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 		}
 		if dataplane == Userspace {
 			agent.Tunnels = append(agent.Tunnels, c)
+			agent.Routes = append(agent.Routes, routesInto(t, n, tun)...)
 		} else {
 			kernel = append(kernel, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
 		}
@@ -355,15 +362,23 @@ func bgpConfig(n *topology.Node) *routing.Config {
 // monitors turns a connection's DPD and health check into what the agent
 // watches and what it withdraws: for DPD the node's own routes into the
 // tunnel, for revoke_route the routes the gateway published into the VPC.
+// routesInto is the node's static routes that lead into the tunnel: by its
+// interface, or via an address on its subnet.
+func routesInto(t *topology.Topology, n *topology.Node, tun *topology.Tunnel) []monitor.Route {
+	var out []monitor.Route
+	for _, r := range n.Routes {
+		if r.Dev == tun.Interface || (r.Via.IsValid() && tun.Address.Contains(r.Via)) {
+			out = append(out, monitor.Route{Namespace: NamespaceName(t.Name, n.Name), Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
+		}
+	}
+	return out
+}
+
 func monitors(t *topology.Topology, n *topology.Node, tun *topology.Tunnel) []monitor.Config {
 	var out []monitor.Config
 	if tun.DPD != nil {
 		m := monitor.Config{Connection: tun.Name + " dpd", Interface: tun.Interface, Source: tun.Address.Addr(), Target: tun.PeerAddress, Interval: tun.DPD.Interval, Retries: tun.DPD.Retries}
-		for _, r := range n.Routes {
-			if r.Dev == tun.Interface || (r.Via.IsValid() && tun.Address.Contains(r.Via)) {
-				m.Withdraw = append(m.Withdraw, monitor.Route{Namespace: NamespaceName(t.Name, n.Name), Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric})
-			}
-		}
+		m.Withdraw = routesInto(t, n, tun)
 		out = append(out, m)
 	}
 	if hc := tun.HealthCheck; hc != nil {

@@ -58,8 +58,10 @@ type frame struct {
 	inner     [2]netip.Addr
 }
 
-// Run traces one ICMP echo from host `from` to the first IPv4 address of
-// node `to`, and its reply. conns are the lab's connections (to decrypt ESP).
+// Run traces one ICMP echo from host `from` to the first IPv4 address of node
+// `to`, and its reply. conns are the lab's connections (to decrypt ESP).
+// When a capture lost frames it returns the partial walk with an error
+// wrapping *capture.LostFramesError.
 func Run(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, from, to string) ([]Hop, error) {
 	return RunFamily(ctx, t, conns, from, to, false)
 }
@@ -113,6 +115,11 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 		}
 	}
 	sort.SliceStable(frames, func(i, j int) bool { return frames[i].Time.Before(frames[j].Time) })
+	// A walk with frames missing may show a hop skipped: say so, with
+	// what was seen.
+	if err := g.Incomplete(); err != nil {
+		return walk(frames), fmt.Errorf("trace incomplete: %w", err)
+	}
 	return walk(frames), nil
 }
 

@@ -104,6 +104,14 @@ func (in *Inbound) open(dst, pkt []byte) (out []byte, nextHeader byte, n int, er
 	return out[:start+n], plain[len(plain)-1], n, nil
 }
 
+// Resume treats every sequence number up to highest as already received,
+// for an SA that a restarted process takes over: what the previous process
+// accepted must not be accepted again (RFC 4303 §3.4.3). Call it before the
+// first Open.
+func (in *Inbound) Resume(highest uint64) {
+	in.replay.resume(highest)
+}
+
 // Stats returns a snapshot of the counters.
 func (in *Inbound) Stats() Stats {
 	return in.stats.snapshot(uint32(in.replay.highest()))

@@ -99,6 +99,17 @@ func (o *Outbound) Seal(dst, inner []byte, nextHeader byte) ([]byte, error) {
 	return dst[:start+len(pkt)], nil
 }
 
+// Resume makes the next packet carry sequence number last+1, for an SA that
+// a restarted process takes over: the peer's replay window has moved past
+// the numbers the previous process sent, and RFC 4303 §3.3.3 forbids
+// sending one again. It never moves the counter back, and must be called
+// before the first Seal.
+func (o *Outbound) Resume(last uint64) {
+	if last > o.seq.Load() {
+		o.seq.Store(min(last, math.MaxUint32))
+	}
+}
+
 // Stats returns a snapshot of the counters.
 func (o *Outbound) Stats() Stats {
 	return o.stats.snapshot(uint32(min(o.seq.Load(), math.MaxUint32)))

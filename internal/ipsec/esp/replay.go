@@ -58,3 +58,20 @@ func (w *replayWindow) highest() uint64 {
 	defer w.mu.Unlock()
 	return w.top
 }
+
+// resume moves the window so that its top is highest and every number in it
+// counts as seen; it never moves the window back.
+func (w *replayWindow) resume(highest uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if highest <= w.top {
+		return
+	}
+	w.top = highest
+	for i := range w.bits {
+		w.bits[i] = ^uint64(0)
+	}
+	// In the top's word only the numbers up to it are seen: accept does
+	// not clear the word it is already in.
+	w.bits[(highest/64)%uint64(len(w.bits))] = ^uint64(0) >> (63 - highest%64)
+}

@@ -49,3 +49,21 @@ func TestReplayWindow_RandomArrivals_MatchesNaiveModel(t *testing.T) {
 		})
 	}
 }
+
+func TestReplayWindow_Resumed_RefusesEverythingUpToHighestAcceptsNext(t *testing.T) {
+	w := newReplayWindow(64)
+	w.accept(5)
+	w.resume(1000)
+	for _, seq := range []uint64{5, 937, 999, 1000} {
+		if w.check(seq) {
+			t.Errorf("seq %d accepted after resuming at 1000", seq)
+		}
+	}
+	if !w.accept(1001) || !w.accept(1003) || !w.accept(1002) {
+		t.Error("numbers above the resumed top refused")
+	}
+	w.resume(10) // never backwards
+	if w.highest() != 1003 {
+		t.Errorf("resume moved the window back to %d", w.highest())
+	}
+}

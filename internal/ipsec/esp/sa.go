@@ -89,14 +89,14 @@ func (c *Config) validate() error {
 
 // Stats is a snapshot of an SA's counters.
 type Stats struct {
-	Packets      uint64 // packets sealed, or opened and accepted
-	Bytes        uint64 // inner packet bytes of those packets
-	AuthFailures uint64 // inbound packets whose ICV did not verify
-	ReplayDrops  uint64 // inbound packets refused by the replay window
-	Errors       uint64 // every other refusal: short, misaligned, wrong SPI, padding, exhausted
+	Packets      uint64 `json:"packets"`       // packets sealed, or opened and accepted
+	Bytes        uint64 `json:"bytes"`         // inner packet bytes of those packets
+	AuthFailures uint64 `json:"auth_failures"` // inbound packets whose ICV did not verify
+	ReplayDrops  uint64 `json:"replay_drops"`  // inbound packets refused by the replay window
+	Errors       uint64 `json:"errors"`        // every other refusal: short, misaligned, wrong SPI, padding, exhausted
 	// Seq is the last sequence number sent (outbound) or the highest
 	// accepted (inbound), as `ip xfrm state` shows it.
-	Seq uint32
+	Seq uint32 `json:"seq"`
 }
 
 type counters struct {

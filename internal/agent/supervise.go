@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Restart policy: a worker that dies is started again after a backoff that
+// doubles up to maxBackoff and starts over once a worker ran for stableAfter;
+// a worker with no heartbeat for hungAfter is killed and started again.
+const (
+	minBackoff  = 200 * time.Millisecond
+	maxBackoff  = 5 * time.Second
+	stableAfter = 30 * time.Second
+	hungAfter   = 2 * StaleAfter
+	stopGrace   = 2 * time.Second
+	workerReady = 10 * time.Second
+)
+
+// supervise is the agent's first process. It starts the worker (this binary
+// again, marked by workerEnv), reports ready once the first worker serves,
+// records both processes in StatusPath, and restarts the worker whenever it
+// dies or hangs, so a lab does not silently rot after a crash or a kill -9.
+// A worker that exits with status 0 was stopped on purpose (SIGTERM): the
+// supervisor then ends too. On SIGTERM it stops the worker and ends.
+func supervise(configPath string, ready func()) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this binary to start the worker: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	logger := log.New(os.Stderr, fmt.Sprintf("supervisor %s[%d]: ", nodeOf(configPath), os.Getpid()), log.LstdFlags|log.Lmicroseconds)
+	self, _ := procStart(os.Getpid())
+	st := Status{SupervisorPID: os.Getpid(), SupervisorStart: self}
+	backoff := minBackoff
+	for first := true; ; first = false {
+		w, err := startWorker(exe, configPath)
+		if err != nil {
+			if first {
+				return err // deploy shows it and rolls back
+			}
+			logger.Printf("restart failed, next try in %s: %v", backoff, err)
+			st.LastExit, st.LastExitAt = "failed restart: "+err.Error(), time.Now()
+			writeJSON(StatusPath(configPath), st, 0o644)
+		} else {
+			if !first {
+				st.Restarts++
+				logger.Printf("worker restarted as pid %d (restart %d)", w.Process.Pid, st.Restarts)
+			}
+			st.WorkerPID, st.Since = w.Process.Pid, time.Now()
+			st.WorkerStart, _ = procStart(w.Process.Pid)
+			if err := writeJSON(StatusPath(configPath), st, 0o644); err != nil {
+				logger.Printf("record status: %v", err)
+			}
+			if first {
+				ready()
+			}
+			exit, clean := watch(ctx, w, configPath)
+			if ctx.Err() != nil {
+				return nil
+			}
+			st.WorkerPID, st.LastExit, st.LastExitAt = 0, exit, time.Now()
+			writeJSON(StatusPath(configPath), st, 0o644)
+			if clean {
+				logger.Printf("worker pid %d stopped (%s)", w.Process.Pid, exit)
+				return nil
+			}
+			logger.Printf("worker pid %d %s; restarting in %s", w.Process.Pid, exit, backoff)
+			if time.Since(st.Since) > stableAfter {
+				backoff = minBackoff
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// startWorker starts the worker with its own ready pipe and waits until it
+// serves.
+func startWorker(exe, configPath string) (*exec.Cmd, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), workerEnv+"=1", fmt.Sprintf("%s=%d", ReadyEnv, ReadyFD))
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{w}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start worker: %w", err)
+	}
+	line, err := ReadLine(r, workerReady)
+	if err == nil && line != Ready {
+		err = errors.New(strings.TrimPrefix(line, "error: "))
+	}
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("worker pid %d: %w", cmd.Process.Pid, err)
+	}
+	return cmd, nil
+}
+
+// ReadLine reads the one line an agent writes on its ready pipe.
+func ReadLine(f *os.File, timeout time.Duration) (string, error) {
+	f.SetReadDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(f).ReadString('\n')
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "", fmt.Errorf("no answer within %s", timeout)
+	case err != nil && line == "":
+		return "", errors.New("it exited before saying it was ready")
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// watch waits until the worker exits, hangs (it is then killed) or ctx ends
+// (it is then stopped), and describes how it ended; clean is true for exit
+// status 0, a deliberate stop.
+func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string, clean bool) {
+	done := make(chan error, 1)
+	go func() { done <- w.Wait() }()
+	tick := time.NewTicker(PublishEvery)
+	defer tick.Stop()
+	started := time.Now()
+	for {
+		select {
+		case err := <-done:
+			return describe(w.ProcessState, err), err == nil
+		case <-ctx.Done():
+			w.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(stopGrace):
+				w.Process.Kill()
+				<-done
+			}
+			return "stopped", true
+		case <-tick.C:
+			s, err := readState(configPath)
+			last := started
+			if err == nil && s.PID == w.Process.Pid {
+				last = s.Updated
+			}
+			if silent := time.Since(last); silent > hungAfter {
+				w.Process.Kill()
+				<-done
+				return fmt.Sprintf("hung (no heartbeat for %s), killed", silent.Round(100*time.Millisecond)), false
+			}
+		}
+	}
+}
+
+func describe(ps *os.ProcessState, err error) string {
+	if ps == nil {
+		return fmt.Sprint(err)
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return fmt.Sprintf("killed by signal %d (%s)", int(ws.Signal()), unix.SignalName(ws.Signal()))
+	}
+	return fmt.Sprintf("exit status %d", ps.ExitCode())
+}

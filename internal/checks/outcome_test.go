@@ -1,0 +1,78 @@
+package checks
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+func TestEncryption_CaptureLostFrames_InconclusiveNeverPass(t *testing.T) {
+	r := Result{Check: "encryption", Evidence: "40 frames, 40 ESP"}
+	if lost(&r, nil) || r.Inconclusive {
+		t.Fatalf("a complete capture changed the result: %+v", r)
+	}
+	r.Passed = true // what the frames alone would say
+	if !lost(&r, &capture.LostFramesError{Dropped: 7, Where: []string{"emu-x-vbr:eth1 (7)"}}) {
+		t.Fatal("lost frames not reported")
+	}
+	if r.Passed || r.Outcome() != OutcomeInconclusive {
+		t.Fatalf("capture lost frames, result %q, want inconclusive", r.Outcome())
+	}
+	for _, want := range []string{"lost 7 frames", "emu-x-vbr:eth1", "40 ESP"} {
+		if !strings.Contains(r.Evidence, want) {
+			t.Errorf("evidence lacks %q: %s", want, r.Evidence)
+		}
+	}
+	js, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(js), `"result":"inconclusive"`) || !strings.Contains(string(js), `"passed":false`) {
+		t.Errorf("JSON does not say inconclusive: %s", js)
+	}
+	if p, f, i := Count([]Result{r, {Passed: true}, {}}); p != 1 || f != 1 || i != 1 {
+		t.Errorf("Count = %d passed, %d failed, %d inconclusive; want 1 each", p, f, i)
+	}
+}
+
+func TestFailover_OtherConnectionCarriesTraffic_ZeroOutagePasses(t *testing.T) {
+	zero := &probe.StreamResult{Interval: 10 * time.Millisecond, Sent: 1000, Received: 1000}
+	if ok, ev := judgeAutomatic(zero, true); !ok {
+		t.Errorf("ECMP with a second connection, 0 lost: judged FAIL: %s", ev)
+	}
+	if ok, ev := judgeAutomatic(zero, false); ok {
+		t.Errorf("the only connection broke and nothing was lost: judged pass: %s", ev)
+	}
+	outage := &probe.StreamResult{Interval: 10 * time.Millisecond, Sent: 1000, Received: 720, Outage: 2800 * time.Millisecond}
+	if ok, ev := judgeAutomatic(outage, false); !ok {
+		t.Errorf("method 2's 2.8 s outage judged FAIL: %s", ev)
+	}
+	stuck := &probe.StreamResult{Interval: 10 * time.Millisecond, Sent: 1000, Received: 100, Outage: 9 * time.Second, Trailing: 9 * time.Second}
+	for _, other := range []bool{true, false} {
+		if ok, ev := judgeAutomatic(stuck, other); ok {
+			t.Errorf("traffic never resumed (other connection %v): judged pass: %s", other, ev)
+		}
+	}
+}
+
+func TestFailover_OtherConnection_BrokenOneStillOnTheWire_FaultDidNotBite(t *testing.T) {
+	tun := &topology.Tunnel{Name: "to-vpc-1", Local: netip.MustParseAddr("10.0.0.1")}
+	l := Lab{Conns: []ipsec.Conn{
+		{Name: "to-vpc-1", Local: tun.Local, Out: ipsec.SA{SPI: 0x11}, In: ipsec.SA{SPI: 0x12}},
+		{Name: "to-vpc-2", Local: tun.Local, Out: ipsec.SA{SPI: 0x21}, In: ipsec.SA{SPI: 0x22}},
+		{Name: "to-vpc-1", Local: netip.MustParseAddr("172.16.1.10"), Out: ipsec.SA{SPI: 0x12}, In: ipsec.SA{SPI: 0x11}},
+	}}
+	if got := carriedSPIs(l, tun, &verdict{spis: map[uint32]bool{0x21: true, 0x22: true}}); len(got) != 0 {
+		t.Errorf("only the other connection on the wire, yet %v reported", got)
+	}
+	if got := carriedSPIs(l, tun, &verdict{spis: map[uint32]bool{0x21: true, 0x12: true}}); len(got) != 1 || got[0] != "0x00000012" {
+		t.Errorf("the broken connection's inbound SA on the wire, reported %v", got)
+	}
+}
