@@ -43,7 +43,7 @@ type Endpoint struct {
 	events   chan func()
 	done     chan struct{}
 	wg       sync.WaitGroup
-	conns    []*conn // appended under mu, since Status reads it
+	conns    []*conn           // appended under mu, since Status reads it
 	sas      map[uint64]*ikeSA // by our SPI
 	mu       sync.Mutex        // guards status and counters for readers outside the loop
 	counters Counters
