@@ -48,6 +48,7 @@ type Endpoint struct {
 	mu       sync.Mutex        // guards status and counters for readers outside the loop
 	counters Counters
 	stop     sync.Once
+	trace    func([]byte) // tests: sees every IKE message received
 }
 
 type conn struct {
@@ -251,6 +252,9 @@ func (e *Endpoint) setStatus(c *conn, f func(*Status)) {
 // receive dispatches one IKE message (marker removed) to its SA.
 func (e *Endpoint) receive(b []byte, from netip.AddrPort, natt bool) {
 	e.count(func(c *Counters) { c.Received++ })
+	if e.trace != nil {
+		e.trace(b)
+	}
 	h, ps, err := Parse(b)
 	if err != nil {
 		e.count(func(c *Counters) { c.Malformed++ })

@@ -267,8 +267,8 @@ func (sa *ikeSA) tick(now time.Time) {
 // fail records a failure of phase 1 or 2 and, for phase 1, tears the IKE
 // SA down; an initiator tries again after RetryAfter.
 func (sa *ikeSA) fail(phase int, reason string) {
-	sa.e.log.Warn("ike: negotiation failed", "conn", sa.c.cfg.Name, "phase", phase, "reason", reason)
 	if phase == 2 {
+		sa.e.log.Warn("ike: negotiation failed", "conn", sa.c.cfg.Name, "phase", phase, "reason", reason)
 		sa.e.setStatus(sa.c, func(s *Status) { s.Phase2, s.Phase2Reason = StateFailed, reason })
 		return
 	}
@@ -279,6 +279,7 @@ func (sa *ikeSA) fail(phase int, reason string) {
 
 // failConn marks a connection failed and schedules the next attempt.
 func (e *Endpoint) failConn(c *conn, phase int, reason string) {
+	e.log.Warn("ike: negotiation failed", "conn", c.cfg.Name, "phase", phase, "reason", reason)
 	e.setStatus(c, func(s *Status) {
 		s.Phase1, s.Phase1Reason = StateFailed, reason
 		if s.Phase2 == StateEstablished || s.Phase2 == StateConnecting {
