@@ -14,6 +14,7 @@ import (
 	"net/netip"
 
 	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/topology"
 )
 
@@ -28,6 +29,9 @@ type Conn struct {
 	MTU       int          `json:"mtu"`              // tunnel interface MTU
 	Out       SA           `json:"out"`              // Local → Remote
 	In        SA           `json:"in"`               // Remote → Local
+	// IKE, when set, keys the connection by IKEv2 instead: Out and In stay
+	// empty and the node's agent negotiates the SAs.
+	IKE *ike.Config `json:"ike,omitempty"`
 }
 
 // SA is one direction's security association parameters.

@@ -9,7 +9,6 @@
 package userspace
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log"
@@ -32,7 +31,11 @@ type Dataplane struct {
 	log     *log.Logger
 	tunnels []*tunnel
 	socks   map[netip.Addr]*espSocket // one raw ESP socket per local endpoint
-	bySPI   map[uint32]*tunnel
+	// bySPI maps inbound SPIs to their SA; replaced whole (copy on write)
+	// when IKE installs or removes SAs, so the receive loops read it
+	// without a lock.
+	bySPI   atomic.Pointer[map[uint32]*inboundSA]
+	spiMu   sync.Mutex // serialises writers of bySPI
 	wg      sync.WaitGroup
 	closing chan struct{}
 	drops   struct{ short, unknownSPI, wrongSource atomic.Uint64 }
@@ -50,11 +53,31 @@ type Drops struct {
 type tunnel struct {
 	conn ipsec.Conn
 	tun  *os.File
-	out  *esp.Outbound
-	in   *esp.Inbound
-	sock *espSocket
-	// gro is used by the receive loop of sock only.
-	gro *coalescer
+	// tx is how the tunnel sends: SA, socket and destination; nil while
+	// an IKE-keyed tunnel has no CHILD SA (its packets are dropped).
+	tx atomic.Pointer[txPath]
+	in atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
+	// gro is used by the receive loop of the raw socket only; encapGRO by
+	// the ESP-in-UDP receive path only.
+	gro, encapGRO *coalescer
+}
+
+// txPath is one outbound SA and where its packets go.
+type txPath struct {
+	out *esp.Outbound
+	w   packetWriter
+	dst net.Addr
+}
+
+// packetWriter is what the raw ESP socket and the ESP-in-UDP socket share;
+// df asks for the outer DF bit (RFC 4301 §8.1).
+type packetWriter interface {
+	writeAll(ms []ipv4.Message, df bool) error
+}
+
+type inboundSA struct {
+	t  *tunnel
+	in *esp.Inbound
 }
 
 // TunnelStats is the traffic of one connection: its SAs' SPIs and counters.
@@ -85,7 +108,8 @@ func Start(conns []ipsec.Conn, logger *log.Logger) (*Dataplane, error) {
 // inbound refusing every number up to the highest accepted, so the peer's
 // replay window accepts the first packet and nothing is accepted twice.
 func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *Dataplane, err error) {
-	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, bySPI: map[uint32]*tunnel{}, closing: make(chan struct{})}
+	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, closing: make(chan struct{})}
+	d.bySPI.Store(&map[uint32]*inboundSA{})
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -98,11 +122,12 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *D
 	}
 	for _, t := range d.tunnels {
 		for _, p := range prev {
-			if p.OutSPI == t.out.SPI() {
-				t.out.Resume(uint64(p.Out.Seq) + SeqReserve)
+			// IKE-keyed tunnels start without SAs: theirs are negotiated anew.
+			if tx := t.tx.Load(); tx != nil && p.OutSPI == tx.out.SPI() {
+				tx.out.Resume(uint64(p.Out.Seq) + SeqReserve)
 			}
-			if p.InSPI == t.in.SPI() {
-				t.in.Resume(uint64(p.In.Seq))
+			if in := t.in.Load(); in != nil && p.InSPI == in.SPI() {
+				in.Resume(uint64(p.In.Seq))
 			}
 		}
 		d.wg.Add(1)
@@ -116,38 +141,36 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *D
 }
 
 // addTunnel registers the tunnel before opening anything, so Close releases
-// whatever a failure leaves half-made.
+// whatever a failure leaves half-made. A tunnel keyed by IKE starts without
+// SAs: Install adds them as they are negotiated.
 func (d *Dataplane) addTunnel(c ipsec.Conn) error {
-	outCfg, err := c.Outbound()
-	if err != nil {
-		return err
-	}
-	inCfg, err := c.Inbound()
-	if err != nil {
-		return err
-	}
 	t := &tunnel{conn: c}
-	if t.out, err = esp.NewOutbound(outCfg); err != nil {
+	sock, err := d.socket(c.Local)
+	if err != nil {
 		return err
 	}
-	if t.in, err = esp.NewInbound(inCfg); err != nil {
-		return err
-	}
-	if _, dup := d.bySPI[c.In.SPI]; dup {
-		return fmt.Errorf("inbound SPI 0x%08x is used twice on this node", c.In.SPI)
-	}
-	d.bySPI[c.In.SPI] = t
-	if t.sock, err = d.socket(c.Local); err != nil {
-		return err
+	if c.IKE == nil {
+		outCfg, err := c.Outbound()
+		if err != nil {
+			return err
+		}
+		inCfg, err := c.Inbound()
+		if err != nil {
+			return err
+		}
+		if err := d.install(t, outCfg, inCfg, sock, &net.IPAddr{IP: c.Remote.AsSlice()}); err != nil {
+			return err
+		}
 	}
 	d.tunnels = append(d.tunnels, t)
 	if t.tun, err = openTUN(c.Interface); err != nil {
 		return err
 	}
-	t.gro = newCoalescer(func(pkt []byte) error {
+	write := func(pkt []byte) error {
 		_, err := t.tun.Write(pkt)
 		return err
-	})
+	}
+	t.gro, t.encapGRO = newCoalescer(write), newCoalescer(write)
 	if err := configureLink(c); err != nil {
 		return err
 	}
@@ -207,14 +230,17 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 	buf := make([]byte, vnetHdrLen+maxIPPacket)
 	seg := make([]byte, maxIPPacket)
 	msgs := make([]ipv4.Message, batchSize)
-	dst := &net.IPAddr{IP: t.conn.Remote.AsSlice()}
 	for i := range msgs {
-		msgs[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 0, 2048)}, Addr: dst}
+		msgs[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 0, 2048)}}
 	}
 	queued, queuedDF := 0, false
+	var tx *txPath
 	send := func() {
-		if err := t.sock.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
-			d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
+		if queued == 0 {
+			return
+		}
+		if err := tx.w.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
+			d.log.Printf("%s: send to %s: %v", t.conn.Name, tx.dst, err)
 		}
 		queued = 0
 	}
@@ -232,11 +258,11 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 			queuedDF = df
 		}
 		// Seal grows the slot's buffer if a packet needs more; it is kept.
-		wire, err := t.out.Seal(msgs[queued].Buffers[0][:0], inner, next)
+		wire, err := tx.out.Seal(msgs[queued].Buffers[0][:0], inner, next)
 		if err != nil {
 			return err
 		}
-		msgs[queued].Buffers[0] = wire
+		msgs[queued].Buffers[0], msgs[queued].Addr = wire, tx.dst
 		if queued++; queued == len(msgs) {
 			send()
 		}
@@ -248,7 +274,8 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 			d.stopped(t.conn.Interface, err)
 			return
 		}
-		if n <= vnetHdrLen {
+		// One SA for the whole read: a rekey takes effect at the next one.
+		if tx = t.tx.Load(); n <= vnetHdrLen || tx == nil {
 			continue
 		}
 		if err := segment(decodeVnetHdr(buf), buf[vnetHdrLen:n], seg, seal); err != nil {
@@ -287,22 +314,13 @@ func (d *Dataplane) receiveLoop(s *espSocket) {
 		}
 		for i := range msgs[:n] {
 			from, esp, ok := s.packet(&msgs[i])
-			if !ok || len(esp) < 8 {
+			if !ok {
 				d.drops.short.Add(1)
 				continue
 			}
-			t := d.bySPI[binary.BigEndian.Uint32(esp[:4])]
-			if t == nil {
-				d.drops.unknownSPI.Add(1)
+			t, pkt := d.open(from, esp, inner)
+			if pkt == nil {
 				continue
-			}
-			if from != t.conn.Remote {
-				d.drops.wrongSource.Add(1)
-				continue
-			}
-			pkt, _, err := t.in.Open(inner[:0], esp)
-			if err != nil {
-				continue // counted in the SA's stats
 			}
 			if !slices.Contains(touched, t) {
 				touched = append(touched, t)
@@ -339,7 +357,13 @@ func (d *Dataplane) stopped(what string, err error) {
 func (d *Dataplane) Stats() []TunnelStats {
 	out := make([]TunnelStats, len(d.tunnels))
 	for i, t := range d.tunnels {
-		out[i] = TunnelStats{Name: t.conn.Name, OutSPI: t.out.SPI(), InSPI: t.in.SPI(), Out: t.out.Stats(), In: t.in.Stats()}
+		out[i].Name = t.conn.Name
+		if tx := t.tx.Load(); tx != nil {
+			out[i].OutSPI, out[i].Out = tx.out.SPI(), tx.out.Stats()
+		}
+		if in := t.in.Load(); in != nil {
+			out[i].InSPI, out[i].In = in.SPI(), in.Stats()
+		}
 	}
 	return out
 }
