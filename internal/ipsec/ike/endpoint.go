@@ -139,13 +139,9 @@ func (e *Endpoint) Counters() Counters {
 	return e.counters
 }
 
-// SendESP sends an ESP packet in UDP from the NAT-T port (RFC 3948 §2.1):
-// the userspace dataplane's encapsulated transport shares this socket,
-// since only one socket may own port 4500.
-func (e *Endpoint) SendESP(to netip.AddrPort, pkt []byte) error {
-	_, err := e.sock[1].WriteToUDPAddrPort(pkt, to)
-	return err
-}
+// NATTConn is the NAT-T socket: ESP-in-UDP leaves through it too (RFC
+// 3948 §2.1), since only one socket may own port 4500.
+func (e *Endpoint) NATTConn() *net.UDPConn { return e.sock[1] }
 
 // Close deletes every established IKE SA (an INFORMATIONAL Delete, RFC 7296
 // §1.4.1, answered or not within a second) and stops the endpoint.

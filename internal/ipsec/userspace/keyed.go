@@ -10,6 +10,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 )
 
 // install makes out the tunnel's sending SA (through w to dst) and adds in
@@ -147,3 +148,35 @@ func (d *Dataplane) ReceiveEncap(from netip.AddrPort, pkt []byte) {
 		d.log.Printf("%s: deliver: %v", t.conn.Name, err)
 	}
 }
+
+// ListenIKE starts an IKE endpoint whose CHILD SAs key this dataplane's
+// tunnels (matched by connection name) and whose NAT-T socket carries
+// their ESP-in-UDP both ways.
+func (d *Dataplane) ListenIKE(opt ike.Options) (*ike.Endpoint, error) {
+	h := &ikeHandler{d: d}
+	opt.Handler, opt.ESP = h, d.ReceiveEncap
+	e, err := ike.Listen(opt)
+	if err != nil {
+		return nil, err
+	}
+	// Set before any connection is added, so before any ChildUp.
+	h.encap = &Encap{Conn: e.NATTConn()}
+	return e, nil
+}
+
+type ikeHandler struct {
+	d     *Dataplane
+	encap *Encap
+}
+
+func (h *ikeHandler) ChildUp(c ike.ChildSA) {
+	var encap *Encap
+	if c.Encap {
+		encap = h.encap
+	}
+	if err := h.d.Install(c.Conn, c.Out, c.In, encap, c.RemotePort); err != nil {
+		h.d.log.Printf("%s: install CHILD SA in 0x%08x: %v", c.Conn, c.InSPI, err)
+	}
+}
+
+func (h *ikeHandler) ChildDown(conn string, inSPI uint32) { h.d.Remove(conn, inSPI) }
