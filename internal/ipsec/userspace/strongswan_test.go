@@ -2,9 +2,9 @@ package userspace
 
 import (
 	"bytes"
-	"fmt"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
