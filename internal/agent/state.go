@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/routing"
 )
@@ -30,6 +31,10 @@ type State struct {
 	// on the kernel dataplane: `ip -s xfrm state` has those).
 	Tunnels []userspace.TunnelStats `json:"tunnels,omitempty"`
 	Drops   *userspace.Drops        `json:"drops,omitempty"`
+	// IKE is the negotiation state of the node's IKE-keyed connections,
+	// IKECounters what its IKE endpoints received and dropped.
+	IKE         []ike.Status  `json:"ike,omitempty"`
+	IKECounters *ike.Counters `json:"ike_counters,omitempty"`
 }
 
 // PublishEvery is the heartbeat: how often a worker writes its state.
@@ -84,7 +89,7 @@ func nodeOf(configPath string) string {
 
 // publish writes the worker's state now and every PublishEvery until ctx
 // ends, atomically, so a reader never sees half a file.
-func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane) {
+func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane, endpoints []*ike.Endpoint) {
 	tick := time.NewTicker(PublishEvery)
 	defer tick.Stop()
 	self, _ := procStart(os.Getpid())
@@ -98,6 +103,9 @@ func publish(ctx context.Context, configPath string, started time.Time, s *routi
 			st.Tunnels = dp.Stats()
 			drops := dp.Drops()
 			st.Drops = &drops
+		}
+		if len(endpoints) > 0 {
+			st.IKE, st.IKECounters = ikeState(endpoints)
 		}
 		writeJSON(StatePath(configPath), st, 0o644)
 		select {

@@ -39,6 +39,9 @@ func writeSecrets(j *journal, p *plan.Plan) error {
 	}
 	var sas []capture.SA
 	for _, c := range conns {
+		if c.IKE != nil {
+			continue // keys negotiated at run time, by the agents
+		}
 		// Each end's outbound SA is one direction; together they are all.
 		sas = append(sas, capture.SA{SPI: c.Out.SPI, Src: c.Local, Dst: c.Remote, Algorithm: c.Cipher, EncKey: c.Out.EncKey, AuthKey: c.Out.AuthKey})
 	}

@@ -312,6 +312,9 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 		if err != nil {
 			return nil, nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
+		if c.IKE != nil && dataplane != Userspace {
+			return nil, nil, fmt.Errorf("node %s connection %s (line %d): IKE-keyed connections run on the userspace dataplane only (installing negotiated SAs into XFRM is not implemented yet): deploy with --ipsec-dataplane userspace", n.Name, tun.Name, tun.Line)
+		}
 		if dataplane == Userspace {
 			agent.Tunnels = append(agent.Tunnels, c)
 			agent.Routes = append(agent.Routes, routesInto(t, n, tun)...)
