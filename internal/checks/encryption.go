@@ -123,9 +123,9 @@ func lost(r *Result, err error) bool {
 // verdict counts what the private path carried.
 type verdict struct {
 	frames, esp, encap, markerFrames, innerFrames, otherIP, control, ike int
-	spis                                                     map[uint32]bool
-	pairs                                                    map[string]bool
-	firstLeak                                                string
+	spis                                                                 map[uint32]bool
+	pairs                                                                map[string]bool
+	firstLeak                                                            string
 }
 
 func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip.Addr]string, marker []byte) verdict {
