@@ -156,7 +156,7 @@ func serve(configPath string, ready func()) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		publish(ctx, configPath, started, speaker, dp, endpoints)
+		publish(ctx, configPath, started, speaker, dp, endpoints, cfg.Tunnels)
 	}()
 	for _, m := range cfg.Monitors {
 		wg.Add(1)

@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"log"
 	"log/slog"
 	"net/netip"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec"
@@ -60,4 +64,48 @@ func ikeState(endpoints []*ike.Endpoint) ([]ike.Status, *ike.Counters) {
 		sum.Retransmitted += c.Retransmitted
 	}
 	return st, &sum
+}
+
+// SAsPath is where the agent with that config file stores the keys of the
+// CHILD SAs its IKE endpoints negotiated (0600), for `emu trace`, the path
+// check and Wireshark to decrypt captures as they do for static keys.
+func SAsPath(configPath string) string { return sibling(configPath, ".sas.json") }
+
+// saveSAs writes the negotiated SAs as connections with their keys filled
+// in, when they changed since last; last is the previous file content.
+func saveSAs(configPath string, tunnels []ipsec.Conn, endpoints []*ike.Endpoint, last []byte) []byte {
+	byName := map[string]ike.ChildSA{}
+	for _, e := range endpoints {
+		for _, c := range e.ChildSAs() {
+			byName[c.Conn] = c
+		}
+	}
+	var conns []ipsec.Conn
+	for _, t := range tunnels {
+		c, ok := byName[t.Name]
+		if t.IKE == nil || !ok {
+			continue
+		}
+		t.IKE = nil // the PSK stays in the agent's config only
+		t.Out = ipsec.SA{SPI: c.Out.SPI, EncKey: c.Out.EncKey, AuthKey: c.Out.AuthKey}
+		t.In = ipsec.SA{SPI: c.In.SPI, EncKey: c.In.EncKey, AuthKey: c.In.AuthKey}
+		conns = append(conns, t)
+	}
+	data, err := json.Marshal(conns)
+	if err != nil || bytes.Equal(data, last) {
+		return last
+	}
+	path := SAsPath(configPath)
+	tmp := tmpPath(path)
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return last
+	}
+	_, werr := f.Write(data)
+	if cerr := f.Close(); werr != nil || cerr != nil || os.Rename(tmp, path) != nil {
+		os.Remove(tmp)
+		return last
+	}
+	return data
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/routing"
@@ -89,10 +90,14 @@ func nodeOf(configPath string) string {
 
 // publish writes the worker's state now and every PublishEvery until ctx
 // ends, atomically, so a reader never sees half a file.
-func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane, endpoints []*ike.Endpoint) {
+//
+// With IKE endpoints it also stores the keys of the SAs they negotiated for
+// tunnels (saveSAs), when they change.
+func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane, endpoints []*ike.Endpoint, tunnels []ipsec.Conn) {
 	tick := time.NewTicker(PublishEvery)
 	defer tick.Stop()
 	self, _ := procStart(os.Getpid())
+	var sas []byte
 	for {
 		st := State{Updated: time.Now(), PID: os.Getpid(), PIDStart: self, Started: started}
 		if s != nil {
@@ -106,6 +111,7 @@ func publish(ctx context.Context, configPath string, started time.Time, s *routi
 		}
 		if len(endpoints) > 0 {
 			st.IKE, st.IKECounters = ikeState(endpoints)
+			sas = saveSAs(configPath, tunnels, endpoints, sas)
 		}
 		writeJSON(StatePath(configPath), st, 0o644)
 		select {
@@ -121,7 +127,7 @@ func publish(ctx context.Context, configPath string, started time.Time, s *routi
 // for deploy to record and destroy to remove.
 func Files(configPath string) []string {
 	var out []string
-	for _, f := range []string{StatePath(configPath), StatusPath(configPath)} {
+	for _, f := range []string{StatePath(configPath), StatusPath(configPath), SAsPath(configPath)} {
 		out = append(out, f, tmpPath(f))
 	}
 	return out

@@ -53,6 +53,7 @@ type Endpoint struct {
 
 type conn struct {
 	cfg     Config
+	child   *ChildSA // newest installed CHILD SA, for ChildSAs; under mu
 	sa      *ikeSA // current IKE SA, nil when none
 	status  Status
 	retryAt time.Time
@@ -128,6 +129,20 @@ func (e *Endpoint) Status() []Status {
 	out := make([]Status, len(e.conns))
 	for i, c := range e.conns {
 		out[i] = c.status
+	}
+	return out
+}
+
+// ChildSAs returns the newest CHILD SA of every established connection,
+// keys included: the agent stores them 0600 so captures can be decrypted.
+func (e *Endpoint) ChildSAs() []ChildSA {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []ChildSA
+	for _, c := range e.conns {
+		if c.child != nil {
+			out = append(out, *c.child)
+		}
 	}
 	return out
 }

@@ -222,7 +222,10 @@ func (sa *ikeSA) peerDeletedChild(spi uint32) []Payload {
 		ch := sa.child
 		sa.child = nil
 		sa.childDown(ch)
-		sa.e.setStatus(sa.c, func(s *Status) { s.Phase2, s.Phase2Reason = StateDown, "peer deleted the CHILD SA" })
+		sa.e.setStatus(sa.c, func(s *Status) {
+			s.Phase2, s.Phase2Reason = StateDown, "peer deleted the CHILD SA"
+			sa.c.child = nil
+		})
 		return []Payload{&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, ch.sa.InSPI)}}}
 	}
 	return nil
@@ -308,6 +311,7 @@ func (sa *ikeSA) teardown(reason string) {
 			s.Phase1, s.Phase1Reason = StateDown, reason
 			s.Phase2, s.Phase2Reason = StateDown, reason
 			s.InSPI, s.OutSPI = 0, 0
+			sa.c.child = nil
 		})
 		if sa.c.cfg.Initiate {
 			sa.c.retryAt = time.Now().Add(sa.e.opt.RetryAfter)

@@ -560,6 +560,7 @@ func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte,
 	}
 	rekeyed := old != nil
 	sa.e.setStatus(c, func(s *Status) {
+		c.child = &ch
 		s.Phase2, s.Phase2Reason, s.ESPProposal = StateEstablished, "", FormatProposal(prop)
 		s.InSPI, s.OutSPI, s.Encap = in, out, sa.natt
 		s.LocalTS, s.RemoteTS = formatSelectors(local), formatSelectors(remote)
