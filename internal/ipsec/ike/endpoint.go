@@ -54,7 +54,7 @@ type Endpoint struct {
 type conn struct {
 	cfg     Config
 	child   *ChildSA // newest installed CHILD SA, for ChildSAs; under mu
-	sa      *ikeSA // current IKE SA, nil when none
+	sa      *ikeSA   // current IKE SA, nil when none
 	status  Status
 	retryAt time.Time
 }
