@@ -75,6 +75,7 @@ func (r *resolver) ike(n *yaml.Node, what string) *IKE {
 		}
 		return true
 	}
+	versionGiven := false
 	for _, f := range r.fields(n, what, ikeFields...) {
 		switch f.key {
 		case "local-subnets", "remote-subnets":
@@ -106,6 +107,7 @@ func (r *resolver) ike(n *yaml.Node, what string) *IKE {
 		}
 		switch f.key {
 		case "ike-version":
+			versionGiven = true
 			if s == "ikev1" {
 				r.at(f.line, "%s: ike-version ikev1 (the provider's default) is not emulated: emu negotiates IKEv2 only; set `ike-version: ikev2` on both ends", what)
 			} else if oneOf(f, s, IKEVersions) {
@@ -174,7 +176,7 @@ func (r *resolver) ike(n *yaml.Node, what string) *IKE {
 			}
 		}
 	}
-	if k.Version == "" {
+	if !versionGiven {
 		r.at(n.Line, "%s: the provider's default ike-version is ikev1, which emu does not emulate: write `ike-version: ikev2`", what)
 	}
 	if k.ForceEncap && !k.NATTraversal {
