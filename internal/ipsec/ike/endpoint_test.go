@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -323,4 +324,57 @@ func TestIKEv2_Close_DeletesSAsOnThePeer(t *testing.T) {
 	if ub, _ := b.rec.snapshot(); len(ub) != 0 {
 		t.Fatalf("%d CHILD SAs left on the responder", len(ub))
 	}
+}
+
+func TestIKEv2_SpoofedInit_DoesNotTakeTunnelDown(t *testing.T) {
+	a, b := pair(t, nil)
+	before := waitStatus(t, b, "established", established)
+	// An IKE_SA_INIT "from" the peer's address, as anyone on the path can
+	// send: processed (a half-open SA), but the tunnel stays as it is.
+	received := b.e.Counters().Received
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addrA, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h, ps := sampleInit()
+	g, _ := modpGroup(2)
+	k, _ := g.generate()
+	ps[1] = &KE{Group: 2, Data: k.public}
+	if _, err := conn.WriteToUDPAddrPort(Marshal(h, ps[:3]), netip.AddrPortFrom(addrB, b.e.opt.IKEPort)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); b.e.Counters().Received == received; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the spoofed IKE_SA_INIT never arrived")
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // its processing and our peer's reaction to the response
+	after := b.e.Status()[0]
+	if !established(after) || after.InSPI != before.InSPI || after.OutSPI != before.OutSPI {
+		t.Fatalf("a spoofed IKE_SA_INIT changed the tunnel: %+v -> %+v", before, after)
+	}
+	requireTraffic(t, a, b)
+}
+
+func TestIKEv2_PeerRestarts_NewIKESAReplacesTheOld(t *testing.T) {
+	a, b := pair(t, nil)
+	old := waitStatus(t, b, "established", established)
+	port := a.e.opt.IKEPort
+	a.e.abort() // no DELETE: a crash
+	a2 := &side{rec: &recorder{}, cfg: a.cfg}
+	var err error
+	if a2.e, err = Listen(Options{Addr: addrA, IKEPort: port, NATTPort: port + 1, Handler: a2.rec, RetransmitBase: 100 * time.Millisecond, RetransmitTries: 3, RetryAfter: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	defer a2.e.Close()
+	if err := a2.e.Add(a.cfg); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, b, "the new SA", func(s Status) bool { return established(s) && s.InSPI != old.InSPI })
+	waitStatus(t, a2, "restarted initiator", established)
+	if ub, _ := b.rec.snapshot(); len(ub) != 1 || ub[st.InSPI].InSPI != st.InSPI {
+		t.Fatalf("responder holds %d CHILD SAs, want only the new one", len(ub))
+	}
+	requireTraffic(t, a2, b)
 }

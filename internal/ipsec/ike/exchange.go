@@ -231,6 +231,10 @@ func (sa *ikeSA) peerDeletedChild(spi uint32) []Payload {
 	return nil
 }
 
+// halfOpenTimeout bounds how long a responder keeps an IKE SA that
+// finished IKE_SA_INIT but not IKE_AUTH.
+const halfOpenTimeout = 30 * time.Second
+
 // tick drives retransmissions, DPD and rekeying.
 func (sa *ikeSA) tick(now time.Time) {
 	e := sa.e
@@ -250,6 +254,15 @@ func (sa *ikeSA) tick(now time.Time) {
 		r.sentAt = now
 		e.count(func(c *Counters) { c.Retransmitted++ })
 		e.send(sa, r.data)
+		return
+	}
+	if !sa.established && !sa.initiator && now.Sub(sa.created) > halfOpenTimeout {
+		// A responder SA whose IKE_AUTH never came (RFC 7296 §2.6: half-open
+		// SAs must not pile up).
+		sa.remove()
+		if sa.c.sa == nil {
+			sa.e.failConn(sa.c, 1, "peer never completed IKE_AUTH")
+		}
 		return
 	}
 	if !sa.established || len(sa.queue) > 0 {

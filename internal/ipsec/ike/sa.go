@@ -32,9 +32,10 @@ type ikeSA struct {
 	child       *child
 	lastRecv    time.Time
 	rekeyAt     time.Time
-	childSPI    uint32   // our inbound SPI offered in IKE_AUTH
-	rawIn       []byte   // the IKE_SA_INIT response as received
-	retired     []*child // rekeyed CHILD SAs until the peer deletes them
+	childSPI    uint32    // our inbound SPI offered in IKE_AUTH
+	rawIn       []byte    // the IKE_SA_INIT response as received
+	created     time.Time // of a responder SA, for the half-open timeout
+	retired     []*child  // rekeyed CHILD SAs until the peer deletes them
 	dead        bool
 }
 
@@ -158,7 +159,7 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 		e.count(func(c *Counters) { c.UnknownSA++ })
 		return
 	}
-	sa := &ikeSA{e: e, c: c, spiI: h.SPIi, spiR: randSPI64(), initI: raw, natt: natt, lastRecv: time.Now(), peerMsgID: 1}
+	sa := &ikeSA{e: e, c: c, spiI: h.SPIi, spiR: randSPI64(), initI: raw, natt: natt, lastRecv: time.Now(), peerMsgID: 1, created: time.Now()}
 	reply := func(ps ...Payload) {
 		sa.lastResp = Marshal(Header{SPIi: h.SPIi, SPIr: 0, Exchange: IKESAInit, Flags: FlagResponse}, ps)
 		e.send(sa, sa.lastResp)
@@ -215,15 +216,19 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 	out = append(out, e.natNotifies(sa)...)
 	sa.initR = Marshal(Header{SPIi: sa.spiI, SPIr: sa.spiR, Exchange: IKESAInit, Flags: FlagResponse}, out)
 	sa.lastResp = sa.initR
-	// A new IKE SA from the peer replaces the old one (the peer restarted).
-	if c.sa != nil {
-		c.sa.teardown("peer negotiated a new IKE SA")
-	}
-	c.sa = sa
+	// A new IKE SA from the peer (it restarted) replaces an established one
+	// only once it authenticated (handleAuth): an unauthenticated
+	// IKE_SA_INIT from a spoofed address must not take the tunnel down.
 	e.sas[sa.spiR] = sa
-	e.setStatus(c, func(s *Status) {
-		s.Phase1, s.Phase1Reason, s.IKEProposal = StateConnecting, "", FormatProposal(chosen)
-	})
+	if c.sa == nil || !c.sa.established {
+		if c.sa != nil {
+			c.sa.remove()
+		}
+		c.sa = sa
+		e.setStatus(c, func(s *Status) {
+			s.Phase1, s.Phase1Reason, s.IKEProposal = StateConnecting, "", FormatProposal(chosen)
+		})
+	}
 	// Reply from where the request came: the peer floats to 4500 only
 	// after IKE_SA_INIT.
 	e.send(sa, sa.initR)
@@ -491,6 +496,14 @@ func (sa *ikeSA) handleAuth(ps []Payload) []Payload {
 		return []Payload{&Notify{Kind: AuthenticationFailed}}
 	}
 	out := []Payload{idr, &Auth{Method: AuthSharedKey, Data: pskAuth(sa.keys.prf, c.cfg.PSK, sa.initR, sa.ni, sa.keys.pr, idr)}}
+	if old := c.sa; old != sa {
+		// The peer restarted and authenticated: the new SA takes over, the
+		// old one's CHILD SA goes once the new one is installed.
+		c.sa = sa
+		if old != nil {
+			defer func() { old.teardown("replaced by the peer's new IKE SA"); old.remove() }()
+		}
+	}
 	sa.setEstablished()
 	if offer == nil || tsi == nil || tsr == nil {
 		return out // an IKE SA without CHILD SA (RFC 7296 §1.2 allows it for some uses)
