@@ -124,10 +124,10 @@ func (sa *ikeSA) rekeyIKE() {
 func (sa *ikeSA) replaceBy(weInitiated bool, spiI, spiR uint64, gir, ni, nr []byte) {
 	c := sa.c
 	n := &ikeSA{e: sa.e, c: c, initiator: weInitiated, spiI: spiI, spiR: spiR, natt: sa.natt, ni: ni, nr: nr,
-		established: true, child: sa.child, retired: sa.retired, lastRecv: time.Now()}
+		established: true, firstInitiator: sa.firstInitiator, child: sa.child, retired: sa.retired, lastRecv: time.Now()}
 	n.keys = deriveIKEKeys(sa.keys.prf, sa.keys.cs, rekeySKEYSEED(sa.keys.prf, sa.keys.d, gir, ni, nr), ni, nr, spiI, spiR)
 	if lt := c.cfg.IKELifetime; lt > 0 {
-		n.rekeyAt = time.Now().Add(rekeyMargin(lt, weInitiated))
+		n.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
 	}
 	sa.child, sa.retired = nil, nil
 	sa.e.sas[n.ourSPI()] = n

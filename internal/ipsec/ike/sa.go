@@ -13,30 +13,33 @@ import (
 
 // ikeSA is one IKE SA and the CHILD SA it carries. Only the loop touches it.
 type ikeSA struct {
-	e           *Endpoint
-	c           *conn
-	initiator   bool // original initiator of this IKE SA (decides SK_ei vs SK_er)
-	spiI, spiR  uint64
-	natt        bool // IKE and ESP go over the NAT-T port
-	keys        *ikeKeys
-	ni, nr      []byte
-	initI       []byte // the IKE_SA_INIT messages, signed by AUTH
-	initR       []byte
-	dh          *dhKey
-	established bool
-	msgID       uint32 // next request we send
-	peerMsgID   uint32 // next request we expect
-	lastResp    []byte
-	req         *request
-	queue       []func() // requests waiting for the window of one
-	child       *child
-	lastRecv    time.Time
-	rekeyAt     time.Time
-	childSPI    uint32    // our inbound SPI offered in IKE_AUTH
-	rawIn       []byte    // the IKE_SA_INIT response as received
-	created     time.Time // of a responder SA, for the half-open timeout
-	retired     []*child  // rekeyed CHILD SAs until the peer deletes them
-	dead        bool
+	e         *Endpoint
+	c         *conn
+	initiator bool // original initiator of this IKE SA (decides SK_ei vs SK_er)
+	// firstInitiator is initiator of the connection's first IKE SA; it
+	// survives IKE rekeys, which may swap initiator.
+	firstInitiator bool
+	spiI, spiR     uint64
+	natt           bool // IKE and ESP go over the NAT-T port
+	keys           *ikeKeys
+	ni, nr         []byte
+	initI          []byte // the IKE_SA_INIT messages, signed by AUTH
+	initR          []byte
+	dh             *dhKey
+	established    bool
+	msgID          uint32 // next request we send
+	peerMsgID      uint32 // next request we expect
+	lastResp       []byte
+	req            *request
+	queue          []func() // requests waiting for the window of one
+	child          *child
+	lastRecv       time.Time
+	rekeyAt        time.Time
+	childSPI       uint32    // our inbound SPI offered in IKE_AUTH
+	rawIn          []byte    // the IKE_SA_INIT response as received
+	created        time.Time // of a responder SA, for the half-open timeout
+	retired        []*child  // rekeyed CHILD SAs until the peer deletes them
+	dead           bool
 }
 
 type child struct {
@@ -132,7 +135,7 @@ func (e *Endpoint) initiate(c *conn) {
 		e.failConn(c, 1, "DH key generation: "+err.Error())
 		return
 	}
-	sa := &ikeSA{e: e, c: c, initiator: true, spiI: randSPI64(), ni: nonce(), dh: dh, lastRecv: time.Now()}
+	sa := &ikeSA{e: e, c: c, initiator: true, firstInitiator: true, spiI: randSPI64(), ni: nonce(), dh: dh, lastRecv: time.Now()}
 	c.sa, c.retryAt = sa, time.Time{}
 	e.sas[sa.spiI] = sa
 	e.setStatus(c, func(s *Status) { s.Phase1, s.Phase1Reason = StateConnecting, "" })
@@ -421,7 +424,7 @@ func (sa *ikeSA) authHint(n NotifyType) string {
 func (sa *ikeSA) setEstablished() {
 	sa.established = true
 	if lt := sa.c.cfg.IKELifetime; lt > 0 {
-		sa.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.initiator))
+		sa.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
 	}
 	sa.e.setStatus(sa.c, func(s *Status) {
 		s.Phase1, s.Phase1Reason, s.Established = StateEstablished, "", time.Now()
@@ -429,8 +432,11 @@ func (sa *ikeSA) setEstablished() {
 	sa.e.log.Info("ike: IKE SA established", "conn", sa.c.cfg.Name, "initiator", sa.initiator, "natt", sa.natt)
 }
 
-// rekeyMargin: the side that initiated rekeys at 90% of the lifetime, the
-// other at 95%, so both ends of one configuration rarely collide.
+// rekeyMargin: the end that initiated the connection rekeys at 90% of the
+// lifetime, the other at 95% (a fallback for a peer with a longer
+// lifetime). The roles never swap, even after an IKE rekey, so two ends of
+// one configuration do not rekey the same SA at once (emu has no
+// simultaneous-rekey resolution, RFC 7296 §2.8.1).
 func rekeyMargin(lt time.Duration, initiator bool) time.Duration {
 	if initiator {
 		return lt * 9 / 10
@@ -566,7 +572,7 @@ func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte,
 	old := sa.child
 	sa.child = &child{sa: ch}
 	if lt := c.cfg.ChildLifetime; lt > 0 {
-		sa.child.rekeyAt = time.Now().Add(rekeyMargin(lt, exchInitiator || sa.initiator))
+		sa.child.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
 	}
 	if sa.e.opt.Handler != nil {
 		sa.e.opt.Handler.ChildUp(ch)
