@@ -136,7 +136,7 @@ func serve(configPath string, ready func()) error {
 			logger.Printf("tunnel %s up: spi out 0x%08x (next seq %d) in 0x%08x (highest seen %d) (userspace ESP)", t.Name, t.OutSPI, uint64(t.Out.Seq)+1, t.InSPI, t.In.Seq)
 		}
 	}
-	endpoints, err := startIKE(dp, cfg.Tunnels, logger)
+	endpoints, err := startIKE(dp, cfg, logger)
 	for _, e := range endpoints {
 		// Deferred before the dataplane closes: the DELETEs go out first.
 		defer e.Close()

@@ -20,10 +20,11 @@ import (
 // tunnels, keying the dataplane's tunnels with what it negotiates. It
 // returns the endpoints started so far also on error, for the caller to
 // close.
-func startIKE(dp *userspace.Dataplane, tunnels []ipsec.Conn, logger *log.Logger) ([]*ike.Endpoint, error) {
+func startIKE(dp *userspace.Dataplane, cfg Config, logger *log.Logger) ([]*ike.Endpoint, error) {
+	ikeLog := slog.New(slog.NewTextHandler(logger.Writer(), nil)).With("lab", cfg.Lab, "node", cfg.Node)
 	byAddr := map[netip.Addr]*ike.Endpoint{}
 	var out []*ike.Endpoint
-	for _, t := range tunnels {
+	for _, t := range cfg.Tunnels {
 		if t.IKE == nil {
 			continue
 		}
@@ -32,7 +33,7 @@ func startIKE(dp *userspace.Dataplane, tunnels []ipsec.Conn, logger *log.Logger)
 			var err error
 			e, err = dp.ListenIKE(ike.Options{
 				Addr: t.Local,
-				Log:  slog.New(slog.NewTextHandler(logger.Writer(), nil)).With("node", logger.Prefix()),
+				Log:  ikeLog,
 				// A dead peer is declared after 0.3+0.6+1.2+2.4 s of silence.
 				RetransmitBase: 300 * time.Millisecond, RetransmitTries: 4, RetryAfter: 2 * time.Second,
 			})

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -49,17 +50,15 @@ type Lab struct {
 	charonErr chan error
 }
 
-// Require skips without root or strongSwan. (labtest.RequireRoot would
-// import the ike package back through labtest → ipsec.)
+// Require skips without root or strongSwan, or fails under make test
+// (testenv). (labtest.RequireRoot would import the ike package back
+// through labtest → ipsec.)
 func Require(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the interop tests create network namespaces")
-	}
+	testenv.RequireRoot(t, "the strongSwan interop tests create network namespaces")
 	for _, bin := range []string{CharonBin, "swanctl"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("strongSwan is not installed (%s): run scripts/setup.sh", bin)
-		}
+		_, err := exec.LookPath(bin)
+		testenv.Require(t, err, "strongSwan's "+bin+" (scripts/setup.sh installs it)")
 	}
 }
 
