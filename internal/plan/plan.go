@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
 	"github.com/emu-lab/emu/internal/topology"
@@ -209,6 +210,14 @@ func describeTunnel(c ipsec.Conn, dataplane string) string {
 	addr := ""
 	if c.Address.IsValid() {
 		addr = " " + c.Address.String()
+	}
+	if k := c.IKE; k != nil {
+		role := "responder"
+		if k.Initiate {
+			role = "initiator"
+		}
+		return fmt.Sprintf("tunnel %s%s (%s → %s, %s, keyed by IKEv2 as %s: %s, %s, %s ESP)", c.Interface, addr, c.Local, c.Remote, c.Cipher, role,
+			ike.FormatProposal(k.IKE.Proposal(ike.ProtoIKE)), ike.FormatProposal(k.ESP.Proposal(ike.ProtoESP)), dataplane)
 	}
 	return fmt.Sprintf("tunnel %s%s (%s → %s, %s, spi out 0x%08x in 0x%08x, %s ESP)", c.Interface, addr, c.Local, c.Remote, c.Cipher, c.Out.SPI, c.In.SPI, dataplane)
 }

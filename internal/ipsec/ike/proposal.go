@@ -39,6 +39,10 @@ func (s Suite) proposal(proto uint8, spi []byte, withDH bool) Proposal {
 	return p
 }
 
+// Proposal is the suite as this end offers it for protocol proto
+// (ProtoIKE or ProtoESP), DH included: what a plan or a log shows.
+func (s Suite) Proposal(proto uint8) Proposal { return s.proposal(proto, nil, true) }
+
 // choose picks the first of the peer's proposals that contains our suite
 // (RFC 7296 §2.7: the responder selects one proposal and one transform of
 // each type). ignoreDH skips the DH type, as a responder does for the CHILD
