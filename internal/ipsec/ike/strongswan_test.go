@@ -140,3 +140,30 @@ func TestStrongSwan_KillCharon_DPDTakesTunnelDown(t *testing.T) {
 		t.Fatalf("%d CHILD SAs left after DPD", len(up))
 	}
 }
+
+func TestStrongSwan_Responder_WrongPSK_EmuReportsAuthenticationFailed(t *testing.T) {
+	l := swtest.New(t)
+	cc := swtest.DefaultConf()
+	cc.PSK = "not-the-providers-key"
+	l.StartCharon(cc)
+	cfg := emuConfig()
+	cfg.Initiate = true
+	emu := startEmu(t, l, cfg)
+	st := waitStatus(t, emu, "fails", func(s Status) bool { return s.Phase1 == StateFailed })
+	if !strings.HasPrefix(st.Phase1Reason, "AUTHENTICATION_FAILED") {
+		t.Fatalf("reason %q", st.Phase1Reason)
+	}
+}
+
+func TestStrongSwan_Responder_NarrowerSubnets_TSUnacceptable(t *testing.T) {
+	l := swtest.New(t)
+	l.StartCharon(swtest.DefaultConf())
+	cfg := emuConfig()
+	cfg.Initiate = true
+	cfg.RemoteTS = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")} // charon protects 10.1.0.0/24
+	emu := startEmu(t, l, cfg)
+	st := waitStatus(t, emu, "phase 2 fails", func(s Status) bool { return s.Phase2 == StateFailed })
+	if st.Phase1 != StateEstablished || !strings.HasPrefix(st.Phase2Reason, "TS_UNACCEPTABLE") {
+		t.Fatalf("status %+v", st)
+	}
+}
