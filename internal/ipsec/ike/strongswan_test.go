@@ -50,6 +50,8 @@ func TestStrongSwan_Initiator_EstablishesWithEmu(t *testing.T) {
 	}{
 		{"aes128-sha1-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 128, Integ: IntegHMACSHA196, DH: 2}},
 		{"aes128gcm16", Suite{Encr: EncrAESGCM16, KeyBits: 128}},
+		// Two proposals, emu takes the one it is configured with.
+		{"aes128gcm16,aes128-sha1-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 128, Integ: IntegHMACSHA196, DH: 2}},
 	} {
 		t.Run(esp.charon, func(t *testing.T) {
 			l := swtest.New(t)
