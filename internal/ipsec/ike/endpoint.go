@@ -20,7 +20,8 @@ type Options struct {
 	IKEPort, NATTPort uint16
 	Handler           Handler
 	// ESP receives ESP-in-UDP packets arriving on the NAT-T port (first
-	// four bytes non-zero, RFC 3948 §2.2); nil drops them.
+	// four bytes non-zero, RFC 3948 §2.2), one at a time from the socket's
+	// reader; pkt is reused after it returns. nil drops them.
 	ESP func(from netip.AddrPort, pkt []byte)
 	Log *slog.Logger
 	// RetransmitBase is the first retransmission timeout, doubled on each
@@ -225,12 +226,13 @@ func (e *Endpoint) readLoop(i int) {
 			return
 		}
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		b := append([]byte(nil), buf[:n]...)
+		b := buf[:n]
 		if i == 1 {
 			if n == 1 && b[0] == 0xff {
 				continue // NAT-keepalive (RFC 3948 §2.3)
 			}
 			if n >= 4 && binary.BigEndian.Uint32(b) != 0 {
+				// ESP in UDP: handed over synchronously, so no copy.
 				if e.opt.ESP != nil {
 					e.opt.ESP(from, b)
 				}
@@ -242,6 +244,7 @@ func (e *Endpoint) readLoop(i int) {
 			}
 			b = b[4:] // the non-ESP marker
 		}
+		b = append([]byte(nil), b...) // the loop keeps it after buf is reused
 		natt := i == 1
 		e.do(func() { e.receive(b, from, natt) })
 	}
