@@ -82,7 +82,7 @@ type ipsecView struct {
 	Node    string                  `json:"node"`
 	Tunnels []userspace.TunnelStats `json:"tunnels,omitempty"`
 	Drops   *userspace.Drops        `json:"drops_before_sa,omitempty"`
-	IKE     []ike.Status            `json:"ike,omitempty"` // keys are never shown
+	IKE     []ike.Status            `json:"ike,omitempty"`   // keys are never shown
 	Error   string                  `json:"error,omitempty"` // why there are no current counters
 }
 
