@@ -110,10 +110,12 @@ func serve(configPath string, ready func()) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	var dp *userspace.Dataplane
+	restarted := false
 	if len(cfg.Tunnels) > 0 {
 		// A previous worker's checkpoint (deploy removes it): its SAs
 		// resume where they were, so the peer drops nothing as a replay.
 		prevState, prevErr := readState(configPath)
+		restarted = prevErr == nil
 		var prev []userspace.TunnelStats
 		if prevErr == nil {
 			prev = prevState.Tunnels
@@ -136,7 +138,7 @@ func serve(configPath string, ready func()) error {
 			logger.Printf("tunnel %s up: spi out 0x%08x (next seq %d) in 0x%08x (highest seen %d) (userspace ESP)", t.Name, t.OutSPI, uint64(t.Out.Seq)+1, t.InSPI, t.In.Seq)
 		}
 	}
-	endpoints, err := startIKE(dp, cfg, logger)
+	endpoints, err := startIKE(dp, cfg, logger, restarted)
 	for _, e := range endpoints {
 		// Deferred before the dataplane closes: the DELETEs go out first.
 		defer e.Close()

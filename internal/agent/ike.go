@@ -20,7 +20,10 @@ import (
 // tunnels, keying the dataplane's tunnels with what it negotiates. It
 // returns the endpoints started so far also on error, for the caller to
 // close.
-func startIKE(dp *userspace.Dataplane, cfg Config, logger *log.Logger) ([]*ike.Endpoint, error) {
+// A restarted worker negotiates its responder connections too, once: the
+// peer still holds the IKE SA the old worker had and would otherwise notice
+// only when its DPD gives up.
+func startIKE(dp *userspace.Dataplane, cfg Config, logger *log.Logger, restarted bool) ([]*ike.Endpoint, error) {
 	ikeLog := slog.New(slog.NewTextHandler(logger.Writer(), nil)).With("lab", cfg.Lab, "node", cfg.Node)
 	byAddr := map[netip.Addr]*ike.Endpoint{}
 	var out []*ike.Endpoint
@@ -45,6 +48,9 @@ func startIKE(dp *userspace.Dataplane, cfg Config, logger *log.Logger) ([]*ike.E
 		}
 		if err := e.Add(*t.IKE); err != nil {
 			return out, err
+		}
+		if restarted && !t.IKE.Initiate {
+			e.Connect(t.Name)
 		}
 		logger.Printf("tunnel %s: %s %s → %s keyed by IKEv2 (%s)", t.Name, t.Interface, t.Local, t.Remote, map[bool]string{true: "initiator", false: "responder"}[t.IKE.Initiate])
 	}

@@ -123,6 +123,20 @@ func (e *Endpoint) Add(cfg Config) error {
 	return nil
 }
 
+// Connect negotiates connection name now, once, even on a responder-only
+// end, unless it has an IKE SA: what a gateway that restarted does so the
+// peer need not wait for its DPD to notice (RFC 7296 §2.4 suggests
+// INITIAL_CONTACT for this). Later retries follow Config.Initiate.
+func (e *Endpoint) Connect(name string) {
+	e.do(func() {
+		for _, c := range e.conns {
+			if c.cfg.Name == name && c.sa == nil {
+				e.initiate(c)
+			}
+		}
+	})
+}
+
 // Status returns the state of every connection.
 func (e *Endpoint) Status() []Status {
 	e.mu.Lock()

@@ -378,3 +378,26 @@ func TestIKEv2_PeerRestarts_NewIKESAReplacesTheOld(t *testing.T) {
 	}
 	requireTraffic(t, a2, b)
 }
+
+func TestIKEv2_ResponderRestarts_ConnectRestoresTheTunnelBeforeDPD(t *testing.T) {
+	a, b := pair(t, func(a, b *Config) { a.DPD = time.Hour }) // DPD would never notice
+	old := waitStatus(t, a, "established", established)
+	port := b.e.opt.IKEPort
+	b.e.abort()
+	b2 := &side{rec: &recorder{}, cfg: b.cfg}
+	var err error
+	if b2.e, err = Listen(Options{Addr: addrB, IKEPort: port, NATTPort: port + 1, Handler: b2.rec, RetransmitBase: 100 * time.Millisecond, RetransmitTries: 3, RetryAfter: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	defer b2.e.Close()
+	if err := b2.e.Add(b.cfg); err != nil {
+		t.Fatal(err)
+	}
+	b2.e.Connect(b.cfg.Name)
+	waitStatus(t, b2, "restarted responder", established)
+	st := waitStatus(t, a, "the initiator takes the new SA", func(s Status) bool { return established(s) && s.InSPI != old.InSPI })
+	if ua, _ := a.rec.snapshot(); len(ua) != 1 || ua[st.InSPI].InSPI != st.InSPI {
+		t.Fatalf("initiator holds %d CHILD SAs, want only the new one", len(ua))
+	}
+	requireTraffic(t, a, b2)
+}

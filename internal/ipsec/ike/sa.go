@@ -305,7 +305,9 @@ func (sa *ikeSA) onInitResponse(h Header, ps []Payload) {
 	// IKE_AUTH with the first CHILD SA (RFC 7296 §1.2).
 	sa.childSPI = randSPI32()
 	idi := idFor(c.cfg.LocalID, c.cfg.Local, false)
-	ps2 := []Payload{idi}
+	// INITIAL_CONTACT: we hold no other IKE SA with this peer, so it may
+	// drop any it has (RFC 7296 §2.4), as charon does.
+	ps2 := []Payload{idi, &Notify{Kind: InitialContact}}
 	if c.cfg.RemoteID != "" {
 		ps2 = append(ps2, idFor(c.cfg.RemoteID, c.cfg.Remote, true))
 	}
