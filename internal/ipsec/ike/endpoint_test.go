@@ -401,3 +401,30 @@ func TestIKEv2_ResponderRestarts_ConnectRestoresTheTunnelBeforeDPD(t *testing.T)
 	}
 	requireTraffic(t, a, b2)
 }
+
+// TestIKEv2_PFSMismatch_ShowsAtRekey_ChildExpiresWithTheReason: the CHILD
+// SA of IKE_AUTH takes no DH, so different PFS groups only fail at the
+// first rekey, as with real gateways; when the lifetime ends the SA goes,
+// and the status says why.
+func TestIKEv2_PFSMismatch_ShowsAtRekey_ChildExpiresWithTheReason(t *testing.T) {
+	a, b := pair(t, func(a, b *Config) {
+		a.ESP.DH, b.ESP.DH = 2, 5
+		a.ChildLifetime = 800 * time.Millisecond
+	})
+	waitStatus(t, a, "established despite the PFS mismatch", established)
+	st := waitStatus(t, a, "expired", func(s Status) bool { return s.Phase2 == StateFailed })
+	for _, want := range []string{"CHILD SA lifetime expired without a rekey", "the peer refused our rekey with NO_PROPOSAL_CHOSEN", "MODP_1024"} {
+		if !strings.Contains(st.Phase2Reason, want) {
+			t.Errorf("reason %q lacks %q", st.Phase2Reason, want)
+		}
+	}
+	if st.Phase1 != StateEstablished {
+		t.Errorf("phase 1 %s: only the CHILD SA expired", st.Phase1)
+	}
+	if ua, _ := a.rec.snapshot(); len(ua) != 0 {
+		t.Errorf("%d CHILD SAs still installed after expiry", len(ua))
+	}
+	if sb := waitStatus(t, b, "the peer deleted it too", func(s Status) bool { return s.Phase2 != StateEstablished }); sb.Phase2Reason != "peer deleted the CHILD SA" {
+		t.Errorf("responder: %+v", sb)
+	}
+}

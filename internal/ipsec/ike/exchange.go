@@ -265,7 +265,32 @@ func (sa *ikeSA) tick(now time.Time) {
 		}
 		return
 	}
-	if !sa.established || len(sa.queue) > 0 {
+	if !sa.established {
+		return
+	}
+	// Lifetimes end even when rekeying keeps failing (a PFS group
+	// mismatch shows only then): the SA is deleted, with the reason.
+	if !sa.expireAt.IsZero() && now.After(sa.expireAt) {
+		current := sa.c.sa == sa // not an old SA whose replacement is up
+		sa.sendDelete()
+		sa.remove()
+		if current {
+			sa.e.failConn(sa.c, 1, "IKE SA lifetime expired without a rekey: "+sa.rekeyErr)
+		}
+		return
+	}
+	if ch := sa.child; ch != nil && !ch.expireAt.IsZero() && now.After(ch.expireAt) {
+		sa.child = nil
+		sa.childDown(ch)
+		sa.sendInformational([]Payload{&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, ch.sa.InSPI)}}}, nil)
+		reason := "CHILD SA lifetime expired without a rekey: " + sa.rekeyErr
+		sa.e.setStatus(sa.c, func(s *Status) {
+			s.Phase2, s.Phase2Reason, s.InSPI, s.OutSPI = StateFailed, reason, 0, 0
+			sa.c.child = nil
+		})
+		sa.e.log.Warn("ike: negotiation failed", "conn", sa.c.cfg.Name, "phase", 2, "reason", reason)
+	}
+	if len(sa.queue) > 0 {
 		return
 	}
 	switch {

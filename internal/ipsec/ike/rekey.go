@@ -2,6 +2,7 @@ package ike
 
 import (
 	"encoding/binary"
+	"fmt"
 	"time"
 )
 
@@ -48,8 +49,11 @@ func (sa *ikeSA) rekeyChild() {
 				}
 			case *Notify:
 				if p.Kind.IsError() {
-					sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", c.cfg.Name, "notify", p.Kind)
-					sa.child.rekeyAt = time.Now().Add(time.Second) // the old SA still works; try again
+					sa.rekeyErr = fmt.Sprintf("the peer refused our rekey with %s (we offered %s)", p.Kind, FormatProposal(c.cfg.ESP.Proposal(ProtoESP)))
+					sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", c.cfg.Name, "reason", sa.rekeyErr)
+					if sa.child != nil {
+						sa.child.rekeyAt = time.Now().Add(time.Second) // the old SA still works; try again
+					}
 					return
 				}
 			}
@@ -106,6 +110,7 @@ func (sa *ikeSA) rekeyIKE() {
 		}
 		prop, err := c.cfg.IKE.accepted(ProtoIKE, chosen, true)
 		if err != nil || nr == nil || ke == nil || len(prop.SPI) != 8 {
+			sa.rekeyErr = "the peer's answer to our IKE SA rekey was unusable"
 			sa.rekeyAt = time.Now().Add(time.Second)
 			return
 		}
@@ -128,6 +133,7 @@ func (sa *ikeSA) replaceBy(weInitiated bool, spiI, spiR uint64, gir, ni, nr []by
 	n.keys = deriveIKEKeys(sa.keys.prf, sa.keys.cs, rekeySKEYSEED(sa.keys.prf, sa.keys.d, gir, ni, nr), ni, nr, spiI, spiR)
 	if lt := c.cfg.IKELifetime; lt > 0 {
 		n.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
+		n.expireAt = time.Now().Add(lt)
 	}
 	sa.child, sa.retired = nil, nil
 	sa.e.sas[n.ourSPI()] = n
@@ -189,6 +195,14 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 	}
 	if tsi == nil || tsr == nil {
 		return []Payload{&Notify{Kind: InvalidSyntax}}
+	}
+	// The proposal first (RFC 7296 §1.3.1): a PFS group we do not use is
+	// NO_PROPOSAL_CHOSEN; INVALID_KE_PAYLOAD is for a KE of another group
+	// than the proposal we chose.
+	if _, ok := c.cfg.ESP.choose(ProtoESP, offer.Proposals, false); !ok {
+		sa.childRefused(false, fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
+			FormatProposals(offer.Proposals), FormatProposal(c.cfg.ESP.Proposal(ProtoESP))))
+		return []Payload{&Notify{Kind: NoProposalChosen}}
 	}
 	var gir []byte
 	var kePayload []Payload

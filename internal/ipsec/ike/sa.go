@@ -35,16 +35,21 @@ type ikeSA struct {
 	child          *child
 	lastRecv       time.Time
 	rekeyAt        time.Time
-	childSPI       uint32    // our inbound SPI offered in IKE_AUTH
-	rawIn          []byte    // the IKE_SA_INIT response as received
-	created        time.Time // of a responder SA, for the half-open timeout
-	retired        []*child  // rekeyed CHILD SAs until the peer deletes them
-	dead           bool
+	expireAt       time.Time // the IKE SA's lifetime's end
+	// rekeyErr is why the last rekey (of either SA) failed, for the
+	// reason shown when the lifetime then runs out.
+	rekeyErr string
+	childSPI uint32    // our inbound SPI offered in IKE_AUTH
+	rawIn    []byte    // the IKE_SA_INIT response as received
+	created  time.Time // of a responder SA, for the half-open timeout
+	retired  []*child  // rekeyed CHILD SAs until the peer deletes them
+	dead     bool
 }
 
 type child struct {
-	sa      ChildSA
-	rekeyAt time.Time
+	sa       ChildSA
+	rekeyAt  time.Time
+	expireAt time.Time // the lifetime's end: deleted if no rekey replaced it
 }
 
 type request struct {
@@ -427,6 +432,7 @@ func (sa *ikeSA) setEstablished() {
 	sa.established = true
 	if lt := sa.c.cfg.IKELifetime; lt > 0 {
 		sa.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
+		sa.expireAt = time.Now().Add(lt)
 	}
 	sa.e.setStatus(sa.c, func(s *Status) {
 		s.Phase1, s.Phase1Reason, s.Established = StateEstablished, "", time.Now()
@@ -530,18 +536,16 @@ func (sa *ikeSA) respondChild(offer *SA, tsi, tsr *TS, gir, ni, nr []byte, inAut
 	c := sa.c
 	prop, ok := c.cfg.ESP.choose(ProtoESP, offer.Proposals, inAuth)
 	if !ok || len(prop.SPI) != 4 {
-		reason := fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
-			FormatProposals(offer.Proposals), FormatProposal(c.cfg.ESP.proposal(ProtoESP, nil, !inAuth)))
-		sa.e.setStatus(c, func(s *Status) { s.Phase2, s.Phase2Reason = StateFailed, reason })
+		sa.childRefused(inAuth, fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
+			FormatProposals(offer.Proposals), FormatProposal(c.cfg.ESP.proposal(ProtoESP, nil, !inAuth))))
 		return nil, &Notify{Kind: NoProposalChosen}
 	}
 	// Our TSi is the peer's side: the initiator's TSi holds its subnets.
 	ni2 := narrow(selectors(c.cfg.RemoteTS), tsi.Selectors)
 	nr2 := narrow(selectors(c.cfg.LocalTS), tsr.Selectors)
 	if ni2 == nil || nr2 == nil {
-		reason := fmt.Sprintf("TS_UNACCEPTABLE: peer proposed %s === %s; we protect %s === %s",
-			joinSelectors(tsi.Selectors), joinSelectors(tsr.Selectors), joinSelectors(selectors(c.cfg.RemoteTS)), joinSelectors(selectors(c.cfg.LocalTS)))
-		sa.e.setStatus(c, func(s *Status) { s.Phase2, s.Phase2Reason = StateFailed, reason })
+		sa.childRefused(inAuth, fmt.Sprintf("TS_UNACCEPTABLE: peer proposed %s === %s; we protect %s === %s",
+			joinSelectors(tsi.Selectors), joinSelectors(tsr.Selectors), joinSelectors(selectors(c.cfg.RemoteTS)), joinSelectors(selectors(c.cfg.LocalTS))))
 		return nil, &Notify{Kind: TSUnacceptable}
 	}
 	in := randSPI32()
@@ -549,6 +553,17 @@ func (sa *ikeSA) respondChild(offer *SA, tsi, tsr *TS, gir, ni, nr []byte, inAut
 	prop.SPI = binary.BigEndian.AppendUint32(nil, in)
 	sa.installChild(prop, in, out, gir, ni, nr, false, ni2, nr2)
 	return []Payload{&SA{Proposals: []Proposal{prop}}, &TS{Selectors: ni2}, &TS{Responder: true, Selectors: nr2}}, nil
+}
+
+// childRefused records why we refused a peer's CHILD SA: phase 2 failed in
+// IKE_AUTH; for a rekey the current SA still works until its lifetime ends.
+func (sa *ikeSA) childRefused(inAuth bool, reason string) {
+	if inAuth {
+		sa.e.setStatus(sa.c, func(s *Status) { s.Phase2, s.Phase2Reason = StateFailed, reason })
+		return
+	}
+	sa.rekeyErr = "we refused the peer's rekey: " + reason
+	sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", sa.c.cfg.Name, "reason", reason)
 }
 
 // installChild derives a CHILD SA's keys (RFC 7296 §2.17) and hands it to
@@ -575,6 +590,7 @@ func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte,
 	sa.child = &child{sa: ch}
 	if lt := c.cfg.ChildLifetime; lt > 0 {
 		sa.child.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
+		sa.child.expireAt = time.Now().Add(lt)
 	}
 	if sa.e.opt.Handler != nil {
 		sa.e.opt.Handler.ChildUp(ch)
