@@ -10,7 +10,8 @@ import (
 // clients, the Express Connect uplink toward the VBR, and the IPsec endpoint
 // whose "VPN IP" the VPN gateway peers with.
 func registerOnpremGateway(r *Registry) {
-	r.Register(&Kind{Name: "onprem-gateway", Element: "customer gateway device", Forwards: true,
+	r.Register(&Kind{Name: "onprem-gateway", Element: "customer gateway device", Roles: topology.Roles{
+		Forwards: true, CustomerEdge: true, Shape: topology.Shape{DOT: "hexagon", MermaidOpen: "{{", MermaidClose: "}}"}},
 		Rules: []rule{gatewayIPAllowed, notProviderASN, tunnelCIDRAllowed, apartFromVPCs}})
 }
 

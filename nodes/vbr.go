@@ -6,7 +6,8 @@ import "github.com/emu-lab/emu/internal/topology"
 // cloud side and is attached to the CEN; it routes statically (methods 1 and
 // 2) or runs BGP with the on-premises gateway (method 3).
 func registerVBR(r *Registry) {
-	r.Register(&Kind{Name: "vbr", Element: "virtual border router (Express Connect)", Forwards: true,
+	r.Register(&Kind{Name: "vbr", Element: "virtual border router (Express Connect)", Roles: topology.Roles{
+		Forwards: true, PrivatePath: true, Shape: topology.Shape{DOT: "cylinder", MermaidOpen: "[(", MermaidClose: ")]"}},
 		Rules: []rule{bgpVBRNeedsBGPGateway},
 		// A VBR terminates one Express Connect circuit; its bandwidth is
 		// the circuit's, sold from 50 Mbit/s (hosted) to 100 Gbit/s ports.

@@ -51,17 +51,17 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	}
 	hosts := hostsOf(l.Topology)
 	if len(hosts) < 2 {
-		return fail("needs two nodes of kind host to send flows, found %d", len(hosts))
+		return fail("needs two end systems (kind host) to send flows, found %d", len(hosts))
 	}
 	// One interface of the private path sees every flow once.
 	var wire *capture.Endpoint
 	for _, n := range l.Topology.Nodes {
-		if slices.Contains(privatePathKinds, n.Kind) && len(n.Interfaces) > 0 && wire == nil {
+		if n.Roles.PrivatePath && len(n.Interfaces) > 0 && wire == nil {
 			wire = &capture.Endpoint{NS: l.NS(n.Name), Interface: n.Interfaces[0].Name}
 		}
 	}
 	if wire == nil {
-		return fail("no node of kind %s: no private path to watch", strings.Join(privatePathKinds, " or "))
+		return fail("no node whose kind lies on the private path (vbr, cen): nothing to watch")
 	}
 	c, err := capture.Start(ctx, wire.NS, wire.Interface, capture.Options{})
 	if err != nil {

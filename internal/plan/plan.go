@@ -246,7 +246,7 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 	var nss, veths, limits, addrs, tunnels, agents, routes []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
-		fwd, v6 := kinds.Get(n.Kind).Forwards, usesIPv6(n)
+		fwd, v6 := n.Roles.Forwards, usesIPv6(n)
 		if n.Runtime == topology.RuntimeDocker {
 			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns, Runtime: n.Runtime})
 			nss = append(nss, Container{Lab: t.Name, Node: n.Name, Name: ns, Image: n.Image, Forwarding: fwd, IPv6: v6})

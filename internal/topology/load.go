@@ -11,12 +11,13 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Kinds is what the topology needs to know of the node kinds: which exist.
-// The kinds themselves live in package nodes, which validates what is
-// specific to each.
+// Kinds is what the topology needs to know of the node kinds: which exist
+// and the roles each plays. The kinds themselves live in package nodes, which
+// validates what is specific to each.
 type Kinds interface {
 	Known(kind string) bool
 	Names() []string
+	Roles(kind string) Roles
 }
 
 // Methods are the configuration methods of SPEC §3.
@@ -281,6 +282,9 @@ func (r *resolver) node(f field) {
 		if s.image != "" {
 			node.Image = s.image
 		}
+	}
+	if node.Kind != "" {
+		node.Roles = r.kinds.Roles(node.Kind)
 	}
 	if node.Kind == "" && !kindSet {
 		r.at(f.line, "node %q has no kind: add `kind:` (one of %s) or set `topology: defaults: kind:`", f.key, strings.Join(r.kinds.Names(), ", "))

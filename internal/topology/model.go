@@ -26,6 +26,7 @@ type Topology struct {
 type Node struct {
 	Name       string
 	Kind       string
+	Roles      Roles // what its kind does in the lab
 	Line       int
 	Interfaces []*Interface
 	Routes     []Route
