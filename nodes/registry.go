@@ -67,6 +67,7 @@ func (r *Registry) Names() []string {
 func Default() *Registry {
 	r := &Registry{}
 	registerHost(r)
+	registerLinux(r)
 	registerOnpremGateway(r)
 	registerVBR(r)
 	registerCEN(r)
