@@ -43,6 +43,9 @@ and says so; if that removal fails too, it says what is left.`,
 			if err != nil {
 				return err
 			}
+			for _, w := range t.Warnings {
+				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
+			}
 			dataplane, err := chooseDataplane(c.App.ErrWriter, t, c.String(dataplaneFlag), c.Bool("dry-run"))
 			if err != nil {
 				return err

@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
-	"github.com/vishvananda/netns"
 
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/software"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -19,10 +20,14 @@ func execCommand() *cli.Command {
 		Name:      "exec",
 		Usage:     "run a host command inside a node's namespace",
 		UsageText: "emu exec -t FILE NODE -- COMMAND [ARGS...]",
-		Description: `Runs COMMAND (from the host's PATH) in the network namespace of NODE, like
-"ip netns exec emu-<lab>-<node> COMMAND". The command replaces emu, so its exit code
-and signals pass straight through. Example:
-   emu exec -t topologies/static.yaml client -- ip route`,
+		Description: `Runs COMMAND (from the host's PATH) in NODE, like "ip netns exec emu-<lab>-<node>
+COMMAND": in its network namespace, with /sys showing the node's own interfaces and
+/etc/netns/emu-<lab>-<node>/* over /etc. A node that runs software (exec, binds, env,
+daemons) has its own mount namespace for its life: the command runs in it, so it sees
+the node's binds, its private /run (e.g. FRR's control sockets, for vtysh) and its env.
+The command replaces emu, so its exit code and signals pass straight through. Examples:
+   emu exec -t topologies/static.yaml client -- ip route
+   emu exec -t topologies/frr-onprem.yaml onprem -- vtysh -c 'show bgp summary'`,
 		Flags: []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
@@ -47,21 +52,30 @@ and signals pass straight through. Example:
 			if err != nil {
 				return invalidInput{fmt.Errorf("command %q: %w", args[0], err)}
 			}
-			return execIn(ns, path, args)
+			rec, err := deployer(c).Store.Get(name)
+			if err != nil {
+				return err
+			}
+			keeper, env := 0, os.Environ()
+			if rec != nil {
+				pid, cfg, err := lab.NodeSoftware(rec.Dir, node)
+				if err != nil {
+					return err
+				}
+				if cfg != nil {
+					keeper, env = pid, append(env, cfg.Software.Env...)
+				}
+			}
+			return execIn(ns, keeper, path, args, env)
 		},
 	}
 }
 
 // execIn replaces emu with the command, started on a thread that has entered
-// the namespace: execve keeps the calling thread's namespaces.
-func execIn(ns, path string, args []string) error {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
+// the node's namespaces: execve keeps the calling thread's namespaces.
+func execIn(ns string, keeper int, path string, args, env []string) error {
+	if err := software.Enter(netnsx.Path(ns), ns, keeper); err != nil {
+		return err
 	}
-	runtime.LockOSThread()
-	if err := netns.Set(h); err != nil {
-		return fmt.Errorf("enter namespace %s: %w", ns, err)
-	}
-	return fmt.Errorf("run %s: %w", path, syscall.Exec(path, args, os.Environ()))
+	return fmt.Errorf("run %s: %w", path, syscall.Exec(path, args, env))
 }

@@ -102,6 +102,7 @@ were inconclusive (e.g. a capture lost frames: re-run).`,
 			graphCommand(),
 			traceCommand(),
 			agentCommand(),
+			nodeCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return invalidInput{err}

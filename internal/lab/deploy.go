@@ -42,6 +42,9 @@ type Deployer struct {
 	BeforeStep func(i int, s plan.Step) error
 	// Agent starts node agents; nil runs this binary's `agent` command.
 	Agent AgentCommand
+	// Keeper starts the keeper of a node's software; nil runs this binary's
+	// `node` command.
+	Keeper AgentCommand
 
 	docker *container.Runtime // opened on first use: labs without containers never talk to Docker
 }
@@ -344,6 +347,8 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		return addKernelTunnel(s)
 	case plan.Route:
 		return w.AddRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
+	case plan.Software:
+		return d.startKeeper(j, s)
 	}
 	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
 }

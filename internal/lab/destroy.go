@@ -115,7 +115,9 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
 		switch e.Kind {
-		case "agent":
+		case "agent", "software":
+			// Both are found by their unique config path; a keeper stops its
+			// daemons before it exits.
 			errs = errors.Join(errs, stopAgent(e.Name))
 		case "container":
 			errs = errors.Join(errs, d.removeContainer(e.Name))

@@ -39,7 +39,7 @@ type Record struct {
 
 // Entry is one object a deploy created, in creation order.
 type Entry struct {
-	Kind string `json:"kind"` // "netns", "container", "agent", "dir" or "file"
+	Kind string `json:"kind"` // "netns", "container", "agent", "software", "dir" or "file"
 	Name string `json:"name"`
 }
 

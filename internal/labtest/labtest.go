@@ -20,6 +20,7 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/software"
 	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
@@ -119,14 +120,23 @@ func Plan(t testing.TB, topo *topology.Topology) *plan.Plan {
 // NewDeployer returns a deployer whose records live in a temp dir and whose
 // node agents are this test binary (see Main).
 func NewDeployer(t testing.TB) *lab.Deployer {
-	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}, Agent: selfAgent}
+	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}, Agent: selfAgent, Keeper: selfKeeper}
 }
 
-const asAgent = "EMU_TEST_AS_AGENT"
+const (
+	asAgent  = "EMU_TEST_AS_AGENT"
+	asKeeper = "EMU_TEST_AS_KEEPER"
+)
 
 func selfAgent(configPath string) (*exec.Cmd, error) {
 	cmd := exec.Command(os.Args[0], "--config", configPath)
 	cmd.Env = append(os.Environ(), asAgent+"=1")
+	return cmd, nil
+}
+
+func selfKeeper(configPath string) (*exec.Cmd, error) {
+	cmd := exec.Command(os.Args[0], "--config", configPath)
+	cmd.Env = append(os.Environ(), asKeeper+"=1")
 	return cmd, nil
 }
 
@@ -137,9 +147,17 @@ func Main(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// AgentMain runs the node agent and exits when this test binary was started
-// as one; otherwise it returns. For a TestMain with its own work to do.
+// AgentMain runs the node agent (or the keeper of a node's software) and
+// exits when this test binary was started as one; otherwise it returns. For
+// a TestMain with its own work to do.
 func AgentMain() {
+	if os.Getenv(asKeeper) == "1" {
+		if err := software.Run(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "keeper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(asAgent) != "1" {
 		return
 	}

@@ -146,6 +146,34 @@ func (s RateLimit) String() string {
 	return fmt.Sprintf("tbf %d Mbit/s on %s egress in %s (%s)", s.Mbit, s.Interface, s.Namespace, s.Of)
 }
 
+// Software is the keeper of a node's host programs: its mount namespace,
+// binds, daemons and exec commands (package software).
+type Software struct {
+	Namespace string
+	Node      string
+	Topology  string // for file:line in the keeper's errors
+	LabDir    string
+	Software  topology.Software
+}
+
+func (s Software) String() string {
+	out := fmt.Sprintf("software of %s in %s: own mount namespace (/run private, /sys of the netns)", s.Node, s.Namespace)
+	for _, b := range s.Software.Binds {
+		ro := ""
+		if b.ReadOnly {
+			ro = " read-only"
+		}
+		out += fmt.Sprintf("; bind %s on %s%s", b.Host, b.Node, ro)
+	}
+	for _, d := range s.Software.Daemons {
+		out += fmt.Sprintf("; daemon %s: %s", d.Name, d.Command)
+	}
+	for _, c := range s.Software.Exec {
+		out += fmt.Sprintf("; exec %s", c.Text)
+	}
+	return out
+}
+
 // Dataplanes that deploy can use; "auto" is resolved before planning.
 const (
 	Kernel    = "kernel"
@@ -243,7 +271,7 @@ func NamespaceName(lab, node string) string { return "emu-" + lab + "-" + node }
 // Userspace) with keys from secrets.
 func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, dataplane string) (*Plan, error) {
 	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir(), Dataplane: dataplane}
-	var nss, veths, limits, addrs, tunnels, agents, routes []Step
+	var nss, veths, limits, addrs, tunnels, agents, routes, programs []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
 		fwd, v6 := n.Roles.Forwards, usesIPv6(n)
@@ -276,6 +304,12 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		for _, e := range eps {
 			limits = append(limits, RateLimit{Namespace: NamespaceName(t.Name, e.Node), Interface: e.Interface, Of: spec.Of + " " + n.Name, Mbit: n.Bandwidth, SplitESP: spec.SplitESP})
 		}
+		if n.Software.Runs() {
+			if n.Runtime != topology.RuntimeNamespace {
+				return nil, fmt.Errorf("%s:%d: node %s: exec, binds, env and daemons run only in namespace nodes so far: remove `runtime: %s` or the software fields", t.File, n.Line, n.Name, n.Runtime)
+			}
+			programs = append(programs, Software{Namespace: ns, Node: n.Name, Topology: t.File, LabDir: t.LabDir(), Software: n.Software})
+		}
 	}
 	for _, l := range t.Links {
 		v := Veth{}
@@ -300,6 +334,9 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		{Name: "tunnels", Steps: tunnels},
 		{Name: "agents", Steps: agents},
 		{Name: "routes", Steps: routes},
+		// Last: the node is wired, its tunnels and routes are up, so its
+		// daemons find their interfaces and peers.
+		{Name: "software", Steps: programs},
 	}
 	// A stage with nothing to do is not shown: a lab without kernel
 	// tunnels, say, has no "tunnels" stage.
@@ -344,8 +381,8 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 // never slip onto the plain path: when the tunnel breaks, the session does.
 func bgpConfig(n *topology.Node) *routing.Config {
 	b := n.BGP
-	if b == nil {
-		return nil
+	if b == nil || b.External() {
+		return nil // no speaker, or the node's own software runs it
 	}
 	c := &routing.Config{ASN: b.ASN, RouterID: b.RouterID, Networks: b.Networks, Metric: uint32(b.Metric), Multipath: b.Multipath, Redistribute: b.Redistribute}
 	for _, nb := range b.Neighbors {
