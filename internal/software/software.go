@@ -53,7 +53,7 @@ const (
 	DaemonSettle       = 300 * time.Millisecond
 	DaemonReadyTimeout = 10 * time.Second
 	stopGrace          = 1500 * time.Millisecond // below the 2 s destroy gives the keeper
-	logTail            = 8                        // log lines shown when a daemon dies at start
+	logTail            = 8                       // log lines shown when a daemon dies at start
 )
 
 // Daemon is the published state of one daemon.
