@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,7 +180,38 @@ func Deploy(t testing.TB, file string) *Lab {
 func DeployText(t testing.TB, text string) *Lab {
 	t.Helper()
 	RequireRoot(t)
-	topo := Load(t, Write(t, Rename(text, UniqueName())))
+	return DeployFile(t, Write(t, Rename(text, UniqueName())))
+}
+
+// CopyTree copies the directory dir of fsys (the files a topology binds
+// into its nodes) to the same relative place under dst.
+func CopyTree(t testing.TB, fsys fs.FS, dir, dst string) {
+	t.Helper()
+	err := fs.WalkDir(fsys, dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, path)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := fs.ReadFile(fsys, path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// DeployFile deploys the topology file at path, whose lab name no other
+// test uses, and destroys it when the test ends, like Deploy.
+func DeployFile(t testing.TB, path string) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	topo := Load(t, path)
 	l := &Lab{Topology: topo, Plan: Plan(t, topo), Deployer: NewDeployer(t)}
 	t.Cleanup(func() {
 		if _, err := l.Deployer.Destroy(topo.Name, true); err != nil {

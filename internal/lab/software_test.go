@@ -1,0 +1,219 @@
+package lab_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/software"
+	"github.com/emu-lab/emu/internal/wiring"
+)
+
+// twoRouters runs the same daemon in two nodes: each writes its pid file at
+// the same /run path and reads its own bound config at the same node path.
+const twoRouters = `
+name: lab
+topology:
+  defaults:
+    kind: linux
+  nodes:
+    R1:
+      binds: [r1:/mnt:ro]
+      env: {ROLE: first}
+      daemons:
+        - {name: d, command: 'echo $$ > /run/d.pid; echo "$ROLE $(cat /mnt/conf)" > /run/seen; exec sleep 1000', wait-for: /run/seen}
+      exec: [ip addr add 10.9.0.1/24 dev eth1, ip link set eth1 up]
+    R2:
+      binds: [r2:/mnt:ro]
+      env: {ROLE: second}
+      daemons:
+        - {name: d, command: 'echo $$ > /run/d.pid; echo "$ROLE $(cat /mnt/conf)" > /run/seen; exec sleep 1000', wait-for: /run/seen}
+      exec: [ip addr add 10.9.0.2/24 dev eth1, ip link set eth1 up]
+  links:
+    - endpoints: ["R1:eth1", "R2:eth1"]
+`
+
+// writeLab writes topology text under a unique name into a temp dir, with
+// a bind source r1/conf and r2/conf beside it.
+func writeLab(t *testing.T, text string) string {
+	t.Helper()
+	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
+	for _, n := range []string{"r1", "r2"} {
+		dir := filepath.Join(filepath.Dir(path), n)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "conf"), []byte("config-of-"+n+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
+func keeperOf(t *testing.T, l *labtest.Lab, node string) (int, *software.State) {
+	t.Helper()
+	pid, cfg, err := lab.NodeSoftware(l.Plan.LabDir, node)
+	if err != nil || cfg == nil {
+		t.Fatalf("keeper of %s: pid %d, config %v, err %v", node, pid, cfg, err)
+	}
+	st, err := software.ReadState(lab.SoftwareStatePath(l.Plan.LabDir, node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid, st
+}
+
+func TestSoftware_TwoNodesSameDaemon_OwnRunSysBindsEnv_DestroyStopsEverything(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.DeployFile(t, writeLab(t, twoRouters))
+	var pids []int
+	for _, tc := range []struct{ node, seen string }{{"R1", "first config-of-r1"}, {"R2", "second config-of-r2"}} {
+		keeper, st := keeperOf(t, l, tc.node)
+		// /proc/<pid>/root is the keeper's view: its mount namespace.
+		root := filepath.Join("/proc", strconv.Itoa(keeper), "root")
+		seen, err := os.ReadFile(filepath.Join(root, "run/seen"))
+		if err != nil || strings.TrimSpace(string(seen)) != tc.seen {
+			t.Errorf("%s: the daemon saw %q (%v), want %q: env and bind of its own node", tc.node, seen, err, tc.seen)
+		}
+		pidFile, _ := os.ReadFile(filepath.Join(root, "run/d.pid"))
+		if len(st.Daemons) != 1 || !st.Daemons[0].Running || strings.TrimSpace(string(pidFile)) != strconv.Itoa(st.Daemons[0].PID) {
+			t.Errorf("%s: state %+v, pid file %q: want its daemon running with its own /run/d.pid", tc.node, st.Daemons, pidFile)
+		}
+		ifaces, err := os.ReadDir(filepath.Join(root, "sys/class/net"))
+		var names []string
+		for _, e := range ifaces {
+			names = append(names, e.Name())
+		}
+		if err != nil || !slices.Equal(names, []string{"eth1", "lo"}) {
+			t.Errorf("%s: /sys/class/net in the node = %v (%v), want its own [eth1 lo]", tc.node, names, err)
+		}
+		pids = append(pids, keeper, st.Daemons[0].PID)
+	}
+	// The exec commands ran: the addresses are there and the nodes talk.
+	ifs, err := wiring.Interfaces(l.NS("R2"))
+	if err != nil || !strings.Contains(strings.Join(ifs[0].Addrs, " "), "10.9.0.2/24") {
+		t.Errorf("R2 interfaces %+v (%v): exec did not add 10.9.0.2/24", ifs, err)
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("process %d of the lab survived destroy", pid)
+		}
+	}
+}
+
+func TestSoftware_DaemonExitsAtStart_DeployFailsWithItsLastLogLines_AndRollsBack(t *testing.T) {
+	labtest.RequireRoot(t)
+	text := strings.Replace(twoRouters, `exec sleep 1000', wait-for: /run/seen}
+      exec: [ip addr add 10.9.0.2/24`, `echo "bgpd: no such config" >&2; exit 3'}
+      exec: [ip addr add 10.9.0.2/24`, 1)
+	path := writeLab(t, text)
+	topo := labtest.Load(t, path)
+	d := labtest.NewDeployer(t)
+	err := d.Deploy(context.Background(), labtest.Plan(t, topo))
+	want := path + `:17: node R2 daemon d exited at start (exit status 3)`
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "bgpd: no such config") {
+		t.Fatalf("deploy error = %v\nwant it to say %q and show the daemon's last log lines", err, want)
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+	if rec, _ := d.Store.Get(topo.Name); rec != nil {
+		t.Errorf("record of the rolled-back lab is still there: %+v", rec)
+	}
+}
+
+func TestSoftware_ExecFails_DeployFailsWithFileLine_AndRollsBack(t *testing.T) {
+	labtest.RequireRoot(t)
+	path := writeLab(t, strings.Replace(twoRouters, "ip link set eth1 up]\n  links", "ip link set eth9 up]\n  links", 1))
+	topo := labtest.Load(t, path)
+	err := labtest.NewDeployer(t).Deploy(context.Background(), labtest.Plan(t, topo))
+	want := path + `:18: node R2 exec "ip link set eth9 up" failed (exit status 1)`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("deploy error = %v\nwant it to say %q", err, want)
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+}
+
+func TestSoftware_KeeperKilled_ItsDaemonsDie_DestroyStillCleans(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.DeployFile(t, writeLab(t, twoRouters))
+	keeper, st := keeperOf(t, l, "R1")
+	if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	daemon := st.Daemons[0].PID
+	deadline := time.Now().Add(2 * time.Second)
+	for syscall.Kill(daemon, 0) == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if syscall.Kill(daemon, 0) == nil {
+		if stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(daemon), "stat")); !strings.Contains(string(stat), ") Z ") {
+			t.Errorf("daemon %d outlived its killed keeper", daemon)
+		}
+	}
+	// Destroy (the test's cleanup) must still find and stop R2's keeper.
+}
+
+// The containerlab examples (testdata/containerlab/README.md says where
+// they come from) deploy as they are, as namespaces.
+func TestContainerlabExamples_DeployAsNamespaces(t *testing.T) {
+	labtest.RequireRoot(t)
+	for _, tc := range []struct {
+		file  string
+		check func(t *testing.T, l *labtest.Lab)
+	}{
+		{"frr01/frr01.clab.yml", func(t *testing.T, l *labtest.Lab) {
+			// PC1's exec commands ran: address and routes.
+			routes, err := wiring.Routes(l.NS("PC1"))
+			if err != nil || !slices.ContainsFunc(routes, func(r wiring.RouteState) bool {
+				return r.Dst == "10.10.10.0/24" && slices.Contains(r.Via, "192.168.11.1")
+			}) {
+				t.Errorf("PC1 routes %+v (%v): want 10.10.10.0/24 via 192.168.11.1 from its exec", routes, err)
+			}
+			// router1's binds: its own frr.conf at /etc/frr/frr.conf.
+			keeper, _, err := lab.NodeSoftware(l.Plan.LabDir, "router1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(keeper), "root/etc/frr/frr.conf"))
+			want, _ := os.ReadFile("testdata/containerlab/frr01/router1/frr.conf")
+			if err != nil || string(got) != string(want) {
+				t.Errorf("router1 sees /etc/frr/frr.conf = %q (%v), want its bound file", got, err)
+			}
+		}},
+		{"node-filter/node-filter.clab.yml", func(t *testing.T, l *labtest.Lab) {
+			ifs, err := wiring.Interfaces(l.NS("node4"))
+			if err != nil || len(ifs) != 3 {
+				t.Errorf("node4 interfaces %+v (%v): want eth1, eth2, eth3 from the links", ifs, err)
+			}
+		}},
+		{"single-node/01-linux-single-node.clab.yml", func(t *testing.T, l *labtest.Lab) {
+			if !wiring.NamespaceExists(l.NS("l1")) {
+				t.Error("node l1 has no namespace")
+			}
+		}},
+	} {
+		t.Run(filepath.Dir(tc.file), func(t *testing.T) {
+			dir := t.TempDir()
+			labtest.CopyTree(t, os.DirFS("testdata/containerlab"), filepath.Dir(tc.file), dir)
+			path := filepath.Join(dir, tc.file)
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(labtest.Rename(string(data), labtest.UniqueName())), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, labtest.DeployFile(t, path))
+		})
+	}
+}
