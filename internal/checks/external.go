@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/routing"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
@@ -23,6 +24,11 @@ func externalBGP(l Lab, n *topology.Node) Result {
 	start := time.Now()
 	r := Result{Check: fmt.Sprintf("bgp %s (%s)", n.Name, n.BGP.Speaker)}
 	var seen, problems []string
+	for _, d := range lab.Daemons(l.Dir, n.Name) {
+		if d.State != "running" {
+			problems = append(problems, fmt.Sprintf("daemon %s of %s is %s (log: %s)", d.Name, n.Name, d.State, d.Log))
+		}
+	}
 	kernel, kerr := wiring.Routes(l.NS(n.Name))
 	if kerr != nil {
 		problems = append(problems, fmt.Sprintf("cannot read %s's kernel routes: %v", n.Name, kerr))

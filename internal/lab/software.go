@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/software"
@@ -135,4 +136,48 @@ func NodeSoftware(labDir, node string) (int, *software.Config, error) {
 		return 0, &cfg, fmt.Errorf("node %s: the keeper of its software is not running (see %s): redeploy the lab", node, filepath.Join(labDir, "logs", node+".keeper.log"))
 	}
 	return pids[0], &cfg, nil
+}
+
+// DaemonStatus is a daemon of a node as inspect shows it: from the state
+// its keeper publishes, confirmed against the live processes.
+type DaemonStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // "running", "dead: <how it ended>", or "unknown: <why>"
+	PID   int    `json:"pid,omitempty"`
+	Log   string `json:"log,omitempty"`
+}
+
+// Daemons reports the daemons of a node, nil if it runs none. A state file
+// left by a keeper that is no longer running is not believed.
+func Daemons(labDir, node string) []DaemonStatus {
+	pid, cfg, err := NodeSoftware(labDir, node)
+	if cfg == nil || len(cfg.Software.Daemons) == 0 {
+		return nil
+	}
+	st, serr := software.ReadState(SoftwareStatePath(labDir, node))
+	var out []DaemonStatus
+	for _, d := range cfg.Software.Daemons {
+		ds := DaemonStatus{Name: d.Name, State: "unknown: its keeper published nothing"}
+		switch {
+		case err != nil:
+			ds.State = "dead: the node's keeper is not running"
+		case serr == nil && st.Keeper == pid:
+			for _, s := range st.Daemons {
+				if s.Name != d.Name {
+					continue
+				}
+				ds.PID, ds.Log = s.PID, s.Log
+				switch {
+				case !s.Running:
+					ds.State = "dead: " + s.Exit
+				case agent.Alive(s.PID):
+					ds.State = "running"
+				default:
+					ds.State = "dead: gone without a trace"
+				}
+			}
+		}
+		out = append(out, ds)
+	}
+	return out
 }

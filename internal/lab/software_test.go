@@ -217,3 +217,50 @@ func TestContainerlabExamples_DeployAsNamespaces(t *testing.T) {
 		})
 	}
 }
+
+func TestSoftware_DaemonDiesLater_ShownDead_WithNothingLeftOfIt(t *testing.T) {
+	labtest.RequireRoot(t)
+	// R1's shell stays the daemon's parent: its command does not end in exec.
+	l := labtest.DeployFile(t, writeLab(t, strings.Replace(twoRouters, "exec sleep 1000", "sleep 1000; true", 1)))
+	ds := lab.Daemons(l.Plan.LabDir, "R1")
+	if len(ds) != 1 || ds[0].State != "running" {
+		t.Fatalf("daemons of R1 = %+v, want d running", ds)
+	}
+	// The daemon runs under a shell (its command is compound): killing the
+	// shell must take the whole daemon down, and say so.
+	if err := syscall.Kill(ds[0].PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && lab.Daemons(l.Plan.LabDir, "R1")[0].State == "running" {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := lab.Daemons(l.Plan.LabDir, "R1")[0].State; got != "dead: signal: terminated" {
+		t.Errorf("R1's daemon state = %q, want dead: signal: terminated", got)
+	}
+	keeper, _ := keeperOf(t, l, "R1")
+	if kids := childrenOf(keeper); len(kids) > 0 {
+		t.Errorf("the keeper still has children %v: the dead daemon's sleep survived or was not reaped", kids)
+	}
+	if ds := lab.Daemons(l.Plan.LabDir, "R2"); ds[0].State != "running" {
+		t.Errorf("R2's daemon = %+v, want running: one node's daemon dying leaves the others", ds)
+	}
+}
+
+// childrenOf lists the processes (zombies too) whose parent is pid.
+func childrenOf(pid int) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		i := strings.LastIndexByte(string(stat), ')')
+		if f := strings.Fields(string(stat[i+1:])); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, e.Name()+" "+string(stat[:i+1])+" "+f[0])
+		}
+	}
+	return out
+}

@@ -177,7 +177,13 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 		return fmt.Errorf("%s: open its log: %w", where, err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command("/bin/sh", "-c", d.Command)
+	line := d.Command
+	if !strings.ContainsAny(line, ";&|<>()$`\\\"'*?[#~=%\n") {
+		// A plain command replaces the shell, so the pid inspect shows is
+		// the daemon's own.
+		line = "exec " + line
+	}
+	cmd := exec.Command("/bin/sh", "-c", line)
 	cmd.Env, cmd.Dir = k.env(), "/"
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -191,6 +197,17 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 	k.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
+		// A daemon is its process group: what it left behind goes with it,
+		// so nothing runs on that inspect reports dead.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		// Its orphans were re-parented to the keeper (the subreaper): reap
+		// them, by group, so no zombie stays.
+		for {
+			var ws unix.WaitStatus
+			if _, err := unix.Wait4(-cmd.Process.Pid, &ws, 0, nil); err != nil && err != unix.EINTR {
+				break
+			}
+		}
 		k.mu.Lock()
 		r.st.Running, r.st.Since = false, time.Now().UTC()
 		r.st.Exit = exitText(err)
