@@ -14,12 +14,14 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
 	dcontainer "github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -118,9 +120,11 @@ func (e *DeadError) Error() string {
 }
 
 // Create starts a container for a node and links its network namespace at
-// /run/netns/emu-<lab>-<node>. On error it removes what it made; a caller
-// that journals the name before calling can also undo a crash with Remove.
-func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Container, err error) {
+// /run/netns/emu-<lab>-<node>. The node's binds and env (containerlab's
+// fields) go to the container; its exec commands run later, through Exec.
+// On error it removes what it made; a caller that journals the name before
+// calling can also undo a crash with Remove.
+func (r *Runtime) Create(ctx context.Context, lab, node, image string, sw topology.Software) (c Container, err error) {
 	name := plan.NamespaceName(lab, node)
 	if err := r.ImageExists(ctx, image); err != nil {
 		return Container{}, err
@@ -132,6 +136,7 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 		Image:    image,
 		Hostname: node,
 		Labels:   map[string]string{LabelLab: lab, LabelNode: node},
+		Env:      sw.Env,
 	}
 	host := &dcontainer.HostConfig{
 		// emu wires the namespace from the host: the engine adds nothing
@@ -140,6 +145,19 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 		CapDrop:        []string{"ALL"},
 		SecurityOpt:    []string{"no-new-privileges"},
 		ReadonlyRootfs: true,
+	}
+	for _, b := range sw.Binds {
+		bind := b.Host + ":" + b.Node
+		if b.ReadOnly {
+			bind += ":ro"
+		}
+		host.Binds = append(host.Binds, bind)
+	}
+	if sw.Runs() {
+		// The user's programs configure the node, as in a containerlab
+		// linux node: addresses and routes, files of their own.
+		host.CapAdd = []string{"NET_ADMIN", "NET_RAW"}
+		host.ReadonlyRootfs = false
 	}
 	created, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host, Name: name})
 	if cerrdefs.IsConflict(err) {
@@ -305,4 +323,30 @@ func link(name, id string, pid int) error {
 		return fmt.Errorf("link namespace of container %s: mount %s on %s: %w", name, src, path, err)
 	}
 	return nil
+}
+
+// Exec runs one command in a running container through /bin/sh -c, as the
+// node's exec commands run in a namespace node, and returns its combined
+// output and exit code.
+func (r *Runtime) Exec(ctx context.Context, name, command string) (output string, code int, err error) {
+	ex, err := r.cli.ExecCreate(ctx, name, client.ExecCreateOptions{
+		Cmd: []string{"/bin/sh", "-c", command}, AttachStdout: true, AttachStderr: true,
+	})
+	if err != nil {
+		return "", 0, fmt.Errorf("exec in container %s: %w", name, err)
+	}
+	att, err := r.cli.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
+	if err != nil {
+		return "", 0, fmt.Errorf("exec in container %s: %w", name, err)
+	}
+	defer att.Close()
+	var out strings.Builder
+	if _, err := stdcopy.StdCopy(&out, &out, att.Reader); err != nil {
+		return out.String(), 0, fmt.Errorf("exec in container %s: read its output: %w", name, err)
+	}
+	st, err := r.cli.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
+	if err != nil {
+		return out.String(), 0, fmt.Errorf("exec in container %s: %w", name, err)
+	}
+	return out.String(), st.ExitCode, nil
 }

@@ -331,7 +331,7 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		if err := j.add(Entry{Kind: "container", Name: s.Name}); err != nil {
 			return err
 		}
-		if _, err := rt.Create(ctx, s.Lab, s.Node, s.Image); err != nil {
+		if _, err := rt.Create(ctx, s.Lab, s.Node, s.Image, s.Software); err != nil {
 			return err
 		}
 		return w.Adopt(s.Name, s.Forwarding, s.IPv6)
@@ -349,6 +349,8 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		return w.AddRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
 	case plan.Software:
 		return d.startKeeper(j, s)
+	case plan.ContainerExec:
+		return d.containerExec(ctx, s)
 	}
 	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
 }

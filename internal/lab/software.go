@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,4 +181,23 @@ func Daemons(labDir, node string) []DaemonStatus {
 		out = append(out, ds)
 	}
 	return out
+}
+
+// containerExec runs a container node's exec commands in order; the first
+// that fails fails the deploy, with its file:line and its output.
+func (d *Deployer) containerExec(ctx context.Context, s plan.ContainerExec) error {
+	rt, err := d.containers()
+	if err != nil {
+		return err
+	}
+	for _, c := range s.Commands {
+		out, code, err := rt.Exec(ctx, s.Name, c.Text)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exit status %d", code)
+		}
+		if err != nil {
+			return fmt.Errorf("%s:%d: node %s exec %q failed (%v): %s", s.Topology, c.Line, s.Node, c.Text, err, strings.TrimSpace(out))
+		}
+	}
+	return nil
 }

@@ -63,6 +63,24 @@ type Container struct {
 	Image      string
 	Forwarding bool
 	IPv6       bool
+	Software   topology.Software // binds and env; exec runs in ContainerExec
+}
+
+// ContainerExec runs a container node's exec commands, in order, once the
+// node is wired.
+type ContainerExec struct {
+	Name     string // the container
+	Node     string
+	Topology string // for file:line in errors
+	Commands []topology.Command
+}
+
+func (s ContainerExec) String() string {
+	out := fmt.Sprintf("exec in container %s:", s.Name)
+	for _, c := range s.Commands {
+		out += " " + c.Text + ";"
+	}
+	return out
 }
 
 func (s Container) String() string {
@@ -277,7 +295,7 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		fwd, v6 := n.Roles.Forwards, usesIPv6(n)
 		if n.Runtime == topology.RuntimeDocker {
 			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns, Runtime: n.Runtime})
-			nss = append(nss, Container{Lab: t.Name, Node: n.Name, Name: ns, Image: n.Image, Forwarding: fwd, IPv6: v6})
+			nss = append(nss, Container{Lab: t.Name, Node: n.Name, Name: ns, Image: n.Image, Forwarding: fwd, IPv6: v6, Software: n.Software})
 		} else {
 			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns})
 			nss = append(nss, Namespace{Name: ns, Forwarding: fwd, IPv6: v6})
@@ -304,11 +322,14 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		for _, e := range eps {
 			limits = append(limits, RateLimit{Namespace: NamespaceName(t.Name, e.Node), Interface: e.Interface, Of: spec.Of + " " + n.Name, Mbit: n.Bandwidth, SplitESP: spec.SplitESP})
 		}
-		if n.Software.Runs() {
-			if n.Runtime != topology.RuntimeNamespace {
-				return nil, fmt.Errorf("%s:%d: node %s: exec, binds, env and daemons run only in namespace nodes so far: remove `runtime: %s` or the software fields", t.File, n.Line, n.Name, n.Runtime)
-			}
+		switch {
+		case !n.Software.Runs():
+		case n.Runtime == topology.RuntimeNamespace:
 			programs = append(programs, Software{Namespace: ns, Node: n.Name, Topology: t.File, LabDir: t.LabDir(), Software: n.Software})
+		case len(n.Software.Daemons) > 0:
+			return nil, fmt.Errorf("%s:%d: node %s: daemons run in namespace nodes; a container runs its own from its image's entrypoint: remove `daemons:` or `runtime: %s`", t.File, n.Software.Daemons[0].Line, n.Name, n.Runtime)
+		case len(n.Software.Exec) > 0:
+			programs = append(programs, ContainerExec{Name: ns, Node: n.Name, Topology: t.File, Commands: n.Software.Exec})
 		}
 	}
 	for _, l := range t.Links {
