@@ -38,9 +38,11 @@ demo: build
 	$(BIN) deploy -t $(TOPO) --reconfigure && $(BIN) check -t $(TOPO)
 
 # Deploy vs an ip script; failover outage per method (100 pps probe stream);
-# TCP throughput plain vs through the userspace ESP tunnel.
+# TCP throughput plain vs through the userspace ESP tunnel; deploy of the FRR
+# on-prem scenario vs the stock method 2 (same run).
 bench: build
 	$(GO) run ./bench/deploy
+	$(GO) run ./bench/software -emu $(BIN)
 	$(GO) test -run '^$$' -bench Failover -benchtime 1x ./bench/failover
 	$(GO) run ./bench/throughput
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./bench/ike
