@@ -18,6 +18,7 @@ import (
 func deployFRROnprem(t *testing.T, edit func(bgpd string) string) (*labtest.Lab, checks.Lab) {
 	t.Helper()
 	labtest.RequireRoot(t)
+	labtest.RequireHostFiles(t)
 	if _, err := os.Stat("/usr/lib/frr/bgpd"); err != nil {
 		t.Skip("FRR is not installed (scripts/setup.sh installs it)")
 	}

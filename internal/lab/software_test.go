@@ -45,6 +45,7 @@ topology:
 // a bind source r1/conf and r2/conf beside it.
 func writeLab(t *testing.T, text string) string {
 	t.Helper()
+	labtest.RequireHostFiles(t)
 	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
 	for _, n := range []string{"r1", "r2"} {
 		dir := filepath.Join(filepath.Dir(path), n)
@@ -167,6 +168,7 @@ func TestSoftware_KeeperKilled_ItsDaemonsDie_DestroyStillCleans(t *testing.T) {
 // they come from) deploy as they are, as namespaces.
 func TestContainerlabExamples_DeployAsNamespaces(t *testing.T) {
 	labtest.RequireRoot(t)
+	labtest.RequireHostFiles(t)
 	for _, tc := range []struct {
 		file  string
 		check func(t *testing.T, l *labtest.Lab)

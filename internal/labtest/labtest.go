@@ -35,6 +35,15 @@ func RequireRoot(t testing.TB) {
 	testenv.RequireRoot(t, "integration tests create network namespaces")
 }
 
+// RequireHostFiles skips a test that runs the host's programs in nodes
+// (/bin/sh, ip, FRR) or reads the source tree: the kernel-ESP VM has neither.
+func RequireHostFiles(t testing.TB) {
+	t.Helper()
+	if os.Getenv("EMU_VMTEST") == "1" {
+		t.Skip("runs host programs in nodes: not inside the kernel-ESP VM, which has no host file system")
+	}
+}
+
 // UniqueName returns a lab name no other test uses.
 func UniqueName() string {
 	b := make([]byte, 4)
