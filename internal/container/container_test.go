@@ -21,11 +21,11 @@ import (
 
 	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/labtest"
-	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/testenv"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
