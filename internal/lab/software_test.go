@@ -13,6 +13,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/software"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -72,9 +73,29 @@ func keeperOf(t *testing.T, l *labtest.Lab, node string) (int, *software.State) 
 	return pid, st
 }
 
-func TestSoftware_TwoNodesSameDaemon_OwnRunSysBindsEnv_DestroyStopsEverything(t *testing.T) {
+func TestSoftware_TwoNodesSameDaemon_OwnRunSysBindsEnvEtcNetns_DestroyStopsEverything(t *testing.T) {
 	labtest.RequireRoot(t)
-	l := labtest.DeployFile(t, writeLab(t, twoRouters))
+	path := writeLab(t, twoRouters)
+	// /etc/netns/<namespace>/ is honoured as `ip netns exec` does.
+	etc := filepath.Join(software.EtcNetns, plan.NamespaceName(labtest.Load(t, path).Name, "R1"))
+	_, statErr := os.Stat(software.EtcNetns)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(etc)
+		if os.IsNotExist(statErr) {
+			os.Remove(software.EtcNetns) // made here; left if something else was put in it since
+		}
+	})
+	if err := os.WriteFile(filepath.Join(etc, "hostname"), []byte("r1-of-the-lab\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := labtest.DeployFile(t, path)
+	keeper, _ := keeperOf(t, l, "R1")
+	if got, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(keeper), "root/etc/hostname")); err != nil || string(got) != "r1-of-the-lab\n" {
+		t.Errorf("R1 sees /etc/hostname = %q (%v), want the one of /etc/netns/%s/", got, err, filepath.Base(etc))
+	}
 	var pids []int
 	for _, tc := range []struct{ node, seen string }{{"R1", "first config-of-r1"}, {"R2", "second config-of-r2"}} {
 		keeper, st := keeperOf(t, l, tc.node)
@@ -107,7 +128,7 @@ func TestSoftware_TwoNodesSameDaemon_OwnRunSysBindsEnv_DestroyStopsEverything(t 
 		t.Fatal(err)
 	}
 	for _, pid := range pids {
-		if syscall.Kill(pid, 0) == nil {
+		if !gone(pid) {
 			t.Errorf("process %d of the lab survived destroy", pid)
 		}
 	}
@@ -151,15 +172,8 @@ func TestSoftware_KeeperKilled_ItsDaemonsDie_DestroyStillCleans(t *testing.T) {
 	if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	daemon := st.Daemons[0].PID
-	deadline := time.Now().Add(2 * time.Second)
-	for syscall.Kill(daemon, 0) == nil && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if syscall.Kill(daemon, 0) == nil {
-		if stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(daemon), "stat")); !strings.Contains(string(stat), ") Z ") {
-			t.Errorf("daemon %d outlived its killed keeper", daemon)
-		}
+	if daemon := st.Daemons[0].PID; !gone(daemon) {
+		t.Errorf("daemon %d outlived its killed keeper", daemon)
 	}
 	// Destroy (the test's cleanup) must still find and stop R2's keeper.
 }
@@ -234,7 +248,8 @@ func TestSoftware_DaemonDiesLater_ShownDead_WithNothingLeftOfIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && lab.Daemons(l.Plan.LabDir, "R1")[0].State == "running" {
+	// The keeper publishes the end a moment after the kernel reports it.
+	for time.Now().Before(deadline) && lab.Daemons(l.Plan.LabDir, "R1")[0].State != "dead: signal: terminated" {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if got := lab.Daemons(l.Plan.LabDir, "R1")[0].State; got != "dead: signal: terminated" {
@@ -265,4 +280,16 @@ func childrenOf(pid int) []string {
 		}
 	}
 	return out
+}
+
+// gone waits up to 2 s for pid to exit; a zombie (exited, not yet reaped by
+// its parent) counts as gone.
+func gone(pid int) bool {
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			return true
+		}
+	}
+	return false
 }
