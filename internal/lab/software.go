@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -197,6 +198,56 @@ func (d *Deployer) containerExec(ctx context.Context, s plan.ContainerExec) erro
 		}
 		if err != nil {
 			return fmt.Errorf("%s:%d: node %s exec %q failed (%v): %s", s.Topology, c.Line, s.Node, c.Text, err, strings.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+// stopOrphans kills what is left of a node's daemons when their keeper could
+// not stop them (it was killed): the processes of the daemons' process
+// groups, from the state the keeper recorded, that still run in the node's
+// network namespace. Both must match, so a reused process group id never
+// hits a stranger.
+func stopOrphans(cfgPath string) error {
+	data, err := os.ReadFile(cfgPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // the deploy stopped before writing it: nothing started
+	}
+	if err != nil {
+		return err
+	}
+	var cfg software.Config
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return fmt.Errorf("%s: %w", cfgPath, err)
+	}
+	st, err := software.ReadState(cfg.State)
+	if err != nil {
+		return nil // no daemon was started
+	}
+	var nsStat syscall.Stat_t
+	if err := syscall.Stat(netnsx.Path(cfg.Namespace), &nsStat); err != nil {
+		return nil // the namespace is gone, and with it every process's network
+	}
+	groups := map[int]bool{}
+	for _, d := range st.Daemons {
+		groups[d.PID] = true
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		pgid, err := syscall.Getpgid(pid)
+		if err != nil || !groups[pgid] {
+			continue
+		}
+		var ns syscall.Stat_t
+		if syscall.Stat(filepath.Join("/proc", e.Name(), "ns", "net"), &ns) == nil && ns.Ino == nsStat.Ino && ns.Dev == nsStat.Dev {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	return nil

@@ -165,17 +165,50 @@ func TestSoftware_ExecFails_DeployFailsWithFileLine_AndRollsBack(t *testing.T) {
 	labtest.AssertNothingLeft(t, topo.Name)
 }
 
-func TestSoftware_KeeperKilled_ItsDaemonsDie_DestroyStillCleans(t *testing.T) {
+func TestSoftware_KeeperKilled_ItsDaemonsDie_DestroyKillsWhatTheyLeft(t *testing.T) {
 	labtest.RequireRoot(t)
-	l := labtest.DeployFile(t, writeLab(t, twoRouters))
+	// R1's daemon is a shell with a child: the kernel kills the shell with
+	// its keeper, the child is left for destroy to find.
+	l := labtest.DeployFile(t, writeLab(t, strings.Replace(twoRouters, "exec sleep 1000", "sleep 1000; true", 1)))
 	keeper, st := keeperOf(t, l, "R1")
+	daemon := st.Daemons[0].PID
+	var group []int
+	for _, p := range pidsOfGroup(daemon) {
+		if p != daemon {
+			group = append(group, p)
+		}
+	}
+	if len(group) == 0 {
+		t.Fatalf("daemon %d has no child in its group", daemon)
+	}
 	if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if daemon := st.Daemons[0].PID; !gone(daemon) {
+	if !gone(daemon) {
 		t.Errorf("daemon %d outlived its killed keeper", daemon)
 	}
-	// Destroy (the test's cleanup) must still find and stop R2's keeper.
+	if _, err := l.Deployer.Destroy(l.Topology.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range group {
+		if !gone(p) {
+			t.Errorf("process %d of R1's daemon survived destroy", p)
+		}
+	}
+}
+
+// pidsOfGroup lists the processes of process group pgid.
+func pidsOfGroup(pgid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			if g, err := syscall.Getpgid(pid); err == nil && g == pgid {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
 }
 
 // The containerlab examples (testdata/containerlab/README.md says where
