@@ -212,7 +212,7 @@ func (d *Deployer) converge(ctx context.Context, p *plan.Plan) error {
 	ev := Event{Stage: "bgp", Index: len(p.Stages) + 1, Of: len(p.Stages) + 1, Count: n, Done: true, Elapsed: time.Since(start)}
 	d.progress(Event{Stage: "bgp", Index: ev.Index, Of: ev.Of, Count: n})
 	if len(down) > 0 {
-		ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' logs in %s)", ConvergeTimeout, strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
+		ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' and daemons' logs in %s)", ConvergeTimeout, strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
 	}
 	d.progress(ev)
 	return err

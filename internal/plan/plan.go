@@ -27,6 +27,9 @@ type Plan struct {
 	Dataplane string
 	Nodes     []Node
 	Stages    []Stage
+	// ExternalPeers names, by address, the BGP speakers emu does not run
+	// ("onprem, run by frr"), so a session to one that stays down says who.
+	ExternalPeers map[netip.Addr]string
 }
 
 // Node is what inspect needs to know of a node without the topology file.
@@ -321,6 +324,22 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		eps, spec := kinds.Limits(t, n)
 		for _, e := range eps {
 			limits = append(limits, RateLimit{Namespace: NamespaceName(t.Name, e.Node), Interface: e.Interface, Of: spec.Of + " " + n.Name, Mbit: n.Bandwidth, SplitESP: spec.SplitESP})
+		}
+		if n.BGP != nil && n.BGP.External() {
+			if p.ExternalPeers == nil {
+				p.ExternalPeers = map[netip.Addr]string{}
+			}
+			who := fmt.Sprintf("%s, run by %s", n.Name, n.BGP.Speaker)
+			for _, ifc := range n.Interfaces {
+				for _, a := range ifc.Addrs {
+					p.ExternalPeers[a.Addr()] = who
+				}
+			}
+			for _, tun := range n.Tunnels {
+				if tun.Address.IsValid() {
+					p.ExternalPeers[tun.Address.Addr()] = who
+				}
+			}
 		}
 		switch {
 		case !n.Software.Runs():
