@@ -145,9 +145,8 @@ func start(configPath string) (*keeper, error) {
 	if err := Mounts(k.cfg.Namespace, k.cfg.Software.Binds, true); err != nil {
 		return nil, fmt.Errorf("node %s: %w", k.cfg.Node, err)
 	}
-	var cancel context.CancelFunc
-	k.stop, cancel = signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	_ = cancel // lives as long as the keeper
+	// Never cancelled: the keeper ends when it is signalled.
+	k.stop, _ = signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	for _, d := range k.cfg.Software.Daemons {
 		if err := k.startDaemon(d); err != nil {
 			k.stopAll()
