@@ -96,7 +96,23 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	for _, g := range multiTunnelGateways(l.Topology) {
 		out = append(out, judgeSpread(l, g, perSPI, start))
 	}
-	return out
+	var lostErr error
+	if d := c.Dropped(); d > 0 {
+		lostErr = &capture.LostFramesError{Dropped: d, Where: []string{fmt.Sprintf("%s:%s (%d)", wire.NS, wire.Interface, d)}}
+	}
+	return spreadUnsureIfLost(out, lostErr)
+}
+
+// spreadUnsureIfLost turns a failed spread into an inconclusive one when the
+// capture lost frames: the missing flows may be among the lost frames. A pass
+// stands: every flow was counted on a tunnel.
+func spreadUnsureIfLost(rs []Result, lostErr error) []Result {
+	for i := range rs {
+		if !rs[i].Passed {
+			lost(&rs[i], lostErr)
+		}
+	}
+	return rs
 }
 
 // judgeSpread says how the flows leaving gateway g spread over its
