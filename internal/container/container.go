@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -329,24 +330,100 @@ func link(name, id string, pid int) error {
 // node's exec commands run in a namespace node, and returns its combined
 // output and exit code.
 func (r *Runtime) Exec(ctx context.Context, name, command string) (output string, code int, err error) {
+	var out strings.Builder
+	p, err := r.Start(ctx, name, []string{"/bin/sh", "-c", command}, nil, &out, &out)
+	if err != nil {
+		return "", 0, err
+	}
+	code, err = p.Wait()
+	return out.String(), code, err
+}
+
+// Process is a program started in a container through the engine (`docker
+// exec`); its output streams to the writers given to Start until it ends.
+type Process struct {
+	// PID is its pid on the host (link makes sure the engine shares emu's PID
+	// namespace), 0 if it ended before the engine reported one.
+	PID  int
+	done chan struct{}
+	code int
+	err  error
+}
+
+// Wait returns the exit code once the process ended, or why it is unknown.
+func (p *Process) Wait() (int, error) {
+	<-p.done
+	return p.code, p.err
+}
+
+// Done is closed once the process ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// pidWait bounds how long Start waits for the engine to report the pid of
+// what it started, and exitWait how long Wait waits for the engine to notice
+// the end of a process whose output stream closed.
+const (
+	pidWait  = 5 * time.Second
+	exitWait = 5 * time.Second
+)
+
+// Start runs argv (no shell: the image may have none) in a running container
+// with the container's env, its output copied to stdout and stderr, and
+// stdin (if not nil) to its standard input. ctx bounds only the start; the
+// process runs until it ends or the container is removed.
+func (r *Runtime) Start(ctx context.Context, name string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (*Process, error) {
 	ex, err := r.cli.ExecCreate(ctx, name, client.ExecCreateOptions{
-		Cmd: []string{"/bin/sh", "-c", command}, AttachStdout: true, AttachStderr: true,
+		Cmd: argv, AttachStdin: stdin != nil, AttachStdout: true, AttachStderr: true,
 	})
 	if err != nil {
-		return "", 0, fmt.Errorf("exec in container %s: %w", name, err)
+		return nil, fmt.Errorf("exec in container %s: %w", name, err)
 	}
 	att, err := r.cli.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
 	if err != nil {
-		return "", 0, fmt.Errorf("exec in container %s: %w", name, err)
+		return nil, fmt.Errorf("exec in container %s: %w", name, err)
 	}
-	defer att.Close()
-	var out strings.Builder
-	if _, err := stdcopy.StdCopy(&out, &out, att.Reader); err != nil {
-		return out.String(), 0, fmt.Errorf("exec in container %s: read its output: %w", name, err)
+	p := &Process{done: make(chan struct{})}
+	if stdin != nil {
+		go func() {
+			io.Copy(att.Conn, stdin)
+			att.CloseWrite()
+		}()
 	}
-	st, err := r.cli.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
-	if err != nil {
-		return out.String(), 0, fmt.Errorf("exec in container %s: %w", name, err)
+	go func() {
+		defer close(p.done)
+		_, cerr := stdcopy.StdCopy(stdout, stderr, att.Reader)
+		att.Close()
+		// The stream ends as the process does; the engine records its exit
+		// a moment later.
+		ictx, cancel := context.WithTimeout(context.Background(), exitWait)
+		defer cancel()
+		for {
+			st, err := r.cli.ExecInspect(ictx, ex.ID, client.ExecInspectOptions{})
+			switch {
+			case err != nil:
+				p.err = fmt.Errorf("exec in container %s: %w", name, errors.Join(cerr, err))
+				return
+			case !st.Running:
+				p.code = st.ExitCode
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	for deadline := time.Now().Add(pidWait); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		st, err := r.cli.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("exec in container %s: %w", name, err)
+		}
+		if st.PID > 0 {
+			p.PID = st.PID
+			return p, nil
+		}
+		select {
+		case <-p.done:
+			return p, nil
+		default:
+		}
 	}
-	return out.String(), st.ExitCode, nil
+	return p, nil
 }

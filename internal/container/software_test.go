@@ -2,13 +2,16 @@ package container_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emu-lab/emu/internal/container"
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -104,6 +107,79 @@ func TestContainerNode_ExecFails_DeployFailsWithFileLine_AndRollsBack(t *testing
 	want := path + `:14: node R2 exec "ip link set eth1 upp" failed (exit status`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("deploy error = %v\nwant it to say %q", err, want)
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+	if left, err := rt.List(context.Background(), topo.Name); err != nil || len(left) > 0 {
+		t.Errorf("containers left after the rollback: %v %v", left, err)
+	}
+}
+
+// daemonLab runs two daemons in a container node: one through the image's
+// shell (it reads the node's env and makes the path the next waits for), one
+// plain, which needs no shell; its exec runs once both are up.
+const daemonLab = `
+name: lab
+topology:
+  nodes:
+    R1:
+      kind: linux
+      runtime: docker
+      image: IMAGE
+      env: {ROLE: first}
+      daemons:
+        - {name: talker, command: 'echo "up as $ROLE"; echo > /ready; exec sleep 1000', wait-for: /ready}
+        - {name: sleeper, command: LAST}
+      exec: ['[ -e /ready ] && echo exec saw the daemon > /seen']
+`
+
+func TestContainerNode_Daemons_RunInTheContainer_WatchedLogged_StoppedOnDestroy(t *testing.T) {
+	rt := newRuntime(t)
+	text := strings.NewReplacer("IMAGE", shellImage(t, rt), "LAST", "sleep 1000").Replace(daemonLab)
+	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
+	l := labtest.DeployFile(t, path)
+	ds := lab.Daemons(l.Plan.LabDir, "R1")
+	if len(ds) != 2 {
+		t.Fatalf("inspect shows daemons %+v, want talker and sleeper", ds)
+	}
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	for _, d := range ds {
+		if d.State != "running" || d.PID == 0 {
+			t.Errorf("daemon %+v, want running with its pid", d)
+			continue
+		}
+		// In the container: its files, not the host's.
+		if mnt, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", d.PID)); mnt == self {
+			t.Errorf("daemon %s (pid %d) runs in the host's mount namespace", d.Name, d.PID)
+		}
+	}
+	if log, err := os.ReadFile(filepath.Join(l.Plan.LabDir, "logs", "R1.talker.log")); err != nil || string(log) != "up as first\n" {
+		t.Errorf("talker's log %q (%v), want its output with the node's env", log, err)
+	}
+	if out, code, err := rt.Exec(context.Background(), l.NS("R1"), "cat /seen"); err != nil || code != 0 || out != "exec saw the daemon\n" {
+		t.Errorf("exec after the daemons: %q (exit %d, %v)", out, code, err)
+	}
+	if _, err := os.Stat("/ready"); err == nil {
+		t.Errorf("/ready exists on the host: the daemon wrote outside its container")
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		if err := syscall.Kill(d.PID, 0); err == nil {
+			t.Errorf("daemon %s (pid %d) still runs after destroy", d.Name, d.PID)
+		}
+	}
+}
+
+func TestContainerNode_DaemonExitsAtStart_DeployFailsWithItsLastLogLines_AndRollsBack(t *testing.T) {
+	rt := newRuntime(t)
+	text := strings.NewReplacer("IMAGE", shellImage(t, rt), "LAST", "cat /no/such/config").Replace(daemonLab)
+	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
+	topo := labtest.Load(t, path)
+	err := labtest.NewDeployer(t).Deploy(context.Background(), labtest.Plan(t, topo))
+	want := path + ":12: node R1 daemon sleeper exited at start (exit status 1); last lines of "
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "/no/such/config") {
+		t.Fatalf("deploy error = %v\nwant it to say %q and the daemon's complaint", err, want)
 	}
 	labtest.AssertNothingLeft(t, topo.Name)
 	if left, err := rt.List(context.Background(), topo.Name); err != nil || len(left) > 0 {

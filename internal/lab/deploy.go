@@ -349,8 +349,6 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		return w.AddRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
 	case plan.Software:
 		return d.startKeeper(j, s)
-	case plan.ContainerExec:
-		return d.containerExec(ctx, s)
 	}
 	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
 }

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,7 +59,7 @@ func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 		return err
 	}
 	cfg := software.Config{Topology: s.Topology, Node: s.Node, Namespace: s.Namespace, LogDir: logDir,
-		State: SoftwareStatePath(s.LabDir, s.Node), Software: s.Software}
+		State: SoftwareStatePath(s.LabDir, s.Node), Software: s.Software, Container: s.Container}
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
@@ -182,25 +181,6 @@ func Daemons(labDir, node string) []DaemonStatus {
 		out = append(out, ds)
 	}
 	return out
-}
-
-// containerExec runs a container node's exec commands in order; the first
-// that fails fails the deploy, with its file:line and its output.
-func (d *Deployer) containerExec(ctx context.Context, s plan.ContainerExec) error {
-	rt, err := d.containers()
-	if err != nil {
-		return err
-	}
-	for _, c := range s.Commands {
-		out, code, err := rt.Exec(ctx, s.Name, c.Text)
-		if err == nil && code != 0 {
-			err = fmt.Errorf("exit status %d", code)
-		}
-		if err != nil {
-			return fmt.Errorf("%s:%d: node %s exec %q failed (%v): %s", s.Topology, c.Line, s.Node, c.Text, err, strings.TrimSpace(out))
-		}
-	}
-	return nil
 }
 
 // stopOrphans kills what is left of a node's daemons when their keeper could

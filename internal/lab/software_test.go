@@ -11,13 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/software"
 	"github.com/emu-lab/emu/internal/wiring"
-	"github.com/emu-lab/emu/nodes"
 )
 
 // twoRouters runs the same daemon in two nodes: each writes its pid file at
@@ -327,20 +325,4 @@ func gone(pid int) bool {
 		}
 	}
 	return false
-}
-
-func TestPlan_DaemonsInAContainerNode_RefusedWithFileLine(t *testing.T) {
-	path := labtest.Write(t, `name: lab
-topology:
-  nodes:
-    r:
-      kind: linux
-      runtime: docker
-      daemons: [{name: d, command: sleep 1000}]
-`)
-	_, err := plan.Build(labtest.Load(t, path), nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
-	want := path + ":7: node r: daemons run in namespace nodes; a container runs its own from its image's entrypoint"
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("plan error = %v, want %q", err, want)
-	}
 }

@@ -66,24 +66,7 @@ type Container struct {
 	Image      string
 	Forwarding bool
 	IPv6       bool
-	Software   topology.Software // binds and env; exec runs in ContainerExec
-}
-
-// ContainerExec runs a container node's exec commands, in order, once the
-// node is wired.
-type ContainerExec struct {
-	Name     string // the container
-	Node     string
-	Topology string // for file:line in errors
-	Commands []topology.Command
-}
-
-func (s ContainerExec) String() string {
-	out := fmt.Sprintf("exec in container %s:", s.Name)
-	for _, c := range s.Commands {
-		out += " " + c.Text + ";"
-	}
-	return out
+	Software   topology.Software // binds and env; daemons and exec run in Software
 }
 
 func (s Container) String() string {
@@ -167,9 +150,11 @@ func (s RateLimit) String() string {
 	return fmt.Sprintf("tbf %d Mbit/s on %s egress in %s (%s)", s.Mbit, s.Interface, s.Namespace, s.Of)
 }
 
-// Software is the keeper of a node's host programs: its mount namespace,
-// binds, daemons and exec commands (package software).
+// Software is the keeper of a node's programs: its mount namespace, binds,
+// daemons and exec commands (package software); for a container node, its
+// daemons and exec commands, run in the container through the engine.
 type Software struct {
+	Container string // the container of a container node, else ""
 	Namespace string
 	Node      string
 	Topology  string // for file:line in the keeper's errors
@@ -179,7 +164,13 @@ type Software struct {
 
 func (s Software) String() string {
 	out := fmt.Sprintf("software of %s in %s: own mount namespace (/run private, /sys of the netns)", s.Node, s.Namespace)
+	if s.Container != "" {
+		out = fmt.Sprintf("software of %s in container %s, through the engine", s.Node, s.Container)
+	}
 	for _, b := range s.Software.Binds {
+		if s.Container != "" {
+			break // the container's, made at create
+		}
 		ro := ""
 		if b.ReadOnly {
 			ro = " read-only"
@@ -341,14 +332,14 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 				}
 			}
 		}
+		sw := Software{Namespace: ns, Node: n.Name, Topology: t.File, LabDir: t.LabDir(), Software: n.Software}
 		switch {
-		case !n.Software.Runs():
-		case n.Runtime == topology.RuntimeNamespace:
-			programs = append(programs, Software{Namespace: ns, Node: n.Name, Topology: t.File, LabDir: t.LabDir(), Software: n.Software})
-		case len(n.Software.Daemons) > 0:
-			return nil, fmt.Errorf("%s:%d: node %s: daemons run in namespace nodes; a container runs its own from its image's entrypoint: remove `daemons:` or `runtime: %s`", t.File, n.Software.Daemons[0].Line, n.Name, n.Runtime)
-		case len(n.Software.Exec) > 0:
-			programs = append(programs, ContainerExec{Name: ns, Node: n.Name, Topology: t.File, Commands: n.Software.Exec})
+		case n.Runtime == topology.RuntimeNamespace && n.Software.Runs():
+			programs = append(programs, sw)
+		case n.Runtime != topology.RuntimeNamespace && len(n.Software.Daemons)+len(n.Software.Exec) > 0:
+			// The container got its binds and env at create.
+			sw.Container = ns
+			programs = append(programs, sw)
 		}
 	}
 	for _, l := range t.Links {

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/topology"
 )
 
@@ -37,6 +39,11 @@ type Config struct {
 	LogDir    string // daemons' and exec's output: <node>.<daemon>.log, <node>.exec.log
 	State     string // where the keeper publishes the daemons' state
 	Software  topology.Software
+	// Container names the container of a `runtime: docker` node: its
+	// daemons and exec commands run there through the engine (`docker
+	// exec`), in the container's filesystem and env, and the keeper mounts
+	// nothing, the container having its own mount namespace.
+	Container string `json:",omitempty"`
 }
 
 // ReadyFD is the descriptor (the first of ExtraFiles) the keeper reports on:
@@ -115,6 +122,7 @@ func Run(configPath string) error {
 
 type keeper struct {
 	cfg  Config
+	rt   *container.Runtime // for a container node, else nil
 	mu   sync.Mutex
 	runs []*daemonRun
 	stop context.Context
@@ -122,10 +130,13 @@ type keeper struct {
 
 type daemonRun struct {
 	d    topology.Daemon
-	cmd  *exec.Cmd
+	pid  int
 	log  string
 	done chan struct{}
 	st   Daemon
+	// signal reaches the daemon: its process group on the host, the process
+	// the engine started in a container.
+	signal func(syscall.Signal)
 }
 
 func start(configPath string) (*keeper, error) {
@@ -142,7 +153,11 @@ func start(configPath string) (*keeper, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("become the node's subreaper: %w", err)
 	}
-	if err := Mounts(k.cfg.Namespace, k.cfg.Software.Binds, true); err != nil {
+	if k.cfg.Container != "" {
+		if k.rt, err = container.New(); err != nil {
+			return nil, fmt.Errorf("node %s: %w", k.cfg.Node, err)
+		}
+	} else if err := Mounts(k.cfg.Namespace, k.cfg.Software.Binds, true); err != nil {
 		return nil, fmt.Errorf("node %s: %w", k.cfg.Node, err)
 	}
 	// Never cancelled: the keeper ends when it is signalled.
@@ -176,44 +191,22 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 		return fmt.Errorf("%s: open its log: %w", where, err)
 	}
 	defer logFile.Close()
-	line := d.Command
-	if !strings.ContainsAny(line, ";&|<>()$`\\\"'*?[#~=%\n") {
-		// A plain command replaces the shell, so the pid inspect shows is
-		// the daemon's own.
-		line = "exec " + line
+	// Its state is set before it starts, so that its end, which may come
+	// at once, is never overwritten.
+	r := &daemonRun{d: d, log: logPath, done: make(chan struct{}),
+		st: Daemon{Name: d.Name, Running: true, Since: time.Now().UTC(), Log: logPath}}
+	if k.rt != nil {
+		err = k.startInContainer(r, logFile)
+	} else {
+		err = k.startOnHost(r, logFile)
 	}
-	cmd := exec.Command("/bin/sh", "-c", line)
-	cmd.Env, cmd.Dir = k.env(), "/"
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err != nil {
 		return fmt.Errorf("%s: start %q: %w", where, d.Command, err)
 	}
-	r := &daemonRun{d: d, cmd: cmd, log: logPath, done: make(chan struct{}),
-		st: Daemon{Name: d.Name, PID: cmd.Process.Pid, Running: true, Since: time.Now().UTC(), Log: logPath}}
 	k.mu.Lock()
+	r.st.PID = r.pid
 	k.runs = append(k.runs, r)
 	k.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		// A daemon is its process group: what it left behind goes with it,
-		// so nothing runs on that inspect reports dead.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		// Its orphans were re-parented to the keeper (the subreaper): reap
-		// them, by group, so no zombie stays.
-		for {
-			var ws unix.WaitStatus
-			if _, err := unix.Wait4(-cmd.Process.Pid, &ws, 0, nil); err != nil && err != unix.EINTR {
-				break
-			}
-		}
-		k.mu.Lock()
-		r.st.Running, r.st.Since = false, time.Now().UTC()
-		r.st.Exit = exitText(err)
-		k.mu.Unlock()
-		close(r.done)
-		k.publish()
-	}()
 	k.publish()
 	deadline := time.Now().Add(DaemonSettle)
 	if d.WaitFor != "" {
@@ -226,7 +219,7 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if d.WaitFor != "" {
-			if _, err := os.Stat(d.WaitFor); err == nil {
+			if _, err := os.Stat(k.nodePath(r, d.WaitFor)); err == nil {
 				return nil
 			}
 			if time.Now().After(deadline) {
@@ -242,11 +235,22 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 // log and, when it fails, into the error.
 func (k *keeper) exec(c topology.Command) error {
 	var out bytes.Buffer
-	cmd := exec.Command("/bin/sh", "-c", c.Text)
-	cmd.Env, cmd.Dir = k.env(), "/"
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err := cmd.Run()
+	var err error
+	if k.rt != nil {
+		var code int
+		var text string
+		text, code, err = k.rt.Exec(k.stop, k.cfg.Container, c.Text)
+		out.WriteString(text)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exit status %d", code)
+		}
+	} else {
+		cmd := exec.Command("/bin/sh", "-c", c.Text)
+		cmd.Env, cmd.Dir = k.env(), "/"
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		err = cmd.Run()
+	}
 	if f, ferr := os.OpenFile(k.logPath("exec"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
 		fmt.Fprintf(f, "$ %s\n%s", c.Text, out.Bytes())
 		f.Close()
@@ -255,6 +259,101 @@ func (k *keeper) exec(c topology.Command) error {
 		return fmt.Errorf("%s:%d: node %s exec %q failed (%s): %s", k.cfg.Topology, c.Line, k.cfg.Node, c.Text, exitText(err), strings.TrimSpace(lastLines(out.String(), logTail)))
 	}
 	return nil
+}
+
+// startOnHost starts a daemon of a namespace node: through /bin/sh, in its
+// own process group, killed with the keeper.
+func (k *keeper) startOnHost(r *daemonRun, logFile *os.File) error {
+	line := r.d.Command
+	if !strings.ContainsAny(line, shellChars) {
+		// A plain command replaces the shell, so the pid inspect shows is
+		// the daemon's own.
+		line = "exec " + line
+	}
+	cmd := exec.Command("/bin/sh", "-c", line)
+	cmd.Env, cmd.Dir = k.env(), "/"
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	r.pid = cmd.Process.Pid
+	r.signal = func(sig syscall.Signal) { syscall.Kill(-r.pid, sig) }
+	go func() {
+		err := cmd.Wait()
+		// A daemon is its process group: what it left behind goes with it,
+		// so nothing runs on that inspect reports dead.
+		syscall.Kill(-r.pid, syscall.SIGKILL)
+		// Its orphans were re-parented to the keeper (the subreaper): reap
+		// them, by group, so no zombie stays.
+		for {
+			var ws unix.WaitStatus
+			if _, err := unix.Wait4(-r.pid, &ws, 0, nil); err != nil && err != unix.EINTR {
+				break
+			}
+		}
+		k.ended(r, exitText(err))
+	}()
+	return nil
+}
+
+// startInContainer starts a daemon of a container node through the engine,
+// its output streamed into its log. A plain command runs as is, since the
+// image may have no shell; one with shell syntax needs /bin/sh in the image.
+// The daemon is not the keeper's child: stopping it signals its host pid,
+// and what it leaves goes with the container on destroy.
+func (k *keeper) startInContainer(r *daemonRun, logFile *os.File) error {
+	argv := strings.Fields(r.d.Command)
+	if strings.ContainsAny(r.d.Command, shellChars) {
+		argv = []string{"/bin/sh", "-c", r.d.Command}
+	}
+	// The log stays open as long as the engine streams into it.
+	out, err := os.OpenFile(logFile.Name(), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	p, err := k.rt.Start(k.stop, k.cfg.Container, argv, nil, out, out)
+	if err != nil {
+		out.Close()
+		return err
+	}
+	r.pid = p.PID
+	r.signal = func(sig syscall.Signal) {
+		if r.pid > 0 {
+			syscall.Kill(r.pid, sig)
+		}
+	}
+	go func() {
+		code, err := p.Wait()
+		out.Close()
+		exit := fmt.Sprintf("exit status %d", code)
+		if err != nil {
+			exit = err.Error()
+		}
+		k.ended(r, exit)
+	}()
+	return nil
+}
+
+// shellChars make a command line need a shell.
+const shellChars = ";&|<>()$`\\\"'*?[#~=%\n"
+
+// ended records that a daemon ended, and how.
+func (k *keeper) ended(r *daemonRun, exit string) {
+	k.mu.Lock()
+	r.st.Running, r.st.Since, r.st.Exit = false, time.Now().UTC(), exit
+	k.mu.Unlock()
+	close(r.done)
+	k.publish()
+}
+
+// nodePath is a path as the node sees it: a container's, through its
+// daemon's root.
+func (k *keeper) nodePath(r *daemonRun, path string) string {
+	if k.rt == nil {
+		return path
+	}
+	return filepath.Join("/proc", strconv.Itoa(r.pid), "root", path)
 }
 
 // watch publishes the daemons' state until the keeper is stopped, then stops
@@ -272,7 +371,7 @@ func (k *keeper) stopAll() {
 	runs := append([]*daemonRun(nil), k.runs...)
 	k.mu.Unlock()
 	for _, r := range runs {
-		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGTERM)
+		r.signal(syscall.SIGTERM)
 	}
 	deadline := time.After(stopGrace)
 	for _, r := range runs {
@@ -282,7 +381,7 @@ func (k *keeper) stopAll() {
 		}
 	}
 	for _, r := range runs {
-		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+		r.signal(syscall.SIGKILL)
 	}
 	for _, r := range runs {
 		<-r.done
