@@ -95,6 +95,54 @@ topology:
 	}
 }
 
+// containerlab merges env key by key, defaults < kind < group < node
+// (Topology.GetNodeEnv); every other field is taken whole from the highest
+// layer that sets it.
+func TestParse_Env_MergedKeyByKey_DefaultsKindGroupNode_AsContainerlab(t *testing.T) {
+	topo := parse(t, `
+name: lab
+topology:
+  defaults:
+    kind: linux
+    env: {A: defaults, B: defaults, C: defaults, E: defaults}
+  kinds:
+    linux:
+      env: {B: kind, D: kind}
+  groups:
+    g:
+      env: {C: group, E: group}
+  nodes:
+    a: {group: g, interfaces: {eth1: 10.0.0.1/24}, env: {A: node}}
+    b: {interfaces: {eth1: 10.0.0.2/24}}
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`)
+	want := map[string][]string{
+		"a": {"A=node", "B=kind", "C=group", "D=kind", "E=group"},
+		"b": {"A=defaults", "B=kind", "C=defaults", "D=kind", "E=defaults"},
+	}
+	for name, env := range want {
+		if got := topo.Node(name).Software.Env; !reflect.DeepEqual(got, env) {
+			t.Errorf("node %s env = %v, want %v", name, got, env)
+		}
+	}
+}
+
+func TestParse_Env_BadKeyInAKindLayer_ReportedAtItsLine(t *testing.T) {
+	_, err := topology.Parse("/labs/lab.yaml", []byte(`name: lab
+topology:
+  kinds:
+    linux:
+      env: {1BAD: x}
+  nodes:
+    a: {kind: linux, env: {OK: y}}
+`), nodes.Default())
+	want := `/labs/lab.yaml:5: node "a" env: "1BAD" is not a variable name`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Parse error = %v, want %q", err, want)
+	}
+}
+
 func TestParse_ContainerlabFieldsEmuCannotHonour_WarnedWithFileLine(t *testing.T) {
 	topo := parse(t, `
 name: lab

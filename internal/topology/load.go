@@ -210,15 +210,23 @@ func (r *resolver) implyInterfaces() {
 
 // scalarOf returns the value of key in mapping m, or "".
 func scalarOf(m *yaml.Node, key string) string {
-	if m == nil || m.Kind != yaml.MappingNode {
-		return ""
-	}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key && m.Content[i+1].Kind == yaml.ScalarNode && !isNull(m.Content[i+1]) {
-			return m.Content[i+1].Value
-		}
+	if v := valueOf(m, key); v != nil && v.Kind == yaml.ScalarNode && !isNull(v) {
+		return v.Value
 	}
 	return ""
+}
+
+// valueOf returns the value of key in mapping m, nil if m does not set it.
+func valueOf(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
 }
 
 // inherit returns a node's mapping completed with the keys it does not set
@@ -265,7 +273,56 @@ func (r *resolver) inherit(f field) *yaml.Node {
 				continue
 			}
 			set[k] = true
-			out.Content = append(out.Content, l.Content[i], l.Content[i+1])
+			v := l.Content[i+1]
+			if mergedByKey[k] {
+				v = mergeByKey(layers, k)
+			}
+			out.Content = append(out.Content, l.Content[i], v)
+		}
+	}
+	return out
+}
+
+// mergedByKey are the mapping fields containerlab merges key by key across
+// the layers instead of taking the highest layer's whole: env
+// (containerlab's Topology.GetNodeEnv, MergeStringMaps of defaults, kind,
+// group, node).
+var mergedByKey = map[string]bool{"env": true}
+
+// mergeByKey merges the mappings of field k across layers (highest first):
+// each key from the highest layer that sets it, in the order keys first
+// appear from the lowest layer up. A layer whose field is not a mapping
+// wins whole, so that the field's parser reports it.
+func mergeByKey(layers []*yaml.Node, k string) *yaml.Node {
+	var maps []*yaml.Node
+	var top *yaml.Node
+	for _, l := range layers {
+		v := valueOf(l, k)
+		if top == nil {
+			top = v
+		}
+		switch {
+		case v == nil || isNull(v):
+		case v.Kind != yaml.MappingNode:
+			return v
+		default:
+			maps = append(maps, v)
+		}
+	}
+	if len(maps) == 0 {
+		return top
+	}
+	out := &yaml.Node{Kind: yaml.MappingNode, Line: maps[0].Line, Column: maps[0].Column}
+	at := map[string]int{}
+	for i := len(maps) - 1; i >= 0; i-- {
+		for j := 0; j+1 < len(maps[i].Content); j += 2 {
+			key := maps[i].Content[j].Value
+			if n, ok := at[key]; ok {
+				out.Content[n+1] = maps[i].Content[j+1]
+				continue
+			}
+			at[key] = len(out.Content)
+			out.Content = append(out.Content, maps[i].Content[j], maps[i].Content[j+1])
 		}
 	}
 	return out
