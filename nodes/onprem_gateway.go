@@ -46,7 +46,7 @@ func apartFromVPCs(t *topology.Topology, n *topology.Node) []problem {
 	for _, ifc := range n.Interfaces {
 		for _, p := range subnets(ifc) {
 			for _, vpc := range t.Nodes {
-				if vpc.Kind != "vpc" {
+				if !vpc.Roles.VPCRouter {
 					continue
 				}
 				for _, vifc := range vpc.Interfaces {

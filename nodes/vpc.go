@@ -7,5 +7,5 @@ import "github.com/emu-lab/emu/internal/topology"
 // the CEN, where the VPN gateway's win for the same prefix.
 func registerVPC(r *Registry) {
 	r.Register(&Kind{Name: "vpc", Element: "VPC vRouter and route table", Roles: topology.Roles{
-		Forwards: true, Shape: topology.Shape{DOT: "box3d", MermaidOpen: "[[", MermaidClose: "]]"}}})
+		Forwards: true, VPCRouter: true, Shape: topology.Shape{DOT: "box3d", MermaidOpen: "[[", MermaidClose: "]]"}}})
 }

@@ -248,3 +248,19 @@ func AssertNothingLeft(t testing.TB, labName string) {
 		}
 	}
 }
+
+var kindField = regexp.MustCompile(`\bkind: ([a-z][a-z-]*)`)
+
+// ThirdPartyKinds returns the shipped kinds plus a copy of each named
+// "third-party-<kind>", with the same roles and rules, and text with every
+// `kind: X` turned into its copy: a topology whose nodes play the same roles
+// through kinds that are not emu's own.
+func ThirdPartyKinds(text string) (*nodes.Registry, string) {
+	r := nodes.Default()
+	for _, name := range r.Names() {
+		k := *r.Get(name)
+		k.Name = "third-party-" + name
+		r.Register(&k)
+	}
+	return r, kindField.ReplaceAllString(text, "kind: third-party-$1")
+}

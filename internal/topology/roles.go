@@ -17,7 +17,18 @@ type Roles struct {
 	// CustomerEdge: the data center's end of the IPsec connections; failover
 	// breaks its first connection.
 	CustomerEdge bool
-	Shape        Shape
+	// CloudEdge: the cloud's end of the IPsec connections (the private VPN
+	// gateway): the routes a VPC sends to it are the ones it publishes, and
+	// its routing, static or BGP, is the guide's method's.
+	CloudEdge bool
+	// CircuitEnd: the cloud's end of the Express Connect circuit (the VBR):
+	// its links to a customer edge are the circuit, and its BGP with the
+	// customer edge is what method 3 adds.
+	CircuitEnd bool
+	// VPCRouter: a VPC's vRouter and route table; its subnets are the VPC's
+	// vSwitches, which the data center must not overlap.
+	VPCRouter bool
+	Shape     Shape
 }
 
 // Shape is how a node of the kind is drawn by `emu graph`.
