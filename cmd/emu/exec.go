@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,10 +9,12 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/software"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -25,7 +28,10 @@ COMMAND": in its network namespace, with /sys showing the node's own interfaces 
 /etc/netns/emu-<lab>-<node>/* over /etc. A node that runs software (exec, binds, env,
 daemons) has its own mount namespace for its life: the command runs in it, so it sees
 the node's binds, its private /run (e.g. FRR's control sockets, for vtysh) and its env.
-The command replaces emu, so its exit code and signals pass straight through. Examples:
+The command replaces emu, so its exit code and signals pass straight through.
+In a container node (runtime: docker) the command runs in the container through the
+engine, like "docker exec -i": COMMAND is found in the container's PATH, it sees the
+container's filesystem and env, and emu exits with its exit code. Examples:
    emu exec -t topologies/static.yaml client -- ip route
    emu exec -t topologies/frr-onprem.yaml onprem -- vtysh -c 'show bgp summary'`,
 		Flags: []cli.Flag{topoFlag},
@@ -48,13 +54,16 @@ The command replaces emu, so its exit code and signals pass straight through. Ex
 			if !wiring.NamespaceExists(ns) {
 				return invalidInput{fmt.Errorf("node %q of lab %q has no namespace %s: is the lab deployed and the node name right? (see `emu inspect -t %s`)", node, name, ns, c.String("topo"))}
 			}
-			path, err := exec.LookPath(args[0])
-			if err != nil {
-				return invalidInput{fmt.Errorf("command %q: %w", args[0], err)}
-			}
 			rec, err := deployer(c).Store.Get(name)
 			if err != nil {
 				return err
+			}
+			if rec != nil && rec.Node(node).Runtime == topology.RuntimeDocker {
+				return execInContainer(c.Context, ns, args)
+			}
+			path, err := exec.LookPath(args[0])
+			if err != nil {
+				return invalidInput{fmt.Errorf("command %q: %w", args[0], err)}
 			}
 			keeper, env := 0, os.Environ()
 			if rec != nil {
@@ -78,4 +87,26 @@ func execIn(ns string, keeper int, path string, args, env []string) error {
 		return err
 	}
 	return fmt.Errorf("run %s: %w", path, syscall.Exec(path, args, env))
+}
+
+// execInContainer runs the command in a container node through the engine,
+// its standard streams joined to emu's, and returns its exit code as emu's.
+func execInContainer(ctx context.Context, name string, args []string) error {
+	rt, err := container.New()
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	p, err := rt.Start(ctx, name, args, os.Stdin, os.Stdout, os.Stderr)
+	if err != nil {
+		return err
+	}
+	code, err := p.Wait()
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitStatus(code)
+	}
+	return nil
 }

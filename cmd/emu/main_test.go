@@ -473,3 +473,37 @@ topology:
 		t.Errorf("inspect: %v: %s", err, r.stdout)
 	}
 }
+
+// emu exec in a container node runs in the container, through the engine:
+// its filesystem (what the node's exec wrote at its root), its env, and the
+// command's exit code as emu's.
+func TestCLI_ContainerNode_ExecRunsInTheContainer_ExitCodePassedThrough(t *testing.T) {
+	image := labtest.ShellImage(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, labtest.Rename(`
+name: lab
+topology:
+  nodes:
+    R1:
+      kind: linux
+      runtime: docker
+      image: `+image+`
+      env: {ROLE: first}
+      exec: ['echo in the container > /marker']
+`, name))
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	r := runEmu(t, state, "exec", "-t", topo, "R1", "--", "sh", "-c", "cat /marker; echo $ROLE; exit 7")
+	if r.code != 7 || r.stdout != "in the container\nfirst\n" || r.stderr != "" {
+		t.Errorf("exec in R1: exit %d stdout %q stderr %q, want exit 7 with the container's /marker and env", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat("/marker"); err == nil {
+		t.Error("/marker is on the host")
+	}
+}

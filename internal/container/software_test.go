@@ -10,43 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/wiring"
 )
-
-// shellImage builds a FROM scratch image holding busybox (the host's static
-// one) as sh, ip, cat and sleep: a user's image, with a shell for exec.
-func shellImage(t *testing.T, rt *container.Runtime) string {
-	t.Helper()
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("no static /bin/busybox to build a test image from")
-	}
-	dir := t.TempDir()
-	df := "FROM scratch\n"
-	for _, app := range []string{"sh", "ip", "cat", "sleep"} {
-		if err := os.WriteFile(filepath.Join(dir, app), busybox, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		df += "COPY " + app + " /bin/" + app + "\n"
-	}
-	df += "ENTRYPOINT [\"/bin/sleep\", \"1000000\"]\n"
-	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tag := "emu-test-shell:" + randHex()
-	if err := rt.BuildImage(t.Context(), tag, dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := removeImage(tag); err != nil {
-			t.Error(err)
-		}
-	})
-	return tag
-}
 
 const dockerSoftware = `
 name: lab
@@ -82,7 +49,7 @@ func writeDockerLab(t *testing.T, image, last string) string {
 
 func TestContainerNode_LinuxKind_ExecBindsEnvAsInNamespaceNodes(t *testing.T) {
 	rt := newRuntime(t)
-	l := labtest.DeployFile(t, writeDockerLab(t, shellImage(t, rt), "up"))
+	l := labtest.DeployFile(t, writeDockerLab(t, labtest.ShellImage(t), "up"))
 	out, code, err := rt.Exec(context.Background(), l.NS("R1"), "cat /seen")
 	if err != nil || code != 0 || out != "bound\nfirst\n" {
 		t.Errorf("R1 saw %q (exit %d, %v), want its bind and env: %q", out, code, err, "bound\nfirst\n")
@@ -101,7 +68,7 @@ func TestContainerNode_LinuxKind_ExecBindsEnvAsInNamespaceNodes(t *testing.T) {
 
 func TestContainerNode_ExecFails_DeployFailsWithFileLine_AndRollsBack(t *testing.T) {
 	rt := newRuntime(t)
-	path := writeDockerLab(t, shellImage(t, rt), "upp")
+	path := writeDockerLab(t, labtest.ShellImage(t), "upp")
 	topo := labtest.Load(t, path)
 	err := labtest.NewDeployer(t).Deploy(context.Background(), labtest.Plan(t, topo))
 	want := path + `:14: node R2 exec "ip link set eth1 upp" failed (exit status`
@@ -134,7 +101,7 @@ topology:
 
 func TestContainerNode_Daemons_RunInTheContainer_WatchedLogged_StoppedOnDestroy(t *testing.T) {
 	rt := newRuntime(t)
-	text := strings.NewReplacer("IMAGE", shellImage(t, rt), "LAST", "sleep 1000").Replace(daemonLab)
+	text := strings.NewReplacer("IMAGE", labtest.ShellImage(t), "LAST", "sleep 1000").Replace(daemonLab)
 	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
 	l := labtest.DeployFile(t, path)
 	ds := lab.Daemons(l.Plan.LabDir, "R1")
@@ -173,7 +140,7 @@ func TestContainerNode_Daemons_RunInTheContainer_WatchedLogged_StoppedOnDestroy(
 
 func TestContainerNode_DaemonExitsAtStart_DeployFailsWithItsLastLogLines_AndRollsBack(t *testing.T) {
 	rt := newRuntime(t)
-	text := strings.NewReplacer("IMAGE", shellImage(t, rt), "LAST", "cat /no/such/config").Replace(daemonLab)
+	text := strings.NewReplacer("IMAGE", labtest.ShellImage(t), "LAST", "cat /no/such/config").Replace(daemonLab)
 	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
 	topo := labtest.Load(t, path)
 	err := labtest.NewDeployer(t).Deploy(context.Background(), labtest.Plan(t, topo))
