@@ -26,8 +26,10 @@ or on Ctrl-C, exactly those objects are removed again.
 
 Nodes with exec, binds, env or daemons get their own mount namespace and their programs
 last ("software" stage): daemons in order, then exec commands; a daemon that exits at
-start or a failing command fails the deploy. containerlab fields emu cannot honour are
-printed as warnings with file:line. See README, "Bring your own on-prem gateway".
+start or a failing command fails the deploy. In a container node (runtime: docker) they
+run in the container through the engine, its binds and env given at create. containerlab
+fields emu cannot honour are printed as warnings with file:line. See README, "Bring your
+own on-prem gateway".
 
 --dry-run prints the plan and changes nothing on the host: it needs no root, creates no
 namespace (not even the kernel probe's scratch one) and writes no file; with the default
