@@ -153,3 +153,20 @@ func TestContainerNode_DaemonExitsAtStart_DeployFailsWithItsLastLogLines_AndRoll
 		t.Errorf("containers left after the rollback: %v %v", left, err)
 	}
 }
+
+func TestContainerNode_DaemonNotInTheImage_DeployFailsSayingToBindIt(t *testing.T) {
+	rt := newRuntime(t)
+	text := strings.NewReplacer("IMAGE", labtest.ShellImage(t), "LAST", "/usr/lib/frr/zebra -A 127.0.0.1").Replace(daemonLab)
+	path := labtest.Write(t, labtest.Rename(text, labtest.UniqueName()))
+	topo := labtest.Load(t, path)
+	err := labtest.NewDeployer(t).Deploy(context.Background(), labtest.Plan(t, topo))
+	for _, want := range []string{path + ":12: node R1 daemon sleeper exited at start (exit status 12", "/usr/lib/frr/zebra", "must be in the node's image, or bound into it"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("deploy error = %v\nwant it to say %q", err, want)
+		}
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+	if left, err := rt.List(context.Background(), topo.Name); err != nil || len(left) > 0 {
+		t.Errorf("containers left after the rollback: %v %v", left, err)
+	}
+}

@@ -215,7 +215,12 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 	for {
 		select {
 		case <-r.done:
-			return fmt.Errorf("%s exited at start (%s); last lines of %s:\n%s", where, r.st.Exit, logPath, tail(logPath, logTail))
+			hint := ""
+			if k.rt != nil && (r.st.Exit == "exit status 126" || r.st.Exit == "exit status 127") {
+				// The engine's codes for a program it could not run.
+				hint = "\nthe program must be in the node's image, or bound into it (binds: host-path:node-path:ro), with the libraries it needs"
+			}
+			return fmt.Errorf("%s exited at start (%s); last lines of %s:\n%s%s", where, r.st.Exit, logPath, tail(logPath, logTail), hint)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if d.WaitFor != "" {
