@@ -101,6 +101,17 @@ func execInContainer(ctx context.Context, name string, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Ctrl-C reaches the command, as it would a command emu replaced; the
+	// engine has no call to signal what it execs.
+	go func() {
+		select {
+		case <-ctx.Done():
+			if p.PID > 0 {
+				syscall.Kill(p.PID, syscall.SIGINT)
+			}
+		case <-p.Done():
+		}
+	}()
 	code, err := p.Wait()
 	if err != nil {
 		return err

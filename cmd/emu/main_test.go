@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -505,5 +506,22 @@ topology:
 	}
 	if _, err := os.Stat("/marker"); err == nil {
 		t.Error("/marker is on the host")
+	}
+	// Ctrl-C reaches the command in the container, which dies of it.
+	cmd := emuCmd(t, state, "exec", "-t", topo, "R1", "--", "sh", "-c", "echo started; exec sleep 1000")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	if line != "started\n" || cmd.ProcessState.ExitCode() != 130 {
+		t.Errorf("exec interrupted: read %q, %v (%s), want exit 130 (SIGINT)", line, err, errb.String())
 	}
 }

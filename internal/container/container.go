@@ -410,8 +410,14 @@ func (r *Runtime) Start(ctx context.Context, name string, argv []string, stdin i
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	for deadline := time.Now().Add(pidWait); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		st, err := r.cli.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
+	// It runs now: its pid is wanted even if ctx ends, to signal it.
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pidWait)
+	defer cancel()
+	for ictx.Err() == nil {
+		st, err := r.cli.ExecInspect(ictx, ex.ID, client.ExecInspectOptions{})
+		if ictx.Err() != nil {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("exec in container %s: %w", name, err)
 		}
@@ -422,7 +428,7 @@ func (r *Runtime) Start(ctx context.Context, name string, argv []string, stdin i
 		select {
 		case <-p.done:
 			return p, nil
-		default:
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	return p, nil

@@ -324,8 +324,12 @@ func (k *keeper) startInContainer(r *daemonRun, logFile *os.File) error {
 	}
 	r.pid = p.PID
 	r.signal = func(sig syscall.Signal) {
-		if r.pid > 0 {
-			syscall.Kill(r.pid, sig)
+		select {
+		case <-r.done: // its pid may be another's by now
+		default:
+			if r.pid > 0 {
+				syscall.Kill(r.pid, sig)
+			}
 		}
 	}
 	go func() {
