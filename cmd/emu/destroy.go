@@ -37,6 +37,7 @@ Examples:
 			&cli.BoolFlag{Name: "cleanup", Usage: "also remove the lab directory emu-<lab>/"},
 		},
 		Action: func(c *cli.Context) error {
+			finishDespiteClosedOutput()
 			d := deployer(c)
 			cleanup := c.Bool("cleanup")
 			if !c.Bool("all") {

@@ -41,6 +41,7 @@ func tunnelFault(dir string) *cli.Command {
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
+			finishDespiteClosedOutput()
 			t, err := rootTopology(c)
 			if err != nil {
 				return err
@@ -111,6 +112,7 @@ func linkFault(dir string) *cli.Command {
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
+			finishDespiteClosedOutput()
 			t, err := rootTopology(c)
 			if err != nil {
 				return err

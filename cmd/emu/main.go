@@ -127,6 +127,16 @@ func deployer(c *cli.Context) *lab.Deployer {
 	return &lab.Deployer{Store: lab.Store{Dir: c.String("state-dir")}}
 }
 
+// finishDespiteClosedOutput keeps a command that changes the host running
+// when its output goes to a reader that quit (`emu deploy 2>&1 | head -3`):
+// by default Go dies of SIGPIPE at the first write to stdout or stderr
+// after that, mid-deploy, with no rollback and no record of why. With
+// SIGPIPE caught, such writes fail with EPIPE, which the progress output
+// ignores, and the command finishes or rolls back as it would have. Caught,
+// not ignored: an ignored signal stays ignored in the agents, keepers and
+// daemons deploy starts, a caught one is reset by exec.
+func finishDespiteClosedOutput() { signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE) }
+
 // loadTopology reads and validates -t. Whatever goes wrong is the input's
 // fault (no file, not readable, not a valid topology): exit 2 from every
 // command.

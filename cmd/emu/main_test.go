@@ -579,3 +579,39 @@ func TestCLI_StrongSwanOnprem_IPsecSaysWhoRunsEachEnd_ExecReachesCharon(t *testi
 		t.Errorf("swanctl --list-sas in onprem: exit %d: %s %s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// `emu deploy 2>&1 | head -3`: the reader quits after three lines; deploy
+// must neither die of SIGPIPE mid-way (namespaces left, no rollback) nor
+// fail because no one reads its progress.
+func TestCLI_DeployIntoAPipeClosedByItsReader_FinishesTheLab(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // as head does once it has its lines
+	cmd := emuCmd(t, state, "deploy", "-t", topo)
+	cmd.Stdout, cmd.Stderr = w, w
+	err = cmd.Run()
+	w.Close()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		t.Fatalf("deploy was killed by %v with its output closed", ws.Signal())
+	}
+	if err != nil {
+		t.Fatalf("deploy with its output closed: %v", err)
+	}
+	if n := countNamespaces(name); n != 7 {
+		t.Errorf("%d namespaces after deploy, want the lab's 7", n)
+	}
+	rec := runEmu(t, state, "inspect", "-t", topo, "--format", "json")
+	if rec.code != 0 || strings.Contains(rec.stdout, "incomplete") {
+		t.Errorf("inspect after deploy: exit %d\n%s%s", rec.code, rec.stdout, rec.stderr)
+	}
+}
