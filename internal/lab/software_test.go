@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,6 +195,34 @@ func TestSoftware_KeeperKilled_ItsDaemonsDie_DestroyKillsWhatTheyLeft(t *testing
 		if !gone(p) {
 			t.Errorf("process %d of R1's daemon survived destroy", p)
 		}
+	}
+}
+
+// A read-only bind is read-only all the way down: the host path's
+// submounts, brought along by the recursive bind, too (/dev:/x:ro must not
+// leave /x/shm writable).
+func TestSoftware_ReadOnlyBind_SubmountsReadOnlyToo(t *testing.T) {
+	labtest.RequireRoot(t)
+	path := writeLab(t, twoRouters)
+	sub := filepath.Join(filepath.Dir(path), "r1", "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(sub, syscall.MNT_DETACH) })
+	l := labtest.DeployFile(t, path)
+	keeper, _ := keeperOf(t, l, "R1")
+	root := filepath.Join("/proc", strconv.Itoa(keeper), "root")
+	for _, p := range []string{"mnt/written", "mnt/sub/written"} {
+		err := os.WriteFile(filepath.Join(root, p), []byte("x"), 0o644)
+		if !errors.Is(err, syscall.EROFS) {
+			t.Errorf("writing /%s in R1 (bound read-only): %v, want %v", p, err, syscall.EROFS)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(sub, "written")); err == nil {
+		t.Error("the write through the read-only bind reached the host's submount")
 	}
 }
 

@@ -87,8 +87,13 @@ func bind(b topology.Bind) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if b.ReadOnly {
-		if err := unix.Mount("", b.Node, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			return fmt.Errorf("%s: make it read-only: %w", what, err)
+		// MS_BIND|MS_REC brings the host path's submounts along, and a
+		// remount with MS_RDONLY reaches only the top one: /dev:/x:ro would
+		// leave /x/shm writable, on the host. mount_setattr(2) with
+		// AT_RECURSIVE (Linux 5.12) makes every mount of the tree read-only.
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(unix.AT_FDCWD, b.Node, unix.AT_RECURSIVE|unix.AT_NO_AUTOMOUNT, &attr); err != nil {
+			return fmt.Errorf("%s: make it and its submounts read-only (mount_setattr, Linux 5.12 or later): %w", what, err)
 		}
 	}
 	return nil
