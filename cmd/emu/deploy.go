@@ -91,7 +91,7 @@ and says so; if that removal fails too, it says what is left.`,
 			if err != nil {
 				return err
 			}
-			if err := printLabs(c.App.Writer, []*lab.Record{rec}); err != nil && !errors.Is(err, syscall.EPIPE) {
+			if err := printLabs(c.App.Writer, d.Store, []*lab.Record{rec}); err != nil && !errors.Is(err, syscall.EPIPE) {
 				return err
 			}
 			return nil // deployed, whether or not anyone still reads

@@ -33,7 +33,10 @@ restarting (its supervisor starts a new worker), with pid, since when it runs an
 how often it was restarted. A node whose agent is not alive shows "agent dead" (or
 hung, restarting) as its state.
 A node's daemons (its "daemons:") show as running or dead, with how they ended; their
-output is in emu-<lab>/logs/<node>.<daemon>.log.`,
+output is in emu-<lab>/logs/<node>.<daemon>.log.
+A node whose namespace is not the one deploy made (someone deleted it and made
+another of that name) shows as "impostor", with nothing read from it: destroy
+leaves it alone too.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "every deployed lab"},
@@ -67,13 +70,13 @@ output is in emu-<lab>/logs/<node>.<daemon>.log.`,
 				recs = []*lab.Record{rec}
 			}
 			if format == "json" {
-				return printLabsJSON(c.App.Writer, recs)
+				return printLabsJSON(c.App.Writer, store, recs)
 			}
 			if len(recs) == 0 {
 				fmt.Fprintln(c.App.ErrWriter, "no labs deployed")
 				return nil
 			}
-			return printLabs(c.App.Writer, recs)
+			return printLabs(c.App.Writer, store, recs)
 		},
 	}
 }
@@ -92,14 +95,24 @@ type nodeView struct {
 	Daemons []lab.DaemonStatus `json:"daemons,omitempty"`
 }
 
-func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
+func viewLabs(ctx context.Context, store lab.Store, recs []*lab.Record) []nodeView {
 	var out []nodeView
 	var docker *container.Runtime
 	for _, r := range recs {
+		impostors, ierr := store.Impostors(r.Name)
 		for _, n := range r.Nodes {
 			v := nodeView{Lab: r.Name, Node: n.Name, Kind: n.Kind, Namespace: n.Namespace, State: "running", Runtime: n.Runtime}
 			if !r.Complete {
 				v.State = "incomplete"
+			}
+			if ierr != nil {
+				v.State = "unknown: " + ierr.Error()
+			}
+			if imp := impostors[n.Namespace]; imp != nil {
+				// Its interfaces and processes are someone else's: show none.
+				v.State = "impostor: " + imp.Error()
+				out = append(out, v)
+				continue
 			}
 			if n.Runtime == topology.RuntimeDocker {
 				if docker == nil {
@@ -132,8 +145,8 @@ func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
 	return out
 }
 
-func printLabsJSON(w io.Writer, recs []*lab.Record) error {
-	views := viewLabs(context.Background(), recs)
+func printLabsJSON(w io.Writer, store lab.Store, recs []*lab.Record) error {
+	views := viewLabs(context.Background(), store, recs)
 	if views == nil {
 		views = []nodeView{}
 	}
@@ -142,10 +155,10 @@ func printLabsJSON(w io.Writer, recs []*lab.Record) error {
 	return enc.Encode(views)
 }
 
-func printLabs(w io.Writer, recs []*lab.Record) error {
+func printLabs(w io.Writer, store lab.Store, recs []*lab.Record) error {
 	t := tablewriter.NewWriter(w)
 	t.Header("Lab", "Node", "Kind", "Namespace", "Interfaces", "State", "Agent")
-	for _, v := range viewLabs(context.Background(), recs) {
+	for _, v := range viewLabs(context.Background(), store, recs) {
 		var ifs []string
 		for _, i := range v.Interfaces {
 			ifs = append(ifs, strings.TrimSpace(fmt.Sprintf("%s %s %s", i.Name, i.State, strings.Join(i.Addrs, ","))))
@@ -172,7 +185,7 @@ func printLabs(w io.Writer, recs []*lab.Record) error {
 			}
 			agentCol = strings.Join(lines, "\n")
 		}
-		state := []string{v.State}
+		state := []string{wrap(v.State, 60)}
 		for _, d := range v.Daemons {
 			state = append(state, d.Name+" "+d.State)
 		}

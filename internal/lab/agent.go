@@ -62,7 +62,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err := writeSecret(cfgPath, data); err != nil {
 		return fmt.Errorf("agent config: %w", err)
 	}
-	if err := j.add(Entry{Kind: "agent", Name: cfgPath}); err != nil {
+	if err := j.add(Entry{Kind: "agent", Name: cfgPath, Netns: s.Namespace}); err != nil {
 		return err
 	}
 	// A new deploy is a new generation: a previous one's state must neither
@@ -120,9 +120,10 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 }
 
 // stopAgent ends the agent started with that config path, found by its exact
-// command line, never by a pattern: SIGTERM, then SIGKILL after a grace.
-func stopAgent(cfgPath string) error {
-	pids, err := agentPIDs(cfgPath)
+// command line, never by a pattern, and, when in is known, in the network
+// namespace in: SIGTERM, then SIGKILL after a grace.
+func stopAgent(cfgPath string, in *netnsx.ID) error {
+	pids, err := agentPIDs(cfgPath, in)
 	if err != nil {
 		return err
 	}
@@ -141,7 +142,10 @@ func stopAgent(cfgPath string) error {
 	return nil
 }
 
-func agentPIDs(cfgPath string) ([]int, error) {
+// agentPIDs finds the processes run with `--config cfgPath`, and in the
+// network namespace in unless it is nil: a process elsewhere with the same
+// arguments is not the lab's.
+func agentPIDs(cfgPath string, in *netnsx.ID) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -156,10 +160,16 @@ func agentPIDs(cfgPath string) ([]int, error) {
 		if err != nil {
 			continue
 		}
+		if in != nil {
+			if ns, err := netnsx.IdentityOf(filepath.Join("/proc", e.Name(), "ns", "net")); err != nil || ns != *in {
+				continue
+			}
+		}
 		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
 		for i := 0; i+1 < len(args); i++ {
 			if string(args[i]) == "--config" && string(args[i+1]) == cfgPath {
 				pids = append(pids, pid)
+				break
 			}
 		}
 	}

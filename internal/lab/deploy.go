@@ -13,6 +13,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/ipsec/kernel"
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -319,10 +320,11 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 	}
 	switch s := s.(type) {
 	case plan.Namespace:
-		if err := j.add(Entry{Kind: "netns", Name: s.Name}); err != nil {
-			return err
-		}
-		return w.CreateNamespace(s.Name, s.Forwarding, s.IPv6)
+		// Journalled with its identity before it has its name, so destroy
+		// never removes a namespace that took the name after this one.
+		return w.CreateNamespaceRecorded(s.Name, s.Forwarding, s.IPv6, func(id netnsx.ID) error {
+			return j.add(Entry{Kind: "netns", Name: s.Name, ID: &id})
+		})
 	case plan.Container:
 		rt, err := d.containers()
 		if err != nil {

@@ -111,21 +111,45 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 	if err != nil {
 		return fmt.Errorf("read journal of lab %s: %w", lab, err)
 	}
+	netIDs := namespaceIDs(entries)
+	mntIDs := map[string]netnsx.ID{}
+	for _, e := range entries {
+		if e.Kind == "mntns" && e.ID != nil {
+			mntIDs[e.Name] = *e.ID
+		}
+	}
+	// in is the network namespace an agent or keeper runs in: the one emu
+	// made, else (a container's) the one of that name now.
+	in := func(e Entry) *netnsx.ID {
+		if id, ok := netIDs[e.Netns]; ok {
+			return &id
+		}
+		if e.Netns == "" {
+			return nil // journalled by an emu that did not record it
+		}
+		return currentNS(e.Netns)
+	}
 	var errs error
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
 		switch e.Kind {
 		case "agent":
-			errs = errors.Join(errs, stopAgent(e.Name))
+			errs = errors.Join(errs, stopAgent(e.Name, in(e)))
 		case "software":
 			// Found by its unique config path, as agents are; a keeper
-			// stops its daemons before it exits, and what a killed keeper
-			// left goes next.
-			errs = errors.Join(errs, stopAgent(e.Name), stopOrphans(e.Name))
+			// stops its daemons before it exits; what a killed keeper left
+			// goes next, then whatever still holds the node's mount
+			// namespace (a daemon's child in a session of its own).
+			errs = errors.Join(errs, stopAgent(e.Name, in(e)), stopOrphans(e.Name))
+			if id, ok := mntIDs[e.Name]; ok {
+				errs = errors.Join(errs, netnsx.KillAll("mnt", id))
+			}
+		case "mntns":
+			// An identity, for "software": nothing of its own to remove.
 		case "container":
 			errs = errors.Join(errs, d.removeContainer(e.Name))
 		case "netns":
-			errs = errors.Join(errs, wiring.DeleteNamespace(e.Name))
+			errs = errors.Join(errs, removeNamespace(e))
 		case "file":
 			if removeDir {
 				if err := os.Remove(e.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -148,6 +172,25 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		return errs
 	}
 	return d.Store.remove(lab)
+}
+
+// removeNamespace removes a network namespace the lab's deploy made, and
+// first kills every process still in it, whatever its session, process
+// group or parent, so none holds it on after its name is gone. A namespace
+// that took the name since is refused (*ImpostorError) and left as it is.
+func removeNamespace(e Entry) error {
+	if e.ID == nil {
+		// Journalled by an emu that recorded no identity: by name, as it did.
+		return wiring.DeleteNamespace(e.Name)
+	}
+	if err := checkNamespace(e.Name, *e.ID); err != nil {
+		return err
+	}
+	// Also when the name is gone: a process may still hold the namespace.
+	if err := netnsx.KillAll("net", *e.ID); err != nil {
+		return fmt.Errorf("namespace %s: %w", e.Name, err)
+	}
+	return wiring.DeleteNamespace(e.Name)
 }
 
 // removeContainer removes a container node and its namespace link. If no

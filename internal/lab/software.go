@@ -67,7 +67,7 @@ func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 		return fmt.Errorf("write the config of %s's software: %w", s.Node, err)
 	}
-	if err := j.add(Entry{Kind: "software", Name: cfgPath}); err != nil {
+	if err := j.add(Entry{Kind: "software", Name: cfgPath, Netns: s.Namespace}); err != nil {
 		return err
 	}
 	logFile, err := os.OpenFile(filepath.Join(logDir, s.Node+".keeper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -100,6 +100,15 @@ func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 		return fmt.Errorf("start the software of %s: %w", s.Node, err)
 	}
 	go cmd.Wait()
+	// The node's mount namespace, made for the keeper: destroy empties it of
+	// whatever its daemons left, in whatever session or network namespace.
+	// A keeper already gone (it failed at once, and says why below) stopped
+	// what it started.
+	if mnt, err := netnsx.IdentityOf(fmt.Sprintf("/proc/%d/ns/mnt", cmd.Process.Pid)); err == nil {
+		if err := j.add(Entry{Kind: "mntns", Name: cfgPath, ID: &mnt}); err != nil {
+			return err
+		}
+	}
 	r.SetReadDeadline(time.Now().Add(keeperReadyTimeout))
 	out, err := io.ReadAll(r)
 	msg := strings.TrimSpace(string(out))
@@ -129,7 +138,7 @@ func NodeSoftware(labDir, node string) (int, *software.Config, error) {
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		return 0, nil, fmt.Errorf("%s: %w", cfgPath, err)
 	}
-	pids, err := agentPIDs(cfgPath)
+	pids, err := agentPIDs(cfgPath, currentNS(cfg.Namespace))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -137,6 +146,16 @@ func NodeSoftware(labDir, node string) (int, *software.Config, error) {
 		return 0, &cfg, fmt.Errorf("node %s: the keeper of its software is not running (see %s): redeploy the lab", node, filepath.Join(labDir, "logs", node+".keeper.log"))
 	}
 	return pids[0], &cfg, nil
+}
+
+// currentNS is the identity of the named network namespace now, nil if it
+// has none.
+func currentNS(name string) *netnsx.ID {
+	id, err := netnsx.IdentityOf(netnsx.Path(name))
+	if err != nil {
+		return nil
+	}
+	return &id
 }
 
 // DaemonStatus is a daemon of a node as inspect shows it: from the state

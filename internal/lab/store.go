@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 )
 
@@ -49,8 +50,16 @@ func (r *Record) Node(name string) plan.Node {
 
 // Entry is one object a deploy created, in creation order.
 type Entry struct {
-	Kind string `json:"kind"` // "netns", "container", "agent", "software", "dir" or "file"
+	Kind string `json:"kind"` // "netns", "container", "agent", "software", "mntns", "dir" or "file"
 	Name string `json:"name"`
+	// ID is the identity of a namespace emu made: of "netns" Name, recorded
+	// before the namespace gets its name; of the mount namespace of the
+	// keeper whose config is "mntns" Name, recorded once it runs. Destroy
+	// removes and empties only the namespace with this identity.
+	ID *netnsx.ID `json:"id,omitempty"`
+	// Netns is the namespace an "agent" or "software" (keeper) runs in:
+	// destroy stops only a process with its config path in that namespace.
+	Netns string `json:"netns,omitempty"`
 }
 
 func (s Store) recordPath(lab string) string  { return filepath.Join(s.Dir, lab+".json") }
@@ -181,4 +190,62 @@ func (s Store) readJournal(lab string) ([]Entry, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// namespaceIDs returns the identities the journal of a lab recorded for the
+// network namespaces emu made, by name.
+func namespaceIDs(entries []Entry) map[string]netnsx.ID {
+	ids := map[string]netnsx.ID{}
+	for _, e := range entries {
+		if e.Kind == "netns" && e.ID != nil {
+			ids[e.Name] = *e.ID
+		}
+	}
+	return ids
+}
+
+// ImpostorError is a namespace with a lab's name that is not the one the
+// lab's deploy made: someone deleted that and made another of the name.
+type ImpostorError struct {
+	Namespace  string
+	Want, Have netnsx.ID
+}
+
+func (e *ImpostorError) Error() string {
+	return fmt.Sprintf("namespace %s is not the one this lab's deploy made (that was %s, this is %s): emu leaves it and what runs in it alone; if it is yours to remove, `ip netns del %s`, then destroy again",
+		e.Namespace, e.Want, e.Have, e.Namespace)
+}
+
+// Impostors compares the lab's network namespaces with the identities its
+// deploy journalled and returns, by name, those that took the name of the
+// one emu made. Namespaces that are gone, and those of a journal written by
+// an emu that recorded no identity, are not in it.
+func (s Store) Impostors(lab string) (map[string]*ImpostorError, error) {
+	entries, err := s.readJournal(lab)
+	if err != nil {
+		return nil, fmt.Errorf("read journal of lab %s: %w", lab, err)
+	}
+	out := map[string]*ImpostorError{}
+	for name, want := range namespaceIDs(entries) {
+		var imp *ImpostorError
+		if errors.As(checkNamespace(name, want), &imp) {
+			out[name] = imp
+		}
+	}
+	return out, nil
+}
+
+// checkNamespace says whether the namespace named name is the one with
+// identity want: nil if it is, or if no namespace has that name.
+func checkNamespace(name string, want netnsx.ID) error {
+	have, err := netnsx.IdentityOf(netnsx.Path(name))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("namespace %s: %w", name, err)
+	case have != want:
+		return &ImpostorError{Namespace: name, Want: want, Have: have}
+	}
+	return nil
 }

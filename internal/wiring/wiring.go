@@ -77,6 +77,15 @@ var ErrExists = errors.New("already exists")
 // inherits the host's IPv4 settings (net.core.devconf_inherit_init_net=0),
 // and a lab must behave the same on every host.
 func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
+	return w.CreateNamespaceRecorded(name, forwarding, ipv6, nil)
+}
+
+// CreateNamespaceRecorded is CreateNamespace that first hands record the
+// new namespace's identity, before it is given its name (bind-mounted at
+// /run/netns/<name>): a journal written there lets destroy tell the
+// namespace it made from one that took the name later. An error from
+// record aborts the creation.
+func (w *Net) CreateNamespaceRecorded(name string, forwarding, ipv6 bool, record func(netnsx.ID) error) error {
 	if _, err := os.Stat(netnsx.Path(name)); err == nil {
 		return fmt.Errorf("namespace %s: %w", name, ErrExists)
 	}
@@ -90,18 +99,12 @@ func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
 		return fmt.Errorf("read current namespace: %w", err)
 	}
 	defer origin.Close()
-	ns, err := netns.NewNamed(name)
-	if err != nil {
-		// NewNamed may have left the thread in a fresh namespace.
-		if serr := netns.Set(origin); serr == nil {
-			runtime.UnlockOSThread()
-		}
-		return fmt.Errorf("create namespace %s: %w", name, err)
-	}
-	setupErr := setupInside(forwarding, ipv6)
+	ns, setupErr := newNamed(name, record)
 	var nl *netlink.Handle
 	if setupErr == nil {
-		nl, setupErr = netlink.NewHandle()
+		if setupErr = setupInside(forwarding, ipv6); setupErr == nil {
+			nl, setupErr = netlink.NewHandle()
+		}
 	}
 	if err := netns.Set(origin); err != nil {
 		// Leave the thread locked: the runtime discards it.
@@ -109,11 +112,43 @@ func (w *Net) CreateNamespace(name string, forwarding, ipv6 bool) error {
 	}
 	runtime.UnlockOSThread()
 	if setupErr != nil {
-		ns.Close()
-		return fmt.Errorf("set up namespace %s: %w", name, setupErr)
+		if ns.IsOpen() {
+			ns.Close()
+		}
+		return fmt.Errorf("create namespace %s: %w", name, setupErr)
 	}
 	w.keep(name, ns, nl)
 	return nil
+}
+
+// newNamed moves the calling (locked) thread into a new network namespace,
+// records its identity, then bind-mounts it at its name, as
+// netns.NewNamed does but with the record in between.
+func newNamed(name string, record func(netnsx.ID) error) (netns.NsHandle, error) {
+	ns, err := netns.New()
+	if err != nil {
+		return ns, err
+	}
+	if record != nil {
+		id, err := netnsx.IdentityOfFD(int(ns))
+		if err == nil {
+			err = record(id)
+		}
+		if err != nil {
+			return ns, err
+		}
+	}
+	path := netnsx.Path(name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o444)
+	if err != nil {
+		return ns, err
+	}
+	f.Close()
+	if err := unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "bind", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return ns, err
+	}
+	return ns, nil
 }
 
 // keep caches the handles of a namespace this Net set up.

@@ -1,0 +1,138 @@
+package lab_test
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/wiring"
+)
+
+// withDaemon is twoRouters with R1's daemon replaced by command.
+func withDaemon(command string) string {
+	return strings.Replace(twoRouters, `{name: d, command: 'echo $$ > /run/d.pid; echo "$ROLE $(cat /mnt/conf)" > /run/seen; exec sleep 1000', wait-for: /run/seen}`,
+		`{name: d, command: "`+command+`"}`, 1)
+}
+
+// processesRunning returns the pids whose command line is exactly argv.
+func processesRunning(argv ...string) []int {
+	want := strings.Join(argv, "\x00") + "\x00"
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && string(cmdline) == want {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// A daemon's child that left for a session of its own escapes the daemon's
+// process group; destroy still kills it, as it kills everything in the
+// lab's namespaces.
+func TestDestroy_DaemonChildInANewSession_Killed(t *testing.T) {
+	labtest.RequireRoot(t)
+	l := labtest.DeployFile(t, writeLab(t, withDaemon(`sh -c 'setsid sleep 400000 & exec sleep 500000'`)))
+	netns, err := netnsx.IdentityOf(netnsx.Path(l.NS("R1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var escaped []int
+	for _, pid := range processesRunning("sleep", "400000") {
+		if id, err := netnsx.IdentityOf(filepath.Join("/proc", strconv.Itoa(pid), "ns", "net")); err == nil && id == netns {
+			escaped = append(escaped, pid)
+		}
+	}
+	if len(escaped) != 1 {
+		t.Fatalf("processes `sleep 400000` in R1: %v, want the one the daemon started", escaped)
+	}
+	if sid, _ := unix.Getsid(escaped[0]); sid != escaped[0] {
+		t.Fatalf("`sleep 400000` (pid %d) is in session %d, not its own: the test proves nothing", escaped[0], sid)
+	}
+	inR1 := netnsx.Processes("net", netns)
+	if _, err := l.Deployer.Destroy(l.Topology.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range inR1 {
+		if !gone(pid) {
+			t.Errorf("process %d of R1 survived destroy", pid)
+		}
+	}
+	if left := netnsx.Processes("net", netns); len(left) > 0 {
+		t.Errorf("processes %v still hold R1's deleted namespace", left)
+	}
+}
+
+// A namespace that took the name of one of the lab's after it was deleted
+// is not the lab's: destroy leaves it and says so, inspect reports it, and
+// the rest of the lab goes.
+func TestDestroy_ImpostorNamespaceWithALabsName_LeftAloneAndNamed(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	name := l.NS("client")
+	if err := wiring.DeleteNamespace(name); err != nil {
+		t.Fatal(err)
+	}
+	w := wiring.New()
+	if err := w.CreateNamespace(name, false, false); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	t.Cleanup(func() { wiring.DeleteNamespace(name) })
+	impostor, err := netnsx.IdentityOf(netnsx.Path(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A process of the impostor's owner, run with the arguments of one of
+	// the lab's agents: neither the namespace nor it is the lab's.
+	stranger := exec.Command("/bin/sh", "-c", "sleep 1000; :", "--config", filepath.Join(l.Plan.LabDir, "agents", "vpngw.json"))
+	stranger.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-stranger.Process.Pid, syscall.SIGKILL); stranger.Wait() })
+
+	imps, err := l.Deployer.Store.Impostors(l.Topology.Name)
+	if err != nil || imps[name] == nil || len(imps) != 1 {
+		t.Errorf("Impostors = %v, %v: want %s alone", imps, err, name)
+	}
+	_, err = l.Deployer.Destroy(l.Topology.Name, false)
+	var imp *lab.ImpostorError
+	if !errors.As(err, &imp) || imp.Namespace != name || !strings.Contains(err.Error(), "ip netns del "+name) {
+		t.Fatalf("destroy returned %v, want it to refuse %s and say how to remove it", err, name)
+	}
+	if id, err := netnsx.IdentityOf(netnsx.Path(name)); err != nil || id != impostor {
+		t.Errorf("after destroy %s is %v (%v), want the impostor %v untouched", name, id, err, impostor)
+	}
+	if stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(stranger.Process.Pid), "stat")); err != nil || strings.Contains(string(stat), ") Z ") {
+		t.Error("destroy killed a process outside the lab's namespaces because it had an agent's --config")
+	}
+	for _, n := range []string{"vbr", "vpngw", "ecs"} {
+		if wiring.NamespaceExists(l.NS(n)) {
+			t.Errorf("namespace of %s left: the impostor must not strand the rest of the lab", n)
+		}
+	}
+	if rec, _ := l.Deployer.Store.Get(l.Topology.Name); rec == nil {
+		t.Error("the record went while the impostor was refused: the next destroy would not say why")
+	}
+	// Once its owner removed it, destroy finishes.
+	if err := wiring.DeleteNamespace(name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, false); err != nil {
+		t.Errorf("destroy after the impostor went: %v", err)
+	}
+}
