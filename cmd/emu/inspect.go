@@ -33,7 +33,9 @@ restarting (its supervisor starts a new worker), with pid, since when it runs an
 how often it was restarted. A node whose agent is not alive shows "agent dead" (or
 hung, restarting) as its state.
 A node's daemons (its "daemons:") show as running or dead, with how they ended; their
-output is in emu-<lab>/logs/<node>.<daemon>.log.
+output is in emu-<lab>/logs/<node>.<daemon>.log. A daemon's liveness comes from its
+own process (pid and start time): one that outlived its keeper (killed) shows as
+running "(no keeper: destroy stops it)".
 A node whose namespace is not the one deploy made (someone deleted it and made
 another of that name) shows as "impostor", with nothing read from it: destroy
 leaves it alone too.`,
@@ -187,7 +189,11 @@ func printLabs(w io.Writer, store lab.Store, recs []*lab.Record) error {
 		}
 		state := []string{wrap(v.State, 60)}
 		for _, d := range v.Daemons {
-			state = append(state, d.Name+" "+d.State)
+			line := d.Name + " " + d.State
+			if d.Unwatched != "" {
+				line += " (no keeper: destroy stops it)"
+			}
+			state = append(state, line)
 		}
 		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), strings.Join(state, "\n"), agentCol); err != nil {
 			return err

@@ -126,6 +126,10 @@ func Same(pid int, start uint64) bool {
 	return ok && got == start
 }
 
+// StartTime returns a live process's start time (clock ticks since boot),
+// for Same to tell it later from another process given the same pid.
+func StartTime(pid int) (uint64, bool) { return procStart(pid) }
+
 // procStart returns a live process's start time from /proc/<pid>/stat.
 func procStart(pid int) (uint64, bool) {
 	if pid <= 0 {

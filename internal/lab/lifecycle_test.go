@@ -136,3 +136,36 @@ func TestDestroy_ImpostorNamespaceWithALabsName_LeftAloneAndNamed(t *testing.T) 
 		t.Errorf("destroy after the impostor went: %v", err)
 	}
 }
+
+// A daemon that changes its user loses its parent-death signal (the
+// kernel clears it), so it outlives a keeper killed with SIGKILL: the
+// status says it runs, unwatched, and destroy stops it.
+func TestSoftware_KeeperKilled_DaemonThatChangedUser_ShownRunningAndDestroyed(t *testing.T) {
+	labtest.RequireRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) changes the daemon's user:", err)
+	}
+	l := labtest.DeployFile(t, writeLab(t, withDaemon(setpriv+" --reuid 65534 --regid 65534 --clear-groups sleep 600001")))
+	keeper, st := keeperOf(t, l, "R1")
+	daemon := st.Daemons[0].PID
+	if err := syscall.Kill(keeper, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(keeper) {
+		t.Fatal("the keeper survived SIGKILL")
+	}
+	if gone(daemon) {
+		t.Fatal("the daemon died with its keeper: the kernel kept its parent-death signal, so the test proves nothing")
+	}
+	ds := lab.Daemons(l.Plan.LabDir, "R1")
+	if len(ds) != 1 || ds[0].State != "running" || ds[0].PID != daemon || !strings.Contains(ds[0].Unwatched, "keeper is not running") {
+		t.Errorf("R1's daemons = %+v, want d running (pid %d), unwatched as its keeper is gone", ds, daemon)
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(daemon) {
+		t.Errorf("daemon %d survived destroy", daemon)
+	}
+}

@@ -158,43 +158,55 @@ func currentNS(name string) *netnsx.ID {
 	return &id
 }
 
-// DaemonStatus is a daemon of a node as inspect shows it: from the state
-// its keeper publishes, confirmed against the live processes.
+// DaemonStatus is a daemon of a node as inspect shows it: its liveness
+// from the process itself (its pid and start time, from the state its
+// keeper published), whether or not its keeper still runs.
 type DaemonStatus struct {
 	Name  string `json:"name"`
 	State string `json:"state"` // "running", "dead: <how it ended>", or "unknown: <why>"
 	PID   int    `json:"pid,omitempty"`
 	Log   string `json:"log,omitempty"`
+	// Unwatched says why no keeper watches the daemon any more (it was
+	// killed): a death is not recorded, and only destroy stops it.
+	Unwatched string `json:"unwatched,omitempty"`
 }
 
-// Daemons reports the daemons of a node, nil if it runs none. A state file
-// left by a keeper that is no longer running is not believed.
+// Daemons reports the daemons of a node, nil if it runs none. A daemon is
+// running when the process its keeper started (same pid, same start time)
+// is: a killed keeper does not take a daemon that changed its user (the
+// kernel then clears its parent-death signal, as FRR's do) along, nor one's
+// children.
 func Daemons(labDir, node string) []DaemonStatus {
-	pid, cfg, err := NodeSoftware(labDir, node)
+	keeper, cfg, kerr := NodeSoftware(labDir, node)
 	if cfg == nil || len(cfg.Software.Daemons) == 0 {
 		return nil
 	}
 	st, serr := software.ReadState(SoftwareStatePath(labDir, node))
+	unwatched := ""
+	if kerr != nil || serr != nil || st.Keeper != keeper {
+		unwatched = fmt.Sprintf("the node's keeper is not running (log: %s): `emu destroy` stops what is left", filepath.Join(labDir, "logs", node+".keeper.log"))
+	}
 	var out []DaemonStatus
 	for _, d := range cfg.Software.Daemons {
-		ds := DaemonStatus{Name: d.Name, State: "unknown: its keeper published nothing"}
-		switch {
-		case err != nil:
-			ds.State = "dead: the node's keeper is not running"
-		case serr == nil && st.Keeper == pid:
-			for _, s := range st.Daemons {
-				if s.Name != d.Name {
-					continue
-				}
-				ds.PID, ds.Log = s.PID, s.Log
-				switch {
-				case !s.Running:
-					ds.State = "dead: " + s.Exit
-				case agent.Alive(s.PID):
-					ds.State = "running"
-				default:
-					ds.State = "dead: gone without a trace"
-				}
+		ds := DaemonStatus{Name: d.Name, State: "unknown: its keeper published nothing", Unwatched: unwatched}
+		if serr != nil {
+			out = append(out, ds)
+			continue
+		}
+		for _, s := range st.Daemons {
+			if s.Name != d.Name {
+				continue
+			}
+			ds.PID, ds.Log = s.PID, s.Log
+			switch {
+			case !s.Running:
+				ds.State, ds.Unwatched = "dead: "+s.Exit, ""
+			case s.Start != 0 && agent.Same(s.PID, s.Start), s.Start == 0 && agent.Alive(s.PID):
+				ds.State = "running"
+			case unwatched != "":
+				ds.State = "dead: ended while no keeper watched it"
+			default:
+				ds.State = "dead: gone without a trace"
 			}
 		}
 		out = append(out, ds)

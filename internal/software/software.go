@@ -5,7 +5,8 @@
 // it mounts what the node sees, starts the daemons in order and waits until
 // each is ready, runs the exec commands, then watches the daemons, publishing
 // their state, until destroy stops it; it stops its daemons before it exits,
-// and the kernel kills them (parent-death signal) if it is killed.
+// and the kernel kills those that keep their user (parent-death signal) if
+// it is killed; destroy kills the rest.
 package software
 
 import (
@@ -27,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/container"
 	"github.com/emu-lab/emu/internal/topology"
 )
@@ -67,6 +69,7 @@ const (
 type Daemon struct {
 	Name    string    `json:"name"`
 	PID     int       `json:"pid"`
+	Start   uint64    `json:"start,omitempty"` // of PID, clock ticks since boot (proc(5) starttime): tells it from a reused pid
 	Running bool      `json:"running"`
 	Exit    string    `json:"exit,omitempty"` // how it ended, when not running
 	Since   time.Time `json:"since"`
@@ -205,6 +208,7 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 	}
 	k.mu.Lock()
 	r.st.PID = r.pid
+	r.st.Start, _ = agent.StartTime(r.pid)
 	k.runs = append(k.runs, r)
 	k.mu.Unlock()
 	k.publish()
