@@ -13,6 +13,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/safefile"
 )
 
 // State is what an agent's worker publishes of itself every PublishEvery, for
@@ -133,7 +134,7 @@ func Files(configPath string) []string {
 	return out
 }
 
-func tmpPath(path string) string { return path + ".tmp" }
+func tmpPath(path string) string { return safefile.TmpPath(path) }
 
 // writeJSON replaces path atomically (a temp file renamed over it).
 func writeJSON(path string, v any, mode os.FileMode) error {
@@ -141,9 +142,5 @@ func writeJSON(path string, v any, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	tmp := tmpPath(path)
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return safefile.Replace(path, data, mode)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/safefile"
 )
 
 // agentReadyTimeout bounds how long deploy waits for an agent to serve.
@@ -59,7 +60,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 			return err
 		}
 	}
-	if err := writeSecret(cfgPath, data); err != nil {
+	if err := safefile.WriteFile(cfgPath, data, 0o600); err != nil {
 		return fmt.Errorf("agent config: %w", err)
 	}
 	if err := j.add(Entry{Kind: "agent", Name: cfgPath, Netns: s.Namespace}); err != nil {
@@ -76,7 +77,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err := ownDir(j, filepath.Dir(logPath), 0o755); err != nil {
 		return err
 	}
-	logFile, err := openLog(logPath)
+	logFile, err := safefile.OpenAppend(logPath, 0o644)
 	if err != nil {
 		return err
 	}

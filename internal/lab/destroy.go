@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/safefile"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -151,7 +153,9 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		case "netns":
 			errs = errors.Join(errs, removeNamespace(e))
 		case "file":
-			if removeDir {
+			// A temporary file is no artifact: a writer killed mid-write
+			// (agent, keeper) left it.
+			if removeDir || strings.HasSuffix(e.Name, safefile.TmpPath("")) {
 				if err := os.Remove(e.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					errs = errors.Join(errs, fmt.Errorf("remove %s: %w", e.Name, err))
 				}

@@ -8,15 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // The lab directory holds keys (SPEC §12): emu writes into it only when it is
 // a real directory (not a symlink), owned by the user running emu (root), that
 // no one else can write, inside a parent where no one else can replace it.
-// Secret files are created afresh, exclusively, with mode 0600, never through
-// a symlink.
+// Every file emu writes there goes through package safefile: created afresh,
+// exclusively (secrets with mode 0600), never through a symlink.
 
 // checkOwnDir returns whether dir exists, and an error saying what is wrong
 // with it if emu must not write into it.
@@ -101,37 +99,6 @@ func ownDir(j *journal, dir string, perm fs.FileMode) error {
 	// Mkdir's mode goes through the umask; a umask cannot widen it, but make
 	// it exact so the directory passes checkOwnDir next time.
 	return os.Chmod(dir, perm)
-}
-
-// writeSecret replaces the file at path by a new one holding data, mode 0600.
-// Whatever was at path (a file another user can read, a symlink) is unlinked,
-// never written through; O_EXCL|O_NOFOLLOW make the create fail rather than
-// follow a link planted between the unlink and the create.
-func writeSecret(path string, data []byte) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("replace %s: %w", path, err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-// openLog opens a log file for appending, never through a symlink.
-func openLog(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open log %s: %w", path, err)
-	}
-	return f, nil
 }
 
 // removeLabDir removes a lab directory or one of its subdirectories,

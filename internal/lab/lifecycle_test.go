@@ -169,3 +169,85 @@ func TestSoftware_KeeperKilled_DaemonThatChangedUser_ShownRunningAndDestroyed(t 
 		t.Errorf("daemon %d survived destroy", daemon)
 	}
 }
+
+// The files a node's software writes in the lab directory are never written
+// through a symlink: a node's config planted as a link is replaced (the
+// target untouched), a log planted as a link refuses the deploy, a `nodes`
+// directory that is a link refuses it before anything is written there.
+func TestDeploy_NodeFilesAndDirsPlantedAsSymlinks_NeverWrittenThrough(t *testing.T) {
+	labtest.RequireRoot(t)
+	path := writeLab(t, twoRouters)
+	labDir := labtest.Plan(t, labtest.Load(t, path)).LabDir
+	victimDir := t.TempDir()
+	victim := filepath.Join(victimDir, "victim")
+	if err := os.WriteFile(victim, []byte("untouched"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	untouched := func(what string) {
+		t.Helper()
+		if got, _ := os.ReadFile(victim); string(got) != "untouched" {
+			t.Errorf("%s: the symlink's target was written: %q", what, got)
+		}
+		if entries, _ := os.ReadDir(victimDir); len(entries) != 1 {
+			t.Errorf("%s: files were written into the directory a link points to: %v", what, entries)
+		}
+	}
+	deploy := func() error {
+		topo := labtest.Load(t, path)
+		d := labtest.NewDeployer(t)
+		err := d.Deploy(t.Context(), labtest.Plan(t, topo))
+		if err == nil {
+			d.Destroy(topo.Name, false) // it should have been refused
+		}
+		return err
+	}
+	mkdir := func(dir string) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func(target, name string) {
+		if err := os.Symlink(target, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// nodes/ is a link to a directory.
+	mkdir(labDir)
+	link(victimDir, filepath.Join(labDir, "nodes"))
+	if err := deploy(); err == nil || !strings.Contains(err.Error(), filepath.Join(labDir, "nodes")+" is a symlink") {
+		t.Errorf("deploy with nodes/ a symlink: %v, want it refused as a symlink", err)
+	}
+	untouched("nodes/ a symlink")
+	os.Remove(filepath.Join(labDir, "nodes"))
+
+	// A log is a link: refused (ELOOP), the target untouched.
+	mkdir(filepath.Join(labDir, "logs"))
+	link(victim, filepath.Join(labDir, "logs", "R1.keeper.log"))
+	if err := deploy(); err == nil || !errors.Is(err, syscall.ELOOP) {
+		t.Errorf("deploy with a log a symlink: %v, want it refused (ELOOP)", err)
+	}
+	untouched("logs/R1.keeper.log a symlink")
+	os.Remove(filepath.Join(labDir, "logs", "R1.keeper.log"))
+
+	// A node's config is a link: replaced by a fresh 0600 file.
+	mkdir(filepath.Join(labDir, "nodes"))
+	link(victim, filepath.Join(labDir, "nodes", "R1.json"))
+	l := labtest.DeployFile(t, path)
+	untouched("nodes/R1.json a symlink")
+	info, err := os.Lstat(filepath.Join(labDir, "nodes", "R1.json"))
+	if err != nil || !info.Mode().IsRegular() || info.Mode().Perm() != 0o600 {
+		t.Errorf("nodes/R1.json after deploy: %v (%v), want a regular file, 0600", info, err)
+	}
+	// A temporary file a killed keeper left goes with a plain destroy.
+	tmp := filepath.Join(labDir, "nodes", "R1.state.json.tmp")
+	if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left after destroy: %v", tmp, err)
+	}
+}

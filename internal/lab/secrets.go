@@ -9,6 +9,7 @@ import (
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/safefile"
 )
 
 // Files in the lab directory that hold keys (mode 0600): the Wireshark ESP
@@ -58,7 +59,7 @@ func writeSecrets(j *journal, p *plan.Plan) error {
 		if err := j.add(Entry{Kind: "file", Name: path}); err != nil {
 			return err
 		}
-		if err := writeSecret(path, data); err != nil {
+		if err := safefile.WriteFile(path, data, 0o600); err != nil {
 			return err
 		}
 	}

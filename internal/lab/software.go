@@ -16,6 +16,7 @@ import (
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/safefile"
 	"github.com/emu-lab/emu/internal/software"
 )
 
@@ -51,12 +52,11 @@ func SoftwareStatePath(labDir, node string) string {
 // stops its daemons first.
 func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 	cfgPath := KeeperConfigPath(s.LabDir, s.Node)
-	if err := os.MkdirAll(filepath.Dir(cfgPath), 0o755); err != nil {
-		return err
-	}
 	logDir := filepath.Join(s.LabDir, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return err
+	for _, dir := range []string{filepath.Dir(cfgPath), logDir} {
+		if err := ownDir(j, dir, 0o755); err != nil {
+			return err
+		}
 	}
 	cfg := software.Config{Topology: s.Topology, Node: s.Node, Namespace: s.Namespace, LogDir: logDir,
 		State: SoftwareStatePath(s.LabDir, s.Node), Software: s.Software, Container: s.Container}
@@ -64,13 +64,20 @@ func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
+	// The keeper publishes its state through a temporary file: a killed
+	// keeper may leave it, so it is journalled with the state.
+	for _, f := range []string{cfgPath, cfg.State, safefile.TmpPath(cfg.State)} {
+		if err := j.add(Entry{Kind: "file", Name: f}); err != nil {
+			return err
+		}
+	}
+	if err := safefile.WriteFile(cfgPath, data, 0o600); err != nil {
 		return fmt.Errorf("write the config of %s's software: %w", s.Node, err)
 	}
 	if err := j.add(Entry{Kind: "software", Name: cfgPath, Netns: s.Namespace}); err != nil {
 		return err
 	}
-	logFile, err := os.OpenFile(filepath.Join(logDir, s.Node+".keeper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logFile, err := safefile.OpenAppend(filepath.Join(logDir, s.Node+".keeper.log"), 0o644)
 	if err != nil {
 		return err
 	}

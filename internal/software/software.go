@@ -30,6 +30,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/container"
+	"github.com/emu-lab/emu/internal/safefile"
 	"github.com/emu-lab/emu/internal/topology"
 )
 
@@ -189,7 +190,7 @@ func (k *keeper) logPath(name string) string {
 func (k *keeper) startDaemon(d topology.Daemon) error {
 	where := fmt.Sprintf("%s:%d: node %s daemon %s", k.cfg.Topology, d.Line, k.cfg.Node, d.Name)
 	logPath := k.logPath(d.Name)
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logFile, err := safefile.OpenAppend(logPath, 0o644)
 	if err != nil {
 		return fmt.Errorf("%s: open its log: %w", where, err)
 	}
@@ -260,7 +261,7 @@ func (k *keeper) exec(c topology.Command) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		err = cmd.Run()
 	}
-	if f, ferr := os.OpenFile(k.logPath("exec"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
+	if f, ferr := safefile.OpenAppend(k.logPath("exec"), 0o644); ferr == nil {
 		fmt.Fprintf(f, "$ %s\n%s", c.Text, out.Bytes())
 		f.Close()
 	}
@@ -317,7 +318,7 @@ func (k *keeper) startInContainer(r *daemonRun, logFile *os.File) error {
 		argv = []string{"/bin/sh", "-c", r.d.Command}
 	}
 	// The log stays open as long as the engine streams into it.
-	out, err := os.OpenFile(logFile.Name(), os.O_WRONLY|os.O_APPEND, 0)
+	out, err := safefile.OpenAppend(logFile.Name(), 0o644)
 	if err != nil {
 		return err
 	}
@@ -412,10 +413,7 @@ func (k *keeper) publish() {
 	if err != nil {
 		return
 	}
-	tmp := k.cfg.State + ".tmp"
-	if os.WriteFile(tmp, data, 0o644) == nil {
-		os.Rename(tmp, k.cfg.State)
-	}
+	safefile.Replace(k.cfg.State, data, 0o644)
 }
 
 func exitText(err error) string {
