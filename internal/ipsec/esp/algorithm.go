@@ -153,6 +153,17 @@ func (a Algorithm) SealedLen(n int) int {
 	return headerLen + s.ivLen + s.bodyLen(n) + s.icvLen
 }
 
+// PayloadOffset is where the inner packet starts in an ESP packet: after
+// the SPI, the sequence number and the IV (RFC 4303 §2). A caller that reads
+// an inner packet at this offset of a buffer hands Seal the buffer as dst
+// and the inner packet as inner, and Seal encrypts it where it lies.
+func (a Algorithm) PayloadOffset() int {
+	if !a.valid() {
+		return 0
+	}
+	return headerLen + suites[a].ivLen
+}
+
 // bodyLen is the encrypted part for an n-byte inner packet:
 // payload|padding|padlen|nexthdr rounded up to the alignment.
 func (s *suite) bodyLen(n int) int {

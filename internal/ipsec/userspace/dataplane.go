@@ -16,12 +16,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/esp"
@@ -49,12 +49,13 @@ type Drops struct {
 
 type tunnel struct {
 	conn ipsec.Conn
-	tun  *os.File
+	tun  tun.Device
 	out  *esp.Outbound
 	in   *esp.Inbound
 	sock *espSocket
-	// gro is used by the receive loop of sock only.
-	gro *coalescer
+	// rx collects the decrypted packets of one received batch for a single
+	// TUN write; only the receive loop of sock touches it.
+	rx [][]byte
 }
 
 // TunnelStats is the traffic of one connection: its SAs' SPIs and counters.
@@ -84,17 +85,10 @@ func Start(conns []ipsec.Conn, logger *log.Logger) (*Dataplane, error) {
 // SPI resumes: outbound past its last sequence number plus SeqReserve,
 // inbound refusing every number up to the highest accepted, so the peer's
 // replay window accepts the first packet and nothing is accepted twice.
-func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *Dataplane, err error) {
-	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, bySPI: map[uint32]*tunnel{}, closing: make(chan struct{})}
-	defer func() {
-		if err != nil {
-			d.Close()
-		}
-	}()
-	for _, c := range conns {
-		if err := d.addTunnel(c); err != nil {
-			return nil, fmt.Errorf("connection %s: %w", c.Name, err)
-		}
+func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dataplane, error) {
+	d, err := open(conns, logger)
+	if err != nil {
+		return nil, err
 	}
 	for _, t := range d.tunnels {
 		for _, p := range prev {
@@ -111,6 +105,22 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *D
 	for _, s := range d.socks {
 		d.wg.Add(1)
 		go d.receiveLoop(s)
+	}
+	return d, nil
+}
+
+// open makes the interfaces and sockets without moving packets yet.
+func open(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
+	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, bySPI: map[uint32]*tunnel{}, closing: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	for _, c := range conns {
+		if err := d.addTunnel(c); err != nil {
+			return nil, fmt.Errorf("connection %s: %w", c.Name, err)
+		}
 	}
 	return d, nil
 }
@@ -144,10 +154,7 @@ func (d *Dataplane) addTunnel(c ipsec.Conn) error {
 	if t.tun, err = openTUN(c.Interface); err != nil {
 		return err
 	}
-	t.gro = newCoalescer(func(pkt []byte) error {
-		_, err := t.tun.Write(pkt)
-		return err
-	})
+	t.rx = make([][]byte, 0, batchSize)
 	if err := configureLink(c); err != nil {
 		return err
 	}
@@ -200,61 +207,69 @@ func configureLink(c ipsec.Conn) error {
 	return nil
 }
 
-// sendLoop encrypts what routing sends into the tunnel interface: one
-// read may be a TCP super-packet, whose segments go out in one sendmmsg.
+// sendLoop encrypts what routing sends into the tunnel interface. One TUN
+// read may be a TCP super-packet, which the tun package cuts into segments
+// (each at payloadOffset of its buffer, so Seal encrypts it where it lies);
+// all of them go out in one sendmmsg (two, if their DF bits differ).
 func (d *Dataplane) sendLoop(t *tunnel) {
 	defer d.wg.Done()
-	buf := make([]byte, vnetHdrLen+maxIPPacket)
-	seg := make([]byte, maxIPPacket)
-	msgs := make([]ipv4.Message, batchSize)
+	alg, _ := t.conn.Algorithm() // valid: addTunnel built the SA from it
+	payloadOffset := alg.PayloadOffset()
+	n := t.tun.BatchSize()
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	msgs := make([]ipv4.Message, n)
 	dst := &net.IPAddr{IP: t.conn.Remote.AsSlice()}
-	for i := range msgs {
-		msgs[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 0, 2048)}, Addr: dst}
-	}
-	queued, queuedDF := 0, false
-	send := func() {
-		if err := t.sock.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
-			d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
-		}
-		queued = 0
-	}
-	seal := func(inner []byte) error {
-		next := byte(4) // IP-in-IP: IPv4
-		if inner[0]>>4 == 6 {
-			next = 41
-		}
-		// A batch leaves through one socket, so one DF setting: a packet
-		// with the other ends it, which also keeps the packets in order.
-		if df := innerDF(inner); df != queuedDF {
-			if queued > 0 {
-				send()
-			}
-			queuedDF = df
-		}
-		// Seal grows the slot's buffer if a packet needs more; it is kept.
-		wire, err := t.out.Seal(msgs[queued].Buffers[0][:0], inner, next)
-		if err != nil {
-			return err
-		}
-		msgs[queued].Buffers[0] = wire
-		if queued++; queued == len(msgs) {
-			send()
-		}
-		return nil
+	for i := range bufs {
+		bufs[i] = make([]byte, alg.SealedLen(maxIPPacket))
+		msgs[i] = ipv4.Message{Buffers: [][]byte{nil}, Addr: dst}
 	}
 	for {
-		n, err := t.tun.Read(buf)
+		count, err := t.tun.Read(bufs, sizes, payloadOffset)
 		if err != nil {
-			d.stopped(t.conn.Interface, err)
-			return
-		}
-		if n <= vnetHdrLen {
+			if d.isClosing() || errors.Is(err, os.ErrClosed) {
+				d.stopped(t.conn.Interface, err)
+				return
+			}
+			// A packet the tun package could not split (too many
+			// segments, bad header): dropped, as a NIC would.
+			d.log.Printf("%s: read from %s: %v", t.conn.Name, t.conn.Interface, err)
 			continue
 		}
-		if err := segment(decodeVnetHdr(buf), buf[vnetHdrLen:n], seg, seal); err != nil {
-			d.log.Printf("%s: %v", t.conn.Name, err)
+		queued, queuedDF := 0, false
+		send := func() {
+			if err := t.sock.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
+				d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
+			}
+			queued = 0
 		}
-		send()
+		for i, size := range sizes[:count] {
+			inner := bufs[i][payloadOffset : payloadOffset+size]
+			if size == 0 {
+				continue
+			}
+			next := byte(4) // IP-in-IP: IPv4
+			if inner[0]>>4 == 6 {
+				next = 41
+			}
+			// A batch leaves through one socket, so one DF setting: a packet
+			// with the other ends it, which also keeps the packets in order.
+			if df := innerDF(inner); df != queuedDF {
+				if queued > 0 {
+					send()
+				}
+				queuedDF = df
+			}
+			wire, err := t.out.Seal(bufs[i][:0], inner, next)
+			if err != nil {
+				continue // counted in the SA's stats
+			}
+			msgs[queued].Buffers[0] = wire
+			queued++
+		}
+		if queued > 0 {
+			send()
+		}
 	}
 }
 
@@ -267,57 +282,84 @@ func innerDF(inner []byte) bool {
 	return len(inner) >= 20 && inner[0]>>4 == 4 && inner[6]&0x40 != 0
 }
 
+// maxIPPacket is the largest IP packet, what TUN and raw-socket buffers hold.
+const maxIPPacket = 65535
+
 // receiveLoop decrypts ESP arriving at a local endpoint and hands the inner
 // packets to the tunnel interface of their SA, as if they arrived there.
 // One goroutine per socket keeps the packets of an SA in order, which the
 // replay window and TCP both prefer.
 func (d *Dataplane) receiveLoop(s *espSocket) {
 	defer d.wg.Done()
-	msgs := make([]ipv4.Message, batchSize)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
-	}
-	inner := make([]byte, 0, maxIPPacket)
-	touched := make([]*tunnel, 0, len(d.tunnels))
+	r := d.newReceiver(s)
 	for {
-		n, err := s.batch.ReadBatch(msgs, 0)
+		n, err := s.batch.ReadBatch(r.msgs, 0)
 		if err != nil {
 			d.stopped("raw socket", err)
 			return
 		}
-		for i := range msgs[:n] {
-			from, esp, ok := s.packet(&msgs[i])
-			if !ok || len(esp) < 8 {
-				d.drops.short.Add(1)
-				continue
-			}
-			t := d.bySPI[binary.BigEndian.Uint32(esp[:4])]
-			if t == nil {
-				d.drops.unknownSPI.Add(1)
-				continue
-			}
-			if from != t.conn.Remote {
-				d.drops.wrongSource.Add(1)
-				continue
-			}
-			pkt, _, err := t.in.Open(inner[:0], esp)
-			if err != nil {
-				continue // counted in the SA's stats
-			}
-			if !slices.Contains(touched, t) {
-				touched = append(touched, t)
-			}
-			if err := t.gro.add(pkt); err != nil && !d.isClosing() {
-				d.log.Printf("%s: deliver: %v", t.conn.Name, err)
-			}
-		}
-		for _, t := range touched {
-			if err := t.gro.flush(); err != nil && !d.isClosing() {
-				d.log.Printf("%s: deliver: %v", t.conn.Name, err)
-			}
-		}
-		touched = touched[:0]
+		r.handle(n)
 	}
+}
+
+// receiver holds the buffers of one socket's receive loop, allocated once.
+type receiver struct {
+	d       *Dataplane
+	s       *espSocket
+	msgs    []ipv4.Message // what recvmmsg fills
+	inner   [][]byte       // decrypted packets, tunOffset bytes in
+	touched []*tunnel
+}
+
+func (d *Dataplane) newReceiver(s *espSocket) *receiver {
+	r := &receiver{d: d, s: s, msgs: make([]ipv4.Message, batchSize), inner: make([][]byte, batchSize), touched: make([]*tunnel, 0, len(d.tunnels))}
+	for i := range r.msgs {
+		r.msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+		// Room for a whole GRO super-packet: the tun package merges the
+		// segments of a flow into the buffer of its first one.
+		r.inner[i] = make([]byte, tunOffset+maxIPPacket)
+	}
+	return r
+}
+
+// handle decrypts the first n received messages and writes the inner
+// packets of each tunnel to its interface in one call, which merges the
+// segments of each TCP or UDP flow (GRO).
+func (r *receiver) handle(n int) {
+	for i := range r.msgs[:n] {
+		from, pkt, ok := r.s.packet(&r.msgs[i])
+		if !ok || len(pkt) < 8 {
+			r.d.drops.short.Add(1)
+			continue
+		}
+		t := r.d.bySPI[binary.BigEndian.Uint32(pkt[:4])]
+		if t == nil {
+			r.d.drops.unknownSPI.Add(1)
+			continue
+		}
+		if from != t.conn.Remote {
+			r.d.drops.wrongSource.Add(1)
+			continue
+		}
+		inner, _, err := t.in.Open(r.inner[i][:tunOffset], pkt)
+		// An empty inner packet (RFC 4303 §2.6 dummy) has nothing to
+		// deliver, and the tun package refuses a whole batch holding one.
+		if err != nil || len(inner) == tunOffset {
+			continue // errors are counted in the SA's stats
+		}
+		if len(t.rx) == 0 {
+			r.touched = append(r.touched, t)
+		}
+		t.rx = append(t.rx, inner)
+	}
+	for _, t := range r.touched {
+		if _, err := t.tun.Write(t.rx, tunOffset); err != nil && !r.d.isClosing() {
+			r.d.log.Printf("%s: deliver: %v", t.conn.Name, err)
+		}
+		clear(t.rx) // the buffers belong to r.inner; drop the references
+		t.rx = t.rx[:0]
+	}
+	r.touched = r.touched[:0]
 }
 
 func (d *Dataplane) isClosing() bool {
