@@ -21,7 +21,7 @@ type testNS struct {
 	fd   netns.NsHandle
 }
 
-func newTestNS(t *testing.T) *testNS {
+func newTestNS(t testing.TB) *testNS {
 	t.Helper()
 	testenv.RequireRoot(t, "creates network namespaces, TUN devices and raw sockets")
 	ns := &testNS{work: make(chan func())}
