@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -29,10 +28,11 @@ var gateways = []string{"onprem", "vpngw"}
 
 // benchLab is the deployed lab; everything it made lives under dir.
 type benchLab struct {
-	topo *topology.Topology
-	plan *plan.Plan
-	dep  *lab.Deployer
-	dir  string
+	cipher string
+	topo   *topology.Topology
+	plan   *plan.Plan
+	dep    *lab.Deployer
+	dir    string
 }
 
 var (
@@ -40,10 +40,10 @@ var (
 	tunnelInterface = regexp.MustCompile(`(?m)^(\s+)interface: ipsec0$`)
 )
 
-// deploy writes the shipped topology under a random lab name into a fresh
-// temp dir (lab directory and deploy records included) and deploys it with
-// the userspace dataplane.
-func deploy(ctx context.Context) (*benchLab, error) {
+// deploy writes the shipped topology under a random lab name, its tunnel
+// set to cipher, into a fresh temp dir (lab directory and deploy records
+// included) and deploys it with the userspace dataplane.
+func deploy(ctx context.Context, cipher string) (*benchLab, error) {
 	text, err := topologies.FS.ReadFile(topologyFile)
 	if err != nil {
 		return nil, err
@@ -58,18 +58,18 @@ func deploy(ctx context.Context) (*benchLab, error) {
 	text = nameLine.ReplaceAll(text, []byte("name: "+name))
 	// Dead peer detection puts a live tunnel's routes back every second: it
 	// would undo the withdrawal the plain stream depends on.
-	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off"))
+	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off\n${1}cipher: "+cipher))
 	path := filepath.Join(dir, "topology.yaml")
 	if err := os.WriteFile(path, text, 0o644); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	l := &benchLab{dir: dir, dep: &lab.Deployer{Store: lab.Store{Dir: filepath.Join(dir, "state")}, Agent: selfAgent}}
+	l := &benchLab{cipher: cipher, dir: dir, dep: &lab.Deployer{Store: lab.Store{Dir: filepath.Join(dir, "state")}, Agent: selfAgent}}
 	if l.topo, err = nodes.Load(path); err == nil {
 		l.plan, err = plan.Build(l.topo, nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
 	}
 	if err == nil {
-		fmt.Fprintf(os.Stderr, "deploying %s (lab %s, userspace ESP)\n", topologyFile, name)
+		fmt.Fprintf(os.Stderr, "deploying %s (lab %s, userspace ESP, %s)\n", topologyFile, name, cipher)
 		err = l.dep.Deploy(ctx, l.plan) // rolls back by itself on error
 	}
 	if err != nil {
@@ -92,43 +92,47 @@ func selfAgent(configPath string) (*exec.Cmd, error) {
 
 func (l *benchLab) ns(node string) string { return plan.NamespaceName(l.topo.Name, node) }
 
-// destroy removes the lab, then reads the per-SA counters each gateway's
-// agent logged as it stopped, then removes the temp dir.
-func (l *benchLab) destroy() (map[string][]userspace.TunnelStats, error) {
+// agentReport is what a gateway's agent logged as it stopped.
+type agentReport struct {
+	tunnels []userspace.TunnelStats
+	cpu     cpuTime
+}
+
+// destroy removes the lab, then reads the per-SA counters and CPU time each
+// gateway's agent logged as it stopped, then removes the temp dir.
+func (l *benchLab) destroy() (map[string]agentReport, error) {
 	defer os.RemoveAll(l.dir)
 	if _, err := l.dep.Destroy(l.topo.Name, false); err != nil {
 		return nil, fmt.Errorf("destroy lab %s: %w (run `emu destroy` on %s)", l.topo.Name, err, l.plan.Topology)
 	}
-	out := map[string][]userspace.TunnelStats{}
+	out := map[string]agentReport{}
 	for _, node := range gateways {
-		stats, err := loggedCounters(filepath.Join(l.plan.LabDir, "logs", node+".log"))
+		logPath := filepath.Join(l.plan.LabDir, "logs", node+".log")
+		data, err := os.ReadFile(logPath)
 		if err != nil {
-			return nil, fmt.Errorf("counters of %s: %w", node, err)
+			return nil, fmt.Errorf("log of %s: %w", node, err)
 		}
-		out[node] = stats
+		var r agentReport
+		if r.tunnels, err = loggedCounters(string(data)); err != nil {
+			return nil, fmt.Errorf("counters of %s: %w in %s", node, err, logPath)
+		}
+		if r.cpu, err = parseCPU(string(data)); err != nil {
+			return nil, fmt.Errorf("CPU time of %s: %w in %s", node, err, logPath)
+		}
+		out[node] = r
 	}
 	return out, nil
 }
 
 // loggedCounters finds the "stopping; counters [...]" line an agent writes
 // when it ends (internal/agent).
-func loggedCounters(logPath string) ([]userspace.TunnelStats, error) {
-	f, err := os.Open(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+func loggedCounters(log string) ([]userspace.TunnelStats, error) {
 	const marker = "stopping; counters "
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if _, js, ok := strings.Cut(sc.Text(), marker); ok {
+	for line := range strings.Lines(log) {
+		if _, js, ok := strings.Cut(line, marker); ok {
 			var stats []userspace.TunnelStats
 			return stats, json.Unmarshal([]byte(js), &stats)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return nil, fmt.Errorf("%s has no %q line", logPath, marker)
+	return nil, fmt.Errorf("no %q line", marker)
 }

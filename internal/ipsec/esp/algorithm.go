@@ -109,6 +109,16 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 
 func (a Algorithm) valid() bool { return a < numAlgorithms }
 
+// Algorithms lists every algorithm this package implements, the default
+// first.
+func Algorithms() []Algorithm {
+	out := make([]Algorithm, numAlgorithms)
+	for i := range out {
+		out[i] = Algorithm(i)
+	}
+	return out
+}
+
 func (a Algorithm) String() string {
 	if !a.valid() {
 		return fmt.Sprintf("Algorithm(%d)", uint8(a))

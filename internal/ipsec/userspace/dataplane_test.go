@@ -77,32 +77,34 @@ func startTunnel(t *testing.T, cipher string) *tunnelEnds {
 	return e
 }
 
-// udpThrough sends one datagram from A's tunnel address to B's and reports
-// whether B received it within two seconds: proof that both dataplanes
-// still move packets.
+// udpThrough sends datagrams from A's tunnel address to B's, one a second
+// for up to five seconds (a loaded machine may lose one), and reports
+// whether B received one: proof that both dataplanes still move packets.
 func (e *tunnelEnds) udpThrough(t *testing.T, payload string) bool {
 	t.Helper()
-	var srv *net.UDPConn
+	var srv, c *net.UDPConn
 	var err error
 	e.b.do(func() { srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: tunnelB.Addr().AsSlice()}) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	e.a.do(func() {
-		var c *net.UDPConn
-		if c, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr)); err == nil {
-			_, err = c.Write([]byte(payload))
-			c.Close()
-		}
-	})
+	e.a.do(func() { c, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr)) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.SetReadDeadline(time.Now().Add(2 * time.Second))
+	defer c.Close()
 	buf := make([]byte, 1500)
-	n, err := srv.Read(buf)
-	return err == nil && string(buf[:n]) == payload
+	for range 5 {
+		if _, err := c.Write([]byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+		srv.SetReadDeadline(time.Now().Add(time.Second))
+		if n, err := srv.Read(buf); err == nil && string(buf[:n]) == payload {
+			return true
+		}
+	}
+	return false
 }
 
 // rawTCP builds an IPv4 TCP packet from A's tunnel address to B's whose
