@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
@@ -28,11 +29,12 @@ var gateways = []string{"onprem", "vpngw"}
 
 // benchLab is the deployed lab; everything it made lives under dir.
 type benchLab struct {
-	cipher string
-	topo   *topology.Topology
-	plan   *plan.Plan
-	dep    *lab.Deployer
-	dir    string
+	cipher     string
+	deployTime time.Duration
+	topo       *topology.Topology
+	plan       *plan.Plan
+	dep        *lab.Deployer
+	dir        string
 }
 
 var (
@@ -40,14 +42,26 @@ var (
 	tunnelInterface = regexp.MustCompile(`(?m)^(\s+)interface: ipsec0$`)
 )
 
-// deploy writes the shipped topology under a random lab name, its tunnel
-// set to cipher, into a fresh temp dir (lab directory and deploy records
-// included) and deploys it with the userspace dataplane.
-func deploy(ctx context.Context, cipher string) (*benchLab, error) {
+// deployCipher deploys the shipped topology with its tunnel set to cipher.
+func deployCipher(ctx context.Context, cipher string) (*benchLab, error) {
 	text, err := topologies.FS.ReadFile(topologyFile)
 	if err != nil {
 		return nil, err
 	}
+	// Dead peer detection puts a live tunnel's routes back every second: it
+	// would undo the withdrawal the plain stream depends on.
+	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off\n${1}cipher: "+cipher))
+	l, err := deploy(ctx, text, topologyFile+", "+cipher)
+	if l != nil {
+		l.cipher = cipher
+	}
+	return l, err
+}
+
+// deploy writes topology text under a random lab name into a fresh temp
+// dir (lab directory and deploy records included) and deploys it with the
+// userspace dataplane; what names it in progress lines.
+func deploy(ctx context.Context, text []byte, what string) (*benchLab, error) {
 	dir, err := os.MkdirTemp("", "emu-throughput-")
 	if err != nil {
 		return nil, err
@@ -56,21 +70,20 @@ func deploy(ctx context.Context, cipher string) (*benchLab, error) {
 	rand.Read(b)
 	name := "tp" + hex.EncodeToString(b)
 	text = nameLine.ReplaceAll(text, []byte("name: "+name))
-	// Dead peer detection puts a live tunnel's routes back every second: it
-	// would undo the withdrawal the plain stream depends on.
-	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off\n${1}cipher: "+cipher))
 	path := filepath.Join(dir, "topology.yaml")
 	if err := os.WriteFile(path, text, 0o644); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	l := &benchLab{cipher: cipher, dir: dir, dep: &lab.Deployer{Store: lab.Store{Dir: filepath.Join(dir, "state")}, Agent: selfAgent}}
+	l := &benchLab{dir: dir, dep: &lab.Deployer{Store: lab.Store{Dir: filepath.Join(dir, "state")}, Agent: selfAgent}}
 	if l.topo, err = nodes.Load(path); err == nil {
 		l.plan, err = plan.Build(l.topo, nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
 	}
 	if err == nil {
-		fmt.Fprintf(os.Stderr, "deploying %s (lab %s, userspace ESP, %s)\n", topologyFile, name, cipher)
+		fmt.Fprintf(os.Stderr, "deploying %s (lab %s, userspace ESP)\n", what, name)
+		start := time.Now()
 		err = l.dep.Deploy(ctx, l.plan) // rolls back by itself on error
+		l.deployTime = time.Since(start)
 	}
 	if err != nil {
 		os.RemoveAll(dir)
@@ -102,8 +115,8 @@ type agentReport struct {
 // gateway's agent logged as it stopped, then removes the temp dir.
 func (l *benchLab) destroy() (map[string]agentReport, error) {
 	defer os.RemoveAll(l.dir)
-	if _, err := l.dep.Destroy(l.topo.Name, false); err != nil {
-		return nil, fmt.Errorf("destroy lab %s: %w (run `emu destroy` on %s)", l.topo.Name, err, l.plan.Topology)
+	if err := l.remove(); err != nil {
+		return nil, err
 	}
 	out := map[string]agentReport{}
 	for _, node := range gateways {
@@ -122,6 +135,14 @@ func (l *benchLab) destroy() (map[string]agentReport, error) {
 		out[node] = r
 	}
 	return out, nil
+}
+
+// remove destroys the lab, leaving the temp dir.
+func (l *benchLab) remove() error {
+	if _, err := l.dep.Destroy(l.topo.Name, false); err != nil {
+		return fmt.Errorf("destroy lab %s: %w (run `emu destroy` on %s)", l.topo.Name, err, l.plan.Topology)
+	}
+	return nil
 }
 
 // loggedCounters finds the "stopping; counters [...]" line an agent writes

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,7 +87,17 @@ func main() {
 	runs := flag.Int("n", 5, "repetitions of the plain/encrypted pair")
 	dur := flag.Duration("d", 5*time.Second, "length of each TCP stream")
 	profile := flag.String("profile", "", "write each gateway agent's CPU profile (pprof) into this directory")
+	scale := flag.String("connections", "1,16,64,256", "connection counts on one VPN gateway for the scaling table (\"\" skips it)")
 	flag.Parse()
+	var counts []int
+	for f := range strings.FieldsFuncSeq(*scale, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 1000 {
+			fmt.Fprintf(os.Stderr, "throughput: -connections: %q is not a count of 1..1000\n", f)
+			os.Exit(2)
+		}
+		counts = append(counts, n)
+	}
 	if *profile != "" {
 		dir, err := filepath.Abs(*profile)
 		if err == nil {
@@ -109,7 +120,7 @@ func main() {
 	// Piped into head, a write must fail, not kill the program before its
 	// deferred destroy.
 	signal.Ignore(syscall.SIGPIPE)
-	if err := run(ctx, *runs, *dur); err != nil {
+	if err := run(ctx, *runs, *dur, counts); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
@@ -126,7 +137,7 @@ func loadAverage() string {
 	return strings.Join(f[:min(3, len(f))], " ")
 }
 
-func run(ctx context.Context, runs int, d time.Duration) error {
+func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
 	fmt.Fprintf(os.Stdout, "machine: %d CPUs, shared with other work; load average before: %s\n", runtime.NumCPU(), loadAverage())
 	// One lab per cipher, all up at once, so that each run measures every
 	// mode back to back under the same load.
@@ -134,7 +145,7 @@ func run(ctx context.Context, runs int, d time.Duration) error {
 	var err error
 	for _, alg := range esp.Algorithms() {
 		var l *benchLab
-		if l, err = deploy(ctx, alg.String()); err != nil {
+		if l, err = deployCipher(ctx, alg.String()); err != nil {
 			break
 		}
 		labs = append(labs, l)
@@ -154,6 +165,15 @@ func run(ctx context.Context, runs int, d time.Duration) error {
 	}
 	if err := printReport(os.Stdout, res); err != nil {
 		return err
+	}
+	if len(counts) > 0 {
+		rows, err := measureScale(ctx, counts, d)
+		if perr := printScale(os.Stdout, rows); err == nil {
+			err = perr
+		}
+		if err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(os.Stdout, "load average after: %s\n", loadAverage())
 	return nil
