@@ -14,7 +14,7 @@
 // The program plays the node agents and the wireguard-go peers itself
 // (started again with asAgentEnv or asWireGuardEnv set), so it measures the
 // code of the tree it was built from. -profile writes each agent's CPU
-// profile (go tool pprof DIR/onprem.cpu.pprof).
+// profile (go tool pprof DIR/emu-<lab>.onprem.cpu.pprof).
 package main
 
 import (
@@ -55,9 +55,11 @@ const cpuMarker = "bench: cpu "
 
 // runAgent is the node agent, profiled when profileEnv names a directory.
 func runAgent(configPath string) int {
+	// <lab dir>/agents/<node>.json names the profile <lab dir>.<node>.
 	node := strings.TrimSuffix(filepath.Base(configPath), ".json")
+	labDir := filepath.Base(filepath.Dir(filepath.Dir(configPath)))
 	if dir := os.Getenv(profileEnv); dir != "" {
-		f, err := os.Create(filepath.Join(dir, node+".cpu.pprof"))
+		f, err := os.Create(filepath.Join(dir, labDir+"."+node+".cpu.pprof"))
 		if err == nil {
 			err = pprof.StartCPUProfile(f)
 		}

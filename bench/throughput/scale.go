@@ -113,11 +113,12 @@ func measureScale(ctx context.Context, counts []int, d time.Duration) ([]scaleRo
 			r.rss, r.err = agentRSS(filepath.Join(l.plan.LabDir, "agents", "vpngw.json"))
 		}
 		derr := l.remove()
-		// An agent that logged no counters was killed before it finished
-		// stopping (internal/lab gives it 2 s after SIGTERM).
+		// An agent that logged no CPU time, its very last line, was killed
+		// before it finished stopping (internal/lab gives it 2 s after
+		// SIGTERM).
 		for _, node := range gateways {
 			data, err := os.ReadFile(filepath.Join(l.plan.LabDir, "logs", node+".log"))
-			if _, cerr := loggedCounters(string(data)); err == nil && cerr != nil {
+			if _, cerr := parseCPU(string(data)); err == nil && cerr != nil {
 				r.unclean = append(r.unclean, node)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -287,4 +288,29 @@ func snmpCounter(group, name string) (uint64, error) {
 		}
 	}
 	return 0, os.ErrNotExist
+}
+
+// BenchmarkClose_256Tunnels is how long an agent with 256 tunnels takes to
+// remove them as it stops (it gets 2 s): 4.5 s closed one after another,
+// 0.4–0.9 s all at once, here.
+func BenchmarkClose_256Tunnels(b *testing.B) {
+	ns := newTestNS(b)
+	key := make([]byte, 20)
+	var conns []ipsec.Conn
+	for i := range 256 {
+		remote := netip.AddrFrom4([4]byte{127, 1, byte(i / 250), byte(1 + i%250)})
+		conns = append(conns, ipsec.Conn{Name: fmt.Sprint("c", i), Interface: fmt.Sprint("ipsec", i), Local: netip.MustParseAddr("127.0.0.1"), Remote: remote,
+			Cipher: "aes-gcm-128", MTU: ipsec.TunnelMTU, Out: ipsec.SA{SPI: uint32(0x1000 + 2*i), EncKey: key}, In: ipsec.SA{SPI: uint32(0x1001 + 2*i), EncKey: key}})
+	}
+	for b.Loop() {
+		b.StopTimer()
+		var d *Dataplane
+		var err error
+		ns.do(func() { d, err = Start(conns, log.New(io.Discard, "", 0)) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		d.Close()
+	}
 }
