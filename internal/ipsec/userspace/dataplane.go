@@ -155,7 +155,7 @@ func (d *Dataplane) addTunnel(c ipsec.Conn) error {
 		return err
 	}
 	t.rx = make([][]byte, 0, batchSize)
-	if err := configureLink(c); err != nil {
+	if err := configureLink(c, t.tun.BatchSize()); err != nil {
 		return err
 	}
 	return nil
@@ -175,7 +175,11 @@ func (d *Dataplane) socket(local netip.Addr) (*espSocket, error) {
 	return s, nil
 }
 
-func configureLink(c ipsec.Conn) error {
+// configureLink sets up the tunnel interface. maxSegs bounds the segments
+// of a TSO super-packet to what one read splits into (the tun package
+// drops a larger one whole, and the sender would retransmit it whole: with
+// a small MSS a flow stalls).
+func configureLink(c ipsec.Conn, maxSegs int) error {
 	// The tunnel carries IPv6 as well (ESP next header 41), so IPv6 stays
 	// on: routes into the interface need it. Without a link-local address
 	// (addr_gen_mode 1, "none") the interface sends no router
@@ -189,6 +193,9 @@ func configureLink(c ipsec.Conn) error {
 	link, err := netlink.LinkByName(c.Interface)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", c.Interface, err)
+	}
+	if err := netlink.LinkSetGSOMaxSegs(link, maxSegs); err != nil {
+		return fmt.Errorf("GSO segments of %s: %w", c.Interface, err)
 	}
 	if c.MTU > 0 {
 		if err := netlink.LinkSetMTU(link, c.MTU); err != nil {
