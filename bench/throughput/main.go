@@ -14,7 +14,7 @@
 // The program plays the node agents and the wireguard-go peers itself
 // (started again with asAgentEnv or asWireGuardEnv set), so it measures the
 // code of the tree it was built from. -profile writes each agent's CPU
-// profile (go tool pprof DIR/emu-<lab>.onprem.cpu.pprof).
+// profile (go tool pprof DIR/emu-<lab>.onprem.<pid>.cpu.pprof).
 package main
 
 import (
@@ -55,11 +55,13 @@ const cpuMarker = "bench: cpu "
 
 // runAgent is the node agent, profiled when profileEnv names a directory.
 func runAgent(configPath string) int {
-	// <lab dir>/agents/<node>.json names the profile <lab dir>.<node>.
+	// <lab dir>/agents/<node>.json names the profile <lab dir>.<node>.<pid>:
+	// an agent is two processes, the supervisor and its worker (this
+	// program again), and the worker's is the larger profile.
 	node := strings.TrimSuffix(filepath.Base(configPath), ".json")
 	labDir := filepath.Base(filepath.Dir(filepath.Dir(configPath)))
 	if dir := os.Getenv(profileEnv); dir != "" {
-		f, err := os.Create(filepath.Join(dir, labDir+"."+node+".cpu.pprof"))
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s.%s.%d.cpu.pprof", labDir, node, os.Getpid())))
 		if err == nil {
 			err = pprof.StartCPUProfile(f)
 		}

@@ -155,14 +155,17 @@ func aggregate(ctx context.Context, l *benchLab, k int, d time.Duration) (float6
 	return sum, errors.Join(errs...)
 }
 
-// agentRSS is the resident memory of the agent started with configPath,
-// found by its exact command line (as internal/lab finds agents).
+// agentRSS is the resident memory of the agent started with configPath:
+// its supervisor and its worker, both found by their exact command line (as
+// internal/lab finds agents).
 func agentRSS(configPath string) (uint64, error) {
 	dirs, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, err
 	}
 	want := []byte("--config\x00" + configPath + "\x00")
+	var sum uint64
+	found := 0
 	for _, e := range dirs {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
@@ -171,19 +174,32 @@ func agentRSS(configPath string) (uint64, error) {
 		if err != nil || !bytes.HasSuffix(cmdline, want) {
 			continue
 		}
-		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		rss, err := processRSS(e.Name())
 		if err != nil {
 			return 0, err
 		}
-		for line := range strings.Lines(string(status)) {
-			if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" && f[2] == "kB" {
-				kb, err := strconv.ParseUint(f[1], 10, 64)
-				return kb << 10, err
-			}
-		}
-		return 0, fmt.Errorf("no VmRSS in /proc/%s/status", e.Name())
+		sum += rss
+		found++
 	}
-	return 0, fmt.Errorf("no agent runs with --config %s", configPath)
+	if found == 0 {
+		return 0, fmt.Errorf("no agent runs with --config %s", configPath)
+	}
+	return sum, nil
+}
+
+// processRSS is VmRSS of /proc/<pid>/status, in bytes.
+func processRSS(pid string) (uint64, error) {
+	status, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(status)) {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" && f[2] == "kB" {
+			kb, err := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%s/status", pid)
 }
 
 // printScale prints the scaling table: totals, and what each connection

@@ -155,33 +155,35 @@ func (p *wgPeer) stop() cpuTime {
 // cpuTime is what a process used, from getrusage.
 type cpuTime struct{ user, system time.Duration }
 
-// printCPU writes this process's CPU time as a line parseCPU reads.
+// printCPU writes the CPU time of this process and of its children that
+// ended (an agent's supervisor counts its worker that way) as a line
+// parseCPU reads.
 func printCPU(w io.Writer) {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		fmt.Fprintf(w, "%suser %d system %d\n", cpuMarker, ru.Utime.Nano(), ru.Stime.Nano())
+	var self, children syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &self) == nil && syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children) == nil {
+		fmt.Fprintf(w, "%suser %d system %d\n", cpuMarker, self.Utime.Nano()+children.Utime.Nano(), self.Stime.Nano()+children.Stime.Nano())
 	}
 }
 
-// parseCPU finds the line printCPU wrote in a log.
+// parseCPU finds the last line printCPU wrote in a log: an agent's
+// supervisor writes it after its worker, and counts the worker's time in.
 func parseCPU(log string) (cpuTime, error) {
+	var last string
 	for line := range strings.Lines(log) {
-		_, rest, ok := strings.Cut(line, cpuMarker)
-		if !ok {
-			continue
+		if _, rest, ok := strings.Cut(line, cpuMarker); ok {
+			last = rest
 		}
-		f := strings.Fields(rest)
-		if len(f) != 4 {
-			break
-		}
-		u, err1 := strconv.ParseInt(f[1], 10, 64)
-		s, err2 := strconv.ParseInt(f[3], 10, 64)
-		if err := errors.Join(err1, err2); err != nil {
-			return cpuTime{}, err
-		}
-		return cpuTime{time.Duration(u), time.Duration(s)}, nil
 	}
-	return cpuTime{}, errors.New("no CPU time line")
+	f := strings.Fields(last)
+	if len(f) != 4 {
+		return cpuTime{}, errors.New("no CPU time line")
+	}
+	u, err1 := strconv.ParseInt(f[1], 10, 64)
+	s, err2 := strconv.ParseInt(f[3], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return cpuTime{}, err
+	}
+	return cpuTime{time.Duration(u), time.Duration(s)}, nil
 }
 
 // wgPair is wireguard-go on both gateways of a lab.
