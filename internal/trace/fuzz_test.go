@@ -15,7 +15,7 @@ import (
 // on a link can send them) and frames whose ESP is authentic and carries
 // inner of the fuzzer's choosing, which forged bytes never reach: it must
 // never panic, and an authentic frame whose inner packet holds the marker
-// and an IP header's worth of bytes is always recognised.
+// and an IPv4 or IPv6 header's worth of bytes is always recognised.
 func FuzzCarries(f *testing.F) {
 	key := make([]byte, 20)
 	c := ipsec.Conn{Name: "fuzz", Local: netip.MustParseAddr("10.0.0.1"), Remote: netip.MustParseAddr("172.16.1.10"), Cipher: "aes-gcm-128",
@@ -30,7 +30,8 @@ func FuzzCarries(f *testing.F) {
 	}
 	marker := []byte("emu-marker-fuzz")
 	f.Add([]byte{}, []byte{})
-	f.Add(make([]byte, 34), append(make([]byte, 20), marker...))
+	f.Add(make([]byte, 34), append([]byte{0x45, 19: 0}, marker...))
+	f.Add([]byte{}, append([]byte{0x60, 39: 0}, marker...))
 	f.Fuzz(func(t *testing.T, frame, inner []byte) {
 		carries(capture.Packet{Data: frame}, marker, []ipsec.Conn{c})
 
@@ -40,7 +41,8 @@ func FuzzCarries(f *testing.F) {
 		}
 		binary.BigEndian.PutUint16(wire[14+2:], uint16(len(wire)-14))
 		f, ok := carries(capture.Packet{Data: wire}, marker, []ipsec.Conn{c})
-		if want := len(inner) >= 20 && bytes.Contains(inner, marker); ok != want || ok && !f.encrypted {
+		ipHeader := len(inner) >= 20 && inner[0]>>4 == 4 || len(inner) >= 40 && inner[0]>>4 == 6
+		if want := ipHeader && bytes.Contains(inner, marker); ok != want || ok && !f.encrypted {
 			t.Fatalf("authentic frame with a %d-byte inner packet: carried %v (encrypted %v), want %v", len(inner), ok, f.encrypted, want)
 		}
 	})
