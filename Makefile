@@ -57,6 +57,7 @@ bench: build
 	$(GO) run ./bench/deploy
 	$(GO) test -run '^$$' -bench Failover -benchtime 1x ./bench/failover
 	$(GO) run ./bench/throughput
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./bench/ike
 
 # The node image for `runtime: docker` nodes (FROM scratch, built through the
 # Docker API; no registry needed).

@@ -13,6 +13,8 @@ command -v strace >/dev/null || need+=(strace)
 [ -x /usr/lib/frr/bgpd ] && [ -x /usr/lib/frr/zebra ] || need+=(frr)
 [ -x /usr/lib/ipsec/charon ] || need+=(strongswan-charon)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so ] || need+=(libcharon-extra-plugins)
+# AES-GCM (the provider example's aes128gcm16) lives in the gcm plugin of the standard plugins.
+[ -e /usr/lib/ipsec/plugins/libstrongswan-gcm.so ] || need+=(libstrongswan-standard-plugins)
 command -v swanctl >/dev/null || need+=(strongswan-swanctl)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"

@@ -34,12 +34,17 @@ func checkCommand() *cli.Command {
   agents        each node agent alive (processes and a heartbeat under 3 s old),
                 with pid, since and restarts; dead, hung or restarting fails and
                 names the agent's log, and so does every failed row after it.
+  ike           (connections with ike:) phase 1 and phase 2 established on each
+                gateway, with the proposals chosen, or the failure reason
+                (NO_PROPOSAL_CHOSEN with both offers, AUTHENTICATION_FAILED,
+                TS_UNACCEPTABLE, dead peer); waits up to 15 s for negotiation.
   connectivity  ICMP echo and a TCP exchange carrying a random marker between every
                 pair of nodes of kind host, each direction; over IPv6 too (ping6,
                 tcp6) between dual-stack hosts.
   encryption    (labs with IPsec) captures on every interface of the vbr and cen
                 nodes while hosts exchange a marker over TCP: passes only if the
-                private path carried ESP between tunnel endpoints and nothing else,
+                private path carried ESP (also in UDP/4500) between tunnel endpoints
+                and nothing else but IKE,
                 no host address in clear, and the marker in no captured byte.
   path          (labs with IPsec) traces one echo through every node (see emu trace):
                 each direction encrypted by one gateway and decrypted by the other,

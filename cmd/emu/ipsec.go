@@ -10,16 +10,21 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 )
 
 func ipsecCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "ipsec",
-		Usage:     "live ESP counters of the userspace dataplane: per connection and per node",
+		Usage:     "IPsec connections: IKE phase 1 and phase 2 like the provider's console, and live ESP counters",
 		UsageText: "emu ipsec -t FILE [--format table|json]",
 		Description: `Reads what each node agent published within the last 3 s (it publishes every
-500 ms) and prints, per connection, the SPIs and counters of both SAs: packets and
+500 ms). For connections keyed by IKE (an ike: block): the state of phase 1 (the IKE
+SA) and phase 2 (the CHILD SA), the proposals chosen, SPIs, selectors, whether ESP
+travels in UDP/4500, or the failure reason: NO_PROPOSAL_CHOSEN with the proposals each
+side offered, AUTHENTICATION_FAILED (wrong pre-shared key or identity),
+TS_UNACCEPTABLE, a dead peer. Then, per connection, the SPIs and counters of both SAs: packets and
 bytes, the last sequence number sent or the highest accepted, and what the inbound
 SA refused (auth: the ICV did not verify; replay: the sequence number was seen or
 older than the window; malformed: short, misaligned, bad padding). Per node, the ESP
@@ -54,7 +59,7 @@ dataplane have no agent counters: read them with ip -s xfrm state in the node.`,
 				if st, err := agent.ReadState(cfg); err != nil {
 					v.Error = err.Error()
 				} else {
-					v.Tunnels, v.Drops = st.Tunnels, st.Drops
+					v.Tunnels, v.Drops, v.IKE = st.Tunnels, st.Drops, st.IKE
 				}
 				views = append(views, v)
 			}
@@ -77,10 +82,14 @@ type ipsecView struct {
 	Node    string                  `json:"node"`
 	Tunnels []userspace.TunnelStats `json:"tunnels,omitempty"`
 	Drops   *userspace.Drops        `json:"drops_before_sa,omitempty"`
+	IKE     []ike.Status            `json:"ike,omitempty"`   // keys are never shown
 	Error   string                  `json:"error,omitempty"` // why there are no current counters
 }
 
 func printIPsec(w io.Writer, views []ipsecView) error {
+	if err := printIKE(w, views); err != nil {
+		return err
+	}
 	sas := tablewriter.NewWriter(w)
 	sas.Header("Node", "Connection", "SA", "SPI", "Packets", "Bytes", "Seq", "Auth fail", "Replay", "Malformed")
 	pre := tablewriter.NewWriter(w)
@@ -103,4 +112,37 @@ func printIPsec(w io.Writer, views []ipsecView) error {
 	}
 	fmt.Fprintln(w, "ESP refused before any SA saw it:")
 	return pre.Render()
+}
+
+// printIKE prints the negotiation of the IKE-keyed connections, if any.
+func printIKE(w io.Writer, views []ipsecView) error {
+	tw := tablewriter.NewWriter(w)
+	tw.Header("Node", "Connection", "Phase 1", "Phase 2", "Negotiated / reason")
+	rows := 0
+	for _, v := range views {
+		for _, s := range v.IKE {
+			tw.Append(v.Node, s.Name, s.Phase1, s.Phase2, ikeDetail(s))
+			rows++
+		}
+	}
+	if rows == 0 {
+		return nil
+	}
+	return tw.Render()
+}
+
+func ikeDetail(s ike.Status) string {
+	switch {
+	case s.Phase1Reason != "":
+		return wrap(s.Phase1Reason, 70)
+	case s.Phase2Reason != "":
+		return wrap(s.Phase2Reason, 70)
+	case s.Phase2 == ike.StateEstablished:
+		encap := ""
+		if s.Encap {
+			encap = ", ESP in UDP/4500"
+		}
+		return fmt.Sprintf("%s\n%s%s\nSPI in 0x%08x out 0x%08x\n%v === %v\nrekeys: %d IKE, %d CHILD", s.IKEProposal, s.ESPProposal, encap, s.InSPI, s.OutSPI, s.LocalTS, s.RemoteTS, s.IKERekeys, s.ChildRekeys)
+	}
+	return s.IKEProposal
 }

@@ -110,10 +110,12 @@ func serve(configPath string, ready func()) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	var dp *userspace.Dataplane
+	restarted := false
 	if len(cfg.Tunnels) > 0 {
 		// A previous worker's checkpoint (deploy removes it): its SAs
 		// resume where they were, so the peer drops nothing as a replay.
 		prevState, prevErr := readState(configPath)
+		restarted = prevErr == nil
 		var prev []userspace.TunnelStats
 		if prevErr == nil {
 			prev = prevState.Tunnels
@@ -130,8 +132,19 @@ func serve(configPath string, ready func()) error {
 			}
 		}
 		for _, t := range dp.Stats() {
+			if t.OutSPI == 0 {
+				continue // keyed by IKE: its SAs are logged as negotiated
+			}
 			logger.Printf("tunnel %s up: spi out 0x%08x (next seq %d) in 0x%08x (highest seen %d) (userspace ESP)", t.Name, t.OutSPI, uint64(t.Out.Seq)+1, t.InSPI, t.In.Seq)
 		}
+	}
+	endpoints, err := startIKE(dp, cfg, logger, restarted)
+	for _, e := range endpoints {
+		// Deferred before the dataplane closes: the DELETEs go out first.
+		defer e.Close()
+	}
+	if err != nil {
+		return err
 	}
 	var speaker *routing.Speaker
 	if cfg.BGP != nil {
@@ -145,7 +158,7 @@ func serve(configPath string, ready func()) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		publish(ctx, configPath, started, speaker, dp)
+		publish(ctx, configPath, started, speaker, dp, endpoints, cfg.Tunnels)
 	}()
 	for _, m := range cfg.Monitors {
 		wg.Add(1)

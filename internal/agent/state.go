@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/routing"
 )
@@ -30,6 +32,10 @@ type State struct {
 	// on the kernel dataplane: `ip -s xfrm state` has those).
 	Tunnels []userspace.TunnelStats `json:"tunnels,omitempty"`
 	Drops   *userspace.Drops        `json:"drops,omitempty"`
+	// IKE is the negotiation state of the node's IKE-keyed connections,
+	// IKECounters what its IKE endpoints received and dropped.
+	IKE         []ike.Status  `json:"ike,omitempty"`
+	IKECounters *ike.Counters `json:"ike_counters,omitempty"`
 }
 
 // PublishEvery is the heartbeat: how often a worker writes its state.
@@ -84,10 +90,14 @@ func nodeOf(configPath string) string {
 
 // publish writes the worker's state now and every PublishEvery until ctx
 // ends, atomically, so a reader never sees half a file.
-func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane) {
+//
+// With IKE endpoints it also stores the keys of the SAs they negotiated for
+// tunnels (saveSAs), when they change.
+func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane, endpoints []*ike.Endpoint, tunnels []ipsec.Conn) {
 	tick := time.NewTicker(PublishEvery)
 	defer tick.Stop()
 	self, _ := procStart(os.Getpid())
+	var sas []byte
 	for {
 		st := State{Updated: time.Now(), PID: os.Getpid(), PIDStart: self, Started: started}
 		if s != nil {
@@ -98,6 +108,10 @@ func publish(ctx context.Context, configPath string, started time.Time, s *routi
 			st.Tunnels = dp.Stats()
 			drops := dp.Drops()
 			st.Drops = &drops
+		}
+		if len(endpoints) > 0 {
+			st.IKE, st.IKECounters = ikeState(endpoints)
+			sas = saveSAs(configPath, tunnels, endpoints, sas)
 		}
 		writeJSON(StatePath(configPath), st, 0o644)
 		select {
@@ -113,7 +127,7 @@ func publish(ctx context.Context, configPath string, started time.Time, s *routi
 // for deploy to record and destroy to remove.
 func Files(configPath string) []string {
 	var out []string
-	for _, f := range []string{StatePath(configPath), StatusPath(configPath)} {
+	for _, f := range []string{StatePath(configPath), StatusPath(configPath), SAsPath(configPath)} {
 		out = append(out, f, tmpPath(f))
 	}
 	return out

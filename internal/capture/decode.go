@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 
@@ -28,7 +29,19 @@ type Headers struct {
 	// meaningful then (a non-first fragment carries no ESP header).
 	ESP      bool
 	SPI, Seq uint32
+	// Encap is true for ESP in UDP (RFC 3948): UDP port 4500 whose payload
+	// does not start with the four zero bytes of the non-ESP marker. ESP is
+	// true for it too: the payload is just as encrypted.
+	Encap bool
+	// IKE is true for IKE messages: UDP port 500, or 4500 with the marker.
+	IKE bool
 }
+
+// NAT-T and IKE ports (RFC 3948 §2.2, RFC 7296 §2).
+const (
+	portIKE  = 500
+	portNATT = 4500
+)
 
 // Decode reads the outer IP header of the frame and, for ESP, its SPI and
 // sequence number. Errors: ErrNotIP, ErrMalformedIP.
@@ -53,6 +66,19 @@ func (p Packet) Decode() (Headers, error) {
 	}
 	if esp, ok := pkt.Layer(layers.LayerTypeIPSecESP).(*layers.IPSecESP); ok {
 		h.ESP, h.SPI, h.Seq = true, esp.SPI, esp.Seq
+	}
+	if udp, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok {
+		b := udp.Payload
+		switch {
+		case udp.SrcPort == portIKE || udp.DstPort == portIKE:
+			h.IKE = true
+		case udp.SrcPort != portNATT && udp.DstPort != portNATT:
+		case len(b) >= 4 && binary.BigEndian.Uint32(b) == 0:
+			h.IKE = true
+		case len(b) >= 8:
+			h.ESP, h.Encap = true, true
+			h.SPI, h.Seq = binary.BigEndian.Uint32(b), binary.BigEndian.Uint32(b[4:])
+		}
 	}
 	return h, nil
 }

@@ -71,3 +71,40 @@ func TestDecode_ARP_IsNotIP(t *testing.T) {
 		t.Errorf("ARP decoded with error %v, want ErrNotIP", err)
 	}
 }
+
+// TestDecode_UDP4500_ESPInUDPAndIKEAreTold: the non-ESP marker separates
+// IKE from ESP on the NAT-T port (RFC 3948 §2.2); port 500 is IKE.
+func TestDecode_UDP4500_ESPInUDPAndIKEAreTold(t *testing.T) {
+	src, dst := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	udpFrame := func(sport, dport uint16, payload []byte) Packet {
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+		udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+		if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+			t.Fatal(err)
+		}
+		return frame(t, &layers.Ethernet{SrcMAC: mac, DstMAC: mac, EthernetType: layers.EthernetTypeIPv4}, ip, udp, gopacket.Payload(payload))
+	}
+	esp := make([]byte, 40)
+	binary.BigEndian.PutUint32(esp[0:4], 0xc0ffee)
+	binary.BigEndian.PutUint32(esp[4:8], 7)
+	ike := make([]byte, 40) // four zero bytes, then an IKE header
+	for _, c := range []struct {
+		name string
+		p    Packet
+		want Headers
+	}{
+		{"ESP in UDP", udpFrame(4500, 4500, esp), Headers{ESP: true, Encap: true, SPI: 0xc0ffee, Seq: 7}},
+		{"IKE on 4500", udpFrame(4500, 4500, ike), Headers{IKE: true}},
+		{"IKE on 500", udpFrame(500, 500, esp), Headers{IKE: true}},
+		{"other UDP", udpFrame(4501, 53, esp), Headers{}},
+	} {
+		h, err := c.p.Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.want.Src, c.want.Dst, c.want.Protocol = src, dst, layers.IPProtocolUDP
+		if h != c.want {
+			t.Errorf("%s: decoded %+v, want %+v", c.name, h, c.want)
+		}
+	}
+}

@@ -118,6 +118,9 @@ func Passed(rs []Result) bool {
 // where a gateway has several.
 func For(l Lab) []Check {
 	cs := []Check{Agents}
+	if hasIKE(l) {
+		cs = append(cs, IKE) // before BGP: the tunnels, and BGP over them, wait for it
+	}
 	for _, n := range l.Topology.Nodes {
 		if n.BGP != nil {
 			cs = append(cs, BGP) // before traffic: it waits for convergence

@@ -123,10 +123,10 @@ func lost(r *Result, err error) bool {
 
 // verdict counts what the private path carried.
 type verdict struct {
-	frames, esp, markerFrames, innerFrames, otherIP, control int
-	spis                                                     map[uint32]bool
-	pairs                                                    map[string]bool
-	firstLeak                                                string
+	frames, esp, encap, markerFrames, innerFrames, otherIP, control, ike int
+	spis                                                                 map[uint32]bool
+	pairs                                                                map[string]bool
+	firstLeak                                                            string
 }
 
 func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip.Addr]string, marker []byte) verdict {
@@ -150,12 +150,17 @@ func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip
 				leak = fmt.Sprintf("inner addresses in clear %s → %s (%s)", h.Src, h.Dst, h.Protocol)
 			case h.ESP && endpoints[h.Src] && endpoints[h.Dst]:
 				v.esp++
+				if h.Encap {
+					v.encap++
+				}
 				v.spis[h.SPI] = true
 				v.pairs[h.Src.String()+"→"+h.Dst.String()] = true
 			case h.Protocol == 50 && endpoints[h.Src] && endpoints[h.Dst]:
 				v.esp++ // a non-first fragment of an ESP packet
 			case h.Src.IsLinkLocalUnicast() || h.Dst.IsLinkLocalMulticast() || h.Dst.IsMulticast():
 				// neighbour discovery and the like: not traffic between sites
+			case h.IKE && endpoints[h.Src] && endpoints[h.Dst]:
+				v.ike++ // the gateways negotiating keys (encrypted after IKE_SA_INIT)
 			case isBGP(p.Data):
 				v.control++ // the routers' own sessions (method 3, the cloud side)
 			default:
@@ -183,6 +188,12 @@ func (v verdict) summary() string {
 	sort.Strings(pairs)
 	s := fmt.Sprintf("%d frames, %d ESP (%s; SPI %s), %d with inner addresses, %d other IP, marker in %d",
 		v.frames, v.esp, strings.Join(pairs, ", "), strings.Join(spis, ", "), v.innerFrames, v.otherIP, v.markerFrames)
+	if v.encap > 0 {
+		s += fmt.Sprintf(", %d of the ESP in UDP/4500", v.encap)
+	}
+	if v.ike > 0 {
+		s += fmt.Sprintf(", %d IKE between the gateways", v.ike)
+	}
 	if v.control > 0 {
 		s += fmt.Sprintf(", %d BGP between routers", v.control)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emu-lab/emu/internal/capture"
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/trace"
 )
 
@@ -23,6 +24,13 @@ func path(ctx context.Context, l Lab) []Result {
 	hosts := hostsOf(l.Topology)
 	if len(hosts) < 2 {
 		return []Result{{Check: "path", Evidence: fmt.Sprintf("needs two nodes of kind host, found %d", len(hosts))}}
+	}
+	if l.Dir != "" && hasIKE(l) {
+		// IKE-keyed SAs are negotiated (and rekeyed) after the lab was
+		// read: take the ones the agents hold now.
+		if fresh, err := lab.ReadConns(l.Dir); err == nil {
+			l.Conns = fresh
+		}
 	}
 	var out []Result
 	for _, dst := range hosts[0].targets(hosts[1]) {

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 
 	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/topology"
 )
 
@@ -28,6 +29,9 @@ type Conn struct {
 	MTU       int          `json:"mtu"`              // tunnel interface MTU
 	Out       SA           `json:"out"`              // Local → Remote
 	In        SA           `json:"in"`               // Remote → Local
+	// IKE, when set, keys the connection by IKEv2 instead: Out and In stay
+	// empty and the node's agent negotiates the SAs.
+	IKE *ike.Config `json:"ike,omitempty"`
 }
 
 // SA is one direction's security association parameters.
@@ -56,7 +60,10 @@ func (c *Conn) Algorithm() (esp.Algorithm, error) { return esp.ParseAlgorithm(c.
 
 // Secrets hands out one master key per connection pair: the given key, or a
 // fresh random one the first time either end of a pair asks.
-type Secrets struct{ generated map[[2]netip.Addr][]byte }
+type Secrets struct {
+	generated map[[2]netip.Addr][]byte
+	psks      map[[2]netip.Addr][]byte // generated IKE pre-shared keys
+}
 
 func (s *Secrets) master(t *topology.Tunnel) ([]byte, error) {
 	if t.Key != topology.KeyGenerate {
@@ -81,8 +88,20 @@ func (s *Secrets) master(t *topology.Tunnel) ([]byte, error) {
 }
 
 // Resolve turns a tunnel of the topology into a deployable connection with
-// keys and SPIs.
+// keys and SPIs, or, for a connection keyed by IKE, with the IKE
+// configuration its agent negotiates the keys with.
 func (s *Secrets) Resolve(t *topology.Tunnel) (Conn, error) {
+	if t.IKE != nil {
+		cfg, err := s.ikeConfig(t)
+		if err != nil {
+			return Conn{}, err
+		}
+		alg, err := cfg.ESP.ESPAlgorithm()
+		if err != nil {
+			return Conn{}, fmt.Errorf("connection %s: %w", t.Name, err)
+		}
+		return Conn{Name: t.Name, Interface: t.Interface, Address: t.Address, Local: t.Local, Remote: t.Remote, Cipher: alg.String(), MTU: TunnelMTU, IKE: cfg}, nil
+	}
 	alg, err := esp.ParseAlgorithm(t.Cipher)
 	if err != nil {
 		return Conn{}, err

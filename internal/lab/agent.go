@@ -52,8 +52,8 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err != nil {
 		return err
 	}
-	// The agent writes its state and its supervisor's status beside its
-	// config.
+	// The agent writes its state, its supervisor's status and the keys of
+	// the SAs it negotiates by IKE beside its config.
 	for _, f := range append([]string{cfgPath}, agent.Files(cfgPath)...) {
 		if err := j.add(Entry{Kind: "file", Name: f}); err != nil {
 			return err

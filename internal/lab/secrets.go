@@ -39,6 +39,9 @@ func writeSecrets(j *journal, p *plan.Plan) error {
 	}
 	var sas []capture.SA
 	for _, c := range conns {
+		if c.IKE != nil {
+			continue // keys negotiated at run time, by the agents
+		}
 		// Each end's outbound SA is one direction; together they are all.
 		sas = append(sas, capture.SA{SPI: c.Out.SPI, Src: c.Local, Dst: c.Remote, Algorithm: c.Cipher, EncKey: c.Out.EncKey, AuthKey: c.Out.AuthKey})
 	}
@@ -63,11 +66,34 @@ func writeSecrets(j *journal, p *plan.Plan) error {
 }
 
 // ReadConns returns the connections a deploy stored in a lab directory.
+// Those keyed by IKE get the SAs their agents last negotiated, so traces of
+// them decrypt too.
 func ReadConns(labDir string) ([]ipsec.Conn, error) {
 	data, err := os.ReadFile(filepath.Join(labDir, ConnsFile))
 	if err != nil {
 		return nil, err
 	}
 	var conns []ipsec.Conn
-	return conns, json.Unmarshal(data, &conns)
+	if err := json.Unmarshal(data, &conns); err != nil {
+		return nil, err
+	}
+	files, _ := filepath.Glob(filepath.Join(labDir, "agents", "*.sas.json"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue // an agent that negotiated nothing yet
+		}
+		var negotiated []ipsec.Conn
+		if json.Unmarshal(data, &negotiated) != nil {
+			continue
+		}
+		for _, n := range negotiated {
+			for i := range conns {
+				if c := &conns[i]; c.IKE != nil && c.Name == n.Name && c.Local == n.Local {
+					c.Out, c.In = n.Out, n.In
+				}
+			}
+		}
+	}
+	return conns, nil
 }

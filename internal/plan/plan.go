@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
 	"github.com/emu-lab/emu/internal/topology"
@@ -210,6 +211,14 @@ func describeTunnel(c ipsec.Conn, dataplane string) string {
 	if c.Address.IsValid() {
 		addr = " " + c.Address.String()
 	}
+	if k := c.IKE; k != nil {
+		role := "responder"
+		if k.Initiate {
+			role = "initiator"
+		}
+		return fmt.Sprintf("tunnel %s%s (%s → %s, %s, keyed by IKEv2 as %s: %s, %s, %s ESP)", c.Interface, addr, c.Local, c.Remote, c.Cipher, role,
+			ike.FormatProposal(k.IKE.Proposal(ike.ProtoIKE)), ike.FormatProposal(k.ESP.Proposal(ike.ProtoESP)), dataplane)
+	}
 	return fmt.Sprintf("tunnel %s%s (%s → %s, %s, spi out 0x%08x in 0x%08x, %s ESP)", c.Interface, addr, c.Local, c.Remote, c.Cipher, c.Out.SPI, c.In.SPI, dataplane)
 }
 
@@ -311,6 +320,9 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 		c, err := secrets.Resolve(tun)
 		if err != nil {
 			return nil, nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if c.IKE != nil && dataplane != Userspace {
+			return nil, nil, fmt.Errorf("node %s connection %s (line %d): IKE-keyed connections run on the userspace dataplane only (installing negotiated SAs into XFRM is not implemented yet): deploy with --ipsec-dataplane userspace", n.Name, tun.Name, tun.Line)
 		}
 		if dataplane == Userspace {
 			agent.Tunnels = append(agent.Tunnels, c)

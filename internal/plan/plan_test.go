@@ -163,3 +163,48 @@ func TestBuild_StepsPrintNoKey(t *testing.T) {
 		}
 	}
 }
+
+// TestBuild_IKE_PrintsProposalsNeverThePSK: an IKE-keyed connection goes to
+// its agent with the pre-shared key; the printed plan names the proposals
+// and who initiates, never the key. On the kernel dataplane it is refused
+// with the fix.
+func TestBuild_IKE_PrintsProposalsNeverThePSK(t *testing.T) {
+	text, err := topologies.FS.ReadFile("static.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const psk = "Sup3rSecretPSK"
+	s := string(text)
+	for _, addr := range []string{"169.254.10.1/30", "169.254.10.2/30"} {
+		s = strings.Replace(s, "address: "+addr+"\n", "address: "+addr+"\n          ike: {ike-version: ikev2, psk: "+psk+"}\n", 1)
+	}
+	topo, err := topology.Parse("/labs/ike.yaml", []byte(s), nodes.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var printed strings.Builder
+	n := 0
+	for _, a := range stepsOf[plan.Agent](p) {
+		for _, c := range a.Tunnels {
+			if c.IKE == nil || string(c.IKE.PSK) != psk {
+				t.Errorf("%s: connection %s reaches its agent without its IKE config and PSK", a.Node, c.Name)
+			}
+			n++
+		}
+		fmt.Fprintln(&printed, a)
+	}
+	if n != 2 {
+		t.Fatalf("%d IKE-keyed connections in the plan, want 2", n)
+	}
+	out := printed.String()
+	if strings.Contains(out, psk) || !strings.Contains(out, "keyed by IKEv2 as initiator: IKE:AES_CBC_128/PRF_HMAC_SHA1/HMAC_SHA1_96/MODP_1024") {
+		t.Errorf("printed plan:\n%s", out)
+	}
+	if _, err := plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, plan.Kernel); err == nil || !strings.Contains(err.Error(), "--ipsec-dataplane userspace") {
+		t.Errorf("kernel dataplane: %v", err)
+	}
+}

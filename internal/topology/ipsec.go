@@ -32,7 +32,9 @@ type Tunnel struct {
 	// HealthCheck is the provider's IPsec connection health check; nil when
 	// off, the provider's default.
 	HealthCheck *HealthCheck
-	dpdOff      bool
+	// IKE keys the connection by IKEv2; nil is manual keying (Cipher, Key).
+	IKE    *IKE
+	dpdOff bool
 }
 
 // Probe is how often a liveness probe goes out and how many may be lost.
@@ -87,7 +89,7 @@ func (n *Node) Tunnel(ifname string) *Tunnel {
 func (r *resolver) tunnel(node *Node, n *yaml.Node, index int) {
 	t := &Tunnel{Line: n.Line, Cipher: Ciphers[0], Key: KeyGenerate, Interface: fmt.Sprintf("ipsec%d", index)}
 	what := fmt.Sprintf("node %q ipsec connection", node.Name)
-	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key", "dpd", "health-check") {
+	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key", "dpd", "health-check", "ike") {
 		switch f.key {
 		case "dpd":
 			if isNull(f.val) || (f.val.Kind == yaml.ScalarNode && (f.val.Value == "off" || f.val.Value == "false")) {
@@ -100,6 +102,9 @@ func (r *resolver) tunnel(node *Node, n *yaml.Node, index int) {
 			continue
 		case "health-check":
 			t.HealthCheck = r.healthCheck(f.val, what+" health-check")
+			continue
+		case "ike":
+			t.IKE = r.ike(f.val, what)
 			continue
 		}
 		s, ok := r.str(f.val, what+" "+f.key)
@@ -196,6 +201,7 @@ func (r *resolver) checkTunnels() {
 			if pt.Cipher != t.Cipher {
 				r.at(t.Line, "node %q connection %s: cipher %s differs from %s on %s (line %d): both ends must use the same", n.Name, t.Name, t.Cipher, pt.Cipher, peer.Name, pt.Line)
 			}
+			r.checkIKE(n, t, pt, peer)
 			if pt.Key != t.Key {
 				r.at(t.Line, "node %q connection %s: key differs from the one on %s (line %d): give both ends the same key, or `generate` on both", n.Name, t.Name, peer.Name, pt.Line)
 			}

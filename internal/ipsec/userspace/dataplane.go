@@ -9,13 +9,13 @@
 package userspace
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -32,7 +32,11 @@ type Dataplane struct {
 	log     *log.Logger
 	tunnels []*tunnel
 	socks   map[netip.Addr]*espSocket // one raw ESP socket per local endpoint
-	bySPI   map[uint32]*tunnel
+	// bySPI maps inbound SPIs to their SA; replaced whole (copy on write)
+	// when IKE installs or removes SAs, so the receive loops read it
+	// without a lock.
+	bySPI   atomic.Pointer[map[uint32]*inboundSA]
+	spiMu   sync.Mutex // serialises writers of bySPI
 	wg      sync.WaitGroup
 	closing chan struct{}
 	drops   struct{ short, unknownSPI, wrongSource atomic.Uint64 }
@@ -50,12 +54,33 @@ type Drops struct {
 type tunnel struct {
 	conn ipsec.Conn
 	tun  tun.Device
-	out  *esp.Outbound
-	in   *esp.Inbound
-	sock *espSocket
-	// rx collects the decrypted packets of one received batch for a single
-	// TUN write; only the receive loop of sock touches it.
-	rx [][]byte
+	// tx is how the tunnel sends: SA, socket and destination; nil while
+	// an IKE-keyed tunnel has no CHILD SA (its packets are dropped and
+	// counted in noSA).
+	tx   atomic.Pointer[txPath]
+	in   atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
+	noSA atomic.Uint64
+}
+
+// txPath is one outbound SA and where its packets go.
+type txPath struct {
+	out *esp.Outbound
+	w   packetWriter
+	dst net.Addr
+	// payloadOffset is the SA's Algorithm.PayloadOffset: where Seal wants
+	// the inner packet for encrypting it in place.
+	payloadOffset int
+}
+
+// packetWriter is what the raw ESP socket and the ESP-in-UDP socket share;
+// df asks for the outer DF bit (RFC 4301 §8.1).
+type packetWriter interface {
+	writeAll(ms []ipv4.Message, df bool) error
+}
+
+type inboundSA struct {
+	t  *tunnel
+	in *esp.Inbound
 }
 
 // TunnelStats is the traffic of one connection: its SAs' SPIs and counters.
@@ -65,6 +90,10 @@ type TunnelStats struct {
 	InSPI  uint32    `json:"in_spi"`
 	Out    esp.Stats `json:"out"`
 	In     esp.Stats `json:"in"`
+	// NoSA counts the packets routed into the tunnel while it had no
+	// outbound SA (an IKE-keyed tunnel before its CHILD SA, or after it
+	// went down), dropped.
+	NoSA uint64 `json:"no_sa,omitempty"`
 }
 
 // SeqReserve is how many sequence numbers a resumed outbound SA skips past
@@ -86,17 +115,18 @@ func Start(conns []ipsec.Conn, logger *log.Logger) (*Dataplane, error) {
 // inbound refusing every number up to the highest accepted, so the peer's
 // replay window accepts the first packet and nothing is accepted twice.
 func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dataplane, error) {
-	d, err := open(conns, logger)
+	d, err := newDataplane(conns, logger)
 	if err != nil {
 		return nil, err
 	}
 	for _, t := range d.tunnels {
 		for _, p := range prev {
-			if p.OutSPI == t.out.SPI() {
-				t.out.Resume(uint64(p.Out.Seq) + SeqReserve)
+			// IKE-keyed tunnels start without SAs: theirs are negotiated anew.
+			if tx := t.tx.Load(); tx != nil && p.OutSPI == tx.out.SPI() {
+				tx.out.Resume(uint64(p.Out.Seq) + SeqReserve)
 			}
-			if p.InSPI == t.in.SPI() {
-				t.in.Resume(uint64(p.In.Seq))
+			if in := t.in.Load(); in != nil && p.InSPI == in.SPI() {
+				in.Resume(uint64(p.In.Seq))
 			}
 		}
 		d.wg.Add(1)
@@ -109,9 +139,10 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dat
 	return d, nil
 }
 
-// open makes the interfaces and sockets without moving packets yet.
-func open(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
-	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, bySPI: map[uint32]*tunnel{}, closing: make(chan struct{})}
+// newDataplane makes the interfaces and sockets without moving packets yet.
+func newDataplane(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
+	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, closing: make(chan struct{})}
+	d.bySPI.Store(&map[uint32]*inboundSA{})
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -126,35 +157,31 @@ func open(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
 }
 
 // addTunnel registers the tunnel before opening anything, so Close releases
-// whatever a failure leaves half-made.
+// whatever a failure leaves half-made. A tunnel keyed by IKE starts without
+// SAs: Install adds them as they are negotiated.
 func (d *Dataplane) addTunnel(c ipsec.Conn) error {
-	outCfg, err := c.Outbound()
-	if err != nil {
-		return err
-	}
-	inCfg, err := c.Inbound()
-	if err != nil {
-		return err
-	}
 	t := &tunnel{conn: c}
-	if t.out, err = esp.NewOutbound(outCfg); err != nil {
+	sock, err := d.socket(c.Local)
+	if err != nil {
 		return err
 	}
-	if t.in, err = esp.NewInbound(inCfg); err != nil {
-		return err
-	}
-	if _, dup := d.bySPI[c.In.SPI]; dup {
-		return fmt.Errorf("inbound SPI 0x%08x is used twice on this node", c.In.SPI)
-	}
-	d.bySPI[c.In.SPI] = t
-	if t.sock, err = d.socket(c.Local); err != nil {
-		return err
+	if c.IKE == nil {
+		outCfg, err := c.Outbound()
+		if err != nil {
+			return err
+		}
+		inCfg, err := c.Inbound()
+		if err != nil {
+			return err
+		}
+		if err := d.install(t, outCfg, inCfg, sock, &net.IPAddr{IP: c.Remote.AsSlice()}); err != nil {
+			return err
+		}
 	}
 	d.tunnels = append(d.tunnels, t)
 	if t.tun, err = openTUN(c.Interface); err != nil {
 		return err
 	}
-	t.rx = make([][]byte, 0, batchSize)
 	if err := configureLink(c, t.tun.BatchSize()); err != nil {
 		return err
 	}
@@ -216,23 +243,32 @@ func configureLink(c ipsec.Conn, maxSegs int) error {
 
 // sendLoop encrypts what routing sends into the tunnel interface. One TUN
 // read may be a TCP super-packet, which the tun package cuts into segments
-// (each at payloadOffset of its buffer, so Seal encrypts it where it lies);
+// (each at sendHeadroom of its buffer, so Seal encrypts it where it lies);
 // all of them go out in one sendmmsg (two, if their DF bits differ).
+//
+// The tunnel's txPath is loaded once per read: a rekey takes effect at the
+// next read, and while an IKE-keyed tunnel has no SA what it reads is
+// dropped (and counted), as the kernel drops what no xfrm state matches.
 func (d *Dataplane) sendLoop(t *tunnel) {
 	defer d.wg.Done()
-	alg, _ := t.conn.Algorithm() // valid: addTunnel built the SA from it
-	payloadOffset := alg.PayloadOffset()
 	n := t.tun.BatchSize()
 	bufs := make([][]byte, n)
 	sizes := make([]int, n)
 	msgs := make([]ipv4.Message, n)
-	dst := &net.IPAddr{IP: t.conn.Remote.AsSlice()}
 	for i := range bufs {
-		bufs[i] = make([]byte, alg.SealedLen(maxIPPacket))
-		msgs[i] = ipv4.Message{Buffers: [][]byte{nil}, Addr: dst}
+		bufs[i] = make([]byte, sendBufLen)
+		msgs[i].Buffers = [][]byte{nil}
+	}
+	var tx *txPath
+	queued, queuedDF := 0, false
+	send := func() {
+		if err := tx.w.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
+			d.log.Printf("%s: send to %s: %v", t.conn.Name, tx.dst, err)
+		}
+		queued = 0
 	}
 	for {
-		count, err := t.tun.Read(bufs, sizes, payloadOffset)
+		count, err := t.tun.Read(bufs, sizes, sendHeadroom)
 		if err != nil {
 			if d.isClosing() || errors.Is(err, os.ErrClosed) {
 				d.stopped(t.conn.Interface, err)
@@ -243,18 +279,17 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 			d.log.Printf("%s: read from %s: %v", t.conn.Name, t.conn.Interface, err)
 			continue
 		}
-		queued, queuedDF := 0, false
-		send := func() {
-			if err := t.sock.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
-				d.log.Printf("%s: send to %s: %v", t.conn.Name, t.conn.Remote, err)
-			}
-			queued = 0
+		if tx = t.tx.Load(); tx == nil {
+			t.noSA.Add(uint64(count))
+			continue
 		}
+		// Seal writes the ESP header and IV in front of the inner packet.
+		start := sendHeadroom - tx.payloadOffset
 		for i, size := range sizes[:count] {
-			inner := bufs[i][payloadOffset : payloadOffset+size]
 			if size == 0 {
 				continue
 			}
+			inner := bufs[i][sendHeadroom : sendHeadroom+size]
 			next := byte(4) // IP-in-IP: IPv4
 			if inner[0]>>4 == 6 {
 				next = 41
@@ -267,11 +302,11 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 				}
 				queuedDF = df
 			}
-			wire, err := t.out.Seal(bufs[i][:0], inner, next)
+			wire, err := tx.out.Seal(bufs[i][start:start], inner, next)
 			if err != nil {
 				continue // counted in the SA's stats
 			}
-			msgs[queued].Buffers[0] = wire
+			msgs[queued].Buffers[0], msgs[queued].Addr = wire, tx.dst
 			queued++
 		}
 		if queued > 0 {
@@ -279,6 +314,20 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 		}
 	}
 }
+
+// sendHeadroom is where the send loop reads inner packets into its buffers:
+// room for the ESP header and IV of every algorithm, since the SA (and so
+// the algorithm) is only known once the read returned. sendBufLen holds the
+// largest ESP packet of every algorithm sealed from there.
+var sendHeadroom, sendBufLen = func() (headroom, size int) {
+	for _, a := range esp.Algorithms() {
+		headroom = max(headroom, a.PayloadOffset())
+	}
+	for _, a := range esp.Algorithms() {
+		size = max(size, headroom-a.PayloadOffset()+a.SealedLen(maxIPPacket))
+	}
+	return headroom, size
+}()
 
 // innerDF reports whether the outer header of inner's ESP packet carries
 // DF: copied from an inner IPv4 header (RFC 4301 §8.1 default, and what the
@@ -311,20 +360,27 @@ func (d *Dataplane) receiveLoop(s *espSocket) {
 
 // receiver holds the buffers of one socket's receive loop, allocated once.
 type receiver struct {
-	d       *Dataplane
-	s       *espSocket
-	msgs    []ipv4.Message // what recvmmsg fills
-	inner   [][]byte       // decrypted packets, tunOffset bytes in
+	d     *Dataplane
+	s     *espSocket
+	msgs  []ipv4.Message // what recvmmsg fills
+	inner [][]byte       // decrypted packets, tunOffset bytes in
+	// touched are the tunnels this batch delivers to and rx[j] the packets
+	// of touched[j], for one TUN write per tunnel. They are the receiver's,
+	// not the tunnel's: an SA is found by SPI whichever socket the packet
+	// came in on, so two receive loops may deliver to one tunnel.
 	touched []*tunnel
+	rx      [][][]byte
 }
 
 func (d *Dataplane) newReceiver(s *espSocket) *receiver {
-	r := &receiver{d: d, s: s, msgs: make([]ipv4.Message, batchSize), inner: make([][]byte, batchSize), touched: make([]*tunnel, 0, len(d.tunnels))}
+	r := &receiver{d: d, s: s, msgs: make([]ipv4.Message, batchSize), inner: make([][]byte, batchSize),
+		touched: make([]*tunnel, 0, batchSize), rx: make([][][]byte, batchSize)}
 	for i := range r.msgs {
 		r.msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
 		// Room for a whole GRO super-packet: the tun package merges the
 		// segments of a flow into the buffer of its first one.
 		r.inner[i] = make([]byte, tunOffset+maxIPPacket)
+		r.rx[i] = make([][]byte, 0, batchSize)
 	}
 	return r
 }
@@ -335,36 +391,27 @@ func (d *Dataplane) newReceiver(s *espSocket) *receiver {
 func (r *receiver) handle(n int) {
 	for i := range r.msgs[:n] {
 		from, pkt, ok := r.s.packet(&r.msgs[i])
-		if !ok || len(pkt) < 8 {
+		if !ok {
 			r.d.drops.short.Add(1)
 			continue
 		}
-		t := r.d.bySPI[binary.BigEndian.Uint32(pkt[:4])]
-		if t == nil {
-			r.d.drops.unknownSPI.Add(1)
+		t, inner := r.d.open(from, pkt, r.inner[i][:tunOffset])
+		if inner == nil {
 			continue
 		}
-		if from != t.conn.Remote {
-			r.d.drops.wrongSource.Add(1)
-			continue
-		}
-		inner, _, err := t.in.Open(r.inner[i][:tunOffset], pkt)
-		// An empty inner packet (RFC 4303 §2.6 dummy) has nothing to
-		// deliver, and the tun package refuses a whole batch holding one.
-		if err != nil || len(inner) == tunOffset {
-			continue // errors are counted in the SA's stats
-		}
-		if len(t.rx) == 0 {
+		j := slices.Index(r.touched, t)
+		if j < 0 {
+			j = len(r.touched)
 			r.touched = append(r.touched, t)
 		}
-		t.rx = append(t.rx, inner)
+		r.rx[j] = append(r.rx[j], inner)
 	}
-	for _, t := range r.touched {
-		if _, err := t.tun.Write(t.rx, tunOffset); err != nil && !r.d.isClosing() {
+	for j, t := range r.touched {
+		if _, err := t.tun.Write(r.rx[j], tunOffset); err != nil && !r.d.isClosing() {
 			r.d.log.Printf("%s: deliver: %v", t.conn.Name, err)
 		}
-		clear(t.rx) // the buffers belong to r.inner; drop the references
-		t.rx = t.rx[:0]
+		clear(r.rx[j]) // the buffers belong to r.inner; drop the references
+		r.rx[j] = r.rx[j][:0]
 	}
 	r.touched = r.touched[:0]
 }
@@ -388,7 +435,13 @@ func (d *Dataplane) stopped(what string, err error) {
 func (d *Dataplane) Stats() []TunnelStats {
 	out := make([]TunnelStats, len(d.tunnels))
 	for i, t := range d.tunnels {
-		out[i] = TunnelStats{Name: t.conn.Name, OutSPI: t.out.SPI(), InSPI: t.in.SPI(), Out: t.out.Stats(), In: t.in.Stats()}
+		out[i].Name, out[i].NoSA = t.conn.Name, t.noSA.Load()
+		if tx := t.tx.Load(); tx != nil {
+			out[i].OutSPI, out[i].Out = tx.out.SPI(), tx.out.Stats()
+		}
+		if in := t.in.Load(); in != nil {
+			out[i].InSPI, out[i].In = in.SPI(), in.Stats()
+		}
 	}
 	return out
 }

@@ -36,7 +36,7 @@ func newReceiveBench(tb testing.TB) *receiveBench {
 		Out: ipsec.SA{SPI: 0x2001, EncKey: key}, In: ipsec.SA{SPI: 0x2002, EncKey: key}}
 	rb := &receiveBench{ns: ns, from: &net.IPAddr{IP: remote.AsSlice()}}
 	var err error
-	ns.do(func() { rb.d, err = open([]ipsec.Conn{c}, log.New(io.Discard, "", 0)) })
+	ns.do(func() { rb.d, err = newDataplane([]ipsec.Conn{c}, log.New(io.Discard, "", 0)) })
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,0 +1,118 @@
+package checks
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
+)
+
+// IKE reads the negotiation state each gateway's agent publishes and
+// requires phase 1 (the IKE SA) and phase 2 (the CHILD SA) of every
+// IKE-keyed connection established, reporting them the way the provider's
+// console does: the chosen proposals, or the reason of the failure. It
+// waits up to ikeSettle, as a deploy returns before the gateways finish.
+var IKE = Check{Name: "ike", Run: ikeCheck}
+
+const ikeSettle = 15 * time.Second
+
+func ikeCheck(ctx context.Context, l Lab) []Result {
+	deadline := time.Now().Add(ikeSettle)
+	for {
+		rs, settled := ikeOnce(l)
+		if settled || time.Now().After(deadline) || ctx.Err() != nil {
+			return rs
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func hasIKE(l Lab) bool {
+	for _, n := range l.Topology.Nodes {
+		for _, t := range n.Tunnels {
+			if t.IKE != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ikeOnce reads the state once; settled is true when every connection is
+// established or failed: a proposal, key or identity mismatch does not
+// heal by waiting.
+func ikeOnce(l Lab) (_ []Result, settled bool) {
+	var out []Result
+	settled = true
+	for _, n := range l.Topology.Nodes {
+		var st *agent.State
+		var readErr error
+		for _, t := range n.Tunnels {
+			if t.IKE == nil {
+				continue
+			}
+			start := time.Now()
+			r := Result{Check: fmt.Sprintf("ike %s %s", n.Name, t.Name)}
+			if st == nil && readErr == nil {
+				st, readErr = agent.ReadState(filepath.Join(l.Dir, "agents", n.Name+".json"))
+			}
+			var s *ike.Status
+			if st != nil {
+				for i := range st.IKE {
+					if st.IKE[i].Name == t.Name {
+						s = &st.IKE[i]
+					}
+				}
+			}
+			switch {
+			case readErr != nil:
+				settled = false
+				r.Evidence = fmt.Sprintf("no state from %s's agent: %v", n.Name, readErr)
+			case s == nil:
+				settled = false
+				r.Evidence = fmt.Sprintf("%s's agent reports no IKE state for %s", n.Name, t.Name)
+			default:
+				r.Passed = s.Phase1 == ike.StateEstablished && s.Phase2 == ike.StateEstablished
+				r.Evidence = DescribeIKE(*s)
+				if !r.Passed && s.Phase1 != ike.StateFailed && s.Phase2 != ike.StateFailed {
+					settled = false
+				}
+			}
+			r.Duration = time.Since(start)
+			out = append(out, r)
+		}
+	}
+	return out, settled
+}
+
+// DescribeIKE spells a connection's state like the provider's console:
+// each phase, then what was negotiated or why it failed.
+func DescribeIKE(s ike.Status) string {
+	p1 := "phase 1 " + s.Phase1
+	if s.Phase1Reason != "" {
+		p1 += ": " + s.Phase1Reason
+	} else if s.Phase1 == ike.StateEstablished {
+		p1 += " (" + s.IKEProposal + ")"
+	}
+	p2 := "phase 2 " + s.Phase2
+	switch {
+	case s.Phase2Reason != "" && s.Phase1 == ike.StateEstablished:
+		p2 += ": " + s.Phase2Reason
+	case s.Phase2 == ike.StateEstablished:
+		transport := "ESP"
+		if s.Encap {
+			transport = "ESP in UDP/4500"
+		}
+		p2 += fmt.Sprintf(" (%s, %s, in 0x%08x out 0x%08x, %s === %s)", s.ESPProposal, transport, s.InSPI, s.OutSPI,
+			strings.Join(s.LocalTS, ","), strings.Join(s.RemoteTS, ","))
+	}
+	out := p1 + "; " + p2
+	if s.IKERekeys+s.ChildRekeys > 0 {
+		out += fmt.Sprintf("; rekeyed %d× IKE, %d× CHILD", s.IKERekeys, s.ChildRekeys)
+	}
+	return out
+}

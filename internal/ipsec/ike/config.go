@@ -1,0 +1,102 @@
+package ike
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/emu-lab/emu/internal/ipsec/esp"
+)
+
+// Config is one IPsec connection as the provider's VPN gateway holds it
+// (CreateVpnConnection IkeConfig/IpsecConfig, SPEC §10), in IANA numbers.
+type Config struct {
+	Name          string
+	Local, Remote netip.Addr
+	// LocalID and RemoteID are an IP address or an FQDN (IkeConfig
+	// LocalId/RemoteId); empty means the endpoint's address.
+	LocalID, RemoteID string
+	PSK               []byte
+	IKE               Suite // Encr, KeyBits, Integ, PRF, DH (IkeEncAlg, IkeAuthAlg, IkePfs)
+	ESP               Suite // Encr, KeyBits, Integ, DH = IpsecPfs (0: disabled)
+	// IKELifetime and ChildLifetime are IkeLifetime and IpsecLifetime; the
+	// SA is rekeyed at 90% of it (0: never).
+	IKELifetime, ChildLifetime time.Duration
+	// LocalTS and RemoteTS are the protected subnets; empty means
+	// 0.0.0.0/0, the provider's route-based "destination routing mode".
+	LocalTS, RemoteTS []netip.Prefix
+	// Initiate makes this end start the negotiation; a responder-only end
+	// waits for the peer, as the provider's gateway does by default.
+	Initiate bool
+	// DPD is the liveness check interval (INFORMATIONAL with no payloads,
+	// RFC 7296 §2.4); 0 turns DPD off.
+	DPD time.Duration
+	// NATT enables NAT detection (RFC 7296 §2.23) and ESP in UDP on
+	// port 4500 when a NAT is seen; ForceEncap sends ESP in UDP even
+	// without NAT, the way strongSwan's kernel-libipsec does.
+	NATT, ForceEncap bool
+}
+
+// ESPAlgorithm maps the CHILD SA suite onto the ESP engine's transforms;
+// an error names the ones the engine has.
+func (s Suite) ESPAlgorithm() (esp.Algorithm, error) {
+	switch {
+	case s.Encr == EncrAESGCM16 && s.KeyBits == 128:
+		return esp.AESGCM128, nil
+	case s.Encr == EncrAESCBC && s.KeyBits == 128 && s.Integ == IntegHMACSHA196:
+		return esp.AESCBCSHA1, nil
+	case s.Encr == EncrAESCBC && s.KeyBits == 128 && s.Integ == IntegHMACSHA256128:
+		return esp.AESCBCSHA256, nil
+	}
+	return 0, fmt.Errorf("ESP transform %s is not in emu's ESP engine (it has aes+sha1, aes+sha256, aes-gcm-128)", FormatProposal(s.proposal(ProtoESP, nil, false)))
+}
+
+func (c *Config) validate() error {
+	if !c.Local.IsValid() || !c.Remote.IsValid() {
+		return fmt.Errorf("connection %s: local and remote endpoints are required", c.Name)
+	}
+	if len(c.PSK) == 0 {
+		return fmt.Errorf("connection %s: a pre-shared key is required", c.Name)
+	}
+	if _, err := newPRF(c.IKE.PRF); err != nil {
+		return fmt.Errorf("connection %s: %w", c.Name, err)
+	}
+	if _, err := newCipherSuite(c.IKE.Encr, c.IKE.KeyBits, c.IKE.Integ); err != nil {
+		return fmt.Errorf("connection %s: %w", c.Name, err)
+	}
+	if _, err := modpGroup(c.IKE.DH); err != nil {
+		return fmt.Errorf("connection %s: %w", c.Name, err)
+	}
+	if c.ESP.DH != 0 {
+		if _, err := modpGroup(c.ESP.DH); err != nil {
+			return fmt.Errorf("connection %s: PFS: %w", c.Name, err)
+		}
+	}
+	if _, err := c.ESP.ESPAlgorithm(); err != nil {
+		return fmt.Errorf("connection %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// ChildSA is a negotiated pair of ESP SAs, ready for the ESP engine or XFRM.
+type ChildSA struct {
+	Conn      string
+	Algorithm esp.Algorithm
+	// InSPI is the SPI this end chose and receives on; OutSPI the peer's.
+	InSPI, OutSPI uint32
+	In, Out       esp.Config
+	// Encap is true when ESP travels in UDP (RFC 3948) between
+	// Local:LocalPort and Remote:RemotePort.
+	Encap                 bool
+	LocalPort, RemotePort uint16
+	LocalTS, RemoteTS     []netip.Prefix
+}
+
+// Handler receives the CHILD SAs the endpoint negotiates. Calls come from
+// the endpoint's single event loop, one at a time; they must not block.
+// On a rekey ChildUp of the new pair comes first, ChildDown of the old
+// pair once the peer confirmed its deletion.
+type Handler interface {
+	ChildUp(ChildSA)
+	ChildDown(conn string, inSPI uint32)
+}

@@ -1,0 +1,43 @@
+package ike
+
+import "time"
+
+// Phase states, as the provider's console shows a connection.
+const (
+	StateDown        = "down"
+	StateConnecting  = "connecting"
+	StateEstablished = "established"
+	StateFailed      = "failed"
+)
+
+// Status is one connection's negotiation state: phase 1 (the IKE SA) and
+// phase 2 (the CHILD SA), each with the reason of its last failure.
+type Status struct {
+	Name         string    `json:"name"`
+	Local        string    `json:"local"`
+	Remote       string    `json:"remote"`
+	Phase1       string    `json:"phase1"`
+	Phase1Reason string    `json:"phase1_reason,omitempty"`
+	Phase2       string    `json:"phase2"`
+	Phase2Reason string    `json:"phase2_reason,omitempty"`
+	IKEProposal  string    `json:"ike_proposal,omitempty"`
+	ESPProposal  string    `json:"esp_proposal,omitempty"`
+	LocalTS      []string  `json:"local_ts,omitempty"`
+	RemoteTS     []string  `json:"remote_ts,omitempty"`
+	Encap        bool      `json:"udp_encap"`
+	InSPI        uint32    `json:"in_spi,omitempty"`
+	OutSPI       uint32    `json:"out_spi,omitempty"`
+	Established  time.Time `json:"established,omitzero"`
+	IKERekeys    int       `json:"ike_rekeys"`
+	ChildRekeys  int       `json:"child_rekeys"`
+}
+
+// Counters are the endpoint's packet counters; every packet that is not a
+// valid message of a known SA is counted here and dropped.
+type Counters struct {
+	Received      uint64 `json:"received"`
+	Malformed     uint64 `json:"malformed"`
+	UnknownSA     uint64 `json:"unknown_sa"`
+	BadIntegrity  uint64 `json:"bad_integrity"`
+	Retransmitted uint64 `json:"retransmitted"`
+}

@@ -1,0 +1,171 @@
+package ike
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emu-lab/emu/internal/ipsec/ike/swtest"
+	"github.com/emu-lab/emu/internal/netnsx"
+)
+
+// startEmu starts emu's endpoint in the VPN gateway namespace.
+func startEmu(t *testing.T, l *swtest.Lab, cfg Config) *side {
+	t.Helper()
+	s := &side{rec: &recorder{}, cfg: cfg}
+	err := netnsx.Do(l.NSEmu, func() error {
+		var err error
+		s.e, err = Listen(Options{Addr: swtest.EmuAddr, Handler: s.rec, RetransmitBase: 300 * time.Millisecond, RetransmitTries: 3, RetryAfter: time.Hour})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dir := os.Getenv("EMU_IKE_CAPTURE"); dir != "" {
+		s.e.trace = func(b []byte) {
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.bin", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())), b, 0o644)
+		}
+	}
+	t.Cleanup(func() { s.e.Close() })
+	if err := s.e.Add(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func emuConfig() Config {
+	c := baseConfig(swtest.EmuAddr, swtest.CharonAddr)
+	c.LocalTS, c.RemoteTS = []netip.Prefix{swtest.VPCNet}, []netip.Prefix{swtest.OnpremNet}
+	return c
+}
+
+func TestStrongSwan_Initiator_EstablishesWithEmu(t *testing.T) {
+	for _, esp := range []struct {
+		charon string
+		suite  Suite
+	}{
+		{"aes128-sha1-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 128, Integ: IntegHMACSHA196, DH: 2}},
+		{"aes128gcm16", Suite{Encr: EncrAESGCM16, KeyBits: 128}},
+		// Two proposals, emu takes the one it is configured with.
+		{"aes128gcm16,aes128-sha1-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 128, Integ: IntegHMACSHA196, DH: 2}},
+	} {
+		t.Run(esp.charon, func(t *testing.T) {
+			l := swtest.New(t)
+			cfg := emuConfig()
+			cfg.ESP = esp.suite
+			emu := startEmu(t, l, cfg)
+			cc := swtest.DefaultConf()
+			cc.ESPProposal, cc.Start = esp.charon, true
+			l.StartCharon(cc)
+			st := waitStatus(t, emu, "established with charon", established)
+			// kernel-libipsec makes charon fake a NAT: ESP goes in UDP.
+			if !st.Encap {
+				t.Errorf("expected UDP encapsulation with kernel-libipsec: %+v", st)
+			}
+			sas := l.SAs()
+			if !strings.Contains(sas, "ESTABLISHED") || !strings.Contains(sas, "INSTALLED") || !strings.Contains(sas, fmt.Sprintf("%08x", st.InSPI)) {
+				t.Fatalf("charon does not show the CHILD SA emu installed (in 0x%08x):\n%s", st.InSPI, sas)
+			}
+		})
+	}
+}
+
+func TestStrongSwan_Responder_EmuInitiates(t *testing.T) {
+	l := swtest.New(t)
+	l.StartCharon(swtest.DefaultConf())
+	cfg := emuConfig()
+	cfg.Initiate = true
+	emu := startEmu(t, l, cfg)
+	st := waitStatus(t, emu, "established with charon", established)
+	if sas := l.SAs(); !strings.Contains(sas, fmt.Sprintf("%08x", st.OutSPI)) {
+		t.Fatalf("charon lacks the CHILD SA emu sends on (0x%08x):\n%s", st.OutSPI, sas)
+	}
+}
+
+func TestStrongSwan_WrongPSK_EmuReportsAuthenticationFailed(t *testing.T) {
+	l := swtest.New(t)
+	emu := startEmu(t, l, emuConfig())
+	cc := swtest.DefaultConf()
+	cc.PSK, cc.Start = "not-the-providers-key", true
+	l.StartCharon(cc)
+	st := waitStatus(t, emu, "fails", func(s Status) bool { return s.Phase1 == StateFailed })
+	if !strings.HasPrefix(st.Phase1Reason, "AUTHENTICATION_FAILED") {
+		t.Fatalf("reason %q", st.Phase1Reason)
+	}
+}
+
+func TestStrongSwan_ProposalMismatch_EmuReportsBothProposals(t *testing.T) {
+	l := swtest.New(t)
+	emu := startEmu(t, l, emuConfig())
+	cc := swtest.DefaultConf()
+	cc.IKEProposal, cc.Start = "aes256-sha256-modp2048", true
+	l.StartCharon(cc)
+	st := waitStatus(t, emu, "fails", func(s Status) bool { return s.Phase1 == StateFailed })
+	for _, want := range []string{"NO_PROPOSAL_CHOSEN", "peer offered IKE:AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048", "we accept IKE:AES_CBC_128/PRF_HMAC_SHA1/HMAC_SHA1_96/MODP_1024"} {
+		if !strings.Contains(st.Phase1Reason, want) {
+			t.Errorf("reason %q lacks %q", st.Phase1Reason, want)
+		}
+	}
+}
+
+func TestStrongSwan_IdentityMismatch_EmuReportsAuthenticationFailed(t *testing.T) {
+	l := swtest.New(t)
+	emu := startEmu(t, l, emuConfig())
+	cc := swtest.DefaultConf()
+	cc.LocalID, cc.Start = "onprem.example.com", true
+	l.StartCharon(cc)
+	st := waitStatus(t, emu, "fails", func(s Status) bool { return s.Phase1 == StateFailed })
+	if want := `identity mismatch: peer is "onprem.example.com", expected remote id "192.0.2.1"`; !strings.Contains(st.Phase1Reason, want) {
+		t.Fatalf("reason %q lacks %q", st.Phase1Reason, want)
+	}
+}
+
+func TestStrongSwan_KillCharon_DPDTakesTunnelDown(t *testing.T) {
+	l := swtest.New(t)
+	cfg := emuConfig()
+	cfg.DPD = 300 * time.Millisecond
+	emu := startEmu(t, l, cfg)
+	cc := swtest.DefaultConf()
+	cc.Start = true
+	l.StartCharon(cc)
+	waitStatus(t, emu, "established", established)
+	l.KillCharon()
+	st := waitStatus(t, emu, "DPD", func(s Status) bool { return s.Phase1 != StateEstablished })
+	if !strings.Contains(st.Phase1Reason, "DPD: peer unreachable") {
+		t.Fatalf("reason %q", st.Phase1Reason)
+	}
+	if up, _ := emu.rec.snapshot(); len(up) != 0 {
+		t.Fatalf("%d CHILD SAs left after DPD", len(up))
+	}
+}
+
+func TestStrongSwan_Responder_WrongPSK_EmuReportsAuthenticationFailed(t *testing.T) {
+	l := swtest.New(t)
+	cc := swtest.DefaultConf()
+	cc.PSK = "not-the-providers-key"
+	l.StartCharon(cc)
+	cfg := emuConfig()
+	cfg.Initiate = true
+	emu := startEmu(t, l, cfg)
+	st := waitStatus(t, emu, "fails", func(s Status) bool { return s.Phase1 == StateFailed })
+	if !strings.HasPrefix(st.Phase1Reason, "AUTHENTICATION_FAILED") {
+		t.Fatalf("reason %q", st.Phase1Reason)
+	}
+}
+
+func TestStrongSwan_Responder_NarrowerSubnets_TSUnacceptable(t *testing.T) {
+	l := swtest.New(t)
+	l.StartCharon(swtest.DefaultConf())
+	cfg := emuConfig()
+	cfg.Initiate = true
+	cfg.RemoteTS = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")} // charon protects 10.1.0.0/24
+	emu := startEmu(t, l, cfg)
+	st := waitStatus(t, emu, "phase 2 fails", func(s Status) bool { return s.Phase2 == StateFailed })
+	if st.Phase1 != StateEstablished || !strings.HasPrefix(st.Phase2Reason, "TS_UNACCEPTABLE") {
+		t.Fatalf("status %+v", st)
+	}
+}
