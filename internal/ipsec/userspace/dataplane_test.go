@@ -50,22 +50,30 @@ func startTunnel(t *testing.T, cipher string) *tunnelEnds {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sa := func(spi uint32) ipsec.SA {
-		s := ipsec.SA{SPI: spi, EncKey: make([]byte, alg.EncKeyLen()), AuthKey: make([]byte, alg.AuthKeyLen())}
-		rand.Read(s.EncKey)
-		rand.Read(s.AuthKey)
-		if alg.AuthKeyLen() == 0 {
-			s.AuthKey = nil
-		}
-		return s
-	}
-	aToB, bToA := sa(0x1001), sa(0x1002)
+	aToB, bToA := randomSA(alg, 0x1001), randomSA(alg, 0x1002)
 	connA := ipsec.Conn{Name: "to-b", Interface: "ipsec0", Address: tunnelA, Local: outerA, Remote: outerB, Cipher: cipher, MTU: ipsec.TunnelMTU, Out: aToB, In: bToA}
 	connB := ipsec.Conn{Name: "to-a", Interface: "ipsec0", Address: tunnelB, Local: outerB, Remote: outerA, Cipher: cipher, MTU: ipsec.TunnelMTU, Out: bToA, In: aToB}
+	return startEnds(t, connA, connB)
+}
 
+// randomSA is an SA of alg with fresh random keys.
+func randomSA(alg esp.Algorithm, spi uint32) ipsec.SA {
+	s := ipsec.SA{SPI: spi, EncKey: make([]byte, alg.EncKeyLen())}
+	rand.Read(s.EncKey)
+	if alg.AuthKeyLen() > 0 {
+		s.AuthKey = make([]byte, alg.AuthKeyLen())
+		rand.Read(s.AuthKey)
+	}
+	return s
+}
+
+// startEnds starts connA's dataplane in A and connB's in B.
+func startEnds(t *testing.T, connA, connB ipsec.Conn) *tunnelEnds {
+	t.Helper()
 	e := &tunnelEnds{logBuf: &bytes.Buffer{}}
 	e.a, e.b = connectedPair(t, outerA.String(), outerB.String())
 	logger := log.New(e.logBuf, "", 0)
+	var err error
 	e.a.do(func() { e.dpA, err = Start([]ipsec.Conn{connA}, logger) })
 	if err != nil {
 		t.Fatalf("start end A: %v", err)
