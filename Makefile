@@ -52,9 +52,11 @@ demo: build
 
 # Deploy vs an ip script; failover outage per method (100 pps probe stream);
 # TCP throughput plain vs wireguard-go vs the userspace ESP tunnel (every
-# algorithm), and 1/16/64/256 connections on one VPN gateway.
+# algorithm), and 1/16/64/256 connections on one VPN gateway; deploy of the
+# FRR on-prem scenario vs the stock method 2 (same run).
 bench: build
 	$(GO) run ./bench/deploy
+	$(GO) run ./bench/software -emu $(BIN)
 	$(GO) test -run '^$$' -bench Failover -benchtime 1x ./bench/failover
 	$(GO) run ./bench/throughput
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./bench/ike

@@ -98,7 +98,7 @@ func circuit(t *topology.Topology, n *topology.Node) []topology.Endpoint {
 		if b.Node == n.Name {
 			a, b = b, a
 		}
-		if peer := t.Node(b.Node); a.Node == n.Name && peer != nil && peer.Kind == "onprem-gateway" {
+		if peer := t.Node(b.Node); a.Node == n.Name && peer != nil && peer.Roles.CustomerEdge {
 			out = append(out, a, b)
 		}
 	}

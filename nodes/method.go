@@ -36,8 +36,8 @@ func methodFollowed(t *topology.Topology) []problem {
 		out = append(out, problemf(line, "%s, but `method: %s` (line %d) is the guide's method %d: %s. %s, or drop `method:`", what, t.Method, t.MethodLine, m.number, m.summary, fix))
 	}
 	for _, n := range t.Nodes {
-		switch n.Kind {
-		case "vbr":
+		switch {
+		case n.Roles.CircuitEnd:
 			nb := onpremNeighbor(t, n)
 			switch {
 			case nb != nil && !m.vbrBGP:
@@ -45,7 +45,7 @@ func methodFollowed(t *topology.Topology) []problem {
 			case nb == nil && m.vbrBGP:
 				say(n.Line, fmt.Sprintf("VBR %q has no BGP session with the on-premises gateway", n.Name), "Add `bgp:` with the on-premises gateway as a neighbor, or set `method: static-bgp`")
 			}
-		case "vpn-gateway":
+		case n.Roles.CloudEdge:
 			switch {
 			case len(n.Tunnels) == 0:
 			case n.BGP != nil && !m.gatewayBGP:
@@ -53,7 +53,7 @@ func methodFollowed(t *topology.Topology) []problem {
 			case n.BGP == nil && m.gatewayBGP:
 				say(n.Line, fmt.Sprintf("VPN gateway %q has no `bgp:`", n.Name), "Add `bgp:` with the on-premises gateway's tunnel address as a neighbor, or set `method: static`")
 			}
-		case "onprem-gateway":
+		case n.Roles.CustomerEdge:
 			if n.BGP != nil && !m.gatewayBGP {
 				say(n.BGP.Line, fmt.Sprintf("on-premises gateway %q runs BGP", n.Name), "Remove its `bgp:` and route statically, or set `method: static-bgp` (or bgp)")
 			}
@@ -62,13 +62,14 @@ func methodFollowed(t *topology.Topology) []problem {
 	return out
 }
 
-// onpremNeighbor is n's BGP neighbor on an on-premises gateway, or nil.
+// onpremNeighbor is n's BGP neighbor on a customer edge (an on-premises
+// gateway), or nil.
 func onpremNeighbor(t *topology.Topology, n *topology.Node) *topology.Neighbor {
 	if n.BGP == nil {
 		return nil
 	}
 	for i, nb := range n.BGP.Neighbors {
-		if peer := t.Owner(nb.Address); peer != nil && peer.Kind == "onprem-gateway" {
+		if peer := t.Owner(nb.Address); peer != nil && peer.Roles.CustomerEdge {
 			return &n.BGP.Neighbors[i]
 		}
 	}

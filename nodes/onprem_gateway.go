@@ -10,7 +10,8 @@ import (
 // clients, the Express Connect uplink toward the VBR, and the IPsec endpoint
 // whose "VPN IP" the VPN gateway peers with.
 func registerOnpremGateway(r *Registry) {
-	r.Register(&Kind{Name: "onprem-gateway", Element: "customer gateway device", Forwards: true,
+	r.Register(&Kind{Name: "onprem-gateway", Element: "customer gateway device", Roles: topology.Roles{
+		Forwards: true, CustomerEdge: true, Shape: topology.Shape{DOT: "hexagon", MermaidOpen: "{{", MermaidClose: "}}"}},
 		Rules: []rule{gatewayIPAllowed, notProviderASN, tunnelCIDRAllowed, apartFromVPCs}})
 }
 
@@ -45,7 +46,7 @@ func apartFromVPCs(t *topology.Topology, n *topology.Node) []problem {
 	for _, ifc := range n.Interfaces {
 		for _, p := range subnets(ifc) {
 			for _, vpc := range t.Nodes {
-				if vpc.Kind != "vpc" {
+				if !vpc.Roles.VPCRouter {
 					continue
 				}
 				for _, vifc := range vpc.Interfaces {

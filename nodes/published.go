@@ -3,7 +3,8 @@ package nodes
 import "github.com/emu-lab/emu/internal/topology"
 
 // PublishedRoute is a route in a VPC's route table that a VPN gateway
-// published: a static route of a vpc node whose next hop is a vpn-gateway.
+// published: a static route of a VPC router whose next hop is a cloud edge
+// (a vpn-gateway).
 // Method 1's manual step withdraws exactly these.
 type PublishedRoute struct {
 	VPC     string // the vpc node
@@ -15,12 +16,12 @@ type PublishedRoute struct {
 func PublishedRoutes(t *topology.Topology) []PublishedRoute {
 	var out []PublishedRoute
 	for _, vpc := range t.Nodes {
-		if vpc.Kind != "vpc" {
+		if !vpc.Roles.VPCRouter {
 			continue
 		}
 		for _, r := range vpc.Routes {
 			for _, gw := range t.Nodes {
-				if gw.Kind == "vpn-gateway" && r.Via.IsValid() && gw.Owns(r.Via) {
+				if gw.Roles.CloudEdge && r.Via.IsValid() && gw.Owns(r.Via) {
 					out = append(out, PublishedRoute{VPC: vpc.Name, Gateway: gw.Name, Route: r})
 				}
 			}

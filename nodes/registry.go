@@ -6,15 +6,15 @@ package nodes
 import (
 	"fmt"
 	"sort"
+
+	"github.com/emu-lab/emu/internal/topology"
 )
 
 // Kind is what every node of one kind shares.
 type Kind struct {
 	Name    string
 	Element string // the real-world element it emulates, for help and inspect
-	// Forwards is true for router-like kinds: the namespace forwards packets
-	// between its interfaces. Hosts only send and answer.
-	Forwards bool
+	topology.Roles
 	// Rules are the provider's constraints on this kind of node.
 	Rules []rule
 	// Bandwidth is the kind's bandwidth spec; nil when the provider sells
@@ -41,6 +41,15 @@ func (r *Registry) Register(k *Kind) {
 // Get returns the named kind, or nil.
 func (r *Registry) Get(name string) *Kind { return r.kinds[name] }
 
+// Roles returns what nodes of the named kind do; the zero Roles for an
+// unknown kind.
+func (r *Registry) Roles(name string) topology.Roles {
+	if k := r.kinds[name]; k != nil {
+		return k.Roles
+	}
+	return topology.Roles{}
+}
+
 // Known reports whether a kind of that name is registered.
 func (r *Registry) Known(name string) bool { return r.kinds[name] != nil }
 
@@ -58,6 +67,7 @@ func (r *Registry) Names() []string {
 func Default() *Registry {
 	r := &Registry{}
 	registerHost(r)
+	registerLinux(r)
 	registerOnpremGateway(r)
 	registerVBR(r)
 	registerCEN(r)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 	"github.com/emu-lab/emu/topologies"
 )
@@ -245,4 +247,96 @@ topology:
 	if _, err := nodes.Load(path); err == nil || !strings.Contains(err.Error(), "lab.yaml:4: ") || !strings.Contains(err.Error(), "limits nothing") {
 		t.Fatalf("got %v, want the VBR's bandwidth refused for lack of a circuit", err)
 	}
+}
+
+// The provider's rules ask what a node does, not what its kind is called: a
+// kind that is not emu's own playing the VBR, VPC, VPN gateway and
+// on-premises gateway roles gets the same rules, and a linux node in the
+// VBR's place gets none of the VBR's.
+func TestRules_AskRoles_ThirdPartyKindsPlayingTheSameRolesGetTheSameRules(t *testing.T) {
+	edit := func(scenario string, edits ...string) string {
+		data, err := topologies.FS.ReadFile(scenario)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(data)
+		for i := 0; i+1 < len(edits); i += 2 {
+			if !strings.Contains(text, edits[i]) {
+				t.Fatalf("%s no longer contains %q", scenario, edits[i])
+			}
+			text = strings.ReplaceAll(text, edits[i], edits[i+1])
+		}
+		return text
+	}
+	validate := func(r *nodes.Registry, text string) (*topology.Topology, error) {
+		path := filepath.Join(t.TempDir(), "lab.yaml")
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		topo, err := topology.Load(path, r)
+		if err != nil {
+			return nil, err
+		}
+		return topo, r.Validate(topo)
+	}
+	for _, tc := range []struct {
+		name string
+		text string
+		want []string // "" for a valid topology
+	}{
+		{"data-center LAN overlaps a VPC vSwitch", edit("static.yaml", "10.1.0.0/24", "172.16.2.0/24", "10.1.0.", "172.16.2.1"),
+			[]string{"overlaps VPC subnet 172.16.2.0/24 on vpc:eth3"}},
+		{"method static with BGP on both gateways", edit("static-bgp.yaml", "method: static-bgp", "method: static"),
+			[]string{`on-premises gateway "onprem" runs BGP, but`, `VPN gateway "vpngw" runs BGP, but`}},
+		{"method static-bgp with the VBR peering with on-prem", edit("bgp.yaml", "method: bgp", "method: static-bgp"),
+			[]string{`VBR "vbr" peers with the on-premises gateway over BGP (10.0.0.1)`}},
+		{"VBR on BGP with a static VPN gateway", edit("static.yaml",
+			"      routes:\n        - {dst: 10.1.0.0/24, via: 10.0.0.1}", "      bgp: {asn: 45104, neighbors: [{address: 10.0.0.1, asn: 65001}]}\n      routes:\n        - {dst: 10.1.0.0/24, via: 10.0.0.1}",
+			"      ipsec:\n        - name: to-vpc", "      bgp: {asn: 65001, neighbors: [{address: 10.0.0.2, asn: 45104}]}\n      ipsec:\n        - name: to-vpc"),
+			[]string{`VBR "vbr" runs BGP but VPN gateway "vpngw" uses static routing`}},
+		{"circuit bandwidth on the VBR's link to on-prem", edit("static.yaml", "      kind: vbr\n", "      kind: vbr\n      bandwidth: 100\n"), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, renamed := labtest.ThirdPartyKinds(tc.text)
+			if renamed == tc.text {
+				t.Fatal("no kind renamed")
+			}
+			for _, c := range []struct {
+				kinds string
+				r     *nodes.Registry
+				text  string
+			}{{"emu's kinds", nodes.Default(), tc.text}, {"third-party kinds", r, renamed}} {
+				_, err := validate(c.r, c.text)
+				if len(tc.want) == 0 && err != nil {
+					t.Errorf("with %s: %v", c.kinds, err)
+				}
+				for _, w := range tc.want {
+					if err == nil || !strings.Contains(err.Error(), w) {
+						t.Errorf("with %s: got %v, want %q", c.kinds, err, w)
+					}
+				}
+			}
+		})
+	}
+	t.Run("routes a VPN gateway published", func(t *testing.T) {
+		text := edit("static.yaml")
+		r, renamed := labtest.ThirdPartyKinds(text)
+		own, err := validate(nodes.Default(), text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		third, err := validate(r, renamed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, b := nodes.PublishedRoutes(own), nodes.PublishedRoutes(third); len(a) == 0 || fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Errorf("published routes: %v with emu's kinds, %v with third-party kinds", a, b)
+		}
+	})
+	t.Run("a linux node in the VBR's place is no VBR", func(t *testing.T) {
+		_, err := validate(nodes.Default(), edit("bgp.yaml", "method: bgp", "method: static-bgp", "kind: vbr", "kind: linux"))
+		if err != nil && strings.Contains(err.Error(), "VBR") {
+			t.Errorf("the VBR's rules applied to a linux node: %v", err)
+		}
+	})
 }

@@ -10,7 +10,8 @@ import (
 // terminates the IPsec tunnel from the on-premises gateway; it decrypts toward
 // the ECS instances and encrypts their replies.
 func registerVPNGateway(r *Registry) {
-	r.Register(&Kind{Name: "vpn-gateway", Element: "private VPN gateway", Forwards: true,
+	r.Register(&Kind{Name: "vpn-gateway", Element: "private VPN gateway", Roles: topology.Roles{
+		Forwards: true, CloudEdge: true, Shape: topology.Shape{DOT: "hexagon", MermaidOpen: "{{", MermaidClose: "}}"}},
 		Rules: []rule{tunnelCIDRAllowed},
 		// A private VPN gateway is sold at 200 or 1000 Mbit/s, each way.
 		Bandwidth: &BandwidthSpec{Of: "private VPN gateway", Field: "CreateVpnGateway Bandwidth", Allowed: []int{200, 1000}, Limits: ownInterfaces, SplitESP: true}})

@@ -7,5 +7,5 @@ import "embed"
 
 // FS holds every shipped topology file.
 //
-//go:embed *.yaml
+//go:embed *.yaml frr-onprem
 var FS embed.FS

@@ -24,6 +24,13 @@ func deployCommand() *cli.Command {
 lab as "emu inspect" does. Every object is recorded as it is created: if any step fails,
 or on Ctrl-C, exactly those objects are removed again.
 
+Nodes with exec, binds, env or daemons get their own mount namespace and their programs
+last ("software" stage): daemons in order, then exec commands; a daemon that exits at
+start or a failing command fails the deploy. In a container node (runtime: docker) they
+run in the container through the engine, its binds and env given at create. containerlab
+fields emu cannot honour are printed as warnings with file:line. See README, "Bring your
+own on-prem gateway".
+
 --dry-run prints the plan and changes nothing on the host: it needs no root, creates no
 namespace (not even the kernel probe's scratch one) and writes no file; with the default
 --ipsec-dataplane auto it plans userspace ESP, since only a deploy probes the kernel.
@@ -42,6 +49,9 @@ and says so; if that removal fails too, it says what is left.`,
 			t, err := loadTopology(c)
 			if err != nil {
 				return err
+			}
+			for _, w := range t.Warnings {
+				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
 			dataplane, err := chooseDataplane(c.App.ErrWriter, t, c.String(dataplaneFlag), c.Bool("dry-run"))
 			if err != nil {

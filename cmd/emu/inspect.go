@@ -31,7 +31,9 @@ Agent: the node agent's health, judged from its processes (pid and start time) a
 its heartbeat, never from an old file: alive, dead, hung (no heartbeat for 3 s),
 restarting (its supervisor starts a new worker), with pid, since when it runs and
 how often it was restarted. A node whose agent is not alive shows "agent dead" (or
-hung, restarting) as its state.`,
+hung, restarting) as its state.
+A node's daemons (its "daemons:") show as running or dead, with how they ended; their
+output is in emu-<lab>/logs/<node>.<daemon>.log.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "every deployed lab"},
@@ -86,7 +88,8 @@ type nodeView struct {
 	Runtime    string                  `json:"runtime,omitempty"`
 	Interfaces []wiring.InterfaceState `json:"interfaces"`
 	// Agent is the node agent's live health, where the node has one.
-	Agent *agent.Health `json:"agent,omitempty"`
+	Agent   *agent.Health      `json:"agent,omitempty"`
+	Daemons []lab.DaemonStatus `json:"daemons,omitempty"`
 }
 
 func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
@@ -122,6 +125,7 @@ func viewLabs(ctx context.Context, recs []*lab.Record) []nodeView {
 				}
 			}
 			v.Interfaces = ifs
+			v.Daemons = lab.Daemons(r.Dir, n.Name)
 			out = append(out, v)
 		}
 	}
@@ -168,7 +172,11 @@ func printLabs(w io.Writer, recs []*lab.Record) error {
 			}
 			agentCol = strings.Join(lines, "\n")
 		}
-		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), v.State, agentCol); err != nil {
+		state := []string{v.State}
+		for _, d := range v.Daemons {
+			state = append(state, d.Name+" "+d.State)
+		}
+		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), strings.Join(state, "\n"), agentCol); err != nil {
 			return err
 		}
 	}

@@ -27,6 +27,13 @@ const (
 	exitInvalid = 2 // bad command line or topology file: fix the input
 )
 
+// exitStatus is the exit code of a command emu ran for the user (emu exec in
+// a container node): emu exits with it and says nothing, the command having
+// said what it had to.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 // invalidInput marks errors the user fixes by changing the input.
 type invalidInput struct{ error }
 
@@ -41,6 +48,10 @@ func main() {
 	err := app.RunContext(ctx, interspersed(app, os.Args))
 	if err == nil {
 		return
+	}
+	var status exitStatus
+	if errors.As(err, &status) {
+		os.Exit(int(status))
 	}
 	var ec cli.ExitCoder
 	var inv invalidInput
@@ -102,6 +113,7 @@ were inconclusive (e.g. a capture lost frames: re-run).`,
 			graphCommand(),
 			traceCommand(),
 			agentCommand(),
+			nodeCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return invalidInput{err}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -202,6 +203,11 @@ func TestCLI_DeployInspectExecDestroy(t *testing.T) {
 	r = runEmu(t, state, "exec", "-t", topo, "vpngw", "--", "sh", "-c", "cat /proc/sys/net/ipv4/ip_forward; exit 7")
 	if r.code != 7 || strings.TrimSpace(r.stdout) != "1" {
 		t.Errorf("exec: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	// /sys shows the node's own interfaces, not the host's.
+	r = runEmu(t, state, "exec", "-t", topo, "vbr", "--", "ls", "/sys/class/net")
+	if got := strings.Fields(r.stdout); r.code != 0 || strings.Join(got, " ") != "eth1 eth2 lo" {
+		t.Errorf("exec ls /sys/class/net in vbr: exit %d stdout %q stderr %q, want eth1 eth2 lo", r.code, r.stdout, r.stderr)
 	}
 	r = runEmu(t, state, "exec", "-t", topo, "nosuchnode", "--", "true")
 	if r.code != exitInvalid || !strings.Contains(r.stderr, "nosuchnode") {
@@ -429,5 +435,93 @@ func TestCLI_Destroy_SameNameOtherFile_RefusedWithExit2(t *testing.T) {
 	r = runEmu(t, state, "destroy", "-t", a, "--cleanup")
 	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab \""+name+"\", deployed from "+a+"; removed its lab directory") {
 		t.Fatalf("destroy -t %s: exit %d: %s", a, r.code, r.stderr)
+	}
+}
+
+func TestCLI_NodeWithSoftware_ExecRunsInItsMountNamespace_InspectShowsDaemons(t *testing.T) {
+	labtest.RequireRoot(t)
+	labtest.RequireHostFiles(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, labtest.Rename(`
+name: lab
+topology:
+  nodes:
+    R1:
+      kind: linux
+      env: {GREETING: hello}
+      daemons:
+        - {name: d, command: 'echo "$GREETING from R1" > /run/greeting; exec sleep 1000', wait-for: /run/greeting}
+`, name))
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 || !strings.Contains(r.stderr, "] software") {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	// The node's private /run and its env: what its daemon wrote is there.
+	r := runEmu(t, state, "exec", "-t", topo, "R1", "--", "sh", "-c", "cat /run/greeting; echo $GREETING")
+	if r.code != 0 || r.stdout != "hello from R1\nhello\n" {
+		t.Errorf("exec in R1: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat("/run/greeting"); err == nil {
+		t.Error("the node's /run/greeting is on the host's /run")
+	}
+	r = runEmu(t, state, "inspect", "-t", topo, "--format", "json")
+	var nodes []nodeView
+	if err := json.Unmarshal([]byte(r.stdout), &nodes); err != nil || len(nodes) != 1 || len(nodes[0].Daemons) != 1 || nodes[0].Daemons[0].State != "running" {
+		t.Errorf("inspect: %v: %s", err, r.stdout)
+	}
+}
+
+// emu exec in a container node runs in the container, through the engine:
+// its filesystem (what the node's exec wrote at its root), its env, and the
+// command's exit code as emu's.
+func TestCLI_ContainerNode_ExecRunsInTheContainer_ExitCodePassedThrough(t *testing.T) {
+	image := labtest.ShellImage(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, labtest.Rename(`
+name: lab
+topology:
+  nodes:
+    R1:
+      kind: linux
+      runtime: docker
+      image: `+image+`
+      env: {ROLE: first}
+      exec: ['echo in the container > /marker']
+`, name))
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	r := runEmu(t, state, "exec", "-t", topo, "R1", "--", "sh", "-c", "cat /marker; echo $ROLE; exit 7")
+	if r.code != 7 || r.stdout != "in the container\nfirst\n" || r.stderr != "" {
+		t.Errorf("exec in R1: exit %d stdout %q stderr %q, want exit 7 with the container's /marker and env", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat("/marker"); err == nil {
+		t.Error("/marker is on the host")
+	}
+	// Ctrl-C reaches the command in the container, which dies of it.
+	cmd := emuCmd(t, state, "exec", "-t", topo, "R1", "--", "sh", "-c", "echo started; exec sleep 1000")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	if line != "started\n" || cmd.ProcessState.ExitCode() != 130 {
+		t.Errorf("exec interrupted: read %q, %v (%s), want exit 130 (SIGINT)", line, err, errb.String())
 	}
 }

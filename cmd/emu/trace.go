@@ -41,7 +41,7 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 			from, to := c.String("from"), c.String("to")
 			var hosts []string
 			for _, n := range t.Nodes {
-				if n.Kind == "host" {
+				if n.Roles.EndSystem {
 					hosts = append(hosts, n.Name)
 				}
 			}

@@ -38,6 +38,10 @@ func bgpOnce(l Lab) []Result {
 		if n.BGP == nil {
 			continue
 		}
+		if n.BGP.External() {
+			out = append(out, externalBGP(l, n))
+			continue
+		}
 		start := time.Now()
 		r := Result{Check: "bgp " + n.Name}
 		st, err := agent.ReadState(filepath.Join(l.Dir, "agents", n.Name+".json"))

@@ -58,7 +58,7 @@ type host struct {
 func hostsOf(t *topology.Topology) []host {
 	var out []host
 	for _, n := range t.Nodes {
-		if n.Kind != "host" {
+		if !n.Roles.EndSystem {
 			continue
 		}
 		var v4, v6 netip.Addr

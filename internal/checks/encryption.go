@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -15,17 +14,13 @@ import (
 	"github.com/emu-lab/emu/internal/probe"
 )
 
-// Encryption captures on every interface of the private path (the nodes of
-// kind vbr and cen: the Express Connect circuit and the CEN attachments)
+// Encryption captures on every interface of the private path (the nodes
+// whose kind lies on it: the Express Connect circuit and the CEN attachments)
 // while hosts exchange TCP traffic carrying a random marker (over IPv4 and,
 // between dual-stack hosts, IPv6 as well), and requires
 // that the path carried only ESP between tunnel endpoints: no frame with a
 // host's address in its outer header, and the marker in no captured byte.
 var Encryption = Check{Name: "encryption", Run: encryption}
-
-// privatePathKinds are the kinds whose interfaces together see every link of
-// the private path, the wire the guide says is unencrypted without IPsec.
-var privatePathKinds = []string{"vbr", "cen"}
 
 func encryption(ctx context.Context, l Lab) []Result {
 	r, _ := observeEncryption(ctx, l)
@@ -47,7 +42,7 @@ func observeEncryption(ctx context.Context, l Lab) (Result, *verdict) {
 	var eps []capture.Endpoint
 	var where []string
 	for _, n := range l.Topology.Nodes {
-		if !slices.Contains(privatePathKinds, n.Kind) {
+		if !n.Roles.PrivatePath {
 			continue
 		}
 		for _, ifc := range n.Interfaces {
@@ -56,11 +51,11 @@ func observeEncryption(ctx context.Context, l Lab) (Result, *verdict) {
 		}
 	}
 	if len(eps) == 0 {
-		return fail("no node of kind %s: no private path to watch", strings.Join(privatePathKinds, " or "))
+		return fail("no node whose kind lies on the private path (vbr, cen): nothing to watch")
 	}
 	hosts := hostsOf(l.Topology)
 	if len(hosts) < 2 {
-		return fail("needs two nodes of kind host to send traffic, found %d", len(hosts))
+		return fail("needs two end systems (kind host) to send traffic, found %d", len(hosts))
 	}
 	g, err := capture.StartMany(ctx, eps, capture.Options{})
 	if err != nil {

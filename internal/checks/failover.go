@@ -184,7 +184,7 @@ func streamAround(ctx context.Context, src string, dst netip.Addr, window time.D
 
 func firstConnection(t *topology.Topology) (*topology.Node, *topology.Tunnel) {
 	for _, n := range t.Nodes {
-		if n.Kind == "onprem-gateway" && len(n.Tunnels) > 0 {
+		if n.Roles.CustomerEdge && len(n.Tunnels) > 0 {
 			return n, n.Tunnels[0]
 		}
 	}

@@ -199,6 +199,21 @@ func withBandwidth(t *testing.T, kind string, mbit int) string {
 	return out
 }
 
+// removeRootQdisc deletes an interface's root qdisc (the spec's shaper).
+func removeRootQdisc(t *testing.T, ns, ifname string) {
+	t.Helper()
+	err := netnsx.Do(ns, func() error {
+		link, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		return netlink.QdiscDel(&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_ROOT}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // txBytes reads an interface's transmitted bytes.
 func txBytes(t *testing.T, ns, ifname string) uint64 {
 	t.Helper()
@@ -239,17 +254,43 @@ func TestBandwidth_SpecsLimitATCPStreamToWithin10Percent(t *testing.T) {
 				t.Fatal("no traffic through the tunnel")
 			}
 			dst := netip.AddrPortFrom(l.Topology.Node(c.to).Interfaces[0].Addrs[0].Addr(), 40300)
-			before := txBytes(t, l.NS(c.node), c.ifc)
-			start := time.Now()
-			bps, err := probe.Throughput(context.Background(), l.NS(c.from), l.NS(c.to), dst, seconds*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			wire := float64(txBytes(t, l.NS(c.node), c.ifc)-before) * 8 / time.Since(start).Seconds()
 			spec := float64(c.mbit) * 1e6
-			t.Logf("spec %d Mbit/s: TCP stream %s → %s %.1f Mbit/s (%.0f%%); %s:%s sent %.1f Mbit/s (%.0f%%)", c.mbit, c.from, dst, bps/1e6, 100*bps/spec, c.node, c.ifc, wire/1e6, 100*wire/spec)
-			if bps < 0.9*spec || bps > 1.1*spec {
-				t.Errorf("TCP stream at %.1f Mbit/s, want within 10%% of the %d Mbit/s spec", bps/1e6, c.mbit)
+			// Above the spec is a shaper that does not limit: a defect, at
+			// once. Below it, a busy machine may have starved the stream
+			// (the userspace tunnel needs CPU to fill 200 Mbit/s): measure
+			// again, a bounded number of times, before calling it a defect.
+			const attempts = 3
+			for i := 1; ; i++ {
+				before := txBytes(t, l.NS(c.node), c.ifc)
+				start := time.Now()
+				bps, err := probe.Throughput(context.Background(), l.NS(c.from), l.NS(c.to), dst, seconds*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wire := float64(txBytes(t, l.NS(c.node), c.ifc)-before) * 8 / time.Since(start).Seconds()
+				t.Logf("attempt %d, spec %d Mbit/s: TCP stream %s → %s %.1f Mbit/s (%.0f%%); %s:%s sent %.1f Mbit/s (%.0f%%)", i, c.mbit, c.from, dst, bps/1e6, 100*bps/spec, c.node, c.ifc, wire/1e6, 100*wire/spec)
+				if bps > 1.1*spec {
+					t.Fatalf("TCP stream at %.1f Mbit/s, above the %d Mbit/s spec by more than 10%%: the spec does not limit", bps/1e6, c.mbit)
+				}
+				if bps >= 0.9*spec {
+					return
+				}
+				if i == attempts {
+					// Control: the same path without the shaper. If it cannot
+					// carry well above the spec either, the machine (not the
+					// shaper) set the rate, and no verdict on the lower bound
+					// can be drawn from it.
+					removeRootQdisc(t, l.NS(c.node), c.ifc)
+					free, err := probe.Throughput(context.Background(), l.NS(c.from), l.NS(c.to), dst, seconds*time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Logf("control without the spec: %.1f Mbit/s", free/1e6)
+					if free < 1.2*spec {
+						t.Skipf("inconclusive: without the spec the path carried only %.1f Mbit/s now (machine busy), so a rate under the %d Mbit/s spec proves nothing; re-run on a quieter machine", free/1e6, c.mbit)
+					}
+					t.Fatalf("TCP stream at %.1f Mbit/s in %d attempts, want within 10%% of the %d Mbit/s spec (the same path without it carries %.1f)", bps/1e6, attempts, c.mbit, free/1e6)
+				}
 			}
 		})
 	}

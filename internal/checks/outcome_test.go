@@ -76,3 +76,17 @@ func TestFailover_OtherConnection_BrokenOneStillOnTheWire_FaultDidNotBite(t *tes
 		t.Errorf("the broken connection's inbound SA on the wire, reported %v", got)
 	}
 }
+
+func TestECMP_CaptureLostFrames_FailedSpreadIsInconclusive_PassStands(t *testing.T) {
+	rs := []Result{{Check: "ecmp a", Passed: true}, {Check: "ecmp b", Evidence: "64 UDP flows out of b, by connection: t1 0, t2 40"}}
+	got := spreadUnsureIfLost(rs, &capture.LostFramesError{Dropped: 3, Where: []string{"emu-x-vbr:eth1 (3)"}})
+	if got[0].Outcome() != OutcomePass {
+		t.Errorf("a counted spread must stay a pass, got %s", got[0].Outcome())
+	}
+	if got[1].Outcome() != OutcomeInconclusive || !strings.Contains(got[1].Evidence, "lost 3 frames") {
+		t.Errorf("a failed spread over a lossy capture must be inconclusive and say so, got %s: %s", got[1].Outcome(), got[1].Evidence)
+	}
+	if got := spreadUnsureIfLost([]Result{{Check: "ecmp c"}}, nil); got[0].Outcome() != OutcomeFail {
+		t.Errorf("without lost frames a failed spread is a failure, got %s", got[0].Outcome())
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -63,14 +62,14 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 			step += fmt.Sprintf(" (ESP spi 0x%08x)", h.SPI)
 		}
 		steps = append(steps, step)
-		kind := l.Topology.Node(h.Node).Kind
+		onPrivatePath := l.Topology.Node(h.Node).Roles.PrivatePath
 		switch {
 		case h.Action == trace.Encrypts:
 			encrypts++
 		case h.Action == trace.Decrypts:
 			decrypts++
 		}
-		if slices.Contains(privatePathKinds, kind) && !h.Encrypted {
+		if onPrivatePath && !h.Encrypted {
 			inClear = true
 			problems = append(problems, fmt.Sprintf("step %d: %s forwarded %s → %s in clear", h.Step, h.Node, h.OuterSrc, h.OuterDst))
 		}

@@ -8,18 +8,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
 	dcontainer "github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -118,9 +121,11 @@ func (e *DeadError) Error() string {
 }
 
 // Create starts a container for a node and links its network namespace at
-// /run/netns/emu-<lab>-<node>. On error it removes what it made; a caller
-// that journals the name before calling can also undo a crash with Remove.
-func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Container, err error) {
+// /run/netns/emu-<lab>-<node>. The node's binds and env (containerlab's
+// fields) go to the container; its exec commands run later, through Exec.
+// On error it removes what it made; a caller that journals the name before
+// calling can also undo a crash with Remove.
+func (r *Runtime) Create(ctx context.Context, lab, node, image string, sw topology.Software) (c Container, err error) {
 	name := plan.NamespaceName(lab, node)
 	if err := r.ImageExists(ctx, image); err != nil {
 		return Container{}, err
@@ -132,6 +137,7 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 		Image:    image,
 		Hostname: node,
 		Labels:   map[string]string{LabelLab: lab, LabelNode: node},
+		Env:      sw.Env,
 	}
 	host := &dcontainer.HostConfig{
 		// emu wires the namespace from the host: the engine adds nothing
@@ -140,6 +146,19 @@ func (r *Runtime) Create(ctx context.Context, lab, node, image string) (c Contai
 		CapDrop:        []string{"ALL"},
 		SecurityOpt:    []string{"no-new-privileges"},
 		ReadonlyRootfs: true,
+	}
+	for _, b := range sw.Binds {
+		bind := b.Host + ":" + b.Node
+		if b.ReadOnly {
+			bind += ":ro"
+		}
+		host.Binds = append(host.Binds, bind)
+	}
+	if sw.Runs() {
+		// The user's programs configure the node, as in a containerlab
+		// linux node: addresses and routes, files of their own.
+		host.CapAdd = []string{"NET_ADMIN", "NET_RAW"}
+		host.ReadonlyRootfs = false
 	}
 	created, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host, Name: name})
 	if cerrdefs.IsConflict(err) {
@@ -305,4 +324,112 @@ func link(name, id string, pid int) error {
 		return fmt.Errorf("link namespace of container %s: mount %s on %s: %w", name, src, path, err)
 	}
 	return nil
+}
+
+// Exec runs one command in a running container through /bin/sh -c, as the
+// node's exec commands run in a namespace node, and returns its combined
+// output and exit code.
+func (r *Runtime) Exec(ctx context.Context, name, command string) (output string, code int, err error) {
+	var out strings.Builder
+	p, err := r.Start(ctx, name, []string{"/bin/sh", "-c", command}, nil, &out, &out)
+	if err != nil {
+		return "", 0, err
+	}
+	code, err = p.Wait()
+	return out.String(), code, err
+}
+
+// Process is a program started in a container through the engine (`docker
+// exec`); its output streams to the writers given to Start until it ends.
+type Process struct {
+	// PID is its pid on the host (link makes sure the engine shares emu's PID
+	// namespace), 0 if it ended before the engine reported one.
+	PID  int
+	done chan struct{}
+	code int
+	err  error
+}
+
+// Wait returns the exit code once the process ended, or why it is unknown.
+func (p *Process) Wait() (int, error) {
+	<-p.done
+	return p.code, p.err
+}
+
+// Done is closed once the process ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// pidWait bounds how long Start waits for the engine to report the pid of
+// what it started, and exitWait how long Wait waits for the engine to notice
+// the end of a process whose output stream closed.
+const (
+	pidWait  = 5 * time.Second
+	exitWait = 5 * time.Second
+)
+
+// Start runs argv (no shell: the image may have none) in a running container
+// with the container's env, its output copied to stdout and stderr, and
+// stdin (if not nil) to its standard input. ctx bounds only the start; the
+// process runs until it ends or the container is removed.
+func (r *Runtime) Start(ctx context.Context, name string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (*Process, error) {
+	ex, err := r.cli.ExecCreate(ctx, name, client.ExecCreateOptions{
+		Cmd: argv, AttachStdin: stdin != nil, AttachStdout: true, AttachStderr: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %s: %w", name, err)
+	}
+	att, err := r.cli.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %s: %w", name, err)
+	}
+	p := &Process{done: make(chan struct{})}
+	if stdin != nil {
+		go func() {
+			io.Copy(att.Conn, stdin)
+			att.CloseWrite()
+		}()
+	}
+	go func() {
+		defer close(p.done)
+		_, cerr := stdcopy.StdCopy(stdout, stderr, att.Reader)
+		att.Close()
+		// The stream ends as the process does; the engine records its exit
+		// a moment later.
+		ictx, cancel := context.WithTimeout(context.Background(), exitWait)
+		defer cancel()
+		for {
+			st, err := r.cli.ExecInspect(ictx, ex.ID, client.ExecInspectOptions{})
+			switch {
+			case err != nil:
+				p.err = fmt.Errorf("exec in container %s: %w", name, errors.Join(cerr, err))
+				return
+			case !st.Running:
+				p.code = st.ExitCode
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	// It runs now: its pid is wanted even if ctx ends, to signal it.
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pidWait)
+	defer cancel()
+	for ictx.Err() == nil {
+		st, err := r.cli.ExecInspect(ictx, ex.ID, client.ExecInspectOptions{})
+		if ictx.Err() != nil {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("exec in container %s: %w", name, err)
+		}
+		if st.PID > 0 {
+			p.PID = st.PID
+			return p, nil
+		}
+		select {
+		case <-p.done:
+			return p, nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return p, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/testenv"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -156,11 +157,11 @@ func TestContainerNodes_WiredLikeNamespaces_PingAcrossVeth(t *testing.T) {
 	lab := newLab(t, rt)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	a, err := rt.Create(ctx, lab, "a", img)
+	a, err := rt.Create(ctx, lab, "a", img, topology.Software{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := rt.Create(ctx, lab, "b", img)
+	b, err := rt.Create(ctx, lab, "b", img, topology.Software{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +222,7 @@ func TestContainerNode_KilledExternally_ReportedDead(t *testing.T) {
 	lab := newLab(t, rt)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	c, err := rt.Create(ctx, lab, "a", img)
+	c, err := rt.Create(ctx, lab, "a", img, topology.Software{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +266,7 @@ func TestContainerNode_RestartedExternally_ReportedUnwired(t *testing.T) {
 	lab := newLab(t, rt)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	c, err := rt.Create(ctx, lab, "a", img)
+	c, err := rt.Create(ctx, lab, "a", img, topology.Software{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +295,7 @@ func TestContainerNode_MissingImage_SaysMakeImages(t *testing.T) {
 	if !errors.Is(err, container.ErrNoImage) || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "`make images`") {
 		t.Fatalf("ImageExists(%s) = %v, want ErrNoImage naming the image and `make images`", missing, err)
 	}
-	if _, err := rt.Create(t.Context(), lab, "a", missing); !errors.Is(err, container.ErrNoImage) {
+	if _, err := rt.Create(t.Context(), lab, "a", missing, topology.Software{}); !errors.Is(err, container.ErrNoImage) {
 		t.Fatalf("Create with %s = %v, want ErrNoImage", missing, err)
 	}
 	assertNothingLeft(t, rt, lab)
@@ -325,7 +326,7 @@ func TestRemove_ContainerWithoutEmuLabel_LeftAlone(t *testing.T) {
 	if err := rt.Remove(ctx, name); err == nil || !strings.Contains(err.Error(), "emu did not create it") {
 		t.Fatalf("Remove(%s) = %v, want a refusal", name, err)
 	}
-	if _, err := rt.Create(ctx, lab, "a", img); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := rt.Create(ctx, lab, "a", img, topology.Software{}); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("Create over a foreign container = %v, want a refusal", err)
 	}
 	if _, err := cli.ContainerInspect(ctx, foreign.ID, client.ContainerInspectOptions{}); err != nil {
@@ -358,7 +359,7 @@ func BenchmarkCreate(b *testing.B) {
 		var create, remove time.Duration
 		for b.Loop() {
 			start := time.Now()
-			c, err := rt.Create(ctx, lab, "n", img)
+			c, err := rt.Create(ctx, lab, "n", img, topology.Software{})
 			if err != nil {
 				b.Fatal(err)
 			}

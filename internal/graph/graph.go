@@ -11,14 +11,13 @@ import (
 	"github.com/emu-lab/emu/internal/topology"
 )
 
-// shapes gives each kind a look that tells the elements apart at a glance.
-var shapes = map[string]struct{ dot, mermaidOpen, mermaidClose string }{
-	"host":           {"box", "[", "]"},
-	"onprem-gateway": {"hexagon", "{{", "}}"},
-	"vbr":            {"cylinder", "[(", ")]"},
-	"cen":            {"doublecircle", "((", "))"},
-	"vpc":            {"box3d", "[[", "]]"},
-	"vpn-gateway":    {"hexagon", "{{", "}}"},
+// shape is how the node's kind says it is drawn, so the elements tell apart
+// at a glance; a kind that says nothing is a plain box.
+func shape(n *topology.Node) topology.Shape {
+	if n.Roles.Shape.DOT == "" {
+		return topology.Shape{DOT: "box", MermaidOpen: "[", MermaidClose: "]"}
+	}
+	return n.Roles.Shape
 }
 
 func addrs(n *topology.Node, ifname string) string {
@@ -52,7 +51,7 @@ func DOT(w io.Writer, t *topology.Topology) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "graph %q {\n  layout=dot; rankdir=LR; node [fontname=Helvetica]; edge [fontname=Helvetica, fontsize=10];\n", t.Name)
 	for _, n := range t.Nodes {
-		fmt.Fprintf(&b, "  %q [shape=%s, label=%q];\n", n.Name, shapes[n.Kind].dot, n.Name+"\n"+n.Kind)
+		fmt.Fprintf(&b, "  %q [shape=%s, label=%q];\n", n.Name, shape(n).DOT, n.Name+"\n"+n.Kind)
 	}
 	for _, l := range t.Links {
 		a, z := l.Ends[0], l.Ends[1]
@@ -73,8 +72,8 @@ func Mermaid(w io.Writer, t *topology.Topology) error {
 	b.WriteString("flowchart LR\n")
 	id := func(name string) string { return strings.NewReplacer("-", "_").Replace(name) }
 	for _, n := range t.Nodes {
-		s := shapes[n.Kind]
-		fmt.Fprintf(&b, "  %s%s\"%s<br/><small>%s</small>\"%s\n", id(n.Name), s.mermaidOpen, n.Name, n.Kind, s.mermaidClose)
+		s := shape(n)
+		fmt.Fprintf(&b, "  %s%s\"%s<br/><small>%s</small>\"%s\n", id(n.Name), s.MermaidOpen, n.Name, n.Kind, s.MermaidClose)
 	}
 	for _, l := range t.Links {
 		a, z := l.Ends[0], l.Ends[1]

@@ -41,7 +41,11 @@ func awaitBGP(ctx context.Context, p *plan.Plan, timeout time.Duration) (session
 			}
 			for _, n := range st.Neighbors {
 				if !n.Established {
-					down = append(down, fmt.Sprintf("%s: neighbor %s is %s", node, n.Address, n.State))
+					who := ""
+					if w, ok := p.ExternalPeers[n.Address]; ok {
+						who = " (" + w + ")"
+					}
+					down = append(down, fmt.Sprintf("%s: neighbor %s%s is %s", node, n.Address, who, n.State))
 				}
 			}
 		}

@@ -42,6 +42,9 @@ type Deployer struct {
 	BeforeStep func(i int, s plan.Step) error
 	// Agent starts node agents; nil runs this binary's `agent` command.
 	Agent AgentCommand
+	// Keeper starts the keeper of a node's software; nil runs this binary's
+	// `node` command.
+	Keeper AgentCommand
 
 	docker *container.Runtime // opened on first use: labs without containers never talk to Docker
 }
@@ -209,7 +212,7 @@ func (d *Deployer) converge(ctx context.Context, p *plan.Plan) error {
 	ev := Event{Stage: "bgp", Index: len(p.Stages) + 1, Of: len(p.Stages) + 1, Count: n, Done: true, Elapsed: time.Since(start)}
 	d.progress(Event{Stage: "bgp", Index: ev.Index, Of: ev.Of, Count: n})
 	if len(down) > 0 {
-		ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' logs in %s)", ConvergeTimeout, strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
+		ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' and daemons' logs in %s)", ConvergeTimeout, strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
 	}
 	d.progress(ev)
 	return err
@@ -328,7 +331,7 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		if err := j.add(Entry{Kind: "container", Name: s.Name}); err != nil {
 			return err
 		}
-		if _, err := rt.Create(ctx, s.Lab, s.Node, s.Image); err != nil {
+		if _, err := rt.Create(ctx, s.Lab, s.Node, s.Image, s.Software); err != nil {
 			return err
 		}
 		return w.Adopt(s.Name, s.Forwarding, s.IPv6)
@@ -344,6 +347,8 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		return addKernelTunnel(s)
 	case plan.Route:
 		return w.AddRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
+	case plan.Software:
+		return d.startKeeper(j, s)
 	}
 	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
 }

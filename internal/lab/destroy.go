@@ -117,6 +117,11 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		switch e.Kind {
 		case "agent":
 			errs = errors.Join(errs, stopAgent(e.Name))
+		case "software":
+			// Found by its unique config path, as agents are; a keeper
+			// stops its daemons before it exits, and what a killed keeper
+			// left goes next.
+			errs = errors.Join(errs, stopAgent(e.Name), stopOrphans(e.Name))
 		case "container":
 			errs = errors.Join(errs, d.removeContainer(e.Name))
 		case "netns":

@@ -19,6 +19,7 @@ import (
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -300,6 +301,7 @@ func TestDestroy_SameNameFromAnotherFile_RefusedAndNamesTheDeployingFile(t *test
 // deploy, `ip netns add` makes it one. Every namespace of the lab must still
 // go with destroy.
 func TestDestroy_AfterIPNetnsAddOnAFreshHost_RemovesEveryNamespace(t *testing.T) {
+	requireIPNetns(t)
 	if !labtest.InPrivateRun(t) {
 		return
 	}
@@ -335,6 +337,7 @@ func TestDestroy_AfterIPNetnsAddOnAFreshHost_RemovesEveryNamespace(t *testing.T)
 // destroy cannot reach it, so it says so and how to free it, and after that
 // it removes it.
 func TestDeleteNamespace_HiddenBelowALaterMount_SaysHowToFreeIt(t *testing.T) {
+	requireIPNetns(t)
 	if !labtest.InPrivateRun(t) {
 		return
 	}
@@ -369,6 +372,22 @@ func TestDeleteNamespace_HiddenBelowALaterMount_SaysHowToFreeIt(t *testing.T) {
 	if left := labMounts(t, lab); len(left) > 0 {
 		t.Errorf("still mounted: %v", left)
 	}
+}
+
+// requireIPNetns needs iproute2's `ip netns`, the independent witness of
+// these tests (busybox's ip, as in the kernel-ESP VM, has no netns).
+func requireIPNetns(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		err = fmt.Errorf("%v: %s", err, firstLine(string(out)))
+	}
+	testenv.Require(t, err, "iproute2's `ip netns` (apt-get install iproute2)")
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	return line
 }
 
 // mountNewNamespace mounts a new network namespace at path as `ip netns add`

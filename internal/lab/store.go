@@ -37,9 +37,19 @@ type Record struct {
 	Complete bool        `json:"complete"` // false while deploying, or after a crash mid-deploy
 }
 
+// Node returns the named node of the lab, the zero Node if it has none.
+func (r *Record) Node(name string) plan.Node {
+	for _, n := range r.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return plan.Node{}
+}
+
 // Entry is one object a deploy created, in creation order.
 type Entry struct {
-	Kind string `json:"kind"` // "netns", "container", "agent", "dir" or "file"
+	Kind string `json:"kind"` // "netns", "container", "agent", "software", "dir" or "file"
 	Name string `json:"name"`
 }
 

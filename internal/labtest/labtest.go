@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/software"
 	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
@@ -31,6 +33,15 @@ import (
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	testenv.RequireRoot(t, "integration tests create network namespaces")
+}
+
+// RequireHostFiles skips a test that runs the host's programs in nodes
+// (/bin/sh, ip, FRR) or reads the source tree: the kernel-ESP VM has neither.
+func RequireHostFiles(t testing.TB) {
+	t.Helper()
+	if os.Getenv("EMU_VMTEST") == "1" {
+		t.Skip("runs host programs in nodes: not inside the kernel-ESP VM, which has no host file system")
+	}
 }
 
 // UniqueName returns a lab name no other test uses.
@@ -119,14 +130,23 @@ func Plan(t testing.TB, topo *topology.Topology) *plan.Plan {
 // NewDeployer returns a deployer whose records live in a temp dir and whose
 // node agents are this test binary (see Main).
 func NewDeployer(t testing.TB) *lab.Deployer {
-	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}, Agent: selfAgent}
+	return &lab.Deployer{Store: lab.Store{Dir: t.TempDir()}, Agent: selfAgent, Keeper: selfKeeper}
 }
 
-const asAgent = "EMU_TEST_AS_AGENT"
+const (
+	asAgent  = "EMU_TEST_AS_AGENT"
+	asKeeper = "EMU_TEST_AS_KEEPER"
+)
 
 func selfAgent(configPath string) (*exec.Cmd, error) {
 	cmd := exec.Command(os.Args[0], "--config", configPath)
 	cmd.Env = append(os.Environ(), asAgent+"=1")
+	return cmd, nil
+}
+
+func selfKeeper(configPath string) (*exec.Cmd, error) {
+	cmd := exec.Command(os.Args[0], "--config", configPath)
+	cmd.Env = append(os.Environ(), asKeeper+"=1")
 	return cmd, nil
 }
 
@@ -137,9 +157,17 @@ func Main(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// AgentMain runs the node agent and exits when this test binary was started
-// as one; otherwise it returns. For a TestMain with its own work to do.
+// AgentMain runs the node agent (or the keeper of a node's software) and
+// exits when this test binary was started as one; otherwise it returns. For
+// a TestMain with its own work to do.
 func AgentMain() {
+	if os.Getenv(asKeeper) == "1" {
+		if err := software.Run(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "keeper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(asAgent) != "1" {
 		return
 	}
@@ -161,7 +189,38 @@ func Deploy(t testing.TB, file string) *Lab {
 func DeployText(t testing.TB, text string) *Lab {
 	t.Helper()
 	RequireRoot(t)
-	topo := Load(t, Write(t, Rename(text, UniqueName())))
+	return DeployFile(t, Write(t, Rename(text, UniqueName())))
+}
+
+// CopyTree copies the directory dir of fsys (the files a topology binds
+// into its nodes) to the same relative place under dst.
+func CopyTree(t testing.TB, fsys fs.FS, dir, dst string) {
+	t.Helper()
+	err := fs.WalkDir(fsys, dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, path)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := fs.ReadFile(fsys, path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// DeployFile deploys the topology file at path, whose lab name no other
+// test uses, and destroys it when the test ends, like Deploy.
+func DeployFile(t testing.TB, path string) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	topo := Load(t, path)
 	l := &Lab{Topology: topo, Plan: Plan(t, topo), Deployer: NewDeployer(t)}
 	t.Cleanup(func() {
 		if _, err := l.Deployer.Destroy(topo.Name, true); err != nil {
@@ -188,4 +247,20 @@ func AssertNothingLeft(t testing.TB, labName string) {
 			t.Errorf("namespace %s leaked", e.Name())
 		}
 	}
+}
+
+var kindField = regexp.MustCompile(`\bkind: ([a-z][a-z-]*)`)
+
+// ThirdPartyKinds returns the shipped kinds plus a copy of each named
+// "third-party-<kind>", with the same roles and rules, and text with every
+// `kind: X` turned into its copy: a topology whose nodes play the same roles
+// through kinds that are not emu's own.
+func ThirdPartyKinds(text string) (*nodes.Registry, string) {
+	r := nodes.Default()
+	for _, name := range r.Names() {
+		k := *r.Get(name)
+		k.Name = "third-party-" + name
+		r.Register(&k)
+	}
+	return r, kindField.ReplaceAllString(text, "kind: third-party-$1")
 }

@@ -27,6 +27,9 @@ type Plan struct {
 	Dataplane string
 	Nodes     []Node
 	Stages    []Stage
+	// ExternalPeers names, by address, the BGP speakers emu does not run
+	// ("onprem, run by frr"), so a session to one that stays down says who.
+	ExternalPeers map[netip.Addr]string
 }
 
 // Node is what inspect needs to know of a node without the topology file.
@@ -63,6 +66,7 @@ type Container struct {
 	Image      string
 	Forwarding bool
 	IPv6       bool
+	Software   topology.Software // binds and env; daemons and exec run in Software
 }
 
 func (s Container) String() string {
@@ -144,6 +148,42 @@ func (s RateLimit) String() string {
 		return fmt.Sprintf("htb %d Mbit/s for ESP and %d Mbit/s for the rest on %s egress in %s (%s, each direction)", s.Mbit, s.Mbit, s.Interface, s.Namespace, s.Of)
 	}
 	return fmt.Sprintf("tbf %d Mbit/s on %s egress in %s (%s)", s.Mbit, s.Interface, s.Namespace, s.Of)
+}
+
+// Software is the keeper of a node's programs: its mount namespace, binds,
+// daemons and exec commands (package software); for a container node, its
+// daemons and exec commands, run in the container through the engine.
+type Software struct {
+	Container string // the container of a container node, else ""
+	Namespace string
+	Node      string
+	Topology  string // for file:line in the keeper's errors
+	LabDir    string
+	Software  topology.Software
+}
+
+func (s Software) String() string {
+	out := fmt.Sprintf("software of %s in %s: own mount namespace (/run private, /sys of the netns)", s.Node, s.Namespace)
+	if s.Container != "" {
+		out = fmt.Sprintf("software of %s in container %s, through the engine", s.Node, s.Container)
+	}
+	for _, b := range s.Software.Binds {
+		if s.Container != "" {
+			break // the container's, made at create
+		}
+		ro := ""
+		if b.ReadOnly {
+			ro = " read-only"
+		}
+		out += fmt.Sprintf("; bind %s on %s%s", b.Host, b.Node, ro)
+	}
+	for _, d := range s.Software.Daemons {
+		out += fmt.Sprintf("; daemon %s: %s", d.Name, d.Command)
+	}
+	for _, c := range s.Software.Exec {
+		out += fmt.Sprintf("; exec %s", c.Text)
+	}
+	return out
 }
 
 // Dataplanes that deploy can use; "auto" is resolved before planning.
@@ -243,13 +283,13 @@ func NamespaceName(lab, node string) string { return "emu-" + lab + "-" + node }
 // Userspace) with keys from secrets.
 func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, dataplane string) (*Plan, error) {
 	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir(), Dataplane: dataplane}
-	var nss, veths, limits, addrs, tunnels, agents, routes []Step
+	var nss, veths, limits, addrs, tunnels, agents, routes, programs []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)
-		fwd, v6 := kinds.Get(n.Kind).Forwards, usesIPv6(n)
+		fwd, v6 := n.Roles.Forwards, usesIPv6(n)
 		if n.Runtime == topology.RuntimeDocker {
 			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns, Runtime: n.Runtime})
-			nss = append(nss, Container{Lab: t.Name, Node: n.Name, Name: ns, Image: n.Image, Forwarding: fwd, IPv6: v6})
+			nss = append(nss, Container{Lab: t.Name, Node: n.Name, Name: ns, Image: n.Image, Forwarding: fwd, IPv6: v6, Software: n.Software})
 		} else {
 			p.Nodes = append(p.Nodes, Node{Name: n.Name, Kind: n.Kind, Namespace: ns})
 			nss = append(nss, Namespace{Name: ns, Forwarding: fwd, IPv6: v6})
@@ -276,6 +316,31 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		for _, e := range eps {
 			limits = append(limits, RateLimit{Namespace: NamespaceName(t.Name, e.Node), Interface: e.Interface, Of: spec.Of + " " + n.Name, Mbit: n.Bandwidth, SplitESP: spec.SplitESP})
 		}
+		if n.BGP != nil && n.BGP.External() {
+			if p.ExternalPeers == nil {
+				p.ExternalPeers = map[netip.Addr]string{}
+			}
+			who := fmt.Sprintf("%s, run by %s", n.Name, n.BGP.Speaker)
+			for _, ifc := range n.Interfaces {
+				for _, a := range ifc.Addrs {
+					p.ExternalPeers[a.Addr()] = who
+				}
+			}
+			for _, tun := range n.Tunnels {
+				if tun.Address.IsValid() {
+					p.ExternalPeers[tun.Address.Addr()] = who
+				}
+			}
+		}
+		sw := Software{Namespace: ns, Node: n.Name, Topology: t.File, LabDir: t.LabDir(), Software: n.Software}
+		switch {
+		case n.Runtime == topology.RuntimeNamespace && n.Software.Runs():
+			programs = append(programs, sw)
+		case n.Runtime != topology.RuntimeNamespace && len(n.Software.Daemons)+len(n.Software.Exec) > 0:
+			// The container got its binds and env at create.
+			sw.Container = ns
+			programs = append(programs, sw)
+		}
 	}
 	for _, l := range t.Links {
 		v := Veth{}
@@ -300,6 +365,9 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 		{Name: "tunnels", Steps: tunnels},
 		{Name: "agents", Steps: agents},
 		{Name: "routes", Steps: routes},
+		// Last: the node is wired, its tunnels and routes are up, so its
+		// daemons find their interfaces and peers.
+		{Name: "software", Steps: programs},
 	}
 	// A stage with nothing to do is not shown: a lab without kernel
 	// tunnels, say, has no "tunnels" stage.
@@ -344,8 +412,8 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 // never slip onto the plain path: when the tunnel breaks, the session does.
 func bgpConfig(n *topology.Node) *routing.Config {
 	b := n.BGP
-	if b == nil {
-		return nil
+	if b == nil || b.External() {
+		return nil // no speaker, or the node's own software runs it
 	}
 	c := &routing.Config{ASN: b.ASN, RouterID: b.RouterID, Networks: b.Networks, Metric: uint32(b.Metric), Multipath: b.Multipath, Redistribute: b.Redistribute}
 	for _, nb := range b.Neighbors {

@@ -29,7 +29,19 @@ type BGP struct {
 	// Redistribute announces kernel routes: "connected" subnets and/or
 	// "static" routes, following the kernel as they come and go.
 	Redistribute []string
+	// Speaker is who runs this BGP: SpeakerEmu (GoBGP in the node's agent)
+	// or the name of the software in the node that does (e.g. "frr"). For an
+	// external speaker the fields say what its peers need to know: ASN,
+	// neighbors, and in Networks the prefixes it should announce; emu
+	// pairs and judges it from its peers' side.
+	Speaker string
 }
+
+// SpeakerEmu is the speaker emu runs itself.
+const SpeakerEmu = "emu"
+
+// External reports whether software other than emu runs this BGP.
+func (b *BGP) External() bool { return b.Speaker != SpeakerEmu }
 
 // Neighbor is one BGP peer.
 type Neighbor struct {
@@ -52,11 +64,18 @@ const (
 )
 
 func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
-	b := &BGP{Line: n.Line, Hold: DefaultHold, ConnectRetry: DefaultConnectRetry, Metric: DefaultBGPMetric}
+	b := &BGP{Line: n.Line, Hold: DefaultHold, ConnectRetry: DefaultConnectRetry, Metric: DefaultBGPMetric, Speaker: SpeakerEmu}
 	what := fmt.Sprintf("node %q bgp", node.Name)
 	hasASN := false
-	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors", "multipath", "redistribute") {
+	for _, f := range r.fields(n, what, "asn", "router-id", "hold", "connect-retry", "metric", "networks", "neighbors", "multipath", "redistribute", "speaker") {
 		switch f.key {
+		case "speaker":
+			if s, ok := r.str(f.val, what+" speaker"); ok {
+				if msg := nameProblem("speaker", s); msg != "" {
+					r.at(f.line, "%s: %s (name the software, like frr)", what, msg)
+				}
+				b.Speaker = s
+			}
 		case "asn":
 			asn, ok := r.integer(f.val, what+" asn", 1, 4294967295)
 			b.ASN, hasASN = uint32(asn), ok
@@ -160,6 +179,9 @@ func (r *resolver) checkBGP() {
 		if !b.RouterID.IsValid() {
 			b.RouterID = firstIPv4(n)
 		}
+		if b.External() && !n.Software.Runs() && n.Runtime == RuntimeNamespace {
+			r.at(b.Line, "node %q: bgp speaker %s runs in the node, but the node runs no program: add `daemons:` that start it (e.g. {name: bgpd, command: /usr/lib/frr/bgpd --log stdout}), or remove `speaker:` to let emu run BGP", n.Name, b.Speaker)
+		}
 		for _, nb := range b.Neighbors {
 			peer := r.t.Owner(nb.Address)
 			if peer == nil {
@@ -170,7 +192,7 @@ func (r *resolver) checkBGP() {
 				r.at(nb.Line, "node %q bgp neighbor %s (%s) is not on a subnet the node is connected to: peer over a shared link or the tunnel addresses", n.Name, nb.Address, peer.Name)
 			}
 			if peer.BGP == nil {
-				r.at(nb.Line, "node %q bgp neighbor %s is node %q, which has no `bgp:`: configure BGP there too", n.Name, nb.Address, peer.Name)
+				r.at(nb.Line, "node %q bgp neighbor %s is node %q, which has no `bgp:`: configure BGP there too (if software in %s runs it, say so: `bgp: {speaker: frr, asn: ..., networks: [...], neighbors: [...]}`)", n.Name, nb.Address, peer.Name, peer.Name)
 				continue
 			}
 			if nb.ASN != peer.BGP.ASN {

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -33,12 +34,29 @@ func (es Errors) Error() string {
 
 // errs accumulates located errors while a file is decoded and resolved.
 type errs struct {
-	file string
-	list Errors
+	file     string
+	list     Errors
+	warnings []string
 }
 
+// at records an error; the same error reached twice (text shared through
+// defaults, kinds, groups or YAML aliases) is reported once.
 func (c *errs) at(line int, format string, args ...any) {
-	c.list = append(c.list, &Error{File: c.file, Line: line, Msg: fmt.Sprintf(format, args...)})
+	e := &Error{File: c.file, Line: line, Msg: fmt.Sprintf(format, args...)}
+	for _, prev := range c.list {
+		if *prev == *e {
+			return
+		}
+	}
+	c.list = append(c.list, e)
+}
+
+// warn records what emu ignores but the user wrote, as file:line: text.
+func (c *errs) warn(line int, format string, args ...any) {
+	w := (&Error{File: c.file, Line: line, Msg: fmt.Sprintf(format, args...)}).Error()
+	if !slices.Contains(c.warnings, w) {
+		c.warnings = append(c.warnings, w)
+	}
 }
 
 func (c *errs) err() error {

@@ -11,12 +11,13 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Kinds is what the topology needs to know of the node kinds: which exist.
-// The kinds themselves live in package nodes, which validates what is
-// specific to each.
+// Kinds is what the topology needs to know of the node kinds: which exist
+// and the roles each plays. The kinds themselves live in package nodes, which
+// validates what is specific to each.
 type Kinds interface {
 	Known(kind string) bool
 	Names() []string
+	Roles(kind string) Roles
 }
 
 // Methods are the configuration methods of SPEC §3.
@@ -27,7 +28,7 @@ const (
 	maxName   = 32 // keeps emu-<lab>-<node> readable in `ip netns`
 )
 
-var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
 var ifNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 // Load reads and validates a topology file.
@@ -56,7 +57,7 @@ func Parse(file string, data []byte, kinds Kinds) (*Topology, error) {
 	}
 	t := &Topology{File: file, Dataplane: Dataplanes[0]}
 	r := resolver{errs: c, kinds: kinds, t: t}
-	r.top(doc.Content[0])
+	r.top(c.expand(doc.Content[0]))
 	if err := c.err(); err != nil {
 		return nil, err
 	}
@@ -64,21 +65,23 @@ func Parse(file string, data []byte, kinds Kinds) (*Topology, error) {
 	if err := c.err(); err != nil {
 		return nil, err
 	}
+	t.Warnings = c.warnings
 	return t, nil
 }
 
 type resolver struct {
 	*errs
-	kinds       Kinds
-	t           *Topology
-	defaultKind string
-	// Runtime settings from `defaults:` and per kind from `kinds:`; a node's
-	// own setting wins over its kind's, which wins over the defaults.
-	byDefault runtimeSettings
-	perKind   map[string]runtimeSettings
+	kinds Kinds
+	t     *Topology
+	// Node settings shared containerlab-style: a node's own field wins over
+	// its group's, which wins over its kind's, which wins over `defaults:`.
+	defaults *yaml.Node
+	perKind  map[string]*yaml.Node
+	groups   map[string]*yaml.Node
+	// implicit: nodes without `interfaces:`, which get the interfaces their
+	// links name (containerlab files declare interfaces only in links).
+	implicit map[string]bool
 }
-
-type runtimeSettings struct{ runtime, image string }
 
 // Runtimes a node can run in.
 const (
@@ -89,28 +92,29 @@ const (
 // DefaultImage is the node image `make images` builds.
 const DefaultImage = "emu-node:latest"
 
-// runtimeField reads `runtime:` or `image:` into s.
-func (r *resolver) runtimeField(f field, what string, s *runtimeSettings) {
-	v, ok := r.str(f.val, what+" "+f.key)
-	if !ok {
-		return
-	}
-	if f.key == "image" {
-		s.image = v
-		return
-	}
-	if v != RuntimeNamespace && v != RuntimeDocker {
-		r.at(f.line, "%s: runtime %q: use %s (the default) or %s", what, v, RuntimeNamespace, RuntimeDocker)
-		return
-	}
-	s.runtime = v
-}
+// containerlab fields emu cannot honour: a file that uses them still
+// deploys, with a warning at each (SPEC §4: never silently dropped).
+var (
+	clabTopFields  = []string{"prefix", "mgmt", "settings", "debug", "x-*"}
+	clabLinkFields = []string{"mtu", "type", "vars", "labels"}
+	clabNodeFields = []string{"type", "image-pull-policy", "license", "position", "entrypoint", "cmd",
+		"subject-alternative-names", "ports", "mgmt-ipv4", "mgmt-ipv6", "env-files", "user", "labels",
+		"publish", "network-mode", "memory", "cpu", "cpu-set", "shm-size", "sysctls", "extras", "wait-for",
+		"dns", "certificate", "healthcheck", "aliases", "startup-config", "startup-delay",
+		"enforce-startup-config", "suppress-startup-config", "auto-remove", "restart-policy", "config",
+		"devices", "cap-add", "stages", "components", "mac-address", "kernel-modules"}
+)
+
+// nodeFields are the fields a node (and so `defaults:`, `kinds:` and
+// `groups:` entries) takes.
+var nodeFields = []string{"kind", "group", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp",
+	"runtime", "image", "bandwidth", "exec", "binds", "env", "daemons"}
 
 func (r *resolver) top(n *yaml.Node) {
 	var topo *yaml.Node
 	topoLine := 0
 	nameLine := 0
-	for _, f := range r.fields(n, "top level", "name", "method", "ipsec-dataplane", "topology") {
+	for _, f := range r.fieldsOr(n, "top level", clabTopFields, "name", "method", "ipsec-dataplane", "topology") {
 		switch f.key {
 		case "name":
 			nameLine = f.line
@@ -147,12 +151,28 @@ func (r *resolver) top(n *yaml.Node) {
 	}
 	var nodes, links *yaml.Node
 	nodesLine := 0
-	for _, f := range r.fields(topo, "topology", "defaults", "kinds", "nodes", "links") {
+	for _, f := range r.fields(topo, "topology", "defaults", "kinds", "groups", "nodes", "links") {
 		switch f.key {
 		case "defaults":
-			r.defaults(f.val)
+			r.defaults = f.val
+			for _, df := range r.fields(f.val, "defaults") {
+				if df.key == "kind" {
+					if s, ok := r.str(df.val, "defaults.kind"); ok {
+						r.kindKnown(df.line, s)
+					}
+				}
+			}
 		case "kinds":
-			r.kindDefaults(f.val)
+			r.perKind = map[string]*yaml.Node{}
+			for _, kf := range r.fields(f.val, "kinds") {
+				r.kindKnown(kf.line, kf.key)
+				r.perKind[kf.key] = kf.val
+			}
+		case "groups":
+			r.groups = map[string]*yaml.Node{}
+			for _, gf := range r.fields(f.val, "groups") {
+				r.groups[gf.key] = gf.val
+			}
 		case "nodes":
 			nodes, nodesLine = f.val, f.line
 		case "links":
@@ -172,34 +192,140 @@ func (r *resolver) top(n *yaml.Node) {
 	for _, l := range r.seq(links, "links") {
 		r.link(l)
 	}
+	r.implyInterfaces()
 }
 
-func (r *resolver) defaults(n *yaml.Node) {
-	for _, f := range r.fields(n, "defaults", "kind", "runtime", "image") {
-		if f.key != "kind" {
-			r.runtimeField(f, "defaults", &r.byDefault)
-			continue
-		}
-		if s, ok := r.str(f.val, "defaults.kind"); ok {
-			if r.kindKnown(f.line, s) {
-				r.defaultKind = s
+// implyInterfaces gives a node declared without `interfaces:` the
+// interfaces its links name, without addresses (its `exec` may add them).
+func (r *resolver) implyInterfaces() {
+	for _, l := range r.t.Links {
+		for _, e := range l.Ends {
+			n := r.t.Node(e.Node)
+			if n != nil && r.implicit[n.Name] && n.Interface(e.Interface) == nil && e.Interface != Loopback {
+				n.Interfaces = append(n.Interfaces, &Interface{Name: e.Interface, Line: l.Line})
 			}
 		}
 	}
 }
 
-// kindDefaults reads per-kind settings, containerlab-style: e.g. every vpc
-// node a container.
-func (r *resolver) kindDefaults(n *yaml.Node) {
-	r.perKind = map[string]runtimeSettings{}
-	for _, f := range r.fields(n, "kinds") {
-		r.kindKnown(f.line, f.key)
-		var s runtimeSettings
-		for _, kf := range r.fields(f.val, "kinds."+f.key, "runtime", "image") {
-			r.runtimeField(kf, "kinds."+f.key, &s)
-		}
-		r.perKind[f.key] = s
+// scalarOf returns the value of key in mapping m, or "".
+func scalarOf(m *yaml.Node, key string) string {
+	if v := valueOf(m, key); v != nil && v.Kind == yaml.ScalarNode && !isNull(v) {
+		return v.Value
 	}
+	return ""
+}
+
+// valueOf returns the value of key in mapping m, nil if m does not set it.
+func valueOf(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// inherit returns a node's mapping completed with the keys it does not set
+// from its group, its kind's entry and the defaults, in that order.
+func (r *resolver) inherit(f field) *yaml.Node {
+	own := f.val
+	if own == nil || isNull(own) {
+		own = &yaml.Node{Kind: yaml.MappingNode, Line: f.line}
+	}
+	if own.Kind != yaml.MappingNode {
+		return own // reported by fields
+	}
+	layers := []*yaml.Node{own}
+	group := scalarOf(own, "group")
+	if group == "" {
+		group = scalarOf(r.defaults, "group")
+	}
+	if group != "" {
+		g, ok := r.groups[group]
+		if !ok {
+			r.at(f.line, "node %q: group %q is not declared under `topology: groups:`", f.key, group)
+		}
+		layers = append(layers, g)
+	}
+	kind := scalarOf(own, "kind")
+	for _, l := range layers[1:] {
+		if kind == "" {
+			kind = scalarOf(l, "kind")
+		}
+	}
+	if kind == "" {
+		kind = scalarOf(r.defaults, "kind")
+	}
+	layers = append(layers, r.perKind[kind], r.defaults)
+	out := &yaml.Node{Kind: yaml.MappingNode, Line: own.Line}
+	set := map[string]bool{}
+	for _, l := range layers {
+		if l == nil || l.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(l.Content); i += 2 {
+			k := l.Content[i].Value
+			if set[k] {
+				continue
+			}
+			set[k] = true
+			v := l.Content[i+1]
+			if mergedByKey[k] {
+				v = mergeByKey(layers, k)
+			}
+			out.Content = append(out.Content, l.Content[i], v)
+		}
+	}
+	return out
+}
+
+// mergedByKey are the mapping fields containerlab merges key by key across
+// the layers instead of taking the highest layer's whole: env
+// (containerlab's Topology.GetNodeEnv, MergeStringMaps of defaults, kind,
+// group, node).
+var mergedByKey = map[string]bool{"env": true}
+
+// mergeByKey merges the mappings of field k across layers (highest first):
+// each key from the highest layer that sets it, in the order keys first
+// appear from the lowest layer up. A layer whose field is not a mapping
+// wins whole, so that the field's parser reports it.
+func mergeByKey(layers []*yaml.Node, k string) *yaml.Node {
+	var maps []*yaml.Node
+	var top *yaml.Node
+	for _, l := range layers {
+		v := valueOf(l, k)
+		if top == nil {
+			top = v
+		}
+		switch {
+		case v == nil || isNull(v):
+		case v.Kind != yaml.MappingNode:
+			return v
+		default:
+			maps = append(maps, v)
+		}
+	}
+	if len(maps) == 0 {
+		return top
+	}
+	out := &yaml.Node{Kind: yaml.MappingNode, Line: maps[0].Line, Column: maps[0].Column}
+	at := map[string]int{}
+	for i := len(maps) - 1; i >= 0; i-- {
+		for j := 0; j+1 < len(maps[i].Content); j += 2 {
+			key := maps[i].Content[j].Value
+			if n, ok := at[key]; ok {
+				out.Content[n+1] = maps[i].Content[j+1]
+				continue
+			}
+			at[key] = len(out.Content)
+			out.Content = append(out.Content, maps[i].Content[j], maps[i].Content[j+1])
+		}
+	}
+	return out
 }
 
 func (r *resolver) kindKnown(line int, kind string) bool {
@@ -224,17 +350,17 @@ func nameProblem(what, s string) string {
 	case len(s) > maxName:
 		return fmt.Sprintf("%s %q is %d characters long: use at most %d", what, s, len(s), maxName)
 	case !nameRe.MatchString(s):
-		return fmt.Sprintf("%s %q may hold only lower-case letters, digits, '-' and '_', starting with a letter or digit", what, s)
+		return fmt.Sprintf("%s %q may hold only letters, digits, '-' and '_', starting with a letter or digit", what, s)
 	}
 	return ""
 }
 
 func (r *resolver) node(f field) {
-	node := &Node{Name: f.key, Line: f.line, Kind: r.defaultKind}
-	var own runtimeSettings
+	node := &Node{Name: f.key, Line: f.line, Runtime: RuntimeNamespace, Image: DefaultImage}
 	r.checkName(f.line, "node name", f.key)
-	kindSet := false
-	for _, nf := range r.fields(f.val, "node "+strq(f.key), "kind", "interfaces", "routes", "ipsec", "ipsec-dataplane", "bgp", "runtime", "image", "bandwidth") {
+	kindSet, hasIfaces := false, false
+	imageLine := 0
+	for _, nf := range r.fieldsOr(r.inherit(f), "node "+strq(f.key), clabNodeFields, nodeFields...) {
 		switch nf.key {
 		case "kind":
 			if s, ok := r.str(nf.val, "kind"); ok {
@@ -243,7 +369,12 @@ func (r *resolver) node(f field) {
 					node.Kind = s
 				}
 			}
+		case "group":
+			r.str(nf.val, "group")
+		case "exec", "binds", "env", "daemons":
+			r.software(node, nf)
 		case "interfaces":
+			hasIfaces = true
 			for _, i := range r.fields(nf.val, "interfaces of "+strq(f.key)) {
 				node.Interfaces = append(node.Interfaces, r.iface(node, i))
 			}
@@ -252,8 +383,17 @@ func (r *resolver) node(f field) {
 		case "bandwidth":
 			node.Bandwidth, _ = r.integer(nf.val, "node "+strq(f.key)+" bandwidth (Mbit/s)", 1, 100000)
 			node.BandwidthLine = nf.line
-		case "runtime", "image":
-			r.runtimeField(nf, "node "+strq(f.key), &own)
+		case "image":
+			if s, ok := r.str(nf.val, "image"); ok {
+				node.Image, imageLine = s, nf.line
+			}
+		case "runtime":
+			if s, ok := r.str(nf.val, "runtime"); ok {
+				if s != RuntimeNamespace && s != RuntimeDocker {
+					r.at(nf.line, "node %q: runtime %q: use %s (the default) or %s", f.key, s, RuntimeNamespace, RuntimeDocker)
+				}
+				node.Runtime = s
+			}
 		case "ipsec-dataplane":
 			if s, ok := r.str(nf.val, "ipsec-dataplane"); ok {
 				if s != "kernel" && s != "userspace" {
@@ -273,14 +413,17 @@ func (r *resolver) node(f field) {
 			}
 		}
 	}
-	node.Runtime, node.Image = RuntimeNamespace, DefaultImage
-	for _, s := range []runtimeSettings{r.byDefault, r.perKind[node.Kind], own} {
-		if s.runtime != "" {
-			node.Runtime = s.runtime
+	if imageLine > 0 && node.Runtime == RuntimeNamespace {
+		r.warn(imageLine, "node %q: image %s is used only with `runtime: docker`: this node is a namespace running the host's programs (its exec, daemons)", f.key, node.Image)
+	}
+	if !hasIfaces {
+		if r.implicit == nil {
+			r.implicit = map[string]bool{}
 		}
-		if s.image != "" {
-			node.Image = s.image
-		}
+		r.implicit[node.Name] = true
+	}
+	if node.Kind != "" {
+		node.Roles = r.kinds.Roles(node.Kind)
 	}
 	if node.Kind == "" && !kindSet {
 		r.at(f.line, "node %q has no kind: add `kind:` (one of %s) or set `topology: defaults: kind:`", f.key, strings.Join(r.kinds.Names(), ", "))
@@ -390,7 +533,7 @@ func (r *resolver) link(n *yaml.Node) {
 	l := &Link{Line: n.Line}
 	before := len(r.list)
 	var eps []*yaml.Node
-	for _, f := range r.fields(n, "link", "endpoints") {
+	for _, f := range r.fieldsOr(n, "link", clabLinkFields, "endpoints") {
 		eps = r.strs(f.val, "link endpoints")
 	}
 	if len(eps) != 2 {

@@ -20,12 +20,16 @@ type Topology struct {
 	Dataplane string
 	Nodes     []*Node
 	Links     []*Link
+	// Warnings name what the file asks for that emu ignores (containerlab
+	// fields it cannot honour), as "file:line: text".
+	Warnings []string
 }
 
 // Node is one element of the lab: a namespace of a given kind.
 type Node struct {
 	Name       string
 	Kind       string
+	Roles      Roles // what its kind does in the lab
 	Line       int
 	Interfaces []*Interface
 	Routes     []Route
@@ -44,6 +48,7 @@ type Node struct {
 	// node's kind says which values are valid and which interfaces it limits.
 	Bandwidth     int
 	BandwidthLine int
+	Software      Software // host programs the node runs (exec, binds, env, daemons)
 }
 
 // Interface is a declared interface of a node. Loopback is "lo"; every other

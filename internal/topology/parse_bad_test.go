@@ -77,7 +77,7 @@ name: My Lab # <- error
 topology:
   nodes:
     a: {kind: host}
-`, "may hold only lower-case letters, digits, '-' and '_'"},
+`, "may hold only letters, digits, '-' and '_'"},
 	{"lab name too long", `
 name: a-lab-name-that-is-far-too-long-for-ip-netns # <- error
 topology:
@@ -128,13 +128,13 @@ name: lab
 topology:
   nodes: {} # <- error
 `, "declare them under `topology: nodes:`"},
-	{"YAML alias where a mapping is expected", `
+	{"YAML merge key that is not a mapping", `
 name: lab
 topology:
   nodes:
-    a: &host {kind: host}
-    b: *host # <- error
-`, `node "b" must be a mapping of key: value, not the alias *host (emu does not expand YAML aliases: write the value out)`},
+    a: &k host
+    b: {<<: *k} # <- error
+`, `merge key <<: takes a mapping or a list of mappings (usually *anchor), not the value "host"`},
 	{"nodes as a list", `
 name: lab
 topology:
@@ -156,7 +156,7 @@ topology:
     kind: hots # <- error
   nodes:
     a: {}
-`, `unknown kind "hots" (did you mean "host"?): use one of cen, host, onprem-gateway, vbr, vpc, vpn-gateway`},
+`, `unknown kind "hots" (did you mean "host"?): use one of cen, host, linux, onprem-gateway, vbr, vpc, vpn-gateway`},
 	{"kinds section with unknown kind", `
 name: lab
 topology:
@@ -175,21 +175,21 @@ topology:
       kind: host
       interface: # <- error
         eth1: 10.0.0.1/24
-`, `unknown field "interface" (did you mean "interfaces"?) (allowed: kind, interfaces, routes`},
+`, `unknown field "interface" (did you mean "interfaces"?) (allowed: kind, group, interfaces, routes`},
 	{"node without kind", `
 name: lab
 topology:
   nodes:
     a: # <- error
       interfaces: {}
-`, "add `kind:` (one of cen, host, onprem-gateway, vbr, vpc, vpn-gateway) or set `topology: defaults: kind:`"},
+`, "add `kind:` (one of cen, host, linux, onprem-gateway, vbr, vpc, vpn-gateway) or set `topology: defaults: kind:`"},
 	{"unknown kind", `
 name: lab
 topology:
   nodes:
     a:
       kind: vpn-gw # <- error
-`, `unknown kind "vpn-gw": use one of cen, host, onprem-gateway, vbr, vpc, vpn-gateway`},
+`, `unknown kind "vpn-gw": use one of cen, host, linux, onprem-gateway, vbr, vpc, vpn-gateway`},
 	{"kind typo", `
 name: lab
 topology:
@@ -201,16 +201,16 @@ topology:
 name: lab
 topology:
   nodes:
-    Client: # <- error
+    "client 1": # <- error
       kind: host
-`, `node name "Client" may hold only lower-case letters`},
+`, `node name "client 1" may hold only letters`},
 	{"node name with a colon", `
 name: lab
 topology:
   nodes:
     "a:b": # <- error
       kind: host
-`, `node name "a:b" may hold only lower-case letters`},
+`, `node name "a:b" may hold only letters`},
 	{"duplicate node", `
 name: lab
 topology:

@@ -18,6 +18,12 @@ type field struct {
 // fields returns a mapping's keys in file order, reporting keys not in known
 // (with the closest known key as a hint) and keys given twice.
 func (c *errs) fields(n *yaml.Node, what string, known ...string) []field {
+	return c.fieldsOr(n, what, nil, known...)
+}
+
+// fieldsOr is fields that only warns about the keys in ignored: containerlab
+// fields emu cannot honour.
+func (c *errs) fieldsOr(n *yaml.Node, what string, ignored []string, known ...string) []field {
 	if n == nil || isNull(n) {
 		return nil
 	}
@@ -38,6 +44,13 @@ func (c *errs) fields(n *yaml.Node, what string, known ...string) []field {
 			continue
 		}
 		seen[k.Value] = k.Line
+		if strings.HasPrefix(k.Value, "x-") && slices.Contains(ignored, "x-*") {
+			continue // an extension field, holding YAML anchors, as in Compose files
+		}
+		if slices.Contains(ignored, k.Value) {
+			c.warn(k.Line, "%s: containerlab field %q is not supported by emu: ignored", what, k.Value)
+			continue
+		}
 		if known != nil && !slices.Contains(known, k.Value) {
 			c.at(k.Line, "%s: unknown field %q%s (allowed: %s)", what, k.Value, hint(k.Value, known), strings.Join(known, ", "))
 			continue
@@ -111,8 +124,6 @@ func describe(n *yaml.Node) string {
 		return "a mapping"
 	case yaml.SequenceNode:
 		return "a list"
-	case yaml.AliasNode:
-		return "the alias *" + n.Value + " (emu does not expand YAML aliases: write the value out)"
 	}
 	if isNull(n) {
 		return "an empty value"

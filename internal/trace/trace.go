@@ -110,7 +110,7 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 	var frames []frame
 	for _, p := range g.Packets() {
 		if f, ok := carries(p, []byte(marker), conns); ok {
-			f.node, f.host = nodeOf[p.NS].Name, nodeOf[p.NS].Kind == "host"
+			f.node, f.host = nodeOf[p.NS].Name, nodeOf[p.NS].Roles.EndSystem
 			frames = append(frames, f)
 		}
 	}
