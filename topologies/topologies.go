@@ -7,5 +7,5 @@ import "embed"
 
 // FS holds every shipped topology file.
 //
-//go:embed *.yaml frr-onprem
+//go:embed *.yaml frr-onprem strongswan-onprem
 var FS embed.FS

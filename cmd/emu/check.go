@@ -38,6 +38,8 @@ func checkCommand() *cli.Command {
                 gateway, with the proposals chosen, or the failure reason
                 (NO_PROPOSAL_CHOSEN with both offers, AUTHENTICATION_FAILED,
                 TS_UNACCEPTABLE, dead peer); waits up to 15 s for negotiation.
+                An end run by software (speaker: strongswan) is judged from its
+                emu peer's state and its daemons alive; its own SAs are not read.
   connectivity  ICMP echo and a TCP exchange carrying a random marker between every
                 pair of nodes of kind host, each direction; over IPv6 too (ping6,
                 tcp6) between dual-stack hosts.
@@ -55,7 +57,8 @@ func checkCommand() *cli.Command {
                 each connection must carry at least half its share.
   bgp           (nodes with bgp:) every session Established, and every prefix a
                 neighbor originates a best path installed in the kernel table.
-  failover      (with --failover) breaks the first connection under 100 probes/s:
+  failover      (with --failover) breaks the first connection under 100 probes/s
+                (its ESP and ESP in UDP/4500 dropped in the on-prem gateway):
                 methods 2, 3 and the health check must resume by themselves within
                 10 s; method 1 must stay stopped until the routes are withdrawn (the
                 check does it); the fallback must be in clear; after the repair the

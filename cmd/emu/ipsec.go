@@ -31,7 +31,9 @@ older than the window; malformed: short, misaligned, bad padding). Per node, the
 packets refused before any SA saw them: short (no SPI and sequence number), unknown
 SPI, wrong source (the SPI's SA expects another peer). An agent that is dead or hung
 is reported as such with its log, never with its last counters. Nodes on the kernel
-dataplane have no agent counters: read them with ip -s xfrm state in the node.`,
+dataplane have no agent counters: read them with ip -s xfrm state in the node. A
+connection end run by software in the node (speaker: strongswan) shows only who runs
+it: its state is its emu peer's row, its own SAs are the software's to show.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
@@ -51,6 +53,12 @@ dataplane have no agent counters: read them with ip -s xfrm state in the node.`,
 			}
 			var views []ipsecView
 			for _, n := range t.Nodes {
+				for _, tun := range n.Tunnels {
+					if tun.External() {
+						// emu reads nothing of it: its state is its emu peer's row.
+						views = append(views, ipsecView{Node: n.Name, RunBy: []runBy{{Connection: tun.Name, Speaker: tun.Speaker, Peer: tun.Peer.Node}}})
+					}
+				}
 				cfg := filepath.Join(rec.Dir, "agents", n.Name+".json")
 				if len(n.Tunnels) == 0 || !fileExists(cfg) {
 					continue
@@ -84,6 +92,16 @@ type ipsecView struct {
 	Drops   *userspace.Drops        `json:"drops_before_sa,omitempty"`
 	IKE     []ike.Status            `json:"ike,omitempty"`   // keys are never shown
 	Error   string                  `json:"error,omitempty"` // why there are no current counters
+	// RunBy are the node's connections that software in it runs
+	// (`speaker:`), of which emu shows nothing but who runs them.
+	RunBy []runBy `json:"run_by_software,omitempty"`
+}
+
+// runBy is a connection end run by software in the node, not by emu.
+type runBy struct {
+	Connection string `json:"connection"`
+	Speaker    string `json:"speaker"`
+	Peer       string `json:"peer"` // the node of its emu end
 }
 
 func printIPsec(w io.Writer, views []ipsecView) error {
@@ -122,6 +140,10 @@ func printIKE(w io.Writer, views []ipsecView) error {
 	for _, v := range views {
 		for _, s := range v.IKE {
 			tw.Append(v.Node, s.Name, s.Phase1, s.Phase2, ikeDetail(s))
+			rows++
+		}
+		for _, r := range v.RunBy {
+			tw.Append(v.Node, r.Connection, "run by "+r.Speaker, "", fmt.Sprintf("not read by emu: see %s's end;\n%s's own view: emu exec ... %s -- (its tool)", r.Peer, r.Speaker, v.Node))
 			rows++
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/testenv"
+	"github.com/emu-lab/emu/topologies"
 )
 
 // The test binary doubles as emu, so CLI tests run the real command, exit
@@ -523,5 +524,58 @@ topology:
 	err = cmd.Wait()
 	if line != "started\n" || cmd.ProcessState.ExitCode() != 130 {
 		t.Errorf("exec interrupted: read %q, %v (%s), want exit 130 (SIGINT)", line, err, errb.String())
+	}
+}
+
+// The strongSwan scenario through the CLI: `emu ipsec` says who runs each
+// end (charon the on-prem one, the VPN gateway's agent the other, with its
+// negotiation), and `emu exec` reaches this node's charon through its own
+// /run (swanctl's default VICI socket there).
+func TestCLI_StrongSwanOnprem_IPsecSaysWhoRunsEachEnd_ExecReachesCharon(t *testing.T) {
+	labtest.RequireRoot(t)
+	labtest.RequireHostFiles(t)
+	if _, err := exec.LookPath("swanctl"); err != nil {
+		t.Skip("strongSwan is not installed (scripts/setup.sh installs it)")
+	}
+	state, dir, name := t.TempDir(), t.TempDir(), labtest.UniqueName()
+	labtest.CopyTree(t, topologies.FS, "strongswan-onprem", dir)
+	topo := filepath.Join(dir, "strongswan-onprem.yaml")
+	if err := os.WriteFile(topo, []byte(labtest.Rename(labtest.Shipped(t, "strongswan-onprem.yaml"), name)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	type view struct {
+		Node  string `json:"node"`
+		RunBy []struct {
+			Connection, Speaker, Peer string
+		} `json:"run_by_software"`
+		IKE []struct {
+			Phase1, Phase2 string
+		} `json:"ike"`
+	}
+	var views []view
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r := runEmu(t, state, "ipsec", "-t", topo, "--format", "json")
+		views = nil
+		if err := json.Unmarshal([]byte(r.stdout), &views); err != nil {
+			t.Fatalf("emu ipsec: %v: %s %s", err, r.stdout, r.stderr)
+		}
+		if len(views) == 2 && len(views[1].IKE) == 1 && views[1].IKE[0].Phase2 == "established" || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(views) != 2 || views[0].Node != "onprem" || len(views[0].RunBy) != 1 || views[0].RunBy[0].Speaker != "strongswan" || views[0].RunBy[0].Peer != "vpngw" ||
+		views[1].Node != "vpngw" || len(views[1].IKE) != 1 || views[1].IKE[0].Phase1 != "established" || views[1].IKE[0].Phase2 != "established" {
+		t.Fatalf("emu ipsec: %+v", views)
+	}
+	r := runEmu(t, state, "exec", "-t", topo, "onprem", "--", "swanctl", "--list-sas")
+	if r.code != 0 || !strings.Contains(r.stdout, "to-vpc: #1, ESTABLISHED, IKEv2") || !strings.Contains(r.stdout, "INSTALLED, TUNNEL-in-UDP") {
+		t.Errorf("swanctl --list-sas in onprem: exit %d: %s %s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -181,8 +181,12 @@ func (v verdict) summary() string {
 		pairs = append(pairs, p)
 	}
 	sort.Strings(pairs)
-	s := fmt.Sprintf("%d frames, %d ESP (%s; SPI %s), %d with inner addresses, %d other IP, marker in %d",
-		v.frames, v.esp, strings.Join(pairs, ", "), strings.Join(spis, ", "), v.innerFrames, v.otherIP, v.markerFrames)
+	esp := fmt.Sprintf("%d ESP", v.esp)
+	if len(pairs)+len(spis) > 0 {
+		esp += fmt.Sprintf(" (%s; SPI %s)", strings.Join(pairs, ", "), strings.Join(spis, ", "))
+	}
+	s := fmt.Sprintf("%d frames, %s, %d with inner addresses, %d other IP, marker in %d",
+		v.frames, esp, v.innerFrames, v.otherIP, v.markerFrames)
 	if v.encap > 0 {
 		s += fmt.Sprintf(", %d of the ESP in UDP/4500", v.encap)
 	}

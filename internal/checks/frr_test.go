@@ -18,23 +18,32 @@ import (
 // configuration beside it; edit changes bgpd.conf first.
 func deployFRROnprem(t *testing.T, edit func(bgpd string) string) (*labtest.Lab, checks.Lab) {
 	t.Helper()
-	labtest.RequireRoot(t)
-	labtest.RequireHostFiles(t)
 	if _, err := os.Stat("/usr/lib/frr/bgpd"); err != nil {
+		labtest.RequireRoot(t)
 		t.Skip("FRR is not installed (scripts/setup.sh installs it)")
 	}
+	return deployWithSoftware(t, "frr-onprem", "bgpd.conf", edit)
+}
+
+// deployWithSoftware deploys the shipped scenario NAME.yaml under a unique
+// lab name with its configuration directory NAME/ beside it, after edit
+// changed the file conf of that directory.
+func deployWithSoftware(t *testing.T, name, conf string, edit func(string) string) (*labtest.Lab, checks.Lab) {
+	t.Helper()
+	labtest.RequireRoot(t)
+	labtest.RequireHostFiles(t)
 	dir := t.TempDir()
-	labtest.CopyTree(t, topologies.FS, "frr-onprem", dir)
-	conf := filepath.Join(dir, "frr-onprem", "bgpd.conf")
-	data, err := os.ReadFile(conf)
+	labtest.CopyTree(t, topologies.FS, name, dir)
+	confPath := filepath.Join(dir, name, conf)
+	data, err := os.ReadFile(confPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(conf, []byte(edit(string(data))), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(edit(string(data))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "frr-onprem.yaml")
-	text := labtest.Rename(labtest.Shipped(t, "frr-onprem.yaml"), labtest.UniqueName())
+	path := filepath.Join(dir, name+".yaml")
+	text := labtest.Rename(labtest.Shipped(t, name+".yaml"), labtest.UniqueName())
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
+	"github.com/emu-lab/emu/internal/lab"
 )
 
 // IKE reads the negotiation state each gateway's agent publishes and
@@ -48,39 +49,62 @@ func hasIKE(l Lab) bool {
 func ikeOnce(l Lab) (_ []Result, settled bool) {
 	var out []Result
 	settled = true
+	states := map[string]*agent.State{}
+	readErrs := map[string]error{}
+	status := func(node, conn string) (*ike.Status, string) {
+		st, seen := states[node]
+		if !seen {
+			st, readErrs[node] = agent.ReadState(filepath.Join(l.Dir, "agents", node+".json"))
+			states[node] = st
+		}
+		if err := readErrs[node]; err != nil {
+			return nil, fmt.Sprintf("no state from %s's agent: %v", node, err)
+		}
+		for i := range st.IKE {
+			if st.IKE[i].Name == conn {
+				return &st.IKE[i], ""
+			}
+		}
+		return nil, fmt.Sprintf("%s's agent reports no IKE state for %s", node, conn)
+	}
 	for _, n := range l.Topology.Nodes {
-		var st *agent.State
-		var readErr error
 		for _, t := range n.Tunnels {
 			if t.IKE == nil {
 				continue
 			}
 			start := time.Now()
 			r := Result{Check: fmt.Sprintf("ike %s %s", n.Name, t.Name)}
-			if st == nil && readErr == nil {
-				st, readErr = agent.ReadState(filepath.Join(l.Dir, "agents", n.Name+".json"))
-			}
-			var s *ike.Status
-			if st != nil {
-				for i := range st.IKE {
-					if st.IKE[i].Name == t.Name {
-						s = &st.IKE[i]
+			// An end run by software is judged from its emu peer's side,
+			// and by its daemons being alive.
+			node, conn, prefix, suffix := n.Name, t.Name, "", ""
+			var dead []string
+			if t.External() {
+				r.Check += " (" + t.Speaker + ")"
+				node, conn = t.Peer.Node, t.Peer.Interface
+				if pt := l.Topology.Node(node).Tunnel(t.Peer.Interface); pt != nil {
+					conn = pt.Name
+				}
+				prefix = fmt.Sprintf("%s's end %s: ", node, conn)
+				suffix = fmt.Sprintf("; not observed: %s's own SAs", t.Speaker)
+				for _, d := range lab.Daemons(l.Dir, n.Name) {
+					if d.State != "running" {
+						dead = append(dead, fmt.Sprintf("daemon %s of %s is %s (log: %s)", d.Name, n.Name, d.State, d.Log))
 					}
 				}
 			}
-			switch {
-			case readErr != nil:
-				settled = false
-				r.Evidence = fmt.Sprintf("no state from %s's agent: %v", n.Name, readErr)
+			switch s, problem := status(node, conn); {
 			case s == nil:
 				settled = false
-				r.Evidence = fmt.Sprintf("%s's agent reports no IKE state for %s", n.Name, t.Name)
+				r.Evidence = problem
 			default:
-				r.Passed = s.Phase1 == ike.StateEstablished && s.Phase2 == ike.StateEstablished
-				r.Evidence = DescribeIKE(*s)
-				if !r.Passed && s.Phase1 != ike.StateFailed && s.Phase2 != ike.StateFailed {
+				r.Passed = s.Phase1 == ike.StateEstablished && s.Phase2 == ike.StateEstablished && len(dead) == 0
+				r.Evidence = prefix + DescribeIKE(*s) + suffix
+				if !r.Passed && s.Phase1 != ike.StateFailed && s.Phase2 != ike.StateFailed && len(dead) == 0 {
 					settled = false
 				}
+			}
+			if len(dead) > 0 {
+				r.Evidence = strings.Join(dead, "; ") + "; " + r.Evidence
 			}
 			r.Duration = time.Since(start)
 			out = append(out, r)

@@ -2,6 +2,7 @@ package checks
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/emu-lab/emu/internal/capture"
@@ -30,5 +31,15 @@ func TestJudge_InnerIPv6AddressesInClear_CountAsLeak(t *testing.T) {
 	v := judge([]capture.Packet{{NS: "emu-x-vbr", Interface: "eth1", Data: ipv6Frame(client, ecs)}}, map[netip.Addr]bool{}, inner, []byte("marker"))
 	if v.innerFrames != 1 || v.firstLeak == "" {
 		t.Fatalf("verdict %+v: want the IPv6 frame counted as inner addresses in clear", v)
+	}
+}
+
+// With no ESP seen, the summary says "0 ESP" and no empty list of pairs
+// and SPIs ("0 ESP (; SPI )" before).
+func TestJudge_NoESP_SummaryHasNoEmptyLists(t *testing.T) {
+	client, ecs := netip.MustParseAddr("fd00:1::10"), netip.MustParseAddr("fd00:172:2::10")
+	v := judge([]capture.Packet{{NS: "emu-x-vbr", Interface: "eth1", Data: ipv6Frame(client, ecs)}}, map[netip.Addr]bool{}, map[netip.Addr]string{client: "client"}, []byte("marker"))
+	if s := v.summary(); !strings.HasPrefix(s, "1 frames, 0 ESP, 1 with inner addresses") {
+		t.Errorf("summary %q", s)
 	}
 }

@@ -5,6 +5,7 @@
 package fault
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -21,9 +22,10 @@ import (
 // tablePrefix names the nftables tables emu owns; one per broken connection.
 const tablePrefix = "emu-fault-"
 
-// TunnelDown drops every ESP packet between local and remote in and out of
-// namespace ns (the gateway holding one end), as a broken private line or a
-// dead peer would: the tunnel stays configured, nothing crosses it.
+// TunnelDown drops every ESP packet (also ESP in UDP/4500) between local
+// and remote in and out of namespace ns (the gateway holding one end), as a
+// broken private line or a dead peer would: the tunnel stays configured,
+// nothing crosses it.
 // Breaking a tunnel that is already broken is not an error.
 func TunnelDown(ns, conn string, local, remote netip.Addr) error {
 	if !local.Is4() || !remote.Is4() {
@@ -49,6 +51,7 @@ func TunnelDown(ns, conn string, local, remote netip.Addr) error {
 	} {
 		ch := c.AddChain(&nftables.Chain{Name: hook.name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter})
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropESP(hook.src, hook.dst)})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropESPInUDP(hook.src, hook.dst)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("break tunnel %s in %s: nftables: %w", conn, ns, err)
@@ -98,6 +101,26 @@ func dropESP(src, dst netip.Addr) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d[:]},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+// dropESPInUDP matches UDP from src to dst port 4500 (RFC 3948: ESP in UDP,
+// and IKE once it floated there) and drops it, counted: the ESP of
+// strongSwan's kernel-libipsec, which sends nothing else, and of
+// `force-encap`.
+func dropESPInUDP(src, dst netip.Addr) []expr.Any {
+	s, d := src.As4(), dst.As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, 4500)},
 		&expr.Counter{},
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	}

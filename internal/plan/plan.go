@@ -385,6 +385,9 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 	agent := &Agent{Namespace: ns, Node: n.Name}
 	var kernel []Step
 	for i, tun := range n.Tunnels {
+		if tun.External() {
+			continue // the node's own software runs it: no SAs, dataplane or IKE from emu
+		}
 		c, err := secrets.Resolve(tun)
 		if err != nil {
 			return nil, nil, fmt.Errorf("node %s: %w", n.Name, err)

@@ -4,6 +4,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -206,5 +208,40 @@ func TestBuild_IKE_PrintsProposalsNeverThePSK(t *testing.T) {
 	}
 	if _, err := plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, plan.Kernel); err == nil || !strings.Contains(err.Error(), "--ipsec-dataplane userspace") {
 		t.Errorf("kernel dataplane: %v", err)
+	}
+}
+
+// An end run by software in the node (strongSwan) gets nothing from emu: no
+// agent, no SAs, no tunnel; its emu peer's agent runs IKE with the PSK given.
+func TestBuild_ExternalIPsecEnd_EmuRunsOnlyThePeersEnd(t *testing.T) {
+	text, err := topologies.FS.ReadFile("strongswan-onprem.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "strongswan-onprem"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	topo, err := topology.Parse(filepath.Join(dir, "lab.yaml"), text, nodes.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := stepsOf[plan.Agent](p)
+	if len(agents) != 1 || agents[0].Node != "vpngw" || len(agents[0].Tunnels) != 1 {
+		t.Fatalf("agents %+v, want only vpngw's with its one connection", agents)
+	}
+	c := agents[0].Tunnels[0]
+	if c.IKE == nil || string(c.IKE.PSK) != "emu-onprem-Psk-2026" || !c.IKE.Initiate {
+		t.Errorf("vpngw's connection: %+v", c.IKE)
+	}
+	if k := stepsOf[plan.KernelTunnel](p); len(k) != 0 {
+		t.Errorf("kernel tunnels %+v", k)
+	}
+	if sw := stepsOf[plan.Software](p); len(sw) != 1 || sw[0].Node != "onprem" {
+		t.Errorf("software %+v, want onprem's charon", sw)
 	}
 }

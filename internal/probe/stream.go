@@ -20,16 +20,22 @@ type StreamResult struct {
 	Interval time.Duration
 	Sent     int
 	Received int
-	// Outage is the longest run of consecutive lost probes, as time: with
-	// 100 probes a second, how long the path was broken, to 10 ms.
+	// Outage is the longest run of consecutive lost probes, as time: from
+	// the first lost one to the next one that came back (or the end of the
+	// stream): with 100 probes a second, how long the path was broken, to
+	// 10 ms. Wall time, not probes × interval: on a busy machine the sender
+	// misses ticks, and counting probes would shorten the outage.
 	Outage time.Duration
 	// LastLoss is when the last lost probe was sent (zero if none).
 	LastLoss time.Time
-	// Trailing is the run of lost probes at the end of the stream, as time:
-	// zero when traffic was flowing when the stream stopped.
+	// Trailing is the run of lost probes at the end of the stream, as time
+	// (from the first of them to the end): zero when traffic was flowing
+	// when the stream stopped.
 	Trailing time.Duration
 	start    time.Time
+	end      time.Time // when the last probe's interval ended
 	got      []bool
+	sent     []time.Time // when each probe went out
 }
 
 // Stream sends ICMP echoes from ns to dst every interval until ctx ends,
@@ -75,6 +81,7 @@ func Stream(ctx context.Context, ns string, dst netip.Addr, interval time.Durati
 		mu.Lock()
 		seq := len(r.got)
 		r.got = append(r.got, false)
+		r.sent = append(r.sent, time.Now())
 		mu.Unlock()
 		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq & 0xffff, Data: []byte("emu-stream")}}
 		wire, _ := msg.Marshal(nil)
@@ -84,6 +91,7 @@ func Stream(ctx context.Context, ns string, dst netip.Addr, interval time.Durati
 		case <-tick.C:
 		}
 	}
+	r.end = time.Now()
 	time.Sleep(time.Second)
 	conn.Close()
 	<-done
@@ -92,20 +100,34 @@ func Stream(ctx context.Context, ns string, dst netip.Addr, interval time.Durati
 }
 
 func (r *StreamResult) summarise() {
-	run, longest := 0, 0
+	runStart := -1 // first lost probe of the current run
+	until := func(i int) time.Duration {
+		if i < len(r.sent) {
+			return r.sent[i].Sub(r.sent[runStart])
+		}
+		return r.end.Sub(r.sent[runStart])
+	}
 	for i, ok := range r.got {
 		r.Sent++
 		if ok {
 			r.Received++
-			run = 0
+			if runStart >= 0 {
+				r.Outage = max(r.Outage, until(i))
+			}
+			runStart = -1
 			continue
 		}
-		run++
-		longest = max(longest, run)
-		r.LastLoss = r.start.Add(time.Duration(i) * r.Interval)
+		if runStart < 0 {
+			runStart = i
+		}
+		r.LastLoss = r.sent[i]
 	}
-	r.Outage = time.Duration(longest) * r.Interval
-	r.Trailing = time.Duration(run) * r.Interval
+	if runStart >= 0 {
+		r.Trailing = until(len(r.got))
+		r.Outage = max(r.Outage, r.Trailing)
+	}
+	// To the probes' resolution.
+	r.Outage, r.Trailing = r.Outage.Round(r.Interval), r.Trailing.Round(r.Interval)
 }
 
 func (r *StreamResult) String() string {

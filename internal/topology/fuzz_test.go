@@ -29,6 +29,7 @@ func FuzzParse(f *testing.F) {
 		"name: lab\nx-r: &r {kind: linux, exec: [true]}\ntopology:\n  groups: {g: {<<: *r, env: {A: b}}}\n  nodes: {R1: {group: g, binds: [/:/mnt:ro]}, R2: {<<: [*r, *r]}}\n  links: [{endpoints: [R1:eth1, R2:eth1], mtu: 9000}]\n",
 		"name: lab\ntopology:\n  nodes:\n    a: {kind: linux, daemons: [{name: d, command: x, wait-for: /run/x}], bgp: {speaker: frr, asn: 1}}\n",
 		"name: lab\ntopology:\n  defaults: {kind: linux, env: {A: x, B: ~}}\n  kinds: {linux: {env: [A]}}\n  groups: {g: {env: ~}}\n  nodes: {a: {group: g, env: {B: y}}}\n",
+		"name: lab\ntopology:\n  nodes:\n    a: {kind: linux, daemons: [{name: c, command: x}], interfaces: {eth1: 10.0.0.1/24}, ipsec: [{local: 10.0.0.1, remote: 10.0.0.2, speaker: strongswan, ike: {ike-version: ikev2, psk: k}}]}\n    b: {kind: linux, interfaces: {eth1: 10.0.0.2/24}, ipsec: [{local: 10.0.0.2, remote: 10.0.0.1, ike: {ike-version: ikev2, psk: k}}]}\n  links: [{endpoints: [a:eth1, b:eth1]}]\n",
 		"name: lab\n---\nname: other\n",
 		"name: !!binary aGVsbG8=\ntopology: {nodes: {a: {kind: host}}}\n",
 		"{name: lab, topology: {nodes: {a: {kind: host, interfaces: {eth1: 10.0.0.1/24}}, b: {kind: host, interfaces: {eth1: 10.0.0.2/24}}}, links: [{endpoints: [a:eth1, b:eth1]}]}}",

@@ -33,9 +33,19 @@ type Tunnel struct {
 	// off, the provider's default.
 	HealthCheck *HealthCheck
 	// IKE keys the connection by IKEv2; nil is manual keying (Cipher, Key).
-	IKE    *IKE
-	dpdOff bool
+	IKE *IKE
+	// Speaker is who runs this end: SpeakerEmu (the node's agent: IKE and
+	// the ESP dataplane) or the name of the software in the node that does
+	// (e.g. "strongswan"), as for BGP. An external end says what its emu
+	// peer needs to know: endpoints, and in IKE the proposals, identities,
+	// subnets and the PSK its own configuration holds; emu creates nothing
+	// for it and judges it from the peer's side.
+	Speaker string
+	dpdOff  bool
 }
+
+// External reports whether software other than emu runs this end.
+func (t *Tunnel) External() bool { return t.Speaker != SpeakerEmu }
 
 // Probe is how often a liveness probe goes out and how many may be lost.
 type Probe struct {
@@ -87,10 +97,18 @@ func (n *Node) Tunnel(ifname string) *Tunnel {
 }
 
 func (r *resolver) tunnel(node *Node, n *yaml.Node, index int) {
-	t := &Tunnel{Line: n.Line, Cipher: Ciphers[0], Key: KeyGenerate, Interface: fmt.Sprintf("ipsec%d", index)}
+	t := &Tunnel{Line: n.Line, Cipher: Ciphers[0], Key: KeyGenerate, Interface: fmt.Sprintf("ipsec%d", index), Speaker: SpeakerEmu}
 	what := fmt.Sprintf("node %q ipsec connection", node.Name)
-	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key", "dpd", "health-check", "ike") {
+	for _, f := range r.fields(n, what, "name", "local", "remote", "interface", "address", "cipher", "key", "dpd", "health-check", "ike", "speaker") {
 		switch f.key {
+		case "speaker":
+			if s, ok := r.str(f.val, what+" speaker"); ok {
+				if msg := nameProblem("speaker", s); msg != "" {
+					r.at(f.line, "%s: %s (name the software, like strongswan)", what, msg)
+				}
+				t.Speaker = s
+			}
+			continue
 		case "dpd":
 			if isNull(f.val) || (f.val.Kind == yaml.ScalarNode && (f.val.Value == "off" || f.val.Value == "false")) {
 				t.dpdOff = true
@@ -202,6 +220,9 @@ func (r *resolver) checkTunnels() {
 				r.at(t.Line, "node %q connection %s: cipher %s differs from %s on %s (line %d): both ends must use the same", n.Name, t.Name, t.Cipher, pt.Cipher, peer.Name, pt.Line)
 			}
 			r.checkIKE(n, t, pt, peer)
+			if t.External() {
+				r.checkExternalTunnel(n, t, pt, peer)
+			}
 			if pt.Key != t.Key {
 				r.at(t.Line, "node %q connection %s: key differs from the one on %s (line %d): give both ends the same key, or `generate` on both", n.Name, t.Name, peer.Name, pt.Line)
 			}

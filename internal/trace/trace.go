@@ -137,7 +137,7 @@ func carries(p capture.Packet, marker []byte, conns []ipsec.Conn) (frame, bool) 
 		f.inner = [2]netip.Addr{h.Src, h.Dst}
 		return f, true
 	}
-	inner, ok := decrypt(p.Data, h.SPI, conns)
+	inner, ok := decrypt(p.Data, h.SPI, h.Encap, conns)
 	if !ok || !bytes.Contains(inner, marker) {
 		return f, false
 	}
@@ -160,24 +160,36 @@ func innerAddrs(pkt []byte) ([2]netip.Addr, bool) {
 	return [2]netip.Addr{}, false
 }
 
-// decrypt opens an ESP frame with a fresh inbound SA, so the same packet
-// seen on several links decrypts each time (no replay window across hops).
-func decrypt(data []byte, spi uint32, conns []ipsec.Conn) ([]byte, bool) {
-	const eth = 14
+// decrypt opens an ESP frame (after its UDP header when encap: RFC 3948)
+// with a fresh SA, so the same packet seen on several links decrypts each
+// time (no replay window across hops). The SA is a connection's outbound
+// one, or its inbound one: an end emu does not run (strongSwan's) stores
+// no connection, and its outbound SA is its emu peer's inbound.
+func decrypt(data []byte, spi uint32, encap bool, conns []ipsec.Conn) ([]byte, bool) {
+	const eth, udp = 14, 8
 	if len(data) < eth+20 || data[eth]>>4 != 4 {
 		return nil, false
 	}
 	ihl := int(data[eth]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(data[eth+2:]))
+	if encap {
+		ihl += udp
+	}
 	if total > len(data)-eth || ihl >= total {
 		return nil, false
 	}
 	payload := data[eth+ihl : eth+total]
 	for _, c := range conns {
-		if c.Out.SPI != spi {
+		var cfg esp.Config
+		var err error
+		switch spi {
+		case c.Out.SPI:
+			cfg, err = c.Outbound()
+		case c.In.SPI:
+			cfg, err = c.Inbound()
+		default:
 			continue
 		}
-		cfg, err := c.Outbound()
 		if err != nil {
 			return nil, false
 		}
