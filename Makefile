@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/emu
 TOPO    ?= topologies/static.yaml
 
-.PHONY: build test unit lint demo bench setup clean vmtest images
+.PHONY: build test unit lint fuzz demo bench setup clean vmtest images
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/emu
@@ -25,7 +25,20 @@ unit:
 # tool fails instead (internal/testenv): run it as root after `make setup`.
 test: setup lint build
 	EMU_REQUIRE_ROOT_TESTS=1 $(GO) test -count=1 -timeout 20m ./...
+	EMU_REQUIRE_ROOT_TESTS=1 $(MAKE) fuzz
 	$(MAKE) vmtest
+
+# Every go test -fuzz target in the tree (the parsers of bytes another host
+# controls), each for FUZZTIME; their seed corpora (testdata/fuzz/) also run
+# with the plain tests. A failure leaves the input in testdata/fuzz/.
+FUZZTIME ?= 10s
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' cmd internal bench); do \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo "fuzz ./$$(dirname $$f) $$t for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f); \
+	  done; \
+	done
 
 # The kernel ESP dataplane, proven under QEMU with Debian's cloud kernel.
 vmtest:
@@ -38,8 +51,9 @@ demo: build
 	$(BIN) deploy -t $(TOPO) --reconfigure && $(BIN) check -t $(TOPO)
 
 # Deploy vs an ip script; failover outage per method (100 pps probe stream);
-# TCP throughput plain vs through the userspace ESP tunnel; deploy of the FRR
-# on-prem scenario vs the stock method 2 (same run).
+# TCP throughput plain vs wireguard-go vs the userspace ESP tunnel (every
+# algorithm), and 1/16/64/256 connections on one VPN gateway; deploy of the
+# FRR on-prem scenario vs the stock method 2 (same run).
 bench: build
 	$(GO) run ./bench/deploy
 	$(GO) run ./bench/software -emu $(BIN)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
@@ -29,10 +29,12 @@ var gateways = []string{"onprem", "vpngw"}
 
 // benchLab is the deployed lab; everything it made lives under dir.
 type benchLab struct {
-	topo *topology.Topology
-	plan *plan.Plan
-	dep  *lab.Deployer
-	dir  string
+	cipher     string
+	deployTime time.Duration
+	topo       *topology.Topology
+	plan       *plan.Plan
+	dep        *lab.Deployer
+	dir        string
 }
 
 var (
@@ -40,14 +42,26 @@ var (
 	tunnelInterface = regexp.MustCompile(`(?m)^(\s+)interface: ipsec0$`)
 )
 
-// deploy writes the shipped topology under a random lab name into a fresh
-// temp dir (lab directory and deploy records included) and deploys it with
-// the userspace dataplane.
-func deploy(ctx context.Context) (*benchLab, error) {
+// deployCipher deploys the shipped topology with its tunnel set to cipher.
+func deployCipher(ctx context.Context, cipher string) (*benchLab, error) {
 	text, err := topologies.FS.ReadFile(topologyFile)
 	if err != nil {
 		return nil, err
 	}
+	// Dead peer detection puts a live tunnel's routes back every second: it
+	// would undo the withdrawal the plain stream depends on.
+	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off\n${1}cipher: "+cipher))
+	l, err := deploy(ctx, text, topologyFile+", "+cipher)
+	if l != nil {
+		l.cipher = cipher
+	}
+	return l, err
+}
+
+// deploy writes topology text under a random lab name into a fresh temp
+// dir (lab directory and deploy records included) and deploys it with the
+// userspace dataplane; what names it in progress lines.
+func deploy(ctx context.Context, text []byte, what string) (*benchLab, error) {
 	dir, err := os.MkdirTemp("", "emu-throughput-")
 	if err != nil {
 		return nil, err
@@ -56,9 +70,6 @@ func deploy(ctx context.Context) (*benchLab, error) {
 	rand.Read(b)
 	name := "tp" + hex.EncodeToString(b)
 	text = nameLine.ReplaceAll(text, []byte("name: "+name))
-	// Dead peer detection puts a live tunnel's routes back every second: it
-	// would undo the withdrawal the plain stream depends on.
-	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off"))
 	path := filepath.Join(dir, "topology.yaml")
 	if err := os.WriteFile(path, text, 0o644); err != nil {
 		os.RemoveAll(dir)
@@ -69,8 +80,10 @@ func deploy(ctx context.Context) (*benchLab, error) {
 		l.plan, err = plan.Build(l.topo, nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
 	}
 	if err == nil {
-		fmt.Fprintf(os.Stderr, "deploying %s (lab %s, userspace ESP)\n", topologyFile, name)
+		fmt.Fprintf(os.Stderr, "deploying %s (lab %s, userspace ESP)\n", what, name)
+		start := time.Now()
 		err = l.dep.Deploy(ctx, l.plan) // rolls back by itself on error
+		l.deployTime = time.Since(start)
 	}
 	if err != nil {
 		os.RemoveAll(dir)
@@ -92,43 +105,55 @@ func selfAgent(configPath string) (*exec.Cmd, error) {
 
 func (l *benchLab) ns(node string) string { return plan.NamespaceName(l.topo.Name, node) }
 
-// destroy removes the lab, then reads the per-SA counters each gateway's
-// agent logged as it stopped, then removes the temp dir.
-func (l *benchLab) destroy() (map[string][]userspace.TunnelStats, error) {
+// agentReport is what a gateway's agent logged as it stopped.
+type agentReport struct {
+	tunnels []userspace.TunnelStats
+	cpu     cpuTime
+}
+
+// destroy removes the lab, then reads the per-SA counters and CPU time each
+// gateway's agent logged as it stopped, then removes the temp dir.
+func (l *benchLab) destroy() (map[string]agentReport, error) {
 	defer os.RemoveAll(l.dir)
-	if _, err := l.dep.Destroy(l.topo.Name, false); err != nil {
-		return nil, fmt.Errorf("destroy lab %s: %w (run `emu destroy` on %s)", l.topo.Name, err, l.plan.Topology)
+	if err := l.remove(); err != nil {
+		return nil, err
 	}
-	out := map[string][]userspace.TunnelStats{}
+	out := map[string]agentReport{}
 	for _, node := range gateways {
-		stats, err := loggedCounters(filepath.Join(l.plan.LabDir, "logs", node+".log"))
+		logPath := filepath.Join(l.plan.LabDir, "logs", node+".log")
+		data, err := os.ReadFile(logPath)
 		if err != nil {
-			return nil, fmt.Errorf("counters of %s: %w", node, err)
+			return nil, fmt.Errorf("log of %s: %w", node, err)
 		}
-		out[node] = stats
+		var r agentReport
+		if r.tunnels, err = loggedCounters(string(data)); err != nil {
+			return nil, fmt.Errorf("counters of %s: %w in %s", node, err, logPath)
+		}
+		if r.cpu, err = parseCPU(string(data)); err != nil {
+			return nil, fmt.Errorf("CPU time of %s: %w in %s", node, err, logPath)
+		}
+		out[node] = r
 	}
 	return out, nil
 }
 
+// remove destroys the lab, leaving the temp dir.
+func (l *benchLab) remove() error {
+	if _, err := l.dep.Destroy(l.topo.Name, false); err != nil {
+		return fmt.Errorf("destroy lab %s: %w (run `emu destroy` on %s)", l.topo.Name, err, l.plan.Topology)
+	}
+	return nil
+}
+
 // loggedCounters finds the "stopping; counters [...]" line an agent writes
 // when it ends (internal/agent).
-func loggedCounters(logPath string) ([]userspace.TunnelStats, error) {
-	f, err := os.Open(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+func loggedCounters(log string) ([]userspace.TunnelStats, error) {
 	const marker = "stopping; counters "
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if _, js, ok := strings.Cut(sc.Text(), marker); ok {
+	for line := range strings.Lines(log) {
+		if _, js, ok := strings.Cut(line, marker); ok {
 			var stats []userspace.TunnelStats
 			return stats, json.Unmarshal([]byte(js), &stats)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return nil, fmt.Errorf("%s has no %q line", logPath, marker)
+	return nil, fmt.Errorf("no %q line", marker)
 }

@@ -1,47 +1,118 @@
-// Command throughput measures the userspace ESP dataplane: it deploys
-// topologies/static.yaml under a fresh lab name, then streams one TCP flow
-// client → ECS through the tunnel (encrypted) and, with the tunnel routes
-// withdrawn, over the same private path in clear (plain), N times, and prints
-// both rates, their ratio and the drop counters against the targets.
+// Command throughput measures the userspace ESP dataplane against plain
+// forwarding and wireguard-go on the same seven namespaces: it deploys
+// topologies/static.yaml once per ESP algorithm under fresh lab names, runs
+// wireguard-go (golang.zx2c4.com/wireguard from go.mod) between the same
+// two gateways of the first lab, and streams one TCP flow client → ECS for
+// each mode in turn, N times: plain (tunnel routes withdrawn), wireguard-go
+// (routes moved to wg0), emu raw ESP per algorithm. It prints each mode's
+// median, spread and ratio to wireguard-go of the same run, the drops, the
+// SA counters and the CPU time of every gateway process, split into user
+// and kernel time.
 //
-//	sudo go run ./bench/throughput [-n 5] [-d 5s]
+//	sudo go run ./bench/throughput [-n 5] [-d 5s] [-profile DIR]
 //
-// The program plays the node agents itself (started again with
-// asAgentEnv set), so it measures the dataplane of the tree it was built from.
+// The program plays the node agents and the wireguard-go peers itself
+// (started again with asAgentEnv or asWireGuardEnv set), so it measures the
+// code of the tree it was built from. -profile writes each agent's CPU
+// profile (go tool pprof DIR/emu-<lab>.onprem.<pid>.cpu.pprof).
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/ipsec/esp"
 )
 
-// Targets of the userspace dataplane (issue: ESP throughput).
+// Targets of the userspace dataplane (issue 12), as shares of wireguard-go
+// on the same path in the same run.
 const (
-	targetGbps  = 1.0
-	stretchRate = 0.3 // encrypted / plain
+	targetESPInUDP = 1.0
+	targetRawESP   = 0.5
 )
 
-const asAgentEnv = "EMU_BENCH_AS_AGENT"
+const (
+	asAgentEnv = "EMU_BENCH_AS_AGENT"
+	profileEnv = "EMU_BENCH_PROFILE" // directory for the agents' CPU profiles
+)
+
+// cpuMarker starts the line an agent logs as it ends with the CPU time it
+// used in user space and in the kernel (getrusage): the kernel's share is
+// the system calls, TUN and socket work done on its behalf.
+const cpuMarker = "bench: cpu "
+
+// runAgent is the node agent, profiled when profileEnv names a directory.
+func runAgent(configPath string) int {
+	// <lab dir>/agents/<node>.json names the profile <lab dir>.<node>.<pid>:
+	// an agent is two processes, the supervisor and its worker (this
+	// program again), and the worker's is the larger profile.
+	node := strings.TrimSuffix(filepath.Base(configPath), ".json")
+	labDir := filepath.Base(filepath.Dir(filepath.Dir(configPath)))
+	if dir := os.Getenv(profileEnv); dir != "" {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s.%s.%d.cpu.pprof", labDir, node, os.Getpid())))
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "agent: profile:", err)
+			return 1
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	err := agent.Run(configPath)
+	printCPU(os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		return 1
+	}
+	return 0
+}
 
 func main() {
 	if os.Getenv(asAgentEnv) == "1" {
-		if err := agent.Run(os.Args[2]); err != nil {
-			fmt.Fprintln(os.Stderr, "agent:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+		os.Exit(runAgent(os.Args[2]))
+	}
+	if os.Getenv(asWireGuardEnv) == "1" {
+		os.Exit(runWireGuard())
 	}
 	runs := flag.Int("n", 5, "repetitions of the plain/encrypted pair")
 	dur := flag.Duration("d", 5*time.Second, "length of each TCP stream")
+	profile := flag.String("profile", "", "write each gateway agent's CPU profile (pprof) into this directory")
+	scale := flag.String("connections", "1,16,64,256", "connection counts on one VPN gateway for the scaling table (\"\" skips it)")
 	flag.Parse()
+	var counts []int
+	for f := range strings.FieldsFuncSeq(*scale, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 1000 {
+			fmt.Fprintf(os.Stderr, "throughput: -connections: %q is not a count of 1..1000\n", f)
+			os.Exit(2)
+		}
+		counts = append(counts, n)
+	}
+	if *profile != "" {
+		dir, err := filepath.Abs(*profile)
+		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "throughput: -profile:", err)
+			os.Exit(2)
+		}
+		os.Setenv(profileEnv, dir) // the agents inherit it
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "throughput: needs root (it creates network namespaces)")
 		os.Exit(2)
@@ -53,7 +124,7 @@ func main() {
 	// Piped into head, a write must fail, not kill the program before its
 	// deferred destroy.
 	signal.Ignore(syscall.SIGPIPE)
-	if err := run(ctx, *runs, *dur); err != nil {
+	if err := run(ctx, *runs, *dur, counts); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
@@ -70,30 +141,84 @@ func loadAverage() string {
 	return strings.Join(f[:min(3, len(f))], " ")
 }
 
-func run(ctx context.Context, runs int, d time.Duration) (err error) {
-	l, err := deploy(ctx)
+func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
+	fmt.Fprintf(os.Stdout, "machine: %d CPUs, shared with other work; load average before: %s\n", runtime.NumCPU(), loadAverage())
+	// One lab per cipher, all up at once, so that each run measures every
+	// mode back to back under the same load.
+	var labs []*benchLab
+	var err error
+	for _, alg := range esp.Algorithms() {
+		var l *benchLab
+		if l, err = deployCipher(ctx, alg.String()); err != nil {
+			break
+		}
+		labs = append(labs, l)
+	}
+	var res results
+	if err == nil {
+		res, err = measureAll(ctx, labs, runs, d)
+	}
+	res.agents = map[*benchLab]map[string]agentReport{}
+	for _, l := range labs {
+		r, derr := l.destroy()
+		err = errors.Join(err, derr)
+		res.agents[l] = r
+	}
 	if err != nil {
 		return err
 	}
-	defer func() {
-		counters, derr := l.destroy()
-		if derr != nil && err == nil {
-			err = derr
-		}
-		if derr == nil {
-			printCounters(os.Stdout, counters)
-		}
-	}()
-	fmt.Fprintf(os.Stdout, "load average before: %s\n", loadAverage())
-	defer func() { fmt.Fprintf(os.Stdout, "load average after:  %s\n", loadAverage()) }()
-	var rows []row
-	for i := range runs {
-		r, err := l.measure(ctx, d)
-		if err != nil {
-			return fmt.Errorf("run %d: %w", i+1, err)
-		}
-		rows = append(rows, r)
-		fmt.Fprintf(os.Stderr, "run %d/%d: plain %.2f Gbit/s, encrypted %.2f Gbit/s\n", i+1, runs, r.plain/1e9, r.encrypted/1e9)
+	if err := printReport(os.Stdout, res); err != nil {
+		return err
 	}
-	return printRuns(os.Stdout, rows)
+	if len(counts) > 0 {
+		rows, err := measureScale(ctx, counts, d)
+		if perr := printScale(os.Stdout, rows); err == nil {
+			err = perr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(os.Stdout, "load average after: %s\n", loadAverage())
+	return nil
+}
+
+// results is everything the report shows.
+type results struct {
+	modes   []mode
+	samples [][]sample // per mode, per run
+	wgCPU   map[string]cpuTime
+	agents  map[*benchLab]map[string]agentReport
+}
+
+// measureAll runs every mode once per run, in turn: wireguard-go and
+// plain in the first lab, emu's raw ESP in each.
+func measureAll(ctx context.Context, labs []*benchLab, runs int, d time.Duration) (res results, err error) {
+	wg, err := startWireGuardPair(labs[0])
+	if err != nil {
+		return res, err
+	}
+	defer func() { res.wgCPU = wg.stop() }()
+	res.modes = []mode{
+		{name: "plain", lab: labs[0], without: []route{onpremIntoTunnel, vpcToGateway}},
+		{name: "wireguard-go", lab: labs[0], through: wgInterface,
+			without: []route{onpremIntoTunnel, vpngwIntoTunnel}, with: onDev(wgInterface, onpremIntoTunnel, vpngwIntoTunnel)},
+	}
+	for _, l := range labs {
+		res.modes = append(res.modes, mode{name: "emu raw ESP " + l.cipher, lab: l, through: "ipsec0"})
+	}
+	res.samples = make([][]sample, len(res.modes))
+	for i := range runs {
+		var line []string
+		for j, m := range res.modes {
+			s, err := m.stream(ctx, d)
+			if err != nil {
+				return res, fmt.Errorf("run %d: %w", i+1, err)
+			}
+			res.samples[j] = append(res.samples[j], s)
+			line = append(line, m.name+" "+gbps(s.bps))
+		}
+		fmt.Fprintf(os.Stderr, "run %d/%d (Gbit/s): %s\n", i+1, runs, strings.Join(line, ", "))
+	}
+	return res, nil
 }

@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/probe"
@@ -20,10 +23,8 @@ import (
 // ecs is where the stream goes: the ECS instance, behind the VPN gateway.
 var ecs = netip.AddrPortFrom(netip.MustParseAddr("172.16.2.10"), 5201)
 
-// tunnelRoute is a route that steers client↔ECS traffic into the tunnel;
-// withdrawn, the traffic takes the plain private path (method 1 of the
-// guide, as internal/checks tests it).
-type tunnelRoute struct {
+// route is a route of the lab that steers client↔ECS traffic into a tunnel.
+type route struct {
 	node   string
 	dst    *net.IPNet
 	via    net.IP
@@ -31,70 +32,139 @@ type tunnelRoute struct {
 	metric int
 }
 
-var tunnelRoutes = []tunnelRoute{
-	{node: "onprem", dst: mustCIDR("172.16.2.0/24"), dev: "ipsec0"},
-	{node: "vpc", dst: mustCIDR("10.1.0.0/24"), via: net.ParseIP("172.16.1.10"), metric: 10},
+// The routes that steer client↔ECS traffic into the tunnel. Withdrawn on
+// onprem and the VPC, the traffic takes the plain private path (method 1 of
+// the guide, as internal/checks tests it); moved from ipsec0 to wg0 on both
+// gateways, it takes wireguard-go's tunnel.
+var (
+	onpremIntoTunnel = route{node: "onprem", dst: mustCIDR("172.16.2.0/24"), dev: "ipsec0"}
+	vpcToGateway     = route{node: "vpc", dst: mustCIDR("10.1.0.0/24"), via: net.ParseIP("172.16.1.10"), metric: 10}
+	vpngwIntoTunnel  = route{node: "vpngw", dst: mustCIDR("10.1.0.0/24"), dev: "ipsec0"}
+)
+
+// mode is one way for the stream to cross the lab: a row of the table.
+type mode struct {
+	name string
+	lab  *benchLab
+	// through is the tunnel interface on onprem the stream must use ("" for
+	// plain, which must not use ipsec0).
+	through string
+	// without and with are routes taken away and added for the stream and
+	// put back after it.
+	without, with []route
 }
 
-// row is one repetition: both rates in bit/s and what the kernel dropped
-// on the gateways during the encrypted stream.
-type row struct {
-	plain, encrypted float64
-	drops            drops
+// sample is one stream: its rate in bit/s and what was lost on the way.
+type sample struct {
+	bps   float64
+	drops drops
 }
 
-// measure runs the encrypted stream with the tunnel routes in place, then
-// the plain one with them withdrawn, and puts the routes back.
-func (l *benchLab) measure(ctx context.Context, d time.Duration) (row, error) {
-	var r row
-	before, err := l.drops()
-	if err != nil {
-		return r, err
-	}
-	if r.encrypted, err = probe.Throughput(ctx, l.ns("client"), l.ns("ecs"), ecs, d); err != nil {
-		return r, fmt.Errorf("encrypted stream: %w", err)
-	}
-	after, err := l.drops()
-	if err != nil {
-		return r, err
-	}
-	r.drops = after.minus(before)
+// stream runs one TCP stream client → ECS in m's lab with m's routes.
+func (m mode) stream(ctx context.Context, d time.Duration) (s sample, err error) {
 	w := wiring.New()
 	defer w.Close()
-	for _, t := range tunnelRoutes {
-		if err := w.DeleteRoute(l.ns(t.node), t.dst, t.via, t.dev, t.metric); err != nil {
-			return r, fmt.Errorf("withdraw tunnel route: %w", err)
+	undo, err := m.setRoutes(w)
+	defer func() {
+		if uerr := undo(); uerr != nil && err == nil {
+			err = fmt.Errorf("%s: put the routes back: %w", m.name, uerr)
 		}
-	}
-	tunnelBefore, terr := l.tunnelPackets()
-	r.plain, err = probe.Throughput(ctx, l.ns("client"), l.ns("ecs"), ecs, d)
-	tunnelAfter, aerr := l.tunnelPackets()
-	if err == nil && terr == nil && aerr == nil && tunnelAfter-tunnelBefore > 1000 {
-		err = fmt.Errorf("%d packets entered onprem's tunnel with its routes withdrawn: something put them back", tunnelAfter-tunnelBefore)
-	}
-	for _, t := range tunnelRoutes {
-		if rerr := w.AddRoute(l.ns(t.node), t.dst, t.via, t.dev, t.metric); rerr != nil && !errors.Is(rerr, wiring.ErrRouteExists) {
-			return r, fmt.Errorf("restore tunnel route: %w", rerr)
-		}
-	}
+	}()
 	if err != nil {
-		return r, fmt.Errorf("plain stream: %w", err)
+		return s, fmt.Errorf("%s: %w", m.name, err)
 	}
-	return r, nil
+	l := m.lab
+	tunIf := m.through
+	if tunIf == "" {
+		tunIf = "ipsec0"
+	}
+	before, err := l.drops(tunIf)
+	if err != nil {
+		return s, err
+	}
+	carriedBefore, err := l.txBytes("onprem", tunIf)
+	if err != nil {
+		return s, err
+	}
+	if s.bps, err = probe.Throughput(ctx, l.ns("client"), l.ns("ecs"), ecs, d); err != nil {
+		return s, fmt.Errorf("%s stream: %w", m.name, err)
+	}
+	after, err := l.drops(tunIf)
+	if err != nil {
+		return s, err
+	}
+	carriedAfter, err := l.txBytes("onprem", tunIf)
+	if err != nil {
+		return s, err
+	}
+	s.drops = after.minus(before)
+	carried := carriedAfter - carriedBefore
+	switch {
+	case m.through == "" && carried > 1<<20:
+		return s, fmt.Errorf("plain: %d bytes entered onprem's ipsec0 with its routes withdrawn: something put them back", carried)
+	case m.through != "" && float64(carried)*8 < s.bps*d.Seconds()/2:
+		return s, fmt.Errorf("%s: onprem's %s carried only %d bytes of the stream: it took another path", m.name, m.through, carried)
+	}
+	return s, nil
 }
 
-// drops are kernel-side losses on both gateways that the ESP counters
-// cannot see: ESP packets the raw socket had no room for, and inner packets
-// the TUN queue dropped (not read fast enough, or refused on write).
-type drops struct{ raw, tun, retrans uint64 }
+// setRoutes applies m's route changes and returns what reverts them, also
+// after a partial failure.
+func (m mode) setRoutes(w *wiring.Net) (undo func() error, err error) {
+	var done []func() error
+	undo = func() error {
+		var errs []error
+		for i := len(done) - 1; i >= 0; i-- {
+			errs = append(errs, done[i]())
+		}
+		return errors.Join(errs...)
+	}
+	l := m.lab
+	for _, r := range m.without {
+		if err := w.DeleteRoute(l.ns(r.node), r.dst, r.via, r.dev, r.metric); err != nil {
+			return undo, fmt.Errorf("withdraw route %s on %s: %w", r.dst, r.node, err)
+		}
+		done = append(done, func() error { return ignoreExists(w.AddRoute(l.ns(r.node), r.dst, r.via, r.dev, r.metric)) })
+	}
+	for _, r := range m.with {
+		if err := w.AddRoute(l.ns(r.node), r.dst, r.via, r.dev, r.metric); err != nil {
+			return undo, fmt.Errorf("route %s on %s: %w", r.dst, r.node, err)
+		}
+		done = append(done, func() error { return w.DeleteRoute(l.ns(r.node), r.dst, r.via, r.dev, r.metric) })
+	}
+	return undo, nil
+}
+
+func ignoreExists(err error) error {
+	if errors.Is(err, wiring.ErrRouteExists) {
+		return nil
+	}
+	return err
+}
+
+// onDev is routes moved to dev.
+func onDev(dev string, routes ...route) []route {
+	out := slices.Clone(routes)
+	for i := range out {
+		out[i].dev = dev
+	}
+	return out
+}
+
+// drops are losses the ESP counters cannot see: socket drops on both
+// gateways (raw ESP sockets, wireguard's UDP sockets: no room in the
+// receive buffer), drops at their tunnel interfaces (TUN queue full, or a
+// write refused), and, for every loss anywhere on the path, the sender's
+// TCP retransmissions.
+type drops struct{ socket, tun, retrans uint64 }
 
 func (a drops) minus(b drops) drops {
-	return drops{a.raw - b.raw, a.tun - b.tun, a.retrans - b.retrans}
+	return drops{a.socket - b.socket, a.tun - b.tun, a.retrans - b.retrans}
 }
 
-func (l *benchLab) drops() (drops, error) {
+// drops reads the counters, with tunIf the gateways' tunnel interface.
+func (l *benchLab) drops(tunIf string) (drops, error) {
 	var sum drops
-	// Every loss anywhere on the path costs the sender a retransmission.
 	err := netnsx.Do(l.ns("client"), func() (err error) {
 		sum.retrans, err = tcpRetransmits()
 		return err
@@ -104,12 +174,20 @@ func (l *benchLab) drops() (drops, error) {
 	}
 	for _, node := range gateways {
 		err := netnsx.Do(l.ns(node), func() error {
-			raw, err := rawSocketDrops()
-			sum.raw += raw
-			return err
+			for _, table := range []string{"raw", "udp"} {
+				n, err := socketDrops(table)
+				if err != nil {
+					return err
+				}
+				sum.socket += n
+			}
+			return nil
 		})
 		if err == nil {
-			err = addTunDrops(&sum, l.ns(node))
+			var st *netlink.LinkStatistics
+			if st, err = l.linkStats(node, tunIf); err == nil {
+				sum.tun += st.RxDropped + st.TxDropped
+			}
 		}
 		if err != nil {
 			return sum, fmt.Errorf("drop counters of %s: %w", node, err)
@@ -118,10 +196,11 @@ func (l *benchLab) drops() (drops, error) {
 	return sum, nil
 }
 
-// rawSocketDrops sums the drops column of the raw sockets of the calling
-// thread's namespace (thread-self: netnsx switches a thread, not the process).
-func rawSocketDrops() (uint64, error) {
-	f, err := os.Open("/proc/thread-self/net/raw")
+// socketDrops sums the drops column of /proc/net/<table> (raw, udp) of the
+// calling thread's namespace (thread-self: netnsx switches a thread, not
+// the process).
+func socketDrops(table string) (uint64, error) {
+	f, err := os.Open("/proc/thread-self/net/" + table)
 	if err != nil {
 		return 0, err
 	}
@@ -138,36 +217,31 @@ func rawSocketDrops() (uint64, error) {
 	return sum, sc.Err()
 }
 
-// tunnelPackets counts what routing sent into onprem's tunnel interface.
-func (l *benchLab) tunnelPackets() (uint64, error) {
-	nl, err := wiring.Open(l.ns("onprem"))
+// linkStats reads an interface's counters over netlink (sysfs shows the
+// namespace it was mounted in, not the node's).
+func (l *benchLab) linkStats(node, ifname string) (*netlink.LinkStatistics, error) {
+	nl, err := wiring.Open(l.ns(node))
+	if err != nil {
+		return nil, err
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("%s of %s: %w", ifname, node, err)
+	}
+	if link.Attrs().Statistics == nil {
+		return nil, fmt.Errorf("%s of %s has no counters", ifname, node)
+	}
+	return link.Attrs().Statistics, nil
+}
+
+// txBytes counts what routing sent into an interface of node.
+func (l *benchLab) txBytes(node, ifname string) (uint64, error) {
+	st, err := l.linkStats(node, ifname)
 	if err != nil {
 		return 0, err
 	}
-	defer nl.Close()
-	link, err := nl.LinkByName("ipsec0")
-	if err != nil || link.Attrs().Statistics == nil {
-		return 0, fmt.Errorf("tunnel interface of onprem: %v", err)
-	}
-	return link.Attrs().Statistics.TxPackets, nil
-}
-
-// addTunDrops reads the tunnel interface's counters over netlink (sysfs
-// shows the namespace it was mounted in, not the node's).
-func addTunDrops(sum *drops, ns string) error {
-	nl, err := wiring.Open(ns)
-	if err != nil {
-		return err
-	}
-	defer nl.Close()
-	link, err := nl.LinkByName("ipsec0")
-	if err != nil {
-		return err
-	}
-	if st := link.Attrs().Statistics; st != nil {
-		sum.tun += st.RxDropped + st.TxDropped
-	}
-	return nil
+	return st.TxBytes, nil
 }
 
 // tcpRetransmits is RetransSegs of the calling thread's namespace.

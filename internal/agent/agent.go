@@ -156,9 +156,10 @@ func serve(configPath string, ready func()) error {
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
+	published := make(chan struct{})
 	go func() {
 		defer wg.Done()
-		publish(ctx, configPath, started, speaker, dp, endpoints, cfg.Tunnels)
+		publish(ctx, configPath, started, speaker, dp, endpoints, cfg.Tunnels, published)
 	}()
 	for _, m := range cfg.Monitors {
 		wg.Add(1)
@@ -170,6 +171,10 @@ func serve(configPath string, ready func()) error {
 		}()
 		logger.Printf("watching %s: ping %s via %s every %s, down after %d lost", m.Connection, m.Target, m.Interface, m.Interval, m.Retries)
 	}
+	// Ready only once the first state is written: a worker killed right
+	// after leaves its successor the checkpoint that tells it is a restart
+	// (routes to put back into the new TUN interfaces, SAs to resume).
+	<-published
 	ready()
 	<-ctx.Done()
 	wg.Wait()

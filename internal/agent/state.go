@@ -93,8 +93,9 @@ func nodeOf(configPath string) string {
 // ends, atomically, so a reader never sees half a file.
 //
 // With IKE endpoints it also stores the keys of the SAs they negotiated for
-// tunnels (saveSAs), when they change.
-func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane, endpoints []*ike.Endpoint, tunnels []ipsec.Conn) {
+// tunnels (saveSAs), when they change. It closes written once the first
+// state is on disk.
+func publish(ctx context.Context, configPath string, started time.Time, s *routing.Speaker, dp *userspace.Dataplane, endpoints []*ike.Endpoint, tunnels []ipsec.Conn, written chan<- struct{}) {
 	tick := time.NewTicker(PublishEvery)
 	defer tick.Stop()
 	self, _ := procStart(os.Getpid())
@@ -115,6 +116,10 @@ func publish(ctx context.Context, configPath string, started time.Time, s *routi
 			sas = saveSAs(configPath, tunnels, endpoints, sas)
 		}
 		writeJSON(StatePath(configPath), st, 0o644)
+		if written != nil {
+			close(written)
+			written = nil
+		}
 		select {
 		case <-ctx.Done():
 			return

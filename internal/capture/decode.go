@@ -14,6 +14,10 @@ import (
 // example), which encryption checks skip rather than fail on.
 var ErrNotIP = errors.New("frame carries no IP packet")
 
+// ErrMalformedIP is returned by Decode for frames whose IP header is cut
+// short or broken: the frame is IP, but nothing in it can be trusted.
+var ErrMalformedIP = errors.New("frame carries a malformed IP header")
+
 // Headers is what the checks read from a frame's outermost IP header: on the
 // private line that header is the tunnel's, so Src and Dst must be the two VPN
 // endpoints and Protocol must be ESP.
@@ -40,7 +44,7 @@ const (
 )
 
 // Decode reads the outer IP header of the frame and, for ESP, its SPI and
-// sequence number.
+// sequence number. Errors: ErrNotIP, ErrMalformedIP.
 func (p Packet) Decode() (Headers, error) {
 	pkt := gopacket.NewPacket(p.Data, layers.LayerTypeEthernet, gopacket.DecodeOptions{Lazy: true, NoCopy: true})
 	var h Headers
@@ -55,6 +59,10 @@ func (p Packet) Decode() (Headers, error) {
 		h.Protocol = ip.NextHeader
 	default:
 		return Headers{}, ErrNotIP
+	}
+	// gopacket keeps the layer it failed to decode, with what it could read.
+	if !h.Src.IsValid() || !h.Dst.IsValid() {
+		return Headers{}, ErrMalformedIP
 	}
 	if esp, ok := pkt.Layer(layers.LayerTypeIPSecESP).(*layers.IPSecESP); ok {
 		h.ESP, h.SPI, h.Seq = true, esp.SPI, esp.Seq

@@ -3,6 +3,7 @@ package checks
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -133,6 +134,10 @@ func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip
 			leak = "marker in clear"
 		}
 		h, err := p.Decode()
+		if errors.Is(err, capture.ErrMalformedIP) {
+			v.otherIP++ // not ESP between the endpoints, whatever else it is
+			leak = "malformed IP header"
+		}
 		if err == nil {
 			switch {
 			case inner[h.Src] != "" || inner[h.Dst] != "":

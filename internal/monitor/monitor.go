@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
+	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -168,11 +169,7 @@ func (m *monitor) readReplies(out chan<- int) {
 		if err != nil {
 			return
 		}
-		msg, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || msg.Type != ipv4.ICMPTypeEchoReply {
-			continue
-		}
-		echo, ok := msg.Body.(*icmp.Echo)
+		echo, ok := probe.EchoReply(1, buf[:n])
 		if !ok || echo.ID != m.id() || from.String() != m.cfg.Target.String() {
 			continue
 		}

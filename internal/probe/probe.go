@@ -71,12 +71,8 @@ func PingPayload(ns string, dst netip.Addr, payload string, timeout time.Duratio
 			}
 			return 0, fmt.Errorf("ping %s from %s: %w", dst, ns, err)
 		}
-		reply, err := icmp.ParseMessage(proto, buf[:n])
-		if err != nil {
-			continue
-		}
-		echo, ok := reply.Body.(*icmp.Echo)
-		if !ok || reply.Type == typ || echo.Seq != seq || string(echo.Data) != payload {
+		echo, ok := EchoReply(proto, buf[:n])
+		if !ok || echo.Seq != seq || string(echo.Data) != payload {
 			continue // our own request on loopback, or someone else's
 		}
 		if from.String() != dst.String() {
@@ -139,6 +135,19 @@ func TCPExchange(ctx context.Context, srcNS, dstNS string, dst netip.AddrPort, m
 		return fmt.Errorf("echo from %s differs: got %q", dst, echo)
 	}
 	return <-served
+}
+
+// EchoReply parses an ICMP message as a raw socket hands it over (proto 1:
+// ICMPv4 without the IP header, 58: ICMPv6) and returns its body if it is
+// an echo reply (RFC 792, RFC 4443 §4.2). Anything else, truncated or
+// malformed, is not: the bytes come from whichever host sent them.
+func EchoReply(proto int, b []byte) (*icmp.Echo, bool) {
+	m, err := icmp.ParseMessage(proto, b)
+	if err != nil || m.Type != ipv4.ICMPTypeEchoReply && m.Type != ipv6.ICMPTypeEchoReply {
+		return nil, false
+	}
+	echo, ok := m.Body.(*icmp.Echo)
+	return echo, ok
 }
 
 func randUint16() uint16 {

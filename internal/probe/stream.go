@@ -62,11 +62,7 @@ func Stream(ctx context.Context, ns string, dst netip.Addr, interval time.Durati
 			if err != nil {
 				return
 			}
-			m, err := icmp.ParseMessage(1, buf[:n])
-			if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
-				continue
-			}
-			if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id {
+			if e, ok := EchoReply(1, buf[:n]); ok && e.ID == id {
 				mu.Lock()
 				for i := len(r.got) - 1; i >= 0 && i >= len(r.got)-0x10000; i-- {
 					if i&0xffff == e.Seq {

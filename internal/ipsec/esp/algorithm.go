@@ -109,6 +109,16 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 
 func (a Algorithm) valid() bool { return a < numAlgorithms }
 
+// Algorithms lists every algorithm this package implements, the default
+// first.
+func Algorithms() []Algorithm {
+	out := make([]Algorithm, numAlgorithms)
+	for i := range out {
+		out[i] = Algorithm(i)
+	}
+	return out
+}
+
 func (a Algorithm) String() string {
 	if !a.valid() {
 		return fmt.Sprintf("Algorithm(%d)", uint8(a))
@@ -151,6 +161,17 @@ func (a Algorithm) SealedLen(n int) int {
 	}
 	s := &suites[a]
 	return headerLen + s.ivLen + s.bodyLen(n) + s.icvLen
+}
+
+// PayloadOffset is where the inner packet starts in an ESP packet: after
+// the SPI, the sequence number and the IV (RFC 4303 §2). A caller that reads
+// an inner packet at this offset of a buffer hands Seal the buffer as dst
+// and the inner packet as inner, and Seal encrypts it where it lies.
+func (a Algorithm) PayloadOffset() int {
+	if !a.valid() {
+		return 0
+	}
+	return headerLen + suites[a].ivLen
 }
 
 // bodyLen is the encrypted part for an n-byte inner packet:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/esp"
@@ -52,14 +53,13 @@ type Drops struct {
 
 type tunnel struct {
 	conn ipsec.Conn
-	tun  *os.File
+	tun  tun.Device
 	// tx is how the tunnel sends: SA, socket and destination; nil while
-	// an IKE-keyed tunnel has no CHILD SA (its packets are dropped).
-	tx atomic.Pointer[txPath]
-	in atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
-	// gro is used by the receive loop of the raw socket only; encapGRO by
-	// the ESP-in-UDP receive path only.
-	gro, encapGRO *coalescer
+	// an IKE-keyed tunnel has no CHILD SA (its packets are dropped and
+	// counted in noSA).
+	tx   atomic.Pointer[txPath]
+	in   atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
+	noSA atomic.Uint64
 }
 
 // txPath is one outbound SA and where its packets go.
@@ -67,6 +67,9 @@ type txPath struct {
 	out *esp.Outbound
 	w   packetWriter
 	dst net.Addr
+	// payloadOffset is the SA's Algorithm.PayloadOffset: where Seal wants
+	// the inner packet for encrypting it in place.
+	payloadOffset int
 }
 
 // packetWriter is what the raw ESP socket and the ESP-in-UDP socket share;
@@ -87,6 +90,10 @@ type TunnelStats struct {
 	InSPI  uint32    `json:"in_spi"`
 	Out    esp.Stats `json:"out"`
 	In     esp.Stats `json:"in"`
+	// NoSA counts the packets routed into the tunnel while it had no
+	// outbound SA (an IKE-keyed tunnel before its CHILD SA, or after it
+	// went down), dropped.
+	NoSA uint64 `json:"no_sa,omitempty"`
 }
 
 // SeqReserve is how many sequence numbers a resumed outbound SA skips past
@@ -107,18 +114,10 @@ func Start(conns []ipsec.Conn, logger *log.Logger) (*Dataplane, error) {
 // SPI resumes: outbound past its last sequence number plus SeqReserve,
 // inbound refusing every number up to the highest accepted, so the peer's
 // replay window accepts the first packet and nothing is accepted twice.
-func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *Dataplane, err error) {
-	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, closing: make(chan struct{})}
-	d.bySPI.Store(&map[uint32]*inboundSA{})
-	defer func() {
-		if err != nil {
-			d.Close()
-		}
-	}()
-	for _, c := range conns {
-		if err := d.addTunnel(c); err != nil {
-			return nil, fmt.Errorf("connection %s: %w", c.Name, err)
-		}
+func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dataplane, error) {
+	d, err := newDataplane(conns, logger)
+	if err != nil {
+		return nil, err
 	}
 	for _, t := range d.tunnels {
 		for _, p := range prev {
@@ -136,6 +135,23 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (_ *D
 	for _, s := range d.socks {
 		d.wg.Add(1)
 		go d.receiveLoop(s)
+	}
+	return d, nil
+}
+
+// newDataplane makes the interfaces and sockets without moving packets yet.
+func newDataplane(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
+	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, closing: make(chan struct{})}
+	d.bySPI.Store(&map[uint32]*inboundSA{})
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	for _, c := range conns {
+		if err := d.addTunnel(c); err != nil {
+			return nil, fmt.Errorf("connection %s: %w", c.Name, err)
+		}
 	}
 	return d, nil
 }
@@ -166,12 +182,7 @@ func (d *Dataplane) addTunnel(c ipsec.Conn) error {
 	if t.tun, err = openTUN(c.Interface); err != nil {
 		return err
 	}
-	write := func(pkt []byte) error {
-		_, err := t.tun.Write(pkt)
-		return err
-	}
-	t.gro, t.encapGRO = newCoalescer(write), newCoalescer(write)
-	if err := configureLink(c); err != nil {
+	if err := configureLink(c, t.tun.BatchSize()); err != nil {
 		return err
 	}
 	return nil
@@ -191,7 +202,11 @@ func (d *Dataplane) socket(local netip.Addr) (*espSocket, error) {
 	return s, nil
 }
 
-func configureLink(c ipsec.Conn) error {
+// configureLink sets up the tunnel interface. maxSegs bounds the segments
+// of a TSO super-packet to what one read splits into (the tun package
+// drops a larger one whole, and the sender would retransmit it whole: with
+// a small MSS a flow stalls).
+func configureLink(c ipsec.Conn, maxSegs int) error {
 	// The tunnel carries IPv6 as well (ESP next header 41), so IPv6 stays
 	// on: routes into the interface need it. Without a link-local address
 	// (addr_gen_mode 1, "none") the interface sends no router
@@ -205,6 +220,9 @@ func configureLink(c ipsec.Conn) error {
 	link, err := netlink.LinkByName(c.Interface)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", c.Interface, err)
+	}
+	if err := netlink.LinkSetGSOMaxSegs(link, maxSegs); err != nil {
+		return fmt.Errorf("GSO segments of %s: %w", c.Interface, err)
 	}
 	if c.MTU > 0 {
 		if err := netlink.LinkSetMTU(link, c.MTU); err != nil {
@@ -223,67 +241,93 @@ func configureLink(c ipsec.Conn) error {
 	return nil
 }
 
-// sendLoop encrypts what routing sends into the tunnel interface: one
-// read may be a TCP super-packet, whose segments go out in one sendmmsg.
+// sendLoop encrypts what routing sends into the tunnel interface. One TUN
+// read may be a TCP super-packet, which the tun package cuts into segments
+// (each at sendHeadroom of its buffer, so Seal encrypts it where it lies);
+// all of them go out in one sendmmsg (two, if their DF bits differ).
+//
+// The tunnel's txPath is loaded once per read: a rekey takes effect at the
+// next read, and while an IKE-keyed tunnel has no SA what it reads is
+// dropped (and counted), as the kernel drops what no xfrm state matches.
 func (d *Dataplane) sendLoop(t *tunnel) {
 	defer d.wg.Done()
-	buf := make([]byte, vnetHdrLen+maxIPPacket)
-	seg := make([]byte, maxIPPacket)
-	msgs := make([]ipv4.Message, batchSize)
-	for i := range msgs {
-		msgs[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 0, 2048)}}
+	n := t.tun.BatchSize()
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	msgs := make([]ipv4.Message, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, sendBufLen)
+		msgs[i].Buffers = [][]byte{nil}
 	}
-	queued, queuedDF := 0, false
 	var tx *txPath
+	queued, queuedDF := 0, false
 	send := func() {
-		if queued == 0 {
-			return
-		}
 		if err := tx.w.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
 			d.log.Printf("%s: send to %s: %v", t.conn.Name, tx.dst, err)
 		}
 		queued = 0
 	}
-	seal := func(inner []byte) error {
-		next := byte(4) // IP-in-IP: IPv4
-		if inner[0]>>4 == 6 {
-			next = 41
-		}
-		// A batch leaves through one socket, so one DF setting: a packet
-		// with the other ends it, which also keeps the packets in order.
-		if df := innerDF(inner); df != queuedDF {
-			if queued > 0 {
-				send()
-			}
-			queuedDF = df
-		}
-		// Seal grows the slot's buffer if a packet needs more; it is kept.
-		wire, err := tx.out.Seal(msgs[queued].Buffers[0][:0], inner, next)
-		if err != nil {
-			return err
-		}
-		msgs[queued].Buffers[0], msgs[queued].Addr = wire, tx.dst
-		if queued++; queued == len(msgs) {
-			send()
-		}
-		return nil
-	}
 	for {
-		n, err := t.tun.Read(buf)
+		count, err := t.tun.Read(bufs, sizes, sendHeadroom)
 		if err != nil {
-			d.stopped(t.conn.Interface, err)
-			return
-		}
-		// One SA for the whole read: a rekey takes effect at the next one.
-		if tx = t.tx.Load(); n <= vnetHdrLen || tx == nil {
+			if d.isClosing() || errors.Is(err, os.ErrClosed) {
+				d.stopped(t.conn.Interface, err)
+				return
+			}
+			// A packet the tun package could not split (too many
+			// segments, bad header): dropped, as a NIC would.
+			d.log.Printf("%s: read from %s: %v", t.conn.Name, t.conn.Interface, err)
 			continue
 		}
-		if err := segment(decodeVnetHdr(buf), buf[vnetHdrLen:n], seg, seal); err != nil {
-			d.log.Printf("%s: %v", t.conn.Name, err)
+		if tx = t.tx.Load(); tx == nil {
+			t.noSA.Add(uint64(count))
+			continue
 		}
-		send()
+		// Seal writes the ESP header and IV in front of the inner packet.
+		start := sendHeadroom - tx.payloadOffset
+		for i, size := range sizes[:count] {
+			if size == 0 {
+				continue
+			}
+			inner := bufs[i][sendHeadroom : sendHeadroom+size]
+			next := byte(4) // IP-in-IP: IPv4
+			if inner[0]>>4 == 6 {
+				next = 41
+			}
+			// A batch leaves through one socket, so one DF setting: a packet
+			// with the other ends it, which also keeps the packets in order.
+			if df := innerDF(inner); df != queuedDF {
+				if queued > 0 {
+					send()
+				}
+				queuedDF = df
+			}
+			wire, err := tx.out.Seal(bufs[i][start:start], inner, next)
+			if err != nil {
+				continue // counted in the SA's stats
+			}
+			msgs[queued].Buffers[0], msgs[queued].Addr = wire, tx.dst
+			queued++
+		}
+		if queued > 0 {
+			send()
+		}
 	}
 }
+
+// sendHeadroom is where the send loop reads inner packets into its buffers:
+// room for the ESP header and IV of every algorithm, since the SA (and so
+// the algorithm) is only known once the read returned. sendBufLen holds the
+// largest ESP packet of every algorithm sealed from there.
+var sendHeadroom, sendBufLen = func() (headroom, size int) {
+	for _, a := range esp.Algorithms() {
+		headroom = max(headroom, a.PayloadOffset())
+	}
+	for _, a := range esp.Algorithms() {
+		size = max(size, headroom-a.PayloadOffset()+a.SealedLen(maxIPPacket))
+	}
+	return headroom, size
+}()
 
 // innerDF reports whether the outer header of inner's ESP packet carries
 // DF: copied from an inner IPv4 header (RFC 4301 §8.1 default, and what the
@@ -294,48 +338,82 @@ func innerDF(inner []byte) bool {
 	return len(inner) >= 20 && inner[0]>>4 == 4 && inner[6]&0x40 != 0
 }
 
+// maxIPPacket is the largest IP packet, what TUN and raw-socket buffers hold.
+const maxIPPacket = 65535
+
 // receiveLoop decrypts ESP arriving at a local endpoint and hands the inner
 // packets to the tunnel interface of their SA, as if they arrived there.
 // One goroutine per socket keeps the packets of an SA in order, which the
 // replay window and TCP both prefer.
 func (d *Dataplane) receiveLoop(s *espSocket) {
 	defer d.wg.Done()
-	msgs := make([]ipv4.Message, batchSize)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
-	}
-	inner := make([]byte, 0, maxIPPacket)
-	touched := make([]*tunnel, 0, len(d.tunnels))
+	r := d.newReceiver(s)
 	for {
-		n, err := s.batch.ReadBatch(msgs, 0)
+		n, err := s.batch.ReadBatch(r.msgs, 0)
 		if err != nil {
 			d.stopped("raw socket", err)
 			return
 		}
-		for i := range msgs[:n] {
-			from, esp, ok := s.packet(&msgs[i])
-			if !ok {
-				d.drops.short.Add(1)
-				continue
-			}
-			t, pkt := d.open(from, esp, inner)
-			if pkt == nil {
-				continue
-			}
-			if !slices.Contains(touched, t) {
-				touched = append(touched, t)
-			}
-			if err := t.gro.add(pkt); err != nil && !d.isClosing() {
-				d.log.Printf("%s: deliver: %v", t.conn.Name, err)
-			}
-		}
-		for _, t := range touched {
-			if err := t.gro.flush(); err != nil && !d.isClosing() {
-				d.log.Printf("%s: deliver: %v", t.conn.Name, err)
-			}
-		}
-		touched = touched[:0]
+		r.handle(n)
 	}
+}
+
+// receiver holds the buffers of one socket's receive loop, allocated once.
+type receiver struct {
+	d     *Dataplane
+	s     *espSocket
+	msgs  []ipv4.Message // what recvmmsg fills
+	inner [][]byte       // decrypted packets, tunOffset bytes in
+	// touched are the tunnels this batch delivers to and rx[j] the packets
+	// of touched[j], for one TUN write per tunnel. They are the receiver's,
+	// not the tunnel's: an SA is found by SPI whichever socket the packet
+	// came in on, so two receive loops may deliver to one tunnel.
+	touched []*tunnel
+	rx      [][][]byte
+}
+
+func (d *Dataplane) newReceiver(s *espSocket) *receiver {
+	r := &receiver{d: d, s: s, msgs: make([]ipv4.Message, batchSize), inner: make([][]byte, batchSize),
+		touched: make([]*tunnel, 0, batchSize), rx: make([][][]byte, batchSize)}
+	for i := range r.msgs {
+		r.msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+		// Room for a whole GRO super-packet: the tun package merges the
+		// segments of a flow into the buffer of its first one.
+		r.inner[i] = make([]byte, tunOffset+maxIPPacket)
+		r.rx[i] = make([][]byte, 0, batchSize)
+	}
+	return r
+}
+
+// handle decrypts the first n received messages and writes the inner
+// packets of each tunnel to its interface in one call, which merges the
+// segments of each TCP or UDP flow (GRO).
+func (r *receiver) handle(n int) {
+	for i := range r.msgs[:n] {
+		from, pkt, ok := r.s.packet(&r.msgs[i])
+		if !ok {
+			r.d.drops.short.Add(1)
+			continue
+		}
+		t, inner := r.d.open(from, pkt, r.inner[i][:tunOffset])
+		if inner == nil {
+			continue
+		}
+		j := slices.Index(r.touched, t)
+		if j < 0 {
+			j = len(r.touched)
+			r.touched = append(r.touched, t)
+		}
+		r.rx[j] = append(r.rx[j], inner)
+	}
+	for j, t := range r.touched {
+		if _, err := t.tun.Write(r.rx[j], tunOffset); err != nil && !r.d.isClosing() {
+			r.d.log.Printf("%s: deliver: %v", t.conn.Name, err)
+		}
+		clear(r.rx[j]) // the buffers belong to r.inner; drop the references
+		r.rx[j] = r.rx[j][:0]
+	}
+	r.touched = r.touched[:0]
 }
 
 func (d *Dataplane) isClosing() bool {
@@ -357,7 +435,7 @@ func (d *Dataplane) stopped(what string, err error) {
 func (d *Dataplane) Stats() []TunnelStats {
 	out := make([]TunnelStats, len(d.tunnels))
 	for i, t := range d.tunnels {
-		out[i].Name = t.conn.Name
+		out[i].Name, out[i].NoSA = t.conn.Name, t.noSA.Load()
 		if tx := t.tx.Load(); tx != nil {
 			out[i].OutSPI, out[i].Out = tx.out.SPI(), tx.out.Stats()
 		}
@@ -374,13 +452,20 @@ func (d *Dataplane) Drops() Drops {
 }
 
 // Close stops every loop and removes the TUN interfaces.
+//
+// The interfaces are closed all at once: removing one waits some 17 ms for
+// the kernel (RCU grace periods), and removals that run together share
+// their waits, so 256 tunnels close in a fraction of the 4.5 s they take
+// one after another, well within the 2 s an agent gets to stop.
 func (d *Dataplane) Close() error {
 	close(d.closing)
+	var closing sync.WaitGroup
 	for _, t := range d.tunnels {
 		if t.tun != nil {
-			t.tun.Close()
+			closing.Go(func() { t.tun.Close() })
 		}
 	}
+	closing.Wait()
 	for _, s := range d.socks {
 		s.Close()
 	}

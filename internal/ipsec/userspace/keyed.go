@@ -35,7 +35,7 @@ func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter,
 	m[inCfg.SPI] = &inboundSA{t: t, in: in}
 	d.bySPI.Store(&m)
 	t.in.Store(in)
-	t.tx.Store(&txPath{out: out, w: w, dst: dst})
+	t.tx.Store(&txPath{out: out, w: w, dst: dst, payloadOffset: outCfg.Algorithm.PayloadOffset()})
 	return nil
 }
 
@@ -107,10 +107,12 @@ func (d *Dataplane) tunnel(name string) *tunnel {
 	return nil
 }
 
-// open finds the SA of an ESP packet from a peer and decrypts it into buf;
-// nil when it is not for us (counted in Drops) or does not authenticate
-// (counted in the SA's stats).
-func (d *Dataplane) open(from netip.Addr, pkt, buf []byte) (*tunnel, []byte) {
+// open finds the SA of an ESP packet from a peer and appends its inner
+// packet to dst; nil when there is nothing to deliver: the packet is not
+// for us (counted in Drops), does not authenticate (counted in the SA's
+// stats) or is a dummy packet (RFC 4303 §2.6), empty inside, which the tun
+// package would refuse along with its whole batch.
+func (d *Dataplane) open(from netip.Addr, pkt, dst []byte) (*tunnel, []byte) {
 	if len(pkt) < 8 {
 		d.drops.short.Add(1)
 		return nil, nil
@@ -124,28 +126,37 @@ func (d *Dataplane) open(from netip.Addr, pkt, buf []byte) (*tunnel, []byte) {
 		d.drops.wrongSource.Add(1)
 		return nil, nil
 	}
-	inner, _, err := sa.in.Open(buf[:0], pkt)
-	if err != nil {
+	inner, _, err := sa.in.Open(dst, pkt)
+	if err != nil || len(inner) == len(dst) {
 		return nil, nil
 	}
 	return sa.t, inner
 }
 
-// ReceiveEncap takes an ESP packet that arrived in UDP (the IKE endpoint's
-// NAT-T socket hands it over) and delivers its inner packet to the tunnel.
-// It is called from one goroutine per socket, the only user of encapGRO.
-func (d *Dataplane) ReceiveEncap(from netip.AddrPort, pkt []byte) {
-	buf := make([]byte, 0, len(pkt))
-	t, inner := d.open(from.Addr(), pkt, buf)
+// encapReceiver delivers the ESP-in-UDP packets of one IKE endpoint's
+// NAT-T socket. The endpoint hands them over one at a time from its
+// socket's read loop, so the buffer is reused without a lock and nothing is
+// allocated per packet; the TUN write is a batch of one.
+type encapReceiver struct {
+	d    *Dataplane
+	buf  []byte   // the decrypted packet, tunOffset bytes in
+	bufs [][]byte // buf's packet, as tun.Device.Write takes it
+}
+
+func (d *Dataplane) newEncapReceiver() *encapReceiver {
+	return &encapReceiver{d: d, buf: make([]byte, tunOffset+maxIPPacket), bufs: make([][]byte, 1)}
+}
+
+// receive takes an ESP packet that arrived in UDP from a peer and delivers
+// its inner packet to the tunnel of its SA.
+func (r *encapReceiver) receive(from netip.AddrPort, pkt []byte) {
+	t, inner := r.d.open(from.Addr(), pkt, r.buf[:tunOffset])
 	if inner == nil {
 		return
 	}
-	err := t.encapGRO.add(inner)
-	if err == nil {
-		err = t.encapGRO.flush()
-	}
-	if err != nil && !d.isClosing() {
-		d.log.Printf("%s: deliver: %v", t.conn.Name, err)
+	r.bufs[0] = inner
+	if _, err := t.tun.Write(r.bufs, tunOffset); err != nil && !r.d.isClosing() {
+		r.d.log.Printf("%s: deliver: %v", t.conn.Name, err)
 	}
 }
 
@@ -154,7 +165,7 @@ func (d *Dataplane) ReceiveEncap(from netip.AddrPort, pkt []byte) {
 // their ESP-in-UDP both ways.
 func (d *Dataplane) ListenIKE(opt ike.Options) (*ike.Endpoint, error) {
 	h := &ikeHandler{d: d}
-	opt.Handler, opt.ESP = h, d.ReceiveEncap
+	opt.Handler, opt.ESP = h, d.newEncapReceiver().receive
 	e, err := ike.Listen(opt)
 	if err != nil {
 		return nil, err

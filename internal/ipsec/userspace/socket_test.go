@@ -4,47 +4,15 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
-
-	"github.com/emu-lab/emu/internal/testenv"
 )
 
-// inFreshNamespace runs fn on a thread moved into a new, unnamed network
-// namespace with only loopback up: the test's packets never leave it, and
-// it vanishes with the thread, which is never handed back to the runtime.
-func inFreshNamespace(t *testing.T, fn func()) {
-	t.Helper()
-	testenv.RequireRoot(t, "creates a network namespace and raw sockets")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // not unlocked: the thread dies with this goroutine
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			t.Errorf("unshare: %v", err)
-			return
-		}
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		if err != nil {
-			t.Errorf("loopback: %v", err)
-			return
-		}
-		fn()
-	}()
-	<-done
-}
-
 func TestESPSocket_BatchesOf64_DeliverEveryPacketInOrder(t *testing.T) {
-	inFreshNamespace(t, func() {
+	newTestNS(t).do(func() {
 		local := netip.MustParseAddr("127.0.0.1")
 		s, err := listenESP(local)
 		if err != nil {
@@ -101,7 +69,7 @@ func TestESPSocket_BatchesOf64_DeliverEveryPacketInOrder(t *testing.T) {
 }
 
 func TestESPSocket_OuterDF_CopiedFromInner_EachPacketOnce(t *testing.T) {
-	inFreshNamespace(t, func() {
+	newTestNS(t).do(func() {
 		local := netip.MustParseAddr("127.0.0.1")
 		s, err := listenESP(local)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,7 +54,13 @@ func keyedGateway(t *testing.T, l *swtest.Lab, cfg ike.Config) *ike.Endpoint {
 		}
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.Close(); dp.Close() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("emu's IKE status: %+v\ndataplane: %+v, drops before an SA: %+v", e.Status(), dp.Stats(), dp.Drops())
+		}
+		e.Close()
+		dp.Close()
+	})
 	if err := w.AddRoute(l.NSEmu, wiring.IPNet(swtest.OnpremNet), nil, "ipsec0", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -111,18 +119,30 @@ func stream(t *testing.T, l *swtest.Lab, payload []byte, during func()) []byte {
 		got <- b
 	}()
 	var c net.Conn
-	if err := netnsx.Do(l.NSCharon, func() (err error) {
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(swtest.OnpremGW, 0)), Timeout: 5 * time.Second}
-		c, err = d.Dial("tcp", netip.AddrPortFrom(ecsAddr, 40123).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
+	// charon routes into its libipsec TUN once it processed the IKE_AUTH
+	// response, a moment after emu, the responder, counts the CHILD SA up:
+	// until then the ECS is unreachable from the on-prem side.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		err := netnsx.Do(l.NSCharon, func() (err error) {
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(swtest.OnpremGW, 0)), Timeout: 5 * time.Second}
+			c, err = d.Dial("tcp", netip.AddrPortFrom(ecsAddr, 40123).String())
+			return err
+		})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.ENETUNREACH) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
 	}
 	done := make(chan error, 1)
 	go func() {
 		// Paced so the stream spans the rekeys of the lifetimes below.
 		chunk := len(payload) / 100
 		for i := 0; i < len(payload); i += chunk {
+			// A tunnel that stopped carrying the stream fails the test
+			// here rather than at go test's timeout.
+			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := c.Write(payload[i:min(i+chunk, len(payload))]); err != nil {
 				done <- err
 				return
