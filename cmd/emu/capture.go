@@ -19,6 +19,7 @@ func captureCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "capture",
 		Usage:     "capture packets on a node's interface (like tcpdump, inside the lab)",
+		ArgsUsage: "NODE:IF",
 		UsageText: "emu capture -t FILE NODE:IF [-w FILE.pcap | -w -] [--count N] [--duration D]",
 		Description: `Captures on one interface of a node with an AF_PACKET socket inside the node's
 namespace. Without -w it prints one line per frame; with -w it writes a pcap file

@@ -19,7 +19,7 @@ func deployCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "deploy",
 		Usage:     "create the lab described by a topology file",
-		UsageText: "emu deploy -t FILE [--dry-run] [--reconfigure]",
+		UsageText: "emu deploy -t FILE [--dry-run] [--reconfigure] [--ipsec-dataplane auto|kernel|userspace]",
 		Description: `Validates the topology (every error with file:line and the fix), plans the objects
 (namespaces, veth pairs, addresses, routes), creates them over netlink, and prints the
 lab as "emu inspect" does. Every object is recorded as it is created: if any step fails,

@@ -38,6 +38,7 @@ peer loses carrier. All are idempotent. Example:
 func tunnelFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
+		ArgsUsage: "CONNECTION",
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
@@ -109,6 +110,7 @@ func tunnelNames(t *topology.Topology) string {
 func linkFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
+		ArgsUsage: "NODE:IF",
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {

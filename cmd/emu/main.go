@@ -55,13 +55,14 @@ func main() {
 	}
 	var ec cli.ExitCoder
 	var inv invalidInput
+	var usage usageError
 	var topoErr topology.Errors
 	var oneErr *topology.Error
 	code := exitFailed
 	switch {
 	case errors.As(err, &ec):
 		code = ec.ExitCode()
-	case errors.As(err, &inv), errors.As(err, &topoErr), errors.As(err, &oneErr):
+	case errors.As(err, &inv), errors.As(err, &usage), errors.As(err, &topoErr), errors.As(err, &oneErr):
 		code = exitInvalid
 	}
 	fmt.Fprintln(os.Stderr, "emu:", err)
@@ -69,7 +70,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "emu",
 		Usage:   "emulate an encrypted private connection (Express Connect + CEN + private IPsec-VPN) on one host",
 		Version: version,
@@ -90,7 +91,7 @@ Typical session (as root), with method 2 of the guide:
 Scenarios in topologies/: static.yaml (method 1), static-bgp.yaml (method 2),
 bgp.yaml (method 3), static-healthcheck.yaml (method 1 with the health check),
 transit-router.yaml (two tunnels in ECMP), dual-stack.yaml (IPv6 inside the
-IPv4 tunnel).
+IPv4 tunnel), frr-onprem.yaml (method 2 with FRR as the on-prem gateway).
 
 Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
 3 emu check ran and a check failed, 4 emu check ran, none failed, but some
@@ -115,10 +116,9 @@ were inconclusive (e.g. a capture lost frames: re-run).`,
 			agentCommand(),
 			nodeCommand(),
 		},
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return invalidInput{err}
-		},
 	}
+	strictUsage(app)
+	return app
 }
 
 var topoFlag = &cli.StringFlag{Name: "topo", Aliases: []string{"t"}, Usage: "topology `FILE` (YAML)"}

@@ -38,9 +38,10 @@ where each came from: kernel, static, bgp) and its BGP sessions.`,
 
 func routeAction(name, usage string, add bool) *cli.Command {
 	return &cli.Command{
-		Name:  name,
-		Usage: usage,
-		Flags: []cli.Flag{topoFlag},
+		Name:      name,
+		Usage:     usage,
+		UsageText: "emu route " + name + " -t FILE",
+		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			t, err := rootTopology(c)
 			if err != nil {
@@ -65,6 +66,7 @@ func routeShow() *cli.Command {
 	return &cli.Command{
 		Name:      "show",
 		Usage:     "each node's routes and BGP sessions, live",
+		ArgsUsage: "[NODE...]",
 		UsageText: "emu route show -t FILE [NODE...]",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
