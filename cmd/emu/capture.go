@@ -11,8 +11,6 @@ import (
 
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/lab"
-	"github.com/emu-lab/emu/internal/plan"
-	"github.com/emu-lab/emu/internal/wiring"
 )
 
 func captureCommand() *cli.Command {
@@ -49,9 +47,9 @@ and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			ns := plan.NamespaceName(name, node)
-			if !wiring.NamespaceExists(ns) {
-				return invalidInput{fmt.Errorf("node %q of lab %q is not deployed (no namespace %s)", node, name, ns)}
+			ns, err := nodeNamespaceInterface(name, node, ifname)
+			if err != nil {
+				return err
 			}
 			out, onPacket, closeOut, err := captureSink(c)
 			if err != nil {

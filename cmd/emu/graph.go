@@ -58,7 +58,7 @@ Markdown). --svg renders the DOT with Graphviz's dot command, if installed
 				if err := cmd.Run(); err != nil {
 					return fmt.Errorf("graphviz: %w", err)
 				}
-				fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", c.String("svg"))
+				fmt.Fprintf(c.App.Writer, "wrote %s\n", c.String("svg"))
 				return nil
 			}
 			return graph.DOT(c.App.Writer, t)

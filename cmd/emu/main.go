@@ -16,7 +16,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/internal/wiring"
 	"github.com/emu-lab/emu/nodes"
 )
 
@@ -220,4 +222,25 @@ func requireRoot() error {
 		return errors.New("this command creates network namespaces and needs root: run it with sudo")
 	}
 	return nil
+}
+
+// nodeNamespaceInterface is the namespace of node in lab, once it is known to
+// hold ifname; otherwise an input error that names the interfaces it has.
+func nodeNamespaceInterface(labName, node, ifname string) (string, error) {
+	ns := plan.NamespaceName(labName, node)
+	if !wiring.NamespaceExists(ns) {
+		return "", invalidInput{fmt.Errorf("node %q of lab %q is not deployed (no namespace %s)", node, labName, ns)}
+	}
+	ifs, err := wiring.Interfaces(ns)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, i := range ifs {
+		if i.Name == ifname {
+			return ns, nil
+		}
+		names = append(names, i.Name)
+	}
+	return "", invalidInput{fmt.Errorf("node %q has no interface %q (interfaces: %s)", node, ifname, strings.Join(names, ", "))}
 }

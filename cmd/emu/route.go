@@ -55,7 +55,11 @@ func routeAction(name, usage string, add bool) *cli.Command {
 				return invalidInput{fmt.Errorf("lab %q has no VPC route pointing to a VPN gateway: nothing to %s", t.Name, name)}
 			}
 			for _, pr := range routes {
-				fmt.Fprintf(c.App.ErrWriter, "%s: %s route %s via %s (published by %s)\n", pr.VPC, map[bool]string{true: "restored", false: "withdrew"}[add], pr.Route.Dst, pr.Route.Via, pr.Gateway)
+				did := map[bool]string{true: "restored", false: "withdrew"}[add]
+				if !pr.Changed {
+					did = map[bool]string{true: "already restored:", false: "already withdrawn:"}[add]
+				}
+				fmt.Fprintf(c.App.Writer, "%s: %s route %s via %s (published by %s)\n", pr.VPC, did, pr.Route.Dst, pr.Route.Via, pr.Gateway)
 			}
 			return nil
 		},

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 
@@ -165,4 +166,27 @@ func setLink(ns, ifname string, up bool) error {
 		return fmt.Errorf("set %s in %s %s: %w", ifname, ns, map[bool]string{true: "up", false: "down"}[up], err)
 	}
 	return nil
+}
+
+// LinksDown lists the interfaces of namespace ns that are administratively
+// down, as LinkDown leaves them (a veth whose peer is down stays up, without
+// carrier, and is not listed), in the kernel's order.
+func LinksDown(ns string) ([]string, error) {
+	nl, err := wiring.Open(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer nl.Close()
+	links, err := nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces in %s: %w", ns, err)
+	}
+	var down []string
+	for _, l := range links {
+		// lo is down only in a namespace emu did not set up.
+		if a := l.Attrs(); a.Flags&net.FlagUp == 0 && a.Name != "lo" {
+			down = append(down, a.Name)
+		}
+	}
+	return down, nil
 }
