@@ -20,7 +20,10 @@ import (
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
-func TestMain(m *testing.M) { labtest.Main(m) }
+func TestMain(m *testing.M) {
+	racingWriterMain()
+	labtest.Main(m)
+}
 
 const staticTopology = "static.yaml"
 
