@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/emu-lab/emu/internal/graph"
+	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 	"github.com/emu-lab/emu/topologies"
@@ -43,12 +44,7 @@ func TestGraph_StaticScenario_ShowsKindsLinksAddressesAndTunnel(t *testing.T) {
 // with (the provider's defaults here, PFS on by default), not the manual
 // keying's cipher.
 func TestGraph_IKEConnection_LabelShowsConfiguredProposals(t *testing.T) {
-	data, _ := topologies.FS.ReadFile("static.yaml")
-	s := string(data)
-	for _, addr := range []string{"169.254.10.1/30", "169.254.10.2/30"} {
-		s = strings.Replace(s, "address: "+addr+"\n", "address: "+addr+"\n          ike: {ike-version: ikev2, psk: k3y}\n", 1)
-	}
-	topo, err := topology.Parse("/labs/ike.yaml", []byte(s), nodes.Default())
+	topo, err := topology.Parse("/labs/ike.yaml", []byte(labtest.IKEKeyed(t, "", "")), nodes.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
