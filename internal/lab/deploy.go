@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -138,13 +140,22 @@ type RollbackError struct {
 	Err      error
 	Rollback error // nil: everything the deploy made was removed
 	Topology string
+	// LabDirRemoved is the lab directory when the rollback removed it
+	// (the deploy had made it), logs included; "" when it is still there.
+	LabDirRemoved string
 }
 
 func (e *RollbackError) Error() string {
 	if e.Rollback != nil {
 		return fmt.Sprintf("%v\nrollback failed too, so parts of the lab are left: %v\nrun `emu destroy -t %s` once the cause is fixed", e.Err, e.Rollback, e.Topology)
 	}
-	return fmt.Sprintf("%v\nrolled back: everything this deploy made was removed", e.Err)
+	msg := fmt.Sprintf("%v\nrolled back: everything this deploy made was removed", e.Err)
+	// The error may point into the lab directory (a daemon's log): say the
+	// file is gone rather than send the user to it.
+	if d := e.LabDirRemoved; d != "" && strings.Contains(e.Err.Error(), d+string(filepath.Separator)) {
+		msg += fmt.Sprintf(", the lab directory %s too: the files named above in it are gone (their last lines are shown above)", d)
+	}
+	return msg
 }
 
 func (e *RollbackError) Unwrap() error { return e.Err }
@@ -182,7 +193,11 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 			if ctx.Err() != nil {
 				err = &InterruptedError{Cause: ctx.Err()}
 			}
-			err = &RollbackError{Err: err, Rollback: d.undo(p.Lab, true), Topology: p.Topology}
+			rb := &RollbackError{Err: err, Rollback: d.undo(p.Lab, true), Topology: p.Topology}
+			if _, statErr := os.Lstat(p.LabDir); errors.Is(statErr, fs.ErrNotExist) {
+				rb.LabDirRemoved = p.LabDir
+			}
+			err = rb
 		}
 	}()
 	if err := d.makeLabDir(j, p.LabDir); err != nil {
