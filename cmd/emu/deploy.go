@@ -79,6 +79,10 @@ and says so; if that removal fails too, it says what is left.`,
 			d.Progress = printProgress(c.App.ErrWriter)
 			if c.Bool("reconfigure") {
 				if _, err := d.DestroyFrom(t.File, t.Name, t.LabDir(), false); err != nil {
+					var other *lab.OtherFileError
+					if errors.As(err, &other) {
+						err = invalidInput{err}
+					}
 					return fmt.Errorf("reconfigure: %w", err)
 				}
 			}

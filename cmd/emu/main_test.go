@@ -430,6 +430,13 @@ func TestCLI_Destroy_SameNameOtherFile_RefusedWithExit2(t *testing.T) {
 	if r.code != exitInvalid || !strings.Contains(r.stderr, "deployed from "+a) {
 		t.Fatalf("destroy -t %s: exit %d: %s", b, r.code, r.stderr)
 	}
+	// Deploying the other file is the same input mistake: exit 2 too,
+	// with or without --reconfigure.
+	for _, args := range [][]string{{"deploy", "-t", b}, {"deploy", "-t", b, "--reconfigure"}} {
+		if r := runEmu(t, state, args...); r.code != exitInvalid || !strings.Contains(r.stderr, "deployed from "+a) {
+			t.Errorf("emu %s: exit %d, want %d: %s", strings.Join(args, " "), r.code, exitInvalid, r.stderr)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(netnsx.Dir, "emu-"+name+"-client")); err != nil {
 		t.Fatalf("the lab deployed from %s is gone: %v", a, err)
 	}

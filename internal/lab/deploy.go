@@ -114,11 +114,18 @@ func (d *Deployer) checkContainers(ctx context.Context, p *plan.Plan) error {
 	return nil
 }
 
-// DeployedError says the lab is already deployed.
-type DeployedError struct{ Record *Record }
+// DeployedError says the lab is already deployed, from File or from the
+// other file Record names.
+type DeployedError struct {
+	Record *Record
+	File   string // the topology this deploy was given
+}
 
 func (e *DeployedError) Error() string {
 	r := e.Record
+	if e.File != "" && e.File != r.Topology {
+		return fmt.Sprintf("a lab named %q is already deployed from %s: rename this lab (`name:` in %s) or destroy the other one", r.Name, r.Topology, e.File)
+	}
 	if !r.Complete {
 		return fmt.Sprintf("lab %q has a deploy that did not finish (from %s): run `emu destroy -t %s` first", r.Name, r.Topology, r.Topology)
 	}
@@ -260,10 +267,7 @@ func (d *Deployer) checkFree(p *plan.Plan) error {
 		return err
 	}
 	if rec != nil {
-		if rec.Topology != p.Topology {
-			return fmt.Errorf("a lab named %q is already deployed from %s: rename this lab (`name:` in %s) or destroy the other one", p.Lab, rec.Topology, p.Topology)
-		}
-		return &DeployedError{Record: rec}
+		return &DeployedError{Record: rec, File: p.Topology}
 	}
 	owners := map[string]string{}
 	all, err := d.Store.All()
