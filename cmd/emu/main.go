@@ -93,7 +93,8 @@ Typical session (as root), with method 2 of the guide:
 Scenarios in topologies/: static.yaml (method 1), static-bgp.yaml (method 2),
 bgp.yaml (method 3), static-healthcheck.yaml (method 1 with the health check),
 transit-router.yaml (two tunnels in ECMP), dual-stack.yaml (IPv6 inside the
-IPv4 tunnel), frr-onprem.yaml (method 2 with FRR as the on-prem gateway).
+IPv4 tunnel), frr-onprem.yaml (method 2 with FRR as the on-prem gateway),
+strongswan-onprem.yaml (method 1 with strongSwan as the on-prem IPsec end).
 
 Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
 3 emu check ran and a check failed, 4 emu check ran, none failed, but some
