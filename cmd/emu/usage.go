@@ -35,10 +35,17 @@ func (e usageError) Unwrap() error { return e.err }
 func strictUsage(app *cli.App) {
 	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{app.Name, err} }
 	app.Action = func(c *cli.Context) error {
-		if c.NArg() == 0 {
+		args := c.Args().Slice()
+		if len(args) > 0 && args[0] == "help" { // as subcommands have it: emu help [COMMAND]
+			args = args[1:]
+			if len(args) > 0 && app.Command(args[0]) != nil {
+				return cli.ShowCommandHelp(c, args[0])
+			}
+		}
+		if len(args) == 0 {
 			return cli.ShowAppHelp(c)
 		}
-		return unknownCommand(app.Name, app.Commands, c.Args().First())
+		return unknownCommand(app.Name, app.Commands, args[0])
 	}
 	for _, cmd := range app.Commands {
 		strictCommand(app.Name, cmd)

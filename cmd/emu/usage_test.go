@@ -40,8 +40,13 @@ func TestCLI_CommandLineMistake_Exit2WithOneLineAndHint(t *testing.T) {
 			t.Errorf("emu %s: exit %d, want %d with one line containing %q\nstderr: %s\nstdout: %s", strings.Join(tc.args, " "), r.code, exitInvalid, tc.want, r.stderr, r.stdout)
 		}
 	}
-	if r := runEmu(t, t.TempDir(), "fault", "tunnel", "down", "--help"); r.code != 0 || !strings.Contains(r.stdout, "emu fault tunnel down -t FILE CONNECTION") {
-		t.Errorf("--help: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	for _, args := range [][]string{{"fault", "tunnel", "down", "--help"}, {"help", "check"}, {"help"}} {
+		if r := runEmu(t, t.TempDir(), args...); r.code != 0 || !strings.Contains(r.stdout, "USAGE:") {
+			t.Errorf("emu %s: exit %d: %s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := runEmu(t, t.TempDir(), "help", "chek"); r.code != exitInvalid || !strings.Contains(r.stderr, `unknown command "chek": did you mean "check"?`) {
+		t.Errorf("emu help chek: exit %d: %s", r.code, r.stderr)
 	}
 }
 
