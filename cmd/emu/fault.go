@@ -87,28 +87,18 @@ func tunnelFault(dir string) *cli.Command {
 	}
 }
 
-// activeFaults lists what emu fault has broken in t's running lab and not
-// repaired: tunnels whose ESP is dropped ("tunnel NODE:CONN") and interfaces
-// set down ("link NODE:IF"), in topology order.
-func activeFaults(t *topology.Topology) ([]string, error) {
+// activeFaults lists what emu fault has broken in the running lab and not
+// repaired, node by node in order: "tunnel NODE:CONN (ESP dropped)", "link
+// NODE:IF (down)".
+func activeFaults(labName string, nodes []string) ([]string, error) {
 	var out []string
-	for _, n := range t.Nodes {
-		ns := plan.NamespaceName(t.Name, n.Name)
-		for _, tun := range n.Tunnels {
-			broken, err := fault.TunnelBroken(ns, tun.Name)
-			if err != nil {
-				return nil, err
-			}
-			if broken {
-				out = append(out, fmt.Sprintf("tunnel %s:%s (ESP dropped)", n.Name, tun.Name))
-			}
-		}
-		down, err := fault.LinksDown(ns)
+	for _, n := range nodes {
+		active, err := fault.Active(plan.NamespaceName(labName, n))
 		if err != nil {
 			return nil, err
 		}
-		for _, ifname := range down {
-			out = append(out, fmt.Sprintf("link %s:%s (down)", n.Name, ifname))
+		for _, f := range active {
+			out = append(out, fmt.Sprintf("%s %s:%s (%s)", f.Kind, n, f.Name, f.Effect()))
 		}
 	}
 	return out, nil
@@ -116,7 +106,11 @@ func activeFaults(t *topology.Topology) ([]string, error) {
 
 // reportFaults says which faults are left in the lab after a repair.
 func reportFaults(w io.Writer, t *topology.Topology) error {
-	left, err := activeFaults(t)
+	var nodes []string
+	for _, n := range t.Nodes {
+		nodes = append(nodes, n.Name)
+	}
+	left, err := activeFaults(t.Name, nodes)
 	if err != nil {
 		return err
 	}

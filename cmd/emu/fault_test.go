@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/labtest"
 )
 
@@ -34,6 +37,24 @@ func TestCLI_FaultUp_SaysWhatItRemovedAndWhatFaultsRemain(t *testing.T) {
 	step("tunnel onprem:to-vpc (10.0.0.1 ↔ 172.16.1.10): no fault on onprem, nothing removed\n"+
 		`faults still in lab "`+name+`": tunnel vpngw:to-dc (ESP dropped)`, "fault", "tunnel", "up", "onprem:to-vpc")
 	step("link vbr:eth1 is down", "fault", "link", "down", "vbr:eth1")
+	// inspect shows both faults on the nodes that hold them.
+	r := runEmu(t, state, "inspect", "-t", topo, "--format", "json")
+	var nodes []nodeView
+	if err := json.Unmarshal([]byte(r.stdout), &nodes); err != nil {
+		t.Fatalf("inspect json: %v: %s", err, r.stdout)
+	}
+	faults := map[string][]fault.Fault{}
+	for _, n := range nodes {
+		if len(n.Faults) > 0 {
+			faults[n.Node] = n.Faults
+		}
+	}
+	if want := map[string][]fault.Fault{"vpngw": {{Kind: "tunnel", Name: "to-dc"}}, "vbr": {{Kind: "link", Name: "eth1"}}}; !reflect.DeepEqual(faults, want) {
+		t.Errorf("inspect faults %v, want %v", faults, want)
+	}
+	if r := runEmu(t, state, "inspect", "-t", topo); !strings.Contains(r.stdout, "fault: tunnel to-dc (ESP dropped)") || !strings.Contains(r.stdout, "fault: link eth1 (down)") {
+		t.Errorf("inspect table lacks the faults:\n%s", r.stdout)
+	}
 	step("tunnel vpngw:to-dc (172.16.1.10 ↔ 10.0.0.1): removed its fault on vpngw\n"+
 		`faults still in lab "`+name+`": link vbr:eth1 (down)`, "fault", "tunnel", "up", "vpngw:to-dc")
 	step("link vbr:eth1 is up\nno fault left in lab", "fault", "link", "up", "vbr:eth1")
