@@ -11,14 +11,13 @@ import (
 
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/lab"
-	"github.com/emu-lab/emu/internal/plan"
-	"github.com/emu-lab/emu/internal/wiring"
 )
 
 func captureCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "capture",
 		Usage:     "capture packets on a node's interface (like tcpdump, inside the lab)",
+		ArgsUsage: "NODE:IF",
 		UsageText: "emu capture -t FILE NODE:IF [-w FILE.pcap | -w -] [--count N] [--duration D]",
 		Description: `Captures on one interface of a node with an AF_PACKET socket inside the node's
 namespace. Without -w it prints one line per frame; with -w it writes a pcap file
@@ -48,9 +47,9 @@ and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			ns := plan.NamespaceName(name, node)
-			if !wiring.NamespaceExists(ns) {
-				return invalidInput{fmt.Errorf("node %q of lab %q is not deployed (no namespace %s)", node, name, ns)}
+			ns, err := nodeNamespaceInterface(name, node, ifname)
+			if err != nil {
+				return err
 			}
 			out, onPacket, closeOut, err := captureSink(c)
 			if err != nil {

@@ -29,7 +29,7 @@ func checkCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "check",
 		Usage:     "prove the lab works with real packets",
-		UsageText: "emu check -t FILE [--format table|json]",
+		UsageText: "emu check -t FILE [--failover] [--format table|json] [--junit FILE]",
 		Description: `Runs the checks against the deployed lab and prints one row per observation:
   agents        each node agent alive (processes and a heartbeat under 3 s old),
                 with pid, since and restarts; dead, hung or restarting fails and

@@ -19,11 +19,16 @@ func deployCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "deploy",
 		Usage:     "create the lab described by a topology file",
-		UsageText: "emu deploy -t FILE [--dry-run] [--reconfigure]",
+		UsageText: "emu deploy -t FILE [--dry-run] [--reconfigure] [--ipsec-dataplane auto|kernel|userspace]",
 		Description: `Validates the topology (every error with file:line and the fix), plans the objects
 (namespaces, veth pairs, addresses, routes), creates them over netlink, and prints the
 lab as "emu inspect" does. Every object is recorded as it is created: if any step fails,
-or on Ctrl-C, exactly those objects are removed again.
+or on Ctrl-C ("interrupted"), exactly those objects are removed again.
+
+Once the lab is made, deploy waits (up to 20 s each) for phase 2 of every IKE-keyed
+connection ("ike" stage), then for every BGP session ("bgp"). What is still down then,
+or an IKE failure waiting cannot heal (AUTHENTICATION_FAILED, NO_PROPOSAL_CHOSEN), is
+printed as a WARNING and the lab stays deployed for you to look at (emu ipsec, emu check).
 
 Nodes with exec, binds, env or daemons get their own mount namespace and their programs
 last ("software" stage): daemons in order, then exec commands; a daemon that exits at
@@ -74,6 +79,10 @@ and says so; if that removal fails too, it says what is left.`,
 			d.Progress = printProgress(c.App.ErrWriter)
 			if c.Bool("reconfigure") {
 				if _, err := d.DestroyFrom(t.File, t.Name, t.LabDir(), false); err != nil {
+					var other *lab.OtherFileError
+					if errors.As(err, &other) {
+						err = invalidInput{err}
+					}
 					return fmt.Errorf("reconfigure: %w", err)
 				}
 			}
@@ -113,6 +122,9 @@ func printPlan(w io.Writer, p *plan.Plan) {
 func printProgress(w io.Writer) lab.Progress {
 	return func(ev lab.Event) {
 		if !ev.Done {
+			if ev.Wait > 0 { // seconds may pass: say what for
+				fmt.Fprintf(w, "[%d/%d] %-10s %5d waiting (up to %s)...\n", ev.Index, ev.Of, ev.Stage, ev.Count, ev.Wait)
+			}
 			return
 		}
 		if ev.Warning != "" {

@@ -57,7 +57,7 @@ Examples:
 				if err != nil {
 					return fmt.Errorf("destroy lab %q: %w", name, err)
 				}
-				fmt.Fprintln(c.App.ErrWriter, destroyMessage(name, rep))
+				fmt.Fprintln(c.App.Writer, destroyMessage(name, rep))
 				return nil
 			}
 			if err := requireRoot(); err != nil {
@@ -68,7 +68,7 @@ Examples:
 				return err
 			}
 			if len(recs) == 0 {
-				fmt.Fprintln(c.App.ErrWriter, "no labs deployed")
+				fmt.Fprintln(c.App.Writer, "no labs deployed")
 			}
 			var errs error
 			for _, r := range recs {
@@ -77,7 +77,7 @@ Examples:
 					errs = errors.Join(errs, fmt.Errorf("destroy lab %q: %w", r.Name, err))
 					continue
 				}
-				fmt.Fprintln(c.App.ErrWriter, destroyMessage(r.Name, rep))
+				fmt.Fprintln(c.App.Writer, destroyMessage(r.Name, rep))
 			}
 			return errs
 		},

@@ -22,6 +22,7 @@ func execCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "exec",
 		Usage:     "run a host command inside a node's namespace",
+		ArgsUsage: "NODE -- COMMAND [ARGS...]",
 		UsageText: "emu exec -t FILE NODE -- COMMAND [ARGS...]",
 		Description: `Runs COMMAND (from the host's PATH) in NODE, like "ip netns exec emu-<lab>-<node>
 COMMAND": in its network namespace, with /sys showing the node's own interfaces and

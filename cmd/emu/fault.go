@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -10,6 +11,7 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/internal/wiring"
 )
 
 func faultCommand() *cli.Command {
@@ -21,8 +23,10 @@ emu fault link down|up -t FILE NODE:IF`,
 		Description: `"tunnel down" drops every ESP packet between the connection's two endpoints with an
 nftables table (emu-fault-<connection>) in the namespace of the node that declares it:
 the tunnel stays configured but nothing crosses it, as when the private line or the peer
-fails. "tunnel up" removes that table. "link down" sets an interface down, so its veth
-peer loses carrier. All are idempotent. Example:
+fails. "tunnel up" removes that table on that node only (the other end's connection has
+its own): it says whether there was one, and lists the faults still in the lab. "link
+down" sets an interface down, so its veth peer loses carrier; "link up" brings it back
+with its routes, and lists the faults left too. All are idempotent. Example:
    emu fault tunnel down -t topologies/static.yaml to-vpc`,
 		Subcommands: []*cli.Command{
 			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP of one connection", Subcommands: []*cli.Command{
@@ -38,6 +42,7 @@ peer loses carrier. All are idempotent. Example:
 func tunnelFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
+		ArgsUsage: "CONNECTION",
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
@@ -51,18 +56,70 @@ func tunnelFault(dir string) *cli.Command {
 				return err
 			}
 			ns := plan.NamespaceName(t.Name, node.Name)
-			if dir == "down" {
-				err = fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote)
-			} else {
-				err = fault.TunnelUp(ns, tun.Name)
+			if !wiring.NamespaceExists(ns) {
+				return fmt.Errorf("lab %q is not deployed (no namespace %s): run `emu deploy -t %s` first", t.Name, ns, c.String("topo"))
 			}
+			what := fmt.Sprintf("tunnel %s:%s (%s ↔ %s)", node.Name, tun.Name, tun.Local, tun.Remote)
+			if dir == "down" {
+				if err := fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "%s is broken: ESP dropped both ways on %s\n", what, node.Name)
+				return nil
+			}
+			// The other end may hold a fault of its own (its connection
+			// to this one): say what this command removed and what is
+			// left, never "repaired" while the lab still drops ESP.
+			broken, err := fault.TunnelBroken(ns, tun.Name)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.ErrWriter, "tunnel %s (%s %s ↔ %s) is %s\n", tun.Name, node.Name, tun.Local, tun.Remote, map[string]string{"down": "broken: ESP dropped both ways", "up": "repaired"}[dir])
-			return nil
+			if err := fault.TunnelUp(ns, tun.Name); err != nil {
+				return err
+			}
+			if broken {
+				fmt.Fprintf(c.App.Writer, "%s: removed its fault on %s\n", what, node.Name)
+			} else {
+				fmt.Fprintf(c.App.Writer, "%s: no fault on %s, nothing removed\n", what, node.Name)
+			}
+			return reportFaults(c.App.Writer, t)
 		},
 	}
+}
+
+// activeFaults lists what emu fault has broken in the running lab and not
+// repaired, node by node in order: "tunnel NODE:CONN (ESP dropped)", "link
+// NODE:IF (down)".
+func activeFaults(labName string, nodes []string) ([]string, error) {
+	var out []string
+	for _, n := range nodes {
+		active, err := fault.Active(plan.NamespaceName(labName, n))
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range active {
+			out = append(out, fmt.Sprintf("%s %s:%s (%s)", f.Kind, n, f.Name, f.Effect()))
+		}
+	}
+	return out, nil
+}
+
+// reportFaults says which faults are left in the lab after a repair.
+func reportFaults(w io.Writer, t *topology.Topology) error {
+	var nodes []string
+	for _, n := range t.Nodes {
+		nodes = append(nodes, n.Name)
+	}
+	left, err := activeFaults(t.Name, nodes)
+	if err != nil {
+		return err
+	}
+	if len(left) == 0 {
+		fmt.Fprintf(w, "no fault left in lab %q\n", t.Name)
+		return nil
+	}
+	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`)\n", t.Name, strings.Join(left, ", "))
+	return nil
 }
 
 // findTunnel resolves "name" or "node:name" to one connection.
@@ -109,6 +166,7 @@ func tunnelNames(t *topology.Topology) string {
 func linkFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
+		ArgsUsage: "NODE:IF",
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
@@ -121,10 +179,10 @@ func linkFault(dir string) *cli.Command {
 			if err != nil {
 				return err
 			}
-			if t.Node(node) == nil {
-				return invalidInput{fmt.Errorf("lab %q has no node %q", t.Name, node)}
+			ns, err := nodeNamespaceInterface(t.Name, node, ifname)
+			if err != nil {
+				return err
 			}
-			ns := plan.NamespaceName(t.Name, node)
 			if dir == "down" {
 				err = fault.LinkDown(ns, ifname)
 			} else if err = fault.LinkUp(ns, ifname); err == nil {
@@ -133,7 +191,10 @@ func linkFault(dir string) *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.ErrWriter, "link %s:%s is %s\n", node, ifname, dir)
+			fmt.Fprintf(c.App.Writer, "link %s:%s is %s\n", node, ifname, dir)
+			if dir == "up" {
+				return reportFaults(c.App.Writer, t)
+			}
 			return nil
 		},
 	}

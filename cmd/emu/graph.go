@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -27,6 +28,15 @@ Markdown). --svg renders the DOT with Graphviz's dot command, if installed
 			&cli.StringFlag{Name: "svg", Usage: "render to `FILE` with Graphviz"},
 		},
 		Action: func(c *cli.Context) error {
+			var formats []string
+			for _, f := range []string{"dot", "mermaid", "svg"} {
+				if c.IsSet(f) {
+					formats = append(formats, "--"+f)
+				}
+			}
+			if len(formats) > 1 {
+				return usageError{"emu graph", fmt.Errorf("%s: choose one", strings.Join(formats, " and "))}
+			}
 			t, err := loadTopology(c)
 			if err != nil {
 				return err
@@ -48,7 +58,7 @@ Markdown). --svg renders the DOT with Graphviz's dot command, if installed
 				if err := cmd.Run(); err != nil {
 					return fmt.Errorf("graphviz: %w", err)
 				}
-				fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", c.String("svg"))
+				fmt.Fprintf(c.App.Writer, "wrote %s\n", c.String("svg"))
 				return nil
 			}
 			return graph.DOT(c.App.Writer, t)

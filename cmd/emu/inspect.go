@@ -15,6 +15,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/container"
+	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
@@ -95,6 +96,8 @@ type nodeView struct {
 	// Agent is the node agent's live health, where the node has one.
 	Agent   *agent.Health      `json:"agent,omitempty"`
 	Daemons []lab.DaemonStatus `json:"daemons,omitempty"`
+	// Faults are those emu fault put in force on the node and not repaired.
+	Faults []fault.Fault `json:"faults,omitempty"`
 }
 
 func viewLabs(ctx context.Context, store lab.Store, recs []*lab.Record) []nodeView {
@@ -131,6 +134,8 @@ func viewLabs(ctx context.Context, store lab.Store, recs []*lab.Record) []nodeVi
 			ifs, err := wiring.Interfaces(n.Namespace)
 			if err != nil {
 				v.State = "missing"
+			} else if v.Faults, err = fault.Active(n.Namespace); err != nil {
+				v.State = "faults unknown: " + err.Error()
 			}
 			if cfg := filepath.Join(r.Dir, "agents", n.Name+".json"); fileExists(cfg) {
 				h := agent.Check(cfg)
@@ -194,6 +199,9 @@ func printLabs(w io.Writer, store lab.Store, recs []*lab.Record) error {
 				line += " (no keeper: destroy stops it)"
 			}
 			state = append(state, line)
+		}
+		for _, f := range v.Faults {
+			state = append(state, fmt.Sprintf("fault: %s %s (%s)", f.Kind, f.Name, f.Effect()))
 		}
 		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), strings.Join(state, "\n"), agentCol); err != nil {
 			return err

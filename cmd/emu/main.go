@@ -16,7 +16,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/internal/wiring"
 	"github.com/emu-lab/emu/nodes"
 )
 
@@ -55,13 +57,14 @@ func main() {
 	}
 	var ec cli.ExitCoder
 	var inv invalidInput
+	var usage usageError
 	var topoErr topology.Errors
 	var oneErr *topology.Error
 	code := exitFailed
 	switch {
 	case errors.As(err, &ec):
 		code = ec.ExitCode()
-	case errors.As(err, &inv), errors.As(err, &topoErr), errors.As(err, &oneErr):
+	case errors.As(err, &inv), errors.As(err, &usage), errors.As(err, &topoErr), errors.As(err, &oneErr):
 		code = exitInvalid
 	}
 	fmt.Fprintln(os.Stderr, "emu:", err)
@@ -69,7 +72,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "emu",
 		Usage:   "emulate an encrypted private connection (Express Connect + CEN + private IPsec-VPN) on one host",
 		Version: version,
@@ -90,7 +93,8 @@ Typical session (as root), with method 2 of the guide:
 Scenarios in topologies/: static.yaml (method 1), static-bgp.yaml (method 2),
 bgp.yaml (method 3), static-healthcheck.yaml (method 1 with the health check),
 transit-router.yaml (two tunnels in ECMP), dual-stack.yaml (IPv6 inside the
-IPv4 tunnel).
+IPv4 tunnel), frr-onprem.yaml (method 2 with FRR as the on-prem gateway),
+strongswan-onprem.yaml (method 1 with strongSwan as the on-prem IPsec end).
 
 Exit codes: 0 success, 1 operation failed, 2 invalid command line or topology,
 3 emu check ran and a check failed, 4 emu check ran, none failed, but some
@@ -115,10 +119,9 @@ were inconclusive (e.g. a capture lost frames: re-run).`,
 			agentCommand(),
 			nodeCommand(),
 		},
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return invalidInput{err}
-		},
 	}
+	strictUsage(app)
+	return app
 }
 
 var topoFlag = &cli.StringFlag{Name: "topo", Aliases: []string{"t"}, Usage: "topology `FILE` (YAML)"}
@@ -220,4 +223,25 @@ func requireRoot() error {
 		return errors.New("this command creates network namespaces and needs root: run it with sudo")
 	}
 	return nil
+}
+
+// nodeNamespaceInterface is the namespace of node in lab, once it is known to
+// hold ifname; otherwise an input error that names the interfaces it has.
+func nodeNamespaceInterface(labName, node, ifname string) (string, error) {
+	ns := plan.NamespaceName(labName, node)
+	if !wiring.NamespaceExists(ns) {
+		return "", invalidInput{fmt.Errorf("node %q of lab %q is not deployed (no namespace %s)", node, labName, ns)}
+	}
+	ifs, err := wiring.Interfaces(ns)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, i := range ifs {
+		if i.Name == ifname {
+			return ns, nil
+		}
+		names = append(names, i.Name)
+	}
+	return "", invalidInput{fmt.Errorf("node %q has no interface %q (interfaces: %s)", node, ifname, strings.Join(names, ", "))}
 }

@@ -162,7 +162,7 @@ func TestCLI_DeployedLabWhoseFileTurnedInvalid_StillDestroyed(t *testing.T) {
 		t.Fatalf("graph of the edited file: exit %d, want %d (the file is meant to be invalid)", r.code, exitInvalid)
 	}
 	r := runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab") {
+	if r.code != 0 || !strings.Contains(r.stdout, "destroyed lab") {
 		t.Fatalf("destroy: exit %d: %s", r.code, r.stderr)
 	}
 	labtest.AssertNothingLeft(t, name)
@@ -216,7 +216,7 @@ func TestCLI_DeployInspectExecDestroy(t *testing.T) {
 	}
 
 	r = runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab") {
+	if r.code != 0 || !strings.Contains(r.stdout, "destroyed lab") {
 		t.Fatalf("destroy: exit %d: %s", r.code, r.stderr)
 	}
 	labtest.AssertNothingLeft(t, name)
@@ -224,7 +224,7 @@ func TestCLI_DeployInspectExecDestroy(t *testing.T) {
 		t.Error("destroy --cleanup left the lab directory")
 	}
 	r = runEmu(t, state, "destroy", "-t", topo)
-	if r.code != 0 || !strings.Contains(r.stderr, "not deployed") {
+	if r.code != 0 || !strings.Contains(r.stdout, "not deployed") {
 		t.Errorf("second destroy: exit %d: %s", r.code, r.stderr)
 	}
 }
@@ -272,7 +272,7 @@ func TestCLI_Kill9MidDeploy_DestroyRemovesEverything(t *testing.T) {
 		t.Fatal("no namespace existed when deploy was killed: the test proves nothing")
 	}
 	r := runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab") {
+	if r.code != 0 || !strings.Contains(r.stdout, "destroyed lab") {
 		t.Fatalf("destroy after kill -9: exit %d: %s", r.code, r.stderr)
 	}
 	if n := countNamespaces(name); n != 0 {
@@ -400,11 +400,11 @@ func TestCLI_DestroyCleanup_NoRecord_RemovesLabDirectoryAndSaysSo(t *testing.T) 
 		t.Fatal(err)
 	}
 	r := runEmu(t, t.TempDir(), "destroy", "-t", topo)
-	if r.code != 0 || !strings.Contains(r.stderr, "not deployed") || !strings.Contains(r.stderr, "kept its lab directory "+labDir) {
+	if r.code != 0 || !strings.Contains(r.stdout, "not deployed") || !strings.Contains(r.stdout, "kept its lab directory "+labDir) {
 		t.Fatalf("destroy: exit %d: %s", r.code, r.stderr)
 	}
 	r = runEmu(t, t.TempDir(), "destroy", "-t", topo, "--cleanup")
-	if r.code != 0 || !strings.Contains(r.stderr, "removed its lab directory "+labDir) {
+	if r.code != 0 || !strings.Contains(r.stdout, "removed its lab directory "+labDir) {
 		t.Fatalf("destroy --cleanup: exit %d: %s", r.code, r.stderr)
 	}
 	if _, err := os.Lstat(labDir); !os.IsNotExist(err) {
@@ -430,11 +430,18 @@ func TestCLI_Destroy_SameNameOtherFile_RefusedWithExit2(t *testing.T) {
 	if r.code != exitInvalid || !strings.Contains(r.stderr, "deployed from "+a) {
 		t.Fatalf("destroy -t %s: exit %d: %s", b, r.code, r.stderr)
 	}
+	// Deploying the other file is the same input mistake: exit 2 too,
+	// with or without --reconfigure.
+	for _, args := range [][]string{{"deploy", "-t", b}, {"deploy", "-t", b, "--reconfigure"}} {
+		if r := runEmu(t, state, args...); r.code != exitInvalid || !strings.Contains(r.stderr, "deployed from "+a) {
+			t.Errorf("emu %s: exit %d, want %d: %s", strings.Join(args, " "), r.code, exitInvalid, r.stderr)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(netnsx.Dir, "emu-"+name+"-client")); err != nil {
 		t.Fatalf("the lab deployed from %s is gone: %v", a, err)
 	}
 	r = runEmu(t, state, "destroy", "-t", a, "--cleanup")
-	if r.code != 0 || !strings.Contains(r.stderr, "destroyed lab \""+name+"\", deployed from "+a+"; removed its lab directory") {
+	if r.code != 0 || !strings.Contains(r.stdout, "destroyed lab \""+name+"\", deployed from "+a+"; removed its lab directory") {
 		t.Fatalf("destroy -t %s: exit %d: %s", a, r.code, r.stderr)
 	}
 }

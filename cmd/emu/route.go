@@ -38,9 +38,10 @@ where each came from: kernel, static, bgp) and its BGP sessions.`,
 
 func routeAction(name, usage string, add bool) *cli.Command {
 	return &cli.Command{
-		Name:  name,
-		Usage: usage,
-		Flags: []cli.Flag{topoFlag},
+		Name:      name,
+		Usage:     usage,
+		UsageText: "emu route " + name + " -t FILE",
+		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			t, err := rootTopology(c)
 			if err != nil {
@@ -54,7 +55,11 @@ func routeAction(name, usage string, add bool) *cli.Command {
 				return invalidInput{fmt.Errorf("lab %q has no VPC route pointing to a VPN gateway: nothing to %s", t.Name, name)}
 			}
 			for _, pr := range routes {
-				fmt.Fprintf(c.App.ErrWriter, "%s: %s route %s via %s (published by %s)\n", pr.VPC, map[bool]string{true: "restored", false: "withdrew"}[add], pr.Route.Dst, pr.Route.Via, pr.Gateway)
+				did := map[bool]string{true: "restored", false: "withdrew"}[add]
+				if !pr.Changed {
+					did = map[bool]string{true: "already restored:", false: "already withdrawn:"}[add]
+				}
+				fmt.Fprintf(c.App.Writer, "%s: %s route %s via %s (published by %s)\n", pr.VPC, did, pr.Route.Dst, pr.Route.Via, pr.Gateway)
 			}
 			return nil
 		},
@@ -65,6 +70,7 @@ func routeShow() *cli.Command {
 	return &cli.Command{
 		Name:      "show",
 		Usage:     "each node's routes and BGP sessions, live",
+		ArgsUsage: "[NODE...]",
 		UsageText: "emu route show -t FILE [NODE...]",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {

@@ -16,6 +16,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// StopGrace is how long a supervisor told to stop waits for its worker to
+// exit before it kills it; whoever stops the supervisor waits longer.
+const StopGrace = 2 * time.Second
+
 // Restart policy: a worker that dies is started again after a backoff that
 // doubles up to maxBackoff and starts over once a worker ran for stableAfter;
 // a worker with no heartbeat for hungAfter is killed and started again.
@@ -24,7 +28,6 @@ const (
 	maxBackoff  = 5 * time.Second
 	stableAfter = 30 * time.Second
 	hungAfter   = 2 * StaleAfter
-	stopGrace   = 2 * time.Second
 	workerReady = 10 * time.Second
 )
 
@@ -150,7 +153,7 @@ func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string, cl
 			w.Process.Signal(syscall.SIGTERM)
 			select {
 			case <-done:
-			case <-time.After(stopGrace):
+			case <-time.After(StopGrace):
 				w.Process.Kill()
 				<-done
 			}

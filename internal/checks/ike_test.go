@@ -9,29 +9,8 @@ import (
 	"github.com/emu-lab/emu/internal/labtest"
 )
 
-// withIKE keys the shipped static scenario's connection by IKEv2 with the
-// provider's defaults, plus extra lines in both `ike:` blocks.
-func withIKE(t *testing.T, onprem, vpngw string) string {
-	text := labtest.Shipped(t, staticTopology)
-	for addr, extra := range map[string]string{"169.254.10.1/30": onprem, "169.254.10.2/30": vpngw} {
-		block := "          ike:\n            ike-version: ikev2\n"
-		for _, l := range strings.Split(strings.TrimSpace(extra), "\n") {
-			if l != "" {
-				block += "            " + l + "\n"
-			}
-		}
-		text = strings.Replace(text, "address: "+addr+"\n", "address: "+addr+"\n"+block, 1)
-	}
-	// Negotiated SAs go into the userspace engine only (not yet into XFRM),
-	// so these labs run it also where the kernel has ESP (the VM).
-	for _, kind := range []string{"onprem-gateway", "vpn-gateway"} {
-		text = strings.Replace(text, "      kind: "+kind+"\n", "      kind: "+kind+"\n      ipsec-dataplane: userspace\n", 1)
-	}
-	return text
-}
-
 func TestIKE_StaticScenario_NegotiatesThenTrafficIsEncrypted(t *testing.T) {
-	l := labtest.DeployText(t, withIKE(t, "", ""))
+	l := labtest.DeployText(t, labtest.IKEKeyed(t, "", ""))
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
 	requirePassed(t, rs)
@@ -46,7 +25,7 @@ func TestIKE_StaticScenario_NegotiatesThenTrafficIsEncrypted(t *testing.T) {
 }
 
 func TestIKE_WrongPSK_CheckFailsWithAuthenticationFailed(t *testing.T) {
-	l := labtest.DeployText(t, withIKE(t, "psk: the-on-prem-key", "psk: the-providers-key"))
+	l := labtest.DeployText(t, labtest.IKEKeyed(t, "psk: the-on-prem-key", "psk: the-providers-key"))
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE})
 	for _, r := range rs {
@@ -58,7 +37,7 @@ func TestIKE_WrongPSK_CheckFailsWithAuthenticationFailed(t *testing.T) {
 }
 
 func TestIKE_ForcedEncap_EncryptionCheckSeesESPInUDP(t *testing.T) {
-	l := labtest.DeployText(t, withIKE(t, "force-encap: on", ""))
+	l := labtest.DeployText(t, labtest.IKEKeyed(t, "force-encap: on", ""))
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	// The path check decrypts ESP in UDP too, after the UDP header.
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption, checks.Path})

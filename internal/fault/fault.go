@@ -8,8 +8,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -165,4 +167,57 @@ func setLink(ns, ifname string, up bool) error {
 		return fmt.Errorf("set %s in %s %s: %w", ifname, ns, map[bool]string{true: "up", false: "down"}[up], err)
 	}
 	return nil
+}
+
+// Fault is one fault in force in a namespace: Kind "tunnel" with the
+// connection TunnelDown broke, or "link" with an interface set down.
+type Fault struct {
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+}
+
+// Effect says what the fault does, for the user.
+func (f Fault) Effect() string {
+	if f.Kind == "tunnel" {
+		return "ESP dropped"
+	}
+	return "down"
+}
+
+// Active lists the faults in force in namespace ns: the tunnels TunnelDown
+// broke there (their tables, of whatever family), then the interfaces set
+// down (a veth whose peer is down stays up, without carrier, and is not
+// listed).
+func Active(ns string) ([]Fault, error) {
+	c, closeNS, err := open(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer closeNS()
+	tables, err := c.ListTables()
+	if err != nil {
+		return nil, fmt.Errorf("list nftables tables in %s: %w", ns, err)
+	}
+	var out []Fault
+	for _, t := range tables {
+		if conn, ok := strings.CutPrefix(t.Name, tablePrefix); ok {
+			out = append(out, Fault{"tunnel", conn})
+		}
+	}
+	nl, err := wiring.Open(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer nl.Close()
+	links, err := nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces in %s: %w", ns, err)
+	}
+	for _, l := range links {
+		// lo is down only in a namespace emu did not set up.
+		if a := l.Attrs(); a.Flags&net.FlagUp == 0 && a.Name != "lo" {
+			out = append(out, Fault{"link", a.Name})
+		}
+	}
+	return out, nil
 }

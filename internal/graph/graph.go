@@ -38,7 +38,11 @@ func tunnels(t *topology.Topology) [][2]string {
 	for _, n := range t.Nodes {
 		for _, tun := range n.Tunnels {
 			if n.Name < tun.Peer.Node {
-				label := fmt.Sprintf("IPsec %s: %s ↔ %s (%s)", tun.Name, tun.Local, tun.Remote, tun.Cipher)
+				keying := tun.Cipher // manual keys: the ESP transform
+				if tun.IKE != nil {
+					keying = tun.IKE.Proposals()
+				}
+				label := fmt.Sprintf("IPsec %s: %s ↔ %s (%s)", tun.Name, tun.Local, tun.Remote, keying)
 				out = append(out, [2]string{n.Name + "\x00" + tun.Peer.Node, label})
 			}
 		}

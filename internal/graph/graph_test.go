@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/emu-lab/emu/internal/graph"
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 	"github.com/emu-lab/emu/topologies"
 )
@@ -35,5 +37,22 @@ func TestGraph_StaticScenario_ShowsKindsLinksAddressesAndTunnel(t *testing.T) {
 		if !strings.Contains(mer.String(), want) {
 			t.Errorf("Mermaid lacks %q:\n%s", want, mer.String())
 		}
+	}
+}
+
+// An IKE-keyed connection is labelled with the proposals it is configured
+// with (the provider's defaults here, PFS on by default), not the manual
+// keying's cipher.
+func TestGraph_IKEConnection_LabelShowsConfiguredProposals(t *testing.T) {
+	topo, err := topology.Parse("/labs/ike.yaml", []byte(labtest.IKEKeyed(t, "", "")), nodes.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dot strings.Builder
+	if err := graph.DOT(&dot, topo); err != nil {
+		t.Fatal(err)
+	}
+	if want := `IPsec to-vpc: 10.0.0.1 ↔ 172.16.1.10 (IKEv2 aes-sha1-group2, ESP aes-sha1-group2)`; !strings.Contains(dot.String(), want) {
+		t.Errorf("DOT lacks %q:\n%s", want, dot.String())
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
@@ -120,27 +122,120 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	return nil
 }
 
-// stopAgent ends the agent started with that config path, found by its exact
+// stopAgent ends every process started with that config path (an agent's
+// supervisor and its worker, a node's software keeper), found by its exact
 // command line, never by a pattern, and, when in is known, in the network
-// namespace in: SIGTERM, then SIGKILL after a grace.
+// namespace in; it returns only once they are gone: SIGTERM, SIGKILL to
+// those still running after the supervisor's own grace to stop its worker,
+// then a wait for the exit itself, since a killed process first finishes
+// its system call, which may be a write into the lab directory that
+// destroy removes next. Each process is held by a pidfd, so a pid reused
+// meanwhile is never signalled. A scan after the stop finds a process
+// started in the meantime (a worker its supervisor restarted).
 func stopAgent(cfgPath string, in *netnsx.ID) error {
-	pids, err := agentPIDs(cfgPath, in)
-	if err != nil {
-		return err
-	}
-	for _, pid := range pids {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for _, pid := range pids {
-		for agent.Alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
+	for range stopRounds {
+		procs, err := agentProcs(cfgPath, in)
+		if err != nil {
+			return err
 		}
-		if agent.Alive(pid) {
-			syscall.Kill(pid, syscall.SIGKILL)
+		if len(procs) == 0 {
+			return nil
 		}
+		err = stopProcs(cfgPath, procs)
+		for _, p := range procs {
+			unix.Close(p.fd)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("stop agent %s: processes with this config keep starting after %d rounds of SIGTERM and SIGKILL: find them with `pgrep -af %s`", cfgPath, stopRounds, cfgPath)
+}
+
+const (
+	stopRounds = 3
+	// stopGrace outlasts the supervisor's grace for its worker, so a
+	// supervisor stops its worker itself rather than being killed first.
+	stopGrace = agent.StopGrace + time.Second
+	// killWait bounds the wait for a SIGKILLed process to exit: only one in
+	// an uninterruptible sleep (a stuck disk, a hung mount) takes longer.
+	killWait = 5 * time.Second
+)
+
+// proc is a process found by its command line, held by a pidfd.
+type proc struct {
+	pid, fd int
+}
+
+func stopProcs(cfgPath string, procs []proc) error {
+	for _, p := range procs {
+		unix.PidfdSendSignal(p.fd, unix.SIGTERM, nil, 0)
+	}
+	alive := waitExit(procs, stopGrace)
+	for _, p := range alive {
+		unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0)
+	}
+	if left := waitExit(alive, killWait); len(left) > 0 {
+		return fmt.Errorf("stop agent %s: pid %d still running %s after SIGKILL (in an uninterruptible sleep?): its lab directory is left in place", cfgPath, left[0].pid, killWait)
 	}
 	return nil
+}
+
+// waitExit waits until every process has exited or timeout passed, and
+// returns those still running. A pidfd polls readable once its process has
+// exited (pidfd_open(2)), whoever its parent is.
+func waitExit(procs []proc, timeout time.Duration) []proc {
+	deadline := time.Now().Add(timeout)
+	for len(procs) > 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return procs
+		}
+		fds := make([]unix.PollFd, len(procs))
+		for i, p := range procs {
+			fds[i] = unix.PollFd{Fd: int32(p.fd), Events: unix.POLLIN}
+		}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			return procs
+		}
+		var running []proc
+		for i, p := range procs {
+			if fds[i].Revents == 0 {
+				running = append(running, p)
+			}
+		}
+		procs = running
+	}
+	return nil
+}
+
+// agentProcs opens a pidfd on each process agentPIDs finds. The process is
+// matched again once the pidfd is open: a pid that ended and was reused
+// between the scan and the open is not taken.
+func agentProcs(cfgPath string, in *netnsx.ID) ([]proc, error) {
+	pids, err := agentPIDs(cfgPath, in)
+	if err != nil {
+		return nil, err
+	}
+	var out []proc
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue // ended since the scan
+		}
+		if err != nil {
+			for _, p := range out {
+				unix.Close(p.fd)
+			}
+			return nil, fmt.Errorf("stop agent %s: pidfd of pid %d: %w", cfgPath, pid, err)
+		}
+		if !runsWith(pid, cfgPath, in) {
+			unix.Close(fd)
+			continue
+		}
+		out = append(out, proc{pid, fd})
+	}
+	return out, nil
 }
 
 // agentPIDs finds the processes run with `--config cfgPath`, and in the
@@ -157,22 +252,31 @@ func agentPIDs(cfgPath string, in *netnsx.ID) ([]int, error) {
 		if err != nil {
 			continue
 		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		if in != nil {
-			if ns, err := netnsx.IdentityOf(filepath.Join("/proc", e.Name(), "ns", "net")); err != nil || ns != *in {
-				continue
-			}
-		}
-		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
-		for i := 0; i+1 < len(args); i++ {
-			if string(args[i]) == "--config" && string(args[i+1]) == cfgPath {
-				pids = append(pids, pid)
-				break
-			}
+		if runsWith(pid, cfgPath, in) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids, nil
+}
+
+// runsWith reports whether pid's command line holds `--config cfgPath` and,
+// unless in is nil, it runs in the network namespace in.
+func runsWith(pid int, cfgPath string, in *netnsx.ID) bool {
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+	if err != nil {
+		return false
+	}
+	if in != nil {
+		if ns, err := netnsx.IdentityOf(filepath.Join(dir, "ns", "net")); err != nil || ns != *in {
+			return false
+		}
+	}
+	args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
+	for i := 0; i+1 < len(args); i++ {
+		if string(args[i]) == "--config" && string(args[i+1]) == cfgPath {
+			return true
+		}
+	}
+	return false
 }

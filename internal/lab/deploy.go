@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -30,6 +32,9 @@ type Event struct {
 	Done    bool
 	Elapsed time.Duration
 	Warning string // set when the stage finished but not as hoped
+	// Wait bounds a stage that waits for the lab rather than making
+	// objects (ike, bgp: Count connections or sessions); 0 for the others.
+	Wait time.Duration
 }
 
 // Deployer applies plans and destroys labs.
@@ -109,16 +114,32 @@ func (d *Deployer) checkContainers(ctx context.Context, p *plan.Plan) error {
 	return nil
 }
 
-// DeployedError says the lab is already deployed.
-type DeployedError struct{ Record *Record }
+// DeployedError says the lab is already deployed, from File or from the
+// other file Record names.
+type DeployedError struct {
+	Record *Record
+	File   string // the topology this deploy was given
+}
 
 func (e *DeployedError) Error() string {
 	r := e.Record
+	if e.File != "" && e.File != r.Topology {
+		return fmt.Sprintf("a lab named %q is already deployed from %s: rename this lab (`name:` in %s) or destroy the other one", r.Name, r.Topology, e.File)
+	}
 	if !r.Complete {
 		return fmt.Sprintf("lab %q has a deploy that did not finish (from %s): run `emu destroy -t %s` first", r.Name, r.Topology, r.Topology)
 	}
 	return fmt.Sprintf("lab %q is already deployed from %s: use --reconfigure to redeploy it, or `emu destroy -t %s`", r.Name, r.Topology, r.Topology)
 }
+
+// InterruptedError is a deploy stopped by its context (Ctrl-C, SIGTERM)
+// rather than failed, whatever the stage under way made of the
+// cancellation. It unwraps to the context's error.
+type InterruptedError struct{ Cause error }
+
+func (e *InterruptedError) Error() string { return "interrupted" }
+
+func (e *InterruptedError) Unwrap() error { return e.Cause }
 
 // RollbackError is a deploy that failed after it began to make objects, and
 // what became of them.
@@ -126,13 +147,22 @@ type RollbackError struct {
 	Err      error
 	Rollback error // nil: everything the deploy made was removed
 	Topology string
+	// LabDirRemoved is the lab directory when the rollback removed it
+	// (the deploy had made it), logs included; "" when it is still there.
+	LabDirRemoved string
 }
 
 func (e *RollbackError) Error() string {
 	if e.Rollback != nil {
 		return fmt.Sprintf("%v\nrollback failed too, so parts of the lab are left: %v\nrun `emu destroy -t %s` once the cause is fixed", e.Err, e.Rollback, e.Topology)
 	}
-	return fmt.Sprintf("%v\nrolled back: everything this deploy made was removed", e.Err)
+	msg := fmt.Sprintf("%v\nrolled back: everything this deploy made was removed", e.Err)
+	// The error may point into the lab directory (a daemon's log): say the
+	// file is gone rather than send the user to it.
+	if d := e.LabDirRemoved; d != "" && strings.Contains(e.Err.Error(), d+string(filepath.Separator)) {
+		msg += fmt.Sprintf(", the lab directory %s too: the files named above in it are gone (their last lines are shown above)", d)
+	}
+	return msg
 }
 
 func (e *RollbackError) Unwrap() error { return e.Err }
@@ -167,7 +197,14 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	defer func() {
 		j.close()
 		if err != nil {
-			err = &RollbackError{Err: err, Rollback: d.undo(p.Lab, true), Topology: p.Topology}
+			if ctx.Err() != nil {
+				err = &InterruptedError{Cause: ctx.Err()}
+			}
+			rb := &RollbackError{Err: err, Rollback: d.undo(p.Lab, true), Topology: p.Topology}
+			if _, statErr := os.Lstat(p.LabDir); errors.Is(statErr, fs.ErrNotExist) {
+				rb.LabDirRemoved = p.LabDir
+			}
+			err = rb
 		}
 	}()
 	if err := d.makeLabDir(j, p.LabDir); err != nil {
@@ -179,10 +216,8 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	w := wiring.New()
 	defer w.Close()
 	first := 0
-	of := len(p.Stages)
-	if p.HasBGP() {
-		of++ // waiting for the sessions is the last stage
-	}
+	waits := awaitedStages(p)
+	of := len(p.Stages) + len(waits) // waiting for IKE and BGP ends the deploy
 	for si, stage := range p.Stages {
 		start := time.Now()
 		d.progress(Event{Stage: stage.Name, Index: si + 1, Of: of, Count: len(stage.Steps)})
@@ -199,24 +234,29 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := d.Store.put(rec); err != nil {
 		return err
 	}
-	return d.converge(ctx, p)
+	return d.converge(ctx, p, waits)
 }
 
-// converge waits for BGP after the lab is complete: a session that stays
-// down is reported, not rolled back, so the user can look at why.
-func (d *Deployer) converge(ctx context.Context, p *plan.Plan) error {
-	start := time.Now()
-	n, down, err := awaitBGP(ctx, p, ConvergeTimeout)
-	if n == 0 {
-		return nil
+// converge waits for IKE and BGP after the lab is complete (the last
+// stages of the deploy): a connection or session that stays down is
+// reported, not rolled back, so the user can look at why. Interrupted, it
+// judges nothing: the caller rolls back.
+func (d *Deployer) converge(ctx context.Context, p *plan.Plan, waits []awaited) error {
+	for i, w := range waits {
+		ev := Event{Stage: w.stage, Index: len(p.Stages) + i + 1, Of: len(p.Stages) + len(waits), Count: w.count, Wait: ConvergeTimeout}
+		d.progress(ev)
+		start := time.Now()
+		down, err := w.await(ctx, ConvergeTimeout)
+		if err != nil {
+			return err
+		}
+		ev.Done, ev.Elapsed = true, time.Since(start)
+		if len(down) > 0 {
+			ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' and daemons' logs in %s)", ev.Elapsed.Round(100*time.Millisecond), strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
+		}
+		d.progress(ev)
 	}
-	ev := Event{Stage: "bgp", Index: len(p.Stages) + 1, Of: len(p.Stages) + 1, Count: n, Done: true, Elapsed: time.Since(start)}
-	d.progress(Event{Stage: "bgp", Index: ev.Index, Of: ev.Of, Count: n})
-	if len(down) > 0 {
-		ev.Warning = fmt.Sprintf("not established after %s: %s (see the agents' and daemons' logs in %s)", ConvergeTimeout, strings.Join(down, "; "), filepath.Join(p.LabDir, "logs"))
-	}
-	d.progress(ev)
-	return err
+	return nil
 }
 
 // checkFree refuses a deploy that would collide with a deployed lab or with a
@@ -227,10 +267,7 @@ func (d *Deployer) checkFree(p *plan.Plan) error {
 		return err
 	}
 	if rec != nil {
-		if rec.Topology != p.Topology {
-			return fmt.Errorf("a lab named %q is already deployed from %s: rename this lab (`name:` in %s) or destroy the other one", p.Lab, rec.Topology, p.Topology)
-		}
-		return &DeployedError{Record: rec}
+		return &DeployedError{Record: rec, File: p.Topology}
 	}
 	owners := map[string]string{}
 	all, err := d.Store.All()

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
@@ -20,7 +23,10 @@ import (
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
-func TestMain(m *testing.M) { labtest.Main(m) }
+func TestMain(m *testing.M) {
+	racingWriterMain()
+	labtest.Main(m)
+}
 
 const staticTopology = "static.yaml"
 
@@ -180,3 +186,97 @@ func rootLinks(t *testing.T) string {
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func doIn(ns string, fn func() error) error { return netnsx.Do(ns, fn) }
+
+// Ctrl-C while deploy waits for BGP is an interruption, rolled back, never a
+// verdict on sessions it stopped waiting for ("not established after 20s").
+func TestDeploy_InterruptedWhileWaitingForBGP_SaysInterruptedAndRollsBack(t *testing.T) {
+	labtest.RequireRoot(t)
+	topo := labtest.Load(t, labtest.Copy(t, "static-bgp.yaml", labtest.UniqueName()))
+	d := labtest.NewDeployer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var events []lab.Event
+	d.Progress = func(ev lab.Event) {
+		events = append(events, ev)
+		if ev.Stage == "bgp" && !ev.Done {
+			cancel()
+		}
+	}
+	err := d.Deploy(ctx, labtest.Plan(t, topo))
+	var interrupted *lab.InterruptedError
+	if !errors.As(err, &interrupted) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("deploy returned %v, want an InterruptedError of context.Canceled", err)
+	}
+	if want := "interrupted\nrolled back: everything this deploy made was removed"; err.Error() != want {
+		t.Errorf("deploy said %q, want %q", err, want)
+	}
+	for _, ev := range events {
+		if ev.Stage == "bgp" && ev.Done {
+			t.Errorf("the interrupted wait was judged: %+v", ev)
+		}
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+}
+
+// Deploy waits for IKE phase 2 of every IKE-keyed connection, as it waits
+// for BGP, and shows it as a stage: right after it returns the SAs are
+// there, not "connecting" with SPI 0.
+func TestDeploy_IKELab_WaitsForPhase2(t *testing.T) {
+	labtest.RequireRoot(t)
+	topo := labtest.Load(t, labtest.Write(t, labtest.Rename(labtest.IKEKeyed(t, "", ""), labtest.UniqueName())))
+	p := labtest.Plan(t, topo)
+	d := labtest.NewDeployer(t)
+	var stage *lab.Event
+	d.Progress = func(ev lab.Event) {
+		if ev.Stage == "ike" && ev.Done {
+			stage = &ev
+		}
+	}
+	t.Cleanup(func() {
+		if _, err := d.Destroy(topo.Name, true); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+		labtest.AssertNothingLeft(t, topo.Name)
+	})
+	if err := d.Deploy(context.Background(), p); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	if stage == nil || stage.Count != 2 || stage.Warning != "" || stage.Index != stage.Of {
+		t.Fatalf("no clean ike stage ending the deploy: %+v", stage)
+	}
+	for _, node := range []string{"onprem", "vpngw"} {
+		st, err := agent.ReadState(filepath.Join(p.LabDir, "agents", node+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.IKE) != 1 || st.IKE[0].Phase2 != ike.StateEstablished || st.IKE[0].InSPI == 0 || st.IKE[0].OutSPI == 0 {
+			t.Errorf("%s right after deploy: %+v", node, st.IKE)
+		}
+	}
+}
+
+// A connection that failed for good (wrong key) is reported at once, with
+// its reason, and the lab stays deployed for the user to look at.
+func TestDeploy_IKEAuthenticationFails_ReportedWithoutWaitingTheTimeout(t *testing.T) {
+	labtest.RequireRoot(t)
+	topo := labtest.Load(t, labtest.Write(t, labtest.Rename(labtest.IKEKeyed(t, "psk: the-on-prem-key", "psk: the-providers-key"), labtest.UniqueName())))
+	d := labtest.NewDeployer(t)
+	var stage *lab.Event
+	d.Progress = func(ev lab.Event) {
+		if ev.Stage == "ike" && ev.Done {
+			stage = &ev
+		}
+	}
+	t.Cleanup(func() {
+		if _, err := d.Destroy(topo.Name, true); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+		labtest.AssertNothingLeft(t, topo.Name)
+	})
+	if err := d.Deploy(context.Background(), labtest.Plan(t, topo)); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	if stage == nil || !strings.Contains(stage.Warning, "AUTHENTICATION_FAILED") || stage.Elapsed >= lab.ConvergeTimeout {
+		t.Fatalf("ike stage: %+v", stage)
+	}
+}

@@ -12,26 +12,38 @@ import (
 // configured routes come back when the interface does, and so must the
 // lab's after `emu fault link up`.
 func ReapplyRoutes(routes []plan.Route) error {
-	w := wiring.New()
-	defer w.Close()
-	for _, r := range routes {
-		err := w.AddRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
-		if err != nil && !errors.Is(err, wiring.ErrRouteExists) {
-			return err
-		}
-	}
-	return nil
+	_, err := setRoutes(routes, true)
+	return err
 }
 
 // WithdrawRoutes removes routes, skipping those already gone.
 func WithdrawRoutes(routes []plan.Route) error {
+	_, err := setRoutes(routes, false)
+	return err
+}
+
+// setRoutes adds (present) or removes routes; changed[i] says whether
+// routes[i] was added or removed, false when it already was as asked.
+func setRoutes(routes []plan.Route, present bool) (changed []bool, err error) {
 	w := wiring.New()
 	defer w.Close()
-	for _, r := range routes {
-		err := w.DeleteRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
-		if err != nil && !errors.Is(err, wiring.ErrNoRoute) {
-			return err
+	changed = make([]bool, len(routes))
+	for i, r := range routes {
+		if present {
+			err = w.AddRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
+			if errors.Is(err, wiring.ErrRouteExists) {
+				continue
+			}
+		} else {
+			err = w.DeleteRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
+			if errors.Is(err, wiring.ErrNoRoute) {
+				continue
+			}
 		}
+		if err != nil {
+			return changed, err
+		}
+		changed[i] = true
 	}
-	return nil
+	return changed, nil
 }

@@ -148,6 +148,14 @@ func TestSoftware_DaemonExitsAtStart_DeployFailsWithItsLastLogLines_AndRollsBack
 	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "bgpd: no such config") {
 		t.Fatalf("deploy error = %v\nwant it to say %q and show the daemon's last log lines", err, want)
 	}
+	// The log it names went with the lab directory: the error says so
+	// rather than send the user to a file that is gone.
+	if gone := "rolled back: everything this deploy made was removed, the lab directory " + topo.LabDir() + " too: the files named above in it are gone"; !strings.Contains(err.Error(), gone) {
+		t.Errorf("deploy error = %v\nwant it to say %q", err, gone)
+	}
+	if _, statErr := os.Stat(topo.LabDir()); !os.IsNotExist(statErr) {
+		t.Errorf("the lab directory is still there (%v): the note would be false", statErr)
+	}
 	labtest.AssertNothingLeft(t, topo.Name)
 	if rec, _ := d.Store.Get(topo.Name); rec != nil {
 		t.Errorf("record of the rolled-back lab is still there: %+v", rec)

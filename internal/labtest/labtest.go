@@ -75,6 +75,29 @@ func Copy(t testing.TB, file, name string) string {
 	return Write(t, Rename(Shipped(t, file), name))
 }
 
+// IKEKeyed is the shipped static scenario with its connection keyed by
+// IKEv2 with the provider's defaults, plus extra lines (YAML, one key a
+// line) in the on-prem and the VPN gateway's `ike:` blocks. Negotiated SAs
+// go into the userspace engine only (not yet into XFRM), so both gateways
+// run it also where the kernel has ESP (the VM).
+func IKEKeyed(t testing.TB, onprem, vpngw string) string {
+	t.Helper()
+	text := Shipped(t, "static.yaml")
+	for addr, extra := range map[string]string{"169.254.10.1/30": onprem, "169.254.10.2/30": vpngw} {
+		block := "          ike:\n            ike-version: ikev2\n"
+		for _, l := range strings.Split(strings.TrimSpace(extra), "\n") {
+			if l != "" {
+				block += "            " + l + "\n"
+			}
+		}
+		text = strings.Replace(text, "address: "+addr+"\n", "address: "+addr+"\n"+block, 1)
+	}
+	for _, kind := range []string{"onprem-gateway", "vpn-gateway"} {
+		text = strings.Replace(text, "      kind: "+kind+"\n", "      kind: "+kind+"\n      ipsec-dataplane: userspace\n", 1)
+	}
+	return text
+}
+
 // Write stores topology text in a fresh temp dir and returns its path.
 func Write(t testing.TB, text string) string {
 	t.Helper()

@@ -534,15 +534,3 @@ func localAddress(n *topology.Node, peer netip.Addr) netip.Addr {
 	}
 	return netip.Addr{}
 }
-
-// HasBGP reports whether any node runs a BGP speaker.
-func (p *Plan) HasBGP() bool {
-	for _, st := range p.Stages {
-		for _, s := range st.Steps {
-			if a, ok := s.(Agent); ok && a.BGP != nil {
-				return true
-			}
-		}
-	}
-	return false
-}

@@ -62,7 +62,7 @@ const Ready = "ready"
 const (
 	DaemonSettle       = 300 * time.Millisecond
 	DaemonReadyTimeout = 10 * time.Second
-	stopGrace          = 1500 * time.Millisecond // below the 2 s destroy gives the keeper
+	stopGrace          = 1500 * time.Millisecond // below the grace destroy gives the keeper (lab.stopGrace)
 	logTail            = 8                       // log lines shown when a daemon dies at start
 )
 

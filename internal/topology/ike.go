@@ -53,6 +53,18 @@ var (
 // PFSDisabled turns IPsec PFS off.
 const PFSDisabled = "disabled"
 
+// Proposals spells the configured proposals in the provider's vocabulary
+// (the IkeConfig and IpsecConfig fields of CreateVpnConnection): the IKE
+// version, then encryption-integrity-DH of the IKE SA and of ESP, the ESP
+// DH group only with PFS, e.g. "IKEv2 aes-sha1-group2, ESP aes-sha1-group2".
+func (k *IKE) Proposals() string {
+	esp := k.IPsecEncAlg + "-" + k.IPsecAuthAlg
+	if k.IPsecPFS != PFSDisabled {
+		esp += "-" + k.IPsecPFS
+	}
+	return fmt.Sprintf("%s %s-%s-%s, ESP %s", strings.Replace(k.Version, "ike", "IKE", 1), k.IKEEncAlg, k.IKEAuthAlg, k.IKEPFS, esp)
+}
+
 // ESP transforms emu's ESP engine has, of those the provider allows.
 var (
 	ESPEncAlgs  = []string{"aes"}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"io/fs"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/topologies"
+)
+
+// Every mistake on the command line exits 2 with one line that says what is
+// wrong and where the usage is, never a help dump, from every depth of the
+// command tree; nothing is printed on stdout.
+func TestCLI_CommandLineMistake_Exit2WithOneLineAndHint(t *testing.T) {
+	topo := labtest.Copy(t, staticTopology, labtest.UniqueName())
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"chek", "-t", topo}, "unknown command \"chek\": did you mean \"check\"? (see `emu --help`)"},
+		{[]string{"frobnicate"}, "unknown command \"frobnicate\" (commands: deploy, destroy,"},
+		{[]string{"--bogus"}, "flag provided but not defined: -bogus (see `emu --help`)"},
+		{[]string{"check", "-t"}, "check: flag needs an argument: -t (see `emu check --help`)"},
+		{[]string{"deploy", "--bogus", "-t", topo}, "deploy: flag provided but not defined: -bogus (see `emu deploy --help`)"},
+		{[]string{"check", "-t", topo, "extra"}, "check: unexpected argument \"extra\" (this command takes none)"},
+		{[]string{"fault"}, "fault: missing command: tunnel or link (see `emu fault --help`)"},
+		{[]string{"fault", "tunnel"}, "fault tunnel: missing command: down or up (see `emu fault tunnel --help`)"},
+		{[]string{"fault", "tunnel", "dwn", "to-vpc"}, "fault tunnel: unknown command \"dwn\": did you mean \"down\"?"},
+		{[]string{"fault", "tunnel", "down", "-x", "-t", topo, "to-vpc"}, "fault tunnel down: flag provided but not defined: -x (see `emu fault tunnel down --help`)"},
+		{[]string{"route", "restore", "-t", topo, "vpc"}, "route restore: unexpected argument \"vpc\""},
+		{[]string{"graph", "-t", topo, "--dot", "--mermaid"}, "graph: --dot and --mermaid: choose one"},
+		{[]string{"graph", "-t", topo, "--mermaid", "--svg", "x.svg"}, "graph: --mermaid and --svg: choose one"},
+	} {
+		r := runEmu(t, t.TempDir(), tc.args...)
+		if r.code != exitInvalid || !strings.Contains(r.stderr, tc.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || r.stdout != "" {
+			t.Errorf("emu %s: exit %d, want %d with one line containing %q\nstderr: %s\nstdout: %s", strings.Join(tc.args, " "), r.code, exitInvalid, tc.want, r.stderr, r.stdout)
+		}
+	}
+	for _, args := range [][]string{{"fault", "tunnel", "down", "--help"}, {"help", "check"}, {"help"}} {
+		if r := runEmu(t, t.TempDir(), args...); r.code != 0 || !strings.Contains(r.stdout, "USAGE:") {
+			t.Errorf("emu %s: exit %d: %s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := runEmu(t, t.TempDir(), "help", "chek"); r.code != exitInvalid || !strings.Contains(r.stderr, `unknown command "chek": did you mean "check"?`) {
+		t.Errorf("emu help chek: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+// The USAGE line of every command names each of its visible flags, so the
+// synopsis cannot drift from what the command accepts.
+func TestCLI_UsageLineNamesEveryFlag(t *testing.T) {
+	var walk func(parent string, cmds []*cli.Command)
+	walk = func(parent string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			full := parent + " " + c.Name
+			if c.Hidden {
+				continue
+			}
+			walk(full, c.Subcommands)
+			if c.Action == nil {
+				continue
+			}
+			for _, f := range c.Flags {
+				if vf, ok := f.(cli.VisibleFlag); ok && !vf.IsVisible() {
+					continue
+				}
+				named := regexp.MustCompile(`(^|[\s\[|])--?(` + strings.Join(f.Names(), "|") + `)([\s\]|=]|$)`)
+				if !named.MatchString(c.UsageText) {
+					t.Errorf("%s: USAGE %q lacks --%s", full, c.UsageText, f.Names()[0])
+				}
+			}
+		}
+	}
+	walk("emu", newApp().Commands)
+}
+
+// emu --help lists every scenario shipped in topologies/.
+func TestCLI_HelpListsEveryShippedScenario(t *testing.T) {
+	files, err := fs.Glob(topologies.FS, "*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no shipped scenario found: %v", err)
+	}
+	help := newApp().Description
+	for _, f := range files {
+		if !strings.Contains(help, f) {
+			t.Errorf("emu --help does not list %s", f)
+		}
+	}
+}
