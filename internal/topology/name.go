@@ -31,8 +31,11 @@ func labName(data []byte) string {
 	var top struct {
 		Name string `yaml:"name"`
 	}
-	if err := yaml.Unmarshal(data, &top); err == nil {
-		return top.Name
+	// Too deep a file would keep yaml.v3 busy for minutes (see MaxDepth).
+	if checkDepth("", data) == nil {
+		if err := yaml.Unmarshal(data, &top); err == nil {
+			return top.Name
+		}
 	}
 	// A syntax error anywhere fails the whole document; the top-level
 	// `name:` line alone still says which lab the file deployed.

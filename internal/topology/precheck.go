@@ -15,8 +15,12 @@ import (
 // "invalid leading UTF-8 octet") or without naming them (a tab in the
 // indentation is "found character that cannot start any token"), and
 // yaml.Unmarshal silently drops every document after the first: each of
-// these becomes an Error on its line that says what to change.
+// these becomes an Error on its line that says what to change. Nesting
+// deeper than MaxDepth is refused before yaml.v3 reads a byte.
 func decodeOne(file string, data []byte) (*yaml.Node, error) {
+	if err := checkDepth(file, data); err != nil {
+		return nil, err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc, second yaml.Node
 	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
