@@ -32,6 +32,17 @@ func Load(path string) (*topology.Topology, error) {
 	return t, r.Validate(t)
 }
 
+// Parse validates topology text as Load does a file; file (an absolute
+// path) is used in messages and for the lab directory.
+func Parse(file string, data []byte) (*topology.Topology, error) {
+	r := Default()
+	t, err := topology.Parse(file, data, r)
+	if err != nil {
+		return nil, err
+	}
+	return t, r.Validate(t)
+}
+
 // Validate applies the rules of every node's kind, then the lab-wide ones.
 func (r *Registry) Validate(t *topology.Topology) error {
 	var problems []problem

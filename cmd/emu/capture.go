@@ -40,7 +40,7 @@ and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
 			if err != nil {
 				return err
 			}
-			name, err := labName(c)
+			name, _, err := deployedName(c)
 			if err != nil {
 				return err
 			}

@@ -83,11 +83,7 @@ reports an inconclusive check as <error message="inconclusive">.`,
 			if format != "table" && format != "json" {
 				return invalidInput{fmt.Errorf("--format %q: use table or json", format)}
 			}
-			t, err := rootTopology(c)
-			if err != nil {
-				return err
-			}
-			rec, err := deployedLab(c, t)
+			t, rec, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}

@@ -46,7 +46,7 @@ container's filesystem and env, and emu exits with its exit code. Examples:
 			if len(args) < 2 {
 				return invalidInput{fmt.Errorf("usage: %s", c.Command.UsageText)}
 			}
-			name, err := labName(c)
+			name, rec, err := deployedName(c)
 			if err != nil {
 				return err
 			}
@@ -54,10 +54,6 @@ container's filesystem and env, and emu exits with its exit code. Examples:
 			ns := plan.NamespaceName(name, node)
 			if !wiring.NamespaceExists(ns) {
 				return invalidInput{fmt.Errorf("node %q of lab %q has no namespace %s: is the lab deployed and the node name right? (see `emu inspect -t %s`)", node, name, ns, c.String("topo"))}
-			}
-			rec, err := deployer(c).Store.Get(name)
-			if err != nil {
-				return err
 			}
 			if rec != nil && rec.Node(node).Runtime == topology.RuntimeDocker {
 				return execInContainer(c.Context, ns, args)

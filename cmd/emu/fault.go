@@ -47,7 +47,7 @@ func tunnelFault(dir string) *cli.Command {
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
-			t, err := rootTopology(c)
+			t, _, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}
@@ -171,7 +171,7 @@ func linkFault(dir string) *cli.Command {
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
-			t, err := rootTopology(c)
+			t, _, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}

@@ -59,11 +59,7 @@ leaves it alone too.`,
 				}
 				recs = all
 			} else {
-				name, err := labName(c)
-				if err != nil {
-					return err
-				}
-				rec, err := store.Get(name)
+				name, rec, err := deployedName(c)
 				if err != nil {
 					return err
 				}

@@ -43,11 +43,7 @@ it: its state is its emu peer's row, its own SAs are the software's to show.`,
 			if format != "table" && format != "json" {
 				return invalidInput{fmt.Errorf("--format %q: use table or json", format)}
 			}
-			t, err := rootTopology(c)
-			if err != nil {
-				return err
-			}
-			rec, err := deployedLab(c, t)
+			t, rec, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -81,6 +83,12 @@ node (emu-<lab>-<node>, so "ip netns exec" works), veth pairs for links, address
 and routes, all over netlink. Records of deployed labs live in ` + lab.DefaultStateDir + `;
 each lab also gets a directory emu-<lab>/ next to its topology file.
 
+Commands on a deployed lab (check, trace, fault, route, ipsec, capture, exec,
+inspect -t) take the file that deployed it: another file with the same name:
+is refused (exit 2, naming the deploying file). They judge the lab as deployed,
+from the copy of the topology deploy kept; if the file changed since, they warn
+and say to redeploy with --reconfigure.
+
 Typical session (as root), with method 2 of the guide:
    emu deploy -t topologies/static-bgp.yaml        # lab up, BGP converged
    emu check  -t topologies/static-bgp.yaml        # connectivity, ESP on the wire, the walk, BGP
@@ -155,36 +163,62 @@ func loadTopology(c *cli.Context) (*topology.Topology, error) {
 	return t, nil
 }
 
-// labName is the lab a command acts on, from -t. A deployed lab is found by
-// its name alone, so destroy, inspect, exec and capture still work after its
-// file was edited into something invalid; for any other file the topology
-// is validated as deploy does, so an input error exits 2 from every command.
-func labName(c *cli.Context) (string, error) {
+// recordOf finds the lab -t names and its record, nil when the lab is not
+// deployed. A deployed lab is found by its name alone, so commands still
+// work after its file was edited into something invalid; for any other
+// file the topology is validated as deploy does, so an input error exits 2
+// from every command.
+func recordOf(c *cli.Context) (name string, rec *lab.Record, err error) {
 	path := c.String("topo")
 	if path == "" {
-		return "", invalidInput{errors.New("no topology: give one with -t FILE")}
+		return "", nil, invalidInput{errors.New("no topology: give one with -t FILE")}
 	}
 	if name, err := topology.LabName(path); err == nil {
-		if rec, err := deployer(c).Store.Get(name); err == nil && rec != nil {
-			return name, nil
+		rec, err := deployer(c).Store.Get(name)
+		if err != nil {
+			return "", nil, err
+		}
+		if rec != nil {
+			return name, rec, nil
 		}
 	}
 	t, err := loadTopology(c)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return t.Name, nil
+	return t.Name, nil, nil
 }
 
-// labOfFile is the absolute path of -t and the lab name read from it.
+// labOfFile is the absolute path of -t and the lab name read from it, for
+// destroy, which judges another deploying file itself.
 func labOfFile(c *cli.Context) (file, name string, err error) {
-	if name, err = labName(c); err != nil {
+	if name, _, err = recordOf(c); err != nil {
 		return "", "", err
 	}
 	if file, err = filepath.Abs(c.String("topo")); err != nil {
 		return "", "", err
 	}
 	return file, name, nil
+}
+
+// deployedName is the lab a command acts on and its record (nil when the
+// lab is not deployed). A lab of that name deployed from another file is
+// refused (exit 2, naming the deploying file): the command would act on a
+// lab this file does not describe.
+func deployedName(c *cli.Context) (string, *lab.Record, error) {
+	name, rec, err := recordOf(c)
+	if err != nil || rec == nil {
+		return name, rec, err
+	}
+	file, err := filepath.Abs(c.String("topo"))
+	if err != nil {
+		return "", nil, err
+	}
+	if rec.Topology != file {
+		cmd := strings.TrimPrefix(c.Command.HelpName, c.App.Name+" ")
+		return "", nil, invalidInput{&lab.OtherFileError{Record: rec, File: file, Command: cmd}}
+	}
+	return name, rec, nil
 }
 
 // nodeInterface splits a NODE:IF argument.
@@ -196,26 +230,44 @@ func nodeInterface(arg string) (node, ifname string, err error) {
 	return node, ifname, nil
 }
 
-// rootTopology starts every command that changes a running lab: the lab's
-// validated topology (input errors first, whoever runs emu), and root.
-func rootTopology(c *cli.Context) (*topology.Topology, error) {
-	t, err := loadTopology(c)
+// deployedTopology starts every command that judges or changes a running
+// lab (check, trace, fault, route, ipsec): the lab as deployed, its record,
+// and root (input errors first, whoever runs emu). The topology is the
+// text the deploy kept, never the file as it is now, so a verdict always
+// describes what is deployed; when the file no longer hashes to what was
+// deployed, a warning says so and how to deploy the change.
+func deployedTopology(c *cli.Context) (*topology.Topology, *lab.Record, error) {
+	name, rec, err := deployedName(c)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return t, requireRoot()
-}
-
-// deployedLab returns the record of t's lab, or says how to deploy it.
-func deployedLab(c *cli.Context, t *topology.Topology) (*lab.Record, error) {
-	rec, err := deployer(c).Store.Get(t.Name)
-	if err != nil {
-		return nil, err
+	if err := requireRoot(); err != nil {
+		return nil, nil, err
 	}
 	if rec == nil {
-		return nil, fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", t.Name, c.String("topo"))
+		return nil, nil, fmt.Errorf("lab %q is not deployed: run `emu deploy -t %s` first", name, c.String("topo"))
 	}
-	return rec, nil
+	src, err := deployer(c).Store.Source(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if src == nil { // deployed by an emu that kept no copy: the file is all there is
+		t, err := loadTopology(c)
+		return t, rec, err
+	}
+	t, err := nodes.Parse(rec.Topology, src)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lab %q: the topology kept at its deploy no longer validates (this emu is newer than the deploy?): redeploy it with `emu deploy --reconfigure -t %s`:\n%w", name, rec.Topology, err)
+	}
+	if now, err := topology.ReadFile(rec.Topology); err != nil || sha256Hex(now) != rec.TopologySHA256 {
+		fmt.Fprintf(c.App.ErrWriter, "warning: %s changed since lab %q was deployed: emu judges the lab as deployed, from the copy it kept; to deploy the change, run `emu deploy --reconfigure -t %s`\n", rec.Topology, name, rec.Topology)
+	}
+	return t, rec, nil
+}
+
+func sha256Hex(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }
 
 func requireRoot() error {

@@ -622,3 +622,62 @@ func TestCLI_DeployIntoAPipeClosedByItsReader_FinishesTheLab(t *testing.T) {
 		t.Errorf("inspect after deploy: exit %d\n%s%s", rec.code, rec.stdout, rec.stderr)
 	}
 }
+
+// The reviewer's repro: a copy of the deploying file with the same name and
+// the ECS moved to .20 failed a healthy lab's checks and broke its tunnel.
+// Every command that acts on the deployed lab refuses another file; the
+// deploying file edited in place is judged by what was deployed, with a
+// warning that it changed.
+func TestCLI_DeployedLab_OtherFileRefusedWithExit2_EditedFileJudgedAsDeployed(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	a, b := labtest.Copy(t, staticTopology, name), labtest.Copy(t, staticTopology, name)
+	moveECS := func(path string) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(data), "172.16.2.10/24", "172.16.2.20/24")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moveECS(b)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", a, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", a); r.code != 0 {
+		t.Fatalf("deploy: %s", r.stderr)
+	}
+	for _, args := range [][]string{
+		{"check", "-t", b},
+		{"trace", "-t", b},
+		{"fault", "tunnel", "down", "-t", b, "to-vpc"},
+		{"fault", "link", "down", "-t", b, "vbr:eth1"},
+		{"route", "withdraw", "-t", b},
+		{"route", "show", "-t", b},
+		{"ipsec", "-t", b},
+		{"capture", "-t", b, "vbr:eth1", "-c", "1", "-d", "1s"},
+		{"exec", "-t", b, "client", "--", "true"},
+		{"inspect", "-t", b},
+	} {
+		r := runEmu(t, state, args...)
+		if r.code != exitInvalid || !strings.Contains(r.stderr, "was deployed from "+a+", not from "+b) {
+			t.Errorf("emu %s: exit %d, want %d naming %s: %s", strings.Join(args, " "), r.code, exitInvalid, a, r.stderr)
+		}
+	}
+	// Nothing of the above touched the lab: its checks all pass.
+	r := runEmu(t, state, "check", "-t", a)
+	if r.code != 0 || strings.Contains(r.stderr, "changed since") {
+		t.Fatalf("check -t %s after the refused commands: exit %d\n%s%s", a, r.code, r.stdout, r.stderr)
+	}
+	moveECS(a)
+	r = runEmu(t, state, "check", "-t", a)
+	if r.code != 0 || !strings.Contains(r.stdout, "echo reply from 172.16.2.10") {
+		t.Fatalf("check -t %s, edited after deploy: exit %d, want the lab judged as deployed (ECS at .10)\n%s%s", a, r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, a+" changed since lab \""+name+"\" was deployed") || !strings.Contains(r.stderr, "deploy --reconfigure -t "+a) {
+		t.Fatalf("check -t %s, edited after deploy: no warning that the file changed: %s", a, r.stderr)
+	}
+}

@@ -43,7 +43,7 @@ func routeAction(name, usage string, add bool) *cli.Command {
 		UsageText: "emu route " + name + " -t FILE",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
-			t, err := rootTopology(c)
+			t, _, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}
@@ -74,11 +74,7 @@ func routeShow() *cli.Command {
 		UsageText: "emu route show -t FILE [NODE...]",
 		Flags:     []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
-			t, err := rootTopology(c)
-			if err != nil {
-				return err
-			}
-			rec, err := deployedLab(c, t)
+			t, rec, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}

@@ -34,7 +34,7 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
 		},
 		Action: func(c *cli.Context) error {
-			t, err := rootTopology(c)
+			t, rec, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}
@@ -50,10 +50,6 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 			}
 			if to == "" && len(hosts) > 1 {
 				to = hosts[1]
-			}
-			rec, err := deployedLab(c, t)
-			if err != nil {
-				return err
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))

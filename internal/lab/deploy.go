@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,6 +19,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec/kernel"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/safefile"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -185,8 +188,13 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := checkLabDir(p.LabDir); err != nil {
 		return err
 	}
-	rec := &Record{Name: p.Lab, Topology: p.Topology, Dir: p.LabDir, Nodes: p.Nodes, Started: time.Now().UTC()}
+	sum := sha256.Sum256(p.Source)
+	rec := &Record{Name: p.Lab, Topology: p.Topology, TopologySHA256: hex.EncodeToString(sum[:]), Dir: p.LabDir, Nodes: p.Nodes, Started: time.Now().UTC()}
 	if err := d.Store.put(rec); err != nil {
+		return err
+	}
+	if err := safefile.WriteFile(d.Store.sourcePath(p.Lab), p.Source, 0o600); err != nil {
+		d.Store.remove(p.Lab)
 		return err
 	}
 	j, err := d.Store.openJournal(p.Lab)

@@ -33,16 +33,27 @@ type DestroyReport struct {
 	DirRemoved bool
 }
 
-// OtherFileError refuses to destroy a lab that another topology file with
-// the same `name:` deployed.
+// OtherFileError refuses to act on a lab that another topology file with
+// the same `name:` deployed: destroy, or (Command) a command that would
+// judge or change the lab by a file that does not describe it.
 type OtherFileError struct {
-	Record *Record
-	File   string
+	Record  *Record
+	File    string
+	Command string // the emu command refused, as typed ("check", "fault tunnel down"); "" is destroy
 }
 
 func (e *OtherFileError) Error() string {
-	return fmt.Sprintf("lab %q was deployed from %s, not from %s (both name it %q): destroy it with `emu destroy -t %s`; its lab directory %s holds its keys",
-		e.Record.Name, e.Record.Topology, e.File, e.Record.Name, e.Record.Topology, e.Record.Dir)
+	r := e.Record
+	if e.Command == "" {
+		return fmt.Sprintf("lab %q was deployed from %s, not from %s (both name it %q): destroy it with `emu destroy -t %s`; its lab directory %s holds its keys",
+			r.Name, r.Topology, e.File, r.Name, r.Topology, r.Dir)
+	}
+	if !exists(r.Topology) {
+		return fmt.Sprintf("lab %q was deployed from %s, which is gone, not from %s (both name it %q): emu %s acts on a lab only through the file that deployed it: destroy the lab with `emu destroy -t %s`, then deploy this file",
+			r.Name, r.Topology, e.File, r.Name, e.Command, e.File)
+	}
+	return fmt.Sprintf("lab %q was deployed from %s, not from %s (both name it %q): emu %s acts on a lab only through the file that deployed it: give it `-t %s`",
+		r.Name, r.Topology, e.File, r.Name, e.Command, r.Topology)
 }
 
 // DestroyFrom destroys the lab that the topology file deployed, refusing

@@ -30,12 +30,16 @@ type Store struct{ Dir string }
 
 // Record is what emu knows of a deployed lab without its topology file.
 type Record struct {
-	Name     string      `json:"name"`
-	Topology string      `json:"topology"`
-	Dir      string      `json:"lab_dir"`
-	Nodes    []plan.Node `json:"nodes"`
-	Started  time.Time   `json:"started"`
-	Complete bool        `json:"complete"` // false while deploying, or after a crash mid-deploy
+	Name     string `json:"name"`
+	Topology string `json:"topology"`
+	// TopologySHA256 is the hex SHA-256 of the topology text deployed,
+	// kept beside the record (Store.Source): a command that finds the file
+	// no longer hashes to it says the file changed since deploy.
+	TopologySHA256 string      `json:"topology_sha256,omitempty"`
+	Dir            string      `json:"lab_dir"`
+	Nodes          []plan.Node `json:"nodes"`
+	Started        time.Time   `json:"started"`
+	Complete       bool        `json:"complete"` // false while deploying, or after a crash mid-deploy
 }
 
 // Node returns the named node of the lab, the zero Node if it has none.
@@ -64,6 +68,21 @@ type Entry struct {
 
 func (s Store) recordPath(lab string) string  { return filepath.Join(s.Dir, lab+".json") }
 func (s Store) journalPath(lab string) string { return filepath.Join(s.Dir, lab+".journal") }
+func (s Store) sourcePath(lab string) string  { return filepath.Join(s.Dir, lab+".topology") }
+
+// Source returns the topology text the lab was deployed from, nil for a
+// lab an emu that kept none deployed. The file is root's, mode 0600: a
+// topology may hold pre-shared keys.
+func (s Store) Source(lab string) ([]byte, error) {
+	data, err := os.ReadFile(s.sourcePath(lab))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the deployed topology of lab %s: %w", lab, err)
+	}
+	return data, nil
+}
 
 // lock serialises deploys and destroys on this host. The kernel drops the
 // lock when its holder dies, so a killed deploy never blocks a destroy.
@@ -131,7 +150,7 @@ func (s Store) put(r *Record) error {
 }
 
 func (s Store) remove(lab string) error {
-	for _, p := range []string{s.journalPath(lab), s.recordPath(lab)} {
+	for _, p := range []string{s.journalPath(lab), s.sourcePath(lab), s.recordPath(lab)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -22,7 +22,10 @@ import (
 type Plan struct {
 	Lab      string
 	Topology string // absolute path of the topology file
-	LabDir   string
+	// Source is the topology text the plan was built from, kept by the
+	// deploy as the lab's deployed topology.
+	Source []byte
+	LabDir string
 	// Dataplane runs the tunnels: Kernel or Userspace.
 	Dataplane string
 	Nodes     []Node
@@ -282,7 +285,7 @@ func NamespaceName(lab, node string) string { return "emu-" + lab + "-" + node }
 // Build makes the plan of a topology. Tunnels run on dataplane (Kernel or
 // Userspace) with keys from secrets.
 func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, dataplane string) (*Plan, error) {
-	p := &Plan{Lab: t.Name, Topology: t.File, LabDir: t.LabDir(), Dataplane: dataplane}
+	p := &Plan{Lab: t.Name, Topology: t.File, Source: t.Source, LabDir: t.LabDir(), Dataplane: dataplane}
 	var nss, veths, limits, addrs, tunnels, agents, routes, programs []Step
 	for _, n := range t.Nodes {
 		ns := NamespaceName(t.Name, n.Name)

@@ -66,6 +66,7 @@ func Parse(file string, data []byte, kinds Kinds) (*Topology, error) {
 		return nil, err
 	}
 	t.Warnings = c.warnings
+	t.Source = data
 	return t, nil
 }
 

@@ -23,6 +23,9 @@ type Topology struct {
 	// Warnings name what the file asks for that emu ignores (containerlab
 	// fields it cannot honour), as "file:line: text".
 	Warnings []string
+	// Source is the text this model was parsed from: a deploy keeps it, so
+	// later commands judge the lab as deployed even once File is edited.
+	Source []byte
 }
 
 // Node is one element of the lab: a namespace of a given kind.

@@ -13,6 +13,10 @@ import (
 // path like /dev/zero or a runaway generator from exhausting memory.
 const MaxFileSize = 1 << 20
 
+// ReadFile returns the bytes of the topology file at path, bounded and
+// refused as Load does (errors are *Error).
+func ReadFile(path string) ([]byte, error) { return readFile(path) }
+
 // readFile returns the bytes of the topology file at path. It refuses
 // anything but a regular file of at most MaxFileSize bytes, and opens
 // without blocking, so a FIFO is refused instead of waiting for a writer.
