@@ -23,8 +23,11 @@ input error). A lab of that name deployed from another file is refused (exit 2; 
 it with that file, which the error names). It says whether the lab directory
 emu-<lab>/ (logs, captures, keys) was kept or removed.
 
---cleanup removes emu-<lab>/ beside FILE whenever it exists, also when the lab is not
-deployed (after a reboot, or after a destroy without --cleanup).
+--cleanup removes emu-<lab>/ beside FILE when emu created it (it carries the marker
+file .emu-lab), also when the lab is not deployed (after a reboot, or after a destroy
+without --cleanup). A directory of that name emu did not create is left with all in it
+(exit 1 when the lab is not deployed, saying so; for a deployed lab, only the files
+its deploy wrote go).
 --all destroys every lab emu has records of (never by name pattern).
 
 Examples:
@@ -92,6 +95,8 @@ func destroyMessage(name string, rep lab.DestroyReport) string {
 		msg = fmt.Sprintf("destroyed lab %q, deployed from %s", name, rep.Topology)
 	}
 	switch {
+	case rep.NotEmu:
+		msg += fmt.Sprintf("; kept its lab directory %s, which emu did not create (no %s marker), without the files the deploy wrote into it", rep.LabDir, lab.MarkerFile)
 	case rep.DirRemoved:
 		msg += fmt.Sprintf("; removed its lab directory %s", rep.LabDir)
 	case rep.LabDir != "":

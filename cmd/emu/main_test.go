@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emu-lab/emu/bench"
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/testenv"
@@ -396,8 +397,10 @@ func TestCLI_DestroyCleanup_NoRecord_RemovesLabDirectoryAndSaysSo(t *testing.T) 
 	if err := os.MkdirAll(filepath.Join(labDir, "agents"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(labDir, "esp_sa"), []byte("keys"), 0o600); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{"esp_sa", lab.MarkerFile} {
+		if err := os.WriteFile(filepath.Join(labDir, f), []byte("keys"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r := runEmu(t, t.TempDir(), "destroy", "-t", topo)
 	if r.code != 0 || !strings.Contains(r.stdout, "not deployed") || !strings.Contains(r.stdout, "kept its lab directory "+labDir) {
@@ -409,6 +412,28 @@ func TestCLI_DestroyCleanup_NoRecord_RemovesLabDirectoryAndSaysSo(t *testing.T) 
 	}
 	if _, err := os.Lstat(labDir); !os.IsNotExist(err) {
 		t.Errorf("%s still there: %v", labDir, err)
+	}
+}
+
+// --cleanup without a record leaves a directory emu did not create (exit 1),
+// the user's files in it untouched.
+func TestCLI_DestroyCleanup_NoRecord_UserMadeDirectoryLeftWithExit1(t *testing.T) {
+	labtest.RequireRoot(t)
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	notes := filepath.Join(filepath.Dir(topo), "emu-"+name, "sub", "myfile.txt")
+	if err := os.MkdirAll(filepath.Dir(notes), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(notes, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runEmu(t, t.TempDir(), "destroy", "-t", topo, "--cleanup")
+	if r.code != exitFailed || !strings.Contains(r.stderr, "emu did not create it") {
+		t.Fatalf("destroy --cleanup: exit %d, want %d: %s", r.code, exitFailed, r.stderr)
+	}
+	if _, err := os.Stat(notes); err != nil {
+		t.Errorf("the user's file is gone: %v", err)
 	}
 }
 

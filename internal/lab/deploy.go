@@ -300,12 +300,22 @@ func (d *Deployer) checkFree(p *plan.Plan) error {
 }
 
 // makeLabDir creates the lab directory, or reuses it if emu can trust it
-// (see checkOwnDir), before anything else is made.
+// (see checkOwnDir), before anything else is made. A directory it creates
+// gets the marker file, which alone lets a later --cleanup without a record
+// remove it; one it reuses does not, since what the user keeps there is not
+// emu's to delete.
 func (d *Deployer) makeLabDir(j *journal, dir string) error {
 	if err := checkParent(dir); err != nil {
 		return err
 	}
-	if err := ownDir(j, dir, 0o755); err != nil {
+	existed, err := checkOwnDir(dir)
+	if err == nil {
+		err = ownDir(j, dir, 0o755)
+	}
+	if err == nil && !existed {
+		err = safefile.WriteFile(filepath.Join(dir, MarkerFile), []byte("emu made this lab directory; `emu destroy --cleanup` removes it\n"), 0o644)
+	}
+	if err != nil {
 		return fmt.Errorf("lab directory: %w", err)
 	}
 	return nil

@@ -31,6 +31,9 @@ type DestroyReport struct {
 	// DirRemoved: the lab directory was removed (cleanup); otherwise it is
 	// kept, with its logs, captures and keys.
 	DirRemoved bool
+	// NotEmu: with cleanup, the lab directory was kept because emu did not
+	// create it (no MarkerFile); the files the deploy wrote into it went.
+	NotEmu bool
 }
 
 // OtherFileError refuses to act on a lab that another topology file with
@@ -82,7 +85,7 @@ func (d *Deployer) destroy(lab, topology, labDir string, cleanup bool) (DestroyR
 			return rep, nil
 		}
 		if cleanup {
-			if err := removeLabDir(labDir); err != nil {
+			if err := removeMarkedLabDir(labDir); err != nil {
 				return rep, err
 			}
 			rep.DirRemoved = true
@@ -99,10 +102,17 @@ func (d *Deployer) destroy(lab, topology, labDir string, cleanup bool) (DestroyR
 		return rep, err
 	}
 	if cleanup {
-		if err := removeLabDir(rec.Dir); err != nil {
+		// undo removed what the deploy made, the lab directory too if it
+		// created it; a directory it reused keeps what the user put there.
+		var notEmu *NotEmuDirError
+		switch err := removeMarkedLabDir(rec.Dir); {
+		case errors.As(err, &notEmu):
+			rep.NotEmu = true
+		case err != nil:
 			return rep, err
+		default:
+			rep.DirRemoved = true
 		}
-		rep.DirRemoved = true
 	} else if !exists(rec.Dir) {
 		rep.LabDir = ""
 	}

@@ -228,10 +228,85 @@ func labDirWithKey(t *testing.T, dir, name string) string {
 	if err := os.Mkdir(labDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(labDir, lab.ESPSAFile), []byte("keys"), 0o600); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{lab.ESPSAFile, lab.MarkerFile} {
+		if err := os.WriteFile(filepath.Join(labDir, f), []byte("keys"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return labDir
+}
+
+// The reviewer's repro: with no lab recorded, --cleanup removed a directory
+// named like a lab directory that the user had made, notes included.
+func TestDestroyCleanup_NoRecord_DirectoryEmuDidNotCreate_LeftWithAllInIt(t *testing.T) {
+	dir := t.TempDir()
+	name := labtest.UniqueName()
+	labDir := topology.LabDir(filepath.Join(dir, "lab.yaml"), name)
+	notes := []string{filepath.Join(labDir, "notes.txt"), filepath.Join(labDir, "sub", "myfile.txt")}
+	if err := os.MkdirAll(filepath.Join(labDir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range notes {
+		if err := os.WriteFile(f, []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := labtest.NewDeployer(t)
+	rep, err := d.DestroyFrom(filepath.Join(dir, "lab.yaml"), name, labDir, true)
+	var notEmu *lab.NotEmuDirError
+	if !errors.As(err, &notEmu) || rep.DirRemoved || !strings.Contains(err.Error(), "emu did not create it") {
+		t.Fatalf("destroy --cleanup = %+v, %v: want the directory left, saying emu did not create it", rep, err)
+	}
+	for _, f := range notes {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("the user's %s is gone: %v", f, err)
+		}
+	}
+}
+
+// A deploy marks the lab directory it creates, and not one it reuses; a
+// deployed lab's --cleanup then removes the first and, of the second, only
+// what the deploy wrote.
+func TestDeploy_MarksOnlyTheLabDirectoryItCreates_CleanupKeepsTheUsers(t *testing.T) {
+	labtest.RequireRoot(t)
+	for _, existed := range []bool{false, true} {
+		p := planIn(t)
+		notes := filepath.Join(p.LabDir, "notes.txt")
+		if existed {
+			if err := os.Mkdir(p.LabDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(notes, []byte("mine"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d := labtest.NewDeployer(t)
+		t.Cleanup(func() { d.Destroy(p.Lab, true) })
+		if err := d.Deploy(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+		_, err := os.Lstat(filepath.Join(p.LabDir, lab.MarkerFile))
+		if marked := err == nil; marked == existed {
+			t.Errorf("lab directory existed before: %v; marked: %v", existed, marked)
+		}
+		rep, err := d.DestroyFrom(p.Topology, p.Lab, p.LabDir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		labtest.AssertNothingLeft(t, p.Lab)
+		left, _ := os.ReadDir(p.LabDir)
+		switch {
+		case !existed && (!rep.DirRemoved || exists(p.LabDir)):
+			t.Errorf("the lab directory emu created is still there after --cleanup: %+v", rep)
+		case existed && (!rep.NotEmu || len(left) != 1 || left[0].Name() != "notes.txt"):
+			t.Errorf("the lab directory the user made: %+v, holds %v after --cleanup; want it kept with notes.txt alone", rep, left)
+		}
+	}
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 func TestDestroyCleanup_LabNotDeployed_RemovesTheLabDirectory(t *testing.T) {

@@ -101,6 +101,33 @@ func ownDir(j *journal, dir string, perm fs.FileMode) error {
 	return os.Chmod(dir, perm)
 }
 
+// MarkerFile, in a lab directory, says emu created that directory. Without
+// a lab's record (after a reboot, or a destroy without --cleanup), it is
+// how --cleanup tells emu's directory from one a user made with the same
+// name.
+const MarkerFile = ".emu-lab"
+
+// NotEmuDirError refuses to remove a lab directory that carries no
+// MarkerFile: emu did not create it.
+type NotEmuDirError struct{ Dir string }
+
+func (e *NotEmuDirError) Error() string {
+	return fmt.Sprintf("left %s and everything in it: it has no %s marker, so emu did not create it (or an emu older than the marker did): look inside and remove it yourself (`rm -r %s`) if it is yours to delete", e.Dir, MarkerFile, e.Dir)
+}
+
+// removeMarkedLabDir removes a lab directory emu created, as its MarkerFile
+// says, and refuses any other with *NotEmuDirError. A directory already
+// gone is fine.
+func removeMarkedLabDir(dir string) error {
+	if !exists(dir) {
+		return nil
+	}
+	if info, err := os.Lstat(filepath.Join(dir, MarkerFile)); err != nil || !info.Mode().IsRegular() {
+		return &NotEmuDirError{Dir: dir}
+	}
+	return removeLabDir(dir)
+}
+
 // removeLabDir removes a lab directory or one of its subdirectories,
 // refusing anything that does not look like one emu made, so a damaged
 // record or a stray -t can never make emu delete a user's files. A symlink
