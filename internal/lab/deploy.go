@@ -218,6 +218,9 @@ func (d *Deployer) Deploy(ctx context.Context, p *plan.Plan) (err error) {
 	if err := d.makeLabDir(j, p.LabDir); err != nil {
 		return err
 	}
+	if err := rotateLogs(p.LabDir); err != nil {
+		return err
+	}
 	if err := writeSecrets(j, p); err != nil {
 		return err
 	}

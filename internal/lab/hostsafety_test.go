@@ -503,3 +503,52 @@ func labMounts(t *testing.T, lab string) []string {
 	}
 	return out
 }
+
+// The reviewer saw an old lab's panics in a later lab's logs/: each deploy
+// starts empty logs, the previous deploy's kept as logs.1.
+func TestDeploy_Redeploy_StartsFreshLogs_KeepsThePreviousAsLogsDot1(t *testing.T) {
+	labtest.RequireRoot(t)
+	p := planIn(t)
+	d := labtest.NewDeployer(t)
+	t.Cleanup(func() { d.Destroy(p.Lab, true) })
+	const old = "panic: a crash of the previous deploy\n"
+	var logged []string
+	for deploy := 1; deploy <= 3; deploy++ {
+		if err := d.Deploy(context.Background(), p); err != nil {
+			t.Fatalf("deploy %d: %v", deploy, err)
+		}
+		if _, err := d.Destroy(p.Lab, false); err != nil {
+			t.Fatal(err)
+		}
+		if deploy == 1 {
+			logs, err := filepath.Glob(filepath.Join(p.LabDir, "logs", "*.log"))
+			if err != nil || len(logs) == 0 {
+				t.Fatalf("no logs after the first deploy: %v", err)
+			}
+			for _, l := range logs {
+				f, err := os.OpenFile(l, os.O_WRONLY|os.O_APPEND, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.WriteString(old)
+				f.Close()
+				logged = append(logged, filepath.Base(l))
+			}
+		}
+		if deploy == 2 {
+			for _, l := range logged {
+				now, _ := os.ReadFile(filepath.Join(p.LabDir, "logs", l))
+				prev, _ := os.ReadFile(filepath.Join(p.LabDir, "logs.1", l))
+				if strings.Contains(string(now), old) || !strings.Contains(string(prev), old) {
+					t.Errorf("%s: the first deploy's line is in logs/ (%v) or missing from logs.1/ (%v)", l, strings.Contains(string(now), old), !strings.Contains(string(prev), old))
+				}
+			}
+		}
+	}
+	// A third deploy keeps one generation: logs.1 is the second's.
+	for _, l := range logged {
+		if prev, _ := os.ReadFile(filepath.Join(p.LabDir, "logs.1", l)); strings.Contains(string(prev), old) {
+			t.Errorf("%s: logs.1 still holds the first deploy's line after a third deploy", l)
+		}
+	}
+}

@@ -101,6 +101,25 @@ func ownDir(j *journal, dir string, perm fs.FileMode) error {
 	return os.Chmod(dir, perm)
 }
 
+// rotateLogs moves the previous deploy's logs/ to logs.1 (replacing an
+// older logs.1), so this deploy's logs start empty: a panic logged by the
+// last lab must not read as this one's. Its agents, keepers and daemons
+// then create logs/ afresh.
+func rotateLogs(labDir string) error {
+	logs := filepath.Join(labDir, "logs")
+	exists, err := checkOwnDir(logs)
+	if err != nil || !exists {
+		return err
+	}
+	if err := removeLabDir(logs + ".1"); err != nil {
+		return fmt.Errorf("remove the logs of the deploy before last: %w", err)
+	}
+	if err := os.Rename(logs, logs+".1"); err != nil {
+		return fmt.Errorf("keep the previous deploy's logs: %w", err)
+	}
+	return nil
+}
+
 // MarkerFile, in a lab directory, says emu created that directory. Without
 // a lab's record (after a reboot, or a destroy without --cleanup), it is
 // how --cleanup tells emu's directory from one a user made with the same
