@@ -261,9 +261,10 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 	}
 	var tx *txPath
 	queued, queuedDF := 0, false
+	failing := sendErrors{log: d.log, tunnel: t.conn.Name}
 	send := func() {
-		if err := tx.w.writeAll(msgs[:queued], queuedDF); err != nil && !d.isClosing() {
-			d.log.Printf("%s: send to %s: %v", t.conn.Name, tx.dst, err)
+		if err := tx.w.writeAll(msgs[:queued], queuedDF); !d.isClosing() {
+			failing.report(tx.dst, err)
 		}
 		queued = 0
 	}
@@ -414,6 +415,31 @@ func (r *receiver) handle(n int) {
 		r.rx[j] = r.rx[j][:0]
 	}
 	r.touched = r.touched[:0]
+}
+
+// sendErrors logs a tunnel's failing sends once, not once per batch: a
+// fresh agent sends before its routes exist ("network is unreachable")
+// and would log every packet until they do. The next success says how many
+// batches failed; a different error is logged anew.
+type sendErrors struct {
+	log    *log.Logger
+	tunnel string
+	last   string // the error being suppressed, "" while sends succeed
+	failed int    // batches failed since last was logged
+}
+
+func (s *sendErrors) report(dst net.Addr, err error) {
+	switch {
+	case err == nil && s.last != "":
+		s.log.Printf("%s: send to %s works again, after %d failed batches", s.tunnel, dst, s.failed)
+		s.last, s.failed = "", 0
+	case err == nil:
+	case err.Error() == s.last:
+		s.failed++
+	default:
+		s.log.Printf("%s: send to %s: %v (logged once until a send succeeds)", s.tunnel, dst, err)
+		s.last, s.failed = err.Error(), 1
+	}
 }
 
 func (d *Dataplane) isClosing() bool {
