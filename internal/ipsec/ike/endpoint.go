@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,6 +51,9 @@ type Endpoint struct {
 	counters Counters
 	stop     sync.Once
 	trace    func([]byte) // tests: sees every IKE message received
+	// cookieSecret keys the COOKIEs asked of initiators while many SAs
+	// are half-open (RFC 7296 §2.6); random per endpoint, never sent.
+	cookieSecret [32]byte
 }
 
 type conn struct {
@@ -81,6 +85,7 @@ func Listen(opt Options) (*Endpoint, error) {
 		opt.RetryAfter = 2 * time.Second
 	}
 	e := &Endpoint{opt: opt, log: opt.Log, events: make(chan func(), 256), done: make(chan struct{}), sas: map[uint64]*ikeSA{}}
+	rand.Read(e.cookieSecret[:])
 	for i, port := range []uint16{opt.IKEPort, opt.NATTPort} {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(opt.Addr, port)))
 		if err != nil {

@@ -428,3 +428,98 @@ func TestIKEv2_PFSMismatch_ShowsAtRekey_ChildExpiresWithTheReason(t *testing.T) 
 		t.Errorf("responder: %+v", sb)
 	}
 }
+
+// The reviewer's flood: spoofed IKE_SA_INITs "from" the peer's address
+// each made a half-open SA (8,450 took vpngw from 36 MB to 59 MB). Above
+// CookieThreshold they are answered with a COOKIE and no state, so the
+// half-open SAs stay bounded; the established SA is undisturbed, and the
+// real peer, which returns the cookie, still negotiates a new IKE SA.
+func TestIKEv2_SpoofedInitFlood_HalfOpenBoundedByCookies_EstablishedSAUndisturbed(t *testing.T) {
+	a, b := pair(t, nil)
+	before := waitStatus(t, b, "established", established)
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addrA, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h, ps := sampleInit()
+	g, _ := modpGroup(2)
+	k, _ := g.generate()
+	ps[1] = &KE{Group: 2, Data: k.public}
+	const flood = 3000
+	received := b.e.Counters().Received
+	for i := range flood {
+		h.SPIi = uint64(i) + 1<<40
+		if _, err := conn.WriteToUDPAddrPort(Marshal(h, ps[:3]), netip.AddrPortFrom(addrB, b.e.opt.IKEPort)); err != nil {
+			t.Fatal(err)
+		}
+		if i%200 == 199 {
+			time.Sleep(20 * time.Millisecond) // within the socket buffer, as a paced flood
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); b.e.Counters().Received < received+flood*9/10; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d spoofed IKE_SA_INITs arrived", b.e.Counters().Received-received, flood)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	halfOpen := make(chan int)
+	b.e.do(func() { halfOpen <- b.e.halfOpen() })
+	if n := <-halfOpen; n > CookieThreshold {
+		t.Errorf("%d half-open IKE SAs after %d spoofed IKE_SA_INITs, want at most %d", n, flood, CookieThreshold)
+	}
+	if c := b.e.Counters(); c.CookiesSent < flood/2 {
+		t.Errorf("only %d COOKIEs sent for %d spoofed IKE_SA_INITs", c.CookiesSent, flood)
+	}
+	after := b.e.Status()[0]
+	if !established(after) || after.InSPI != before.InSPI || after.OutSPI != before.OutSPI {
+		t.Fatalf("the flood changed the tunnel: %+v -> %+v", before, after)
+	}
+	requireTraffic(t, a, b)
+	// The real peer restarts while the half-open SAs are still there: its
+	// IKE_SA_INIT gets a COOKIE, it returns it, and the new SA replaces the
+	// old one.
+	port := a.e.opt.IKEPort
+	a.e.abort()
+	a2 := &side{rec: &recorder{}, cfg: a.cfg}
+	if a2.e, err = Listen(Options{Addr: addrA, IKEPort: port, NATTPort: port + 1, Handler: a2.rec, RetransmitBase: 100 * time.Millisecond, RetransmitTries: 3, RetryAfter: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	defer a2.e.Close()
+	cookies := b.e.Counters().CookiesSent
+	if err := a2.e.Add(a.cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b, "the restarted peer's new SA", func(s Status) bool { return established(s) && s.InSPI != before.InSPI })
+	waitStatus(t, a2, "restarted initiator", established)
+	if b.e.Counters().CookiesSent == cookies {
+		t.Error("the restarted peer was not asked for a COOKIE: the test proves nothing about the round trip")
+	}
+	requireTraffic(t, a2, b)
+}
+
+// However many cookies an attacker that sees the replies returns, no more
+// than MaxHalfOpen IKE SAs are half-open at once.
+func TestIKEv2_CookieReturningFlood_HalfOpenCappedAtMaxHalfOpen(t *testing.T) {
+	_, b := pair(t, nil)
+	waitStatus(t, b, "established", established)
+	h, ps := sampleInit()
+	g, _ := modpGroup(2)
+	k, _ := g.generate()
+	ps[1] = &KE{Group: 2, Data: k.public}
+	from := netip.AddrPortFrom(addrA, b.e.opt.IKEPort)
+	done := make(chan [2]int)
+	b.e.do(func() {
+		for i := range MaxHalfOpen + 100 {
+			h.SPIi = uint64(i) + 1<<40
+			ni := ps[2].(*Nonce).Data
+			withCookie := append([]Payload{&Notify{Kind: Cookie, Data: b.e.cookie(ni, addrA, h.SPIi)}}, ps[:3]...)
+			b.e.respondInit(h, withCookie, Marshal(h, withCookie), from, false)
+		}
+		done <- [2]int{b.e.halfOpen(), int(b.e.Counters().HalfOpenRefused)}
+	})
+	got := <-done
+	if got[0] != MaxHalfOpen || got[1] != 100 {
+		t.Fatalf("%d half-open, %d refused; want %d and 100", got[0], got[1], MaxHalfOpen)
+	}
+}

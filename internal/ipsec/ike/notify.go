@@ -21,6 +21,7 @@ const (
 	InitialContact             NotifyType = 16384
 	NATDetectionSourceIP       NotifyType = 16388
 	NATDetectionDestinationIP  NotifyType = 16389
+	Cookie                     NotifyType = 16390
 	UseTransportMode           NotifyType = 16391
 	RekeySA                    NotifyType = 16393
 )
@@ -40,6 +41,7 @@ var notifyNames = map[NotifyType]string{
 	InitialContact:             "INITIAL_CONTACT",
 	NATDetectionSourceIP:       "NAT_DETECTION_SOURCE_IP",
 	NATDetectionDestinationIP:  "NAT_DETECTION_DESTINATION_IP",
+	Cookie:                     "COOKIE",
 	UseTransportMode:           "USE_TRANSPORT_MODE",
 	RekeySA:                    "REKEY_SA",
 }

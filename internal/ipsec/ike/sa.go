@@ -44,6 +44,8 @@ type ikeSA struct {
 	created  time.Time // of a responder SA, for the half-open timeout
 	retired  []*child  // rekeyed CHILD SAs until the peer deletes them
 	dead     bool
+	// cookieTries counts the COOKIEs a responder asked of our IKE_SA_INIT.
+	cookieTries int
 }
 
 type child struct {
@@ -167,11 +169,6 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 		e.count(func(c *Counters) { c.UnknownSA++ })
 		return
 	}
-	sa := &ikeSA{e: e, c: c, spiI: h.SPIi, spiR: randSPI64(), initI: raw, natt: natt, lastRecv: time.Now(), peerMsgID: 1, created: time.Now()}
-	reply := func(ps ...Payload) {
-		sa.lastResp = Marshal(Header{SPIi: h.SPIi, SPIr: 0, Exchange: IKESAInit, Flags: FlagResponse}, ps)
-		e.send(sa, sa.lastResp)
-	}
 	var offer *SA
 	var ke *KE
 	var ni *Nonce
@@ -184,6 +181,14 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 		case *Nonce:
 			ni = p
 		}
+	}
+	if ni != nil && !e.admitInit(c, h, ps, ni.Data, from, natt) {
+		return
+	}
+	sa := &ikeSA{e: e, c: c, spiI: h.SPIi, spiR: randSPI64(), initI: raw, natt: natt, lastRecv: time.Now(), peerMsgID: 1, created: time.Now()}
+	reply := func(ps ...Payload) {
+		sa.lastResp = Marshal(Header{SPIi: h.SPIi, SPIr: 0, Exchange: IKESAInit, Flags: FlagResponse}, ps)
+		e.send(sa, sa.lastResp)
 	}
 	if offer == nil || ke == nil || ni == nil {
 		reply(&Notify{Kind: InvalidSyntax})
@@ -271,6 +276,12 @@ func (sa *ikeSA) onInitResponse(h Header, ps []Payload) {
 		case *Nonce:
 			nr = p
 		case *Notify:
+			if p.Kind == Cookie && chosen == nil {
+				if !sa.retryWithCookie(p.Data) {
+					sa.fail(1, "the peer keeps asking for a COOKIE (RFC 7296 §2.6): it has too many half-open IKE SAs, or answers wrongly")
+				}
+				return
+			}
 			if p.Kind.IsError() {
 				reason := p.Kind.String()
 				if p.Kind == NoProposalChosen {

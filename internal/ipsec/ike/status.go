@@ -40,4 +40,9 @@ type Counters struct {
 	UnknownSA     uint64 `json:"unknown_sa"`
 	BadIntegrity  uint64 `json:"bad_integrity"`
 	Retransmitted uint64 `json:"retransmitted"`
+	// CookiesSent counts IKE_SA_INIT requests answered with a COOKIE
+	// instead of state (RFC 7296 §2.6); HalfOpenRefused those dropped
+	// with MaxHalfOpen SAs already half-open.
+	CookiesSent     uint64 `json:"cookies_sent,omitempty"`
+	HalfOpenRefused uint64 `json:"half_open_refused,omitempty"`
 }
