@@ -221,14 +221,30 @@ func TestDeploy_NodeFilesAndDirsPlantedAsSymlinks_NeverWrittenThrough(t *testing
 	untouched("nodes/ a symlink")
 	os.Remove(filepath.Join(labDir, "nodes"))
 
-	// A log is a link: refused (ELOOP), the target untouched.
+	// A log is a link: the deploy moves the old logs/ aside to logs.1
+	// (links and all, never followed) and writes a fresh log; the target is
+	// untouched. (A link planted in the new logs/ would be refused, ELOOP:
+	// logs are opened O_NOFOLLOW.)
 	mkdir(filepath.Join(labDir, "logs"))
 	link(victim, filepath.Join(labDir, "logs", "R1.keeper.log"))
-	if err := deploy(); err == nil || !errors.Is(err, syscall.ELOOP) {
-		t.Errorf("deploy with a log a symlink: %v, want it refused (ELOOP)", err)
+	{
+		topo := labtest.Load(t, path)
+		d := labtest.NewDeployer(t)
+		if err := d.Deploy(t.Context(), labtest.Plan(t, topo)); err != nil {
+			t.Fatalf("deploy with a log a symlink: %v", err)
+		}
+		if info, err := os.Lstat(filepath.Join(labDir, "logs", "R1.keeper.log")); err != nil || !info.Mode().IsRegular() {
+			t.Errorf("logs/R1.keeper.log after deploy: %v (%v), want a fresh regular file", info, err)
+		}
+		if info, err := os.Lstat(filepath.Join(labDir, "logs.1", "R1.keeper.log")); err != nil || info.Mode()&os.ModeSymlink == 0 {
+			t.Errorf("logs.1/R1.keeper.log: %v (%v), want the planted link moved there", info, err)
+		}
+		// Remove what the deploy wrote; the directory, made here, stays.
+		if _, err := d.Destroy(topo.Name, true); err != nil {
+			t.Fatal(err)
+		}
 	}
 	untouched("logs/R1.keeper.log a symlink")
-	os.Remove(filepath.Join(labDir, "logs", "R1.keeper.log"))
 
 	// A node's config is a link: replaced by a fresh 0600 file.
 	mkdir(filepath.Join(labDir, "nodes"))
