@@ -4,13 +4,32 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/probe"
 )
+
+// onUserspace puts one node's tunnels on the userspace dataplane.
+func onUserspace(text, kind string) string {
+	return strings.Replace(text, "      kind: "+kind+"\n", "      kind: "+kind+"\n      ipsec-dataplane: userspace\n", 1)
+}
+
+// requireIKEDataplane fails unless both gateways run the lab's dataplane.
+func requireIKEDataplane(t *testing.T, l *labtest.Lab) {
+	t.Helper()
+	requireDataplane(t, l, "onprem", "ipsec0", labtest.Dataplane())
+	requireDataplane(t, l, "vpngw", "ipsec0", labtest.Dataplane())
+}
 
 func TestIKE_StaticScenario_NegotiatesThenTrafficIsEncrypted(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "", ""))
+	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
 	requirePassed(t, rs)
@@ -38,6 +57,7 @@ func TestIKE_WrongPSK_CheckFailsWithAuthenticationFailed(t *testing.T) {
 
 func TestIKE_ForcedEncap_EncryptionCheckSeesESPInUDP(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "force-encap: on", ""))
+	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	// The path check decrypts ESP in UDP too, after the UDP header.
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption, checks.Path})
@@ -47,5 +67,114 @@ func TestIKE_ForcedEncap_EncryptionCheckSeesESPInUDP(t *testing.T) {
 	}
 	if enc := rs[len(rs)-2].Evidence; !strings.Contains(enc, "of the ESP in UDP/4500") {
 		t.Errorf("encryption evidence does not count ESP in UDP: %s", enc)
+	}
+}
+
+// TestIKE_KernelDataplane_RekeysUnderTraffic_NoEchoLost_OldStatesDeleted:
+// with a 4 s IPsec lifetime the CHILD SA is rekeyed every 3.6 s while
+// client pings the ECS every 20 ms. Each rekey must put a new pair of XFRM
+// states in and take the old pair out, and no echo may be lost.
+func TestIKE_KernelDataplane_RekeysUnderTraffic_NoEchoLost_OldStatesDeleted(t *testing.T) {
+	if labtest.Dataplane() != plan.Kernel {
+		t.Skip("negotiated SAs in XFRM need a kernel with ESP: runs inside the VM (vmtest/suite.sh)")
+	}
+	l := labtest.DeployText(t, labtest.IKEKeyed(t, "ipsec-lifetime: 4", "ipsec-lifetime: 4"))
+	requireIKEDataplane(t, l)
+	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.IKE}))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
+	defer cancel()
+	var stream *probe.StreamResult
+	var streamErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stream, streamErr = probe.Stream(ctx, l.NS("client"), ecsAddr, 20*time.Millisecond)
+	}()
+	gateways := []string{"onprem", "vpngw"}
+	seen := map[string]map[uint32]bool{}
+	most := map[string]int{}
+	for _, gw := range gateways {
+		seen[gw] = map[uint32]bool{}
+	}
+	for ctx.Err() == nil {
+		for _, gw := range gateways {
+			states := espStates(t, l, gw)
+			most[gw] = max(most[gw], len(states))
+			for _, s := range states {
+				seen[gw][uint32(s.Spi)] = true
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	<-done
+	if streamErr != nil {
+		t.Fatal(streamErr)
+	}
+	t.Logf("echoes: %d sent, %d answered, longest outage %v", stream.Sent, stream.Received, stream.Outage)
+	if stream.Received != stream.Sent {
+		t.Errorf("%d of %d echoes lost across the rekeys (longest outage %v)", stream.Sent-stream.Received, stream.Sent, stream.Outage)
+	}
+	for _, gw := range gateways {
+		left := espStates(t, l, gw)
+		t.Logf("%s: %d SPIs seen in XFRM, at most %d states at once, %d left", gw, len(seen[gw]), most[gw], len(left))
+		// The first pair and at least two rekeys.
+		if len(seen[gw]) < 6 {
+			t.Errorf("%s: %d SPIs in XFRM over 12 s of 3.6 s rekeys, want at least 6 (three pairs)", gw, len(seen[gw]))
+		}
+		if len(left) != 2 {
+			t.Errorf("%s: %d ESP states after the rekeys, want the newest pair only: %v", gw, len(left), left)
+		}
+	}
+}
+
+// espStates lists the ESP states in XFRM of a node.
+func espStates(t *testing.T, l *labtest.Lab, node string) []netlink.XfrmState {
+	t.Helper()
+	var out []netlink.XfrmState
+	err := netnsx.Do(l.NS(node), func() error {
+		states, err := netlink.XfrmStateList(netlink.FAMILY_ALL)
+		for _, s := range states {
+			if s.Proto == netlink.XFRM_PROTO_ESP {
+				out = append(out, s)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: XFRM states: %v", node, err)
+	}
+	return out
+}
+
+// TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic:
+// the userspace engine on the on-prem gateway, XFRM on the VPN gateway,
+// keyed by one IKEv2 negotiation, with plain ESP and with ESP in UDP.
+func TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic(t *testing.T) {
+	if labtest.Dataplane() != plan.Kernel {
+		t.Skip("needs a kernel with ESP: runs inside the VM (vmtest/suite.sh)")
+	}
+	for _, tc := range []struct {
+		name, onprem string
+		encap        bool
+	}{
+		{"ESP", "", false},
+		{"ESPInUDP", "force-encap: on", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := labtest.DeployText(t, onUserspace(labtest.IKEKeyed(t, tc.onprem, ""), "onprem-gateway"))
+			requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
+			requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
+			lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+			rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
+			requirePassed(t, rs)
+			for _, r := range rs {
+				t.Log(r.Check, r.Evidence)
+			}
+			if enc := rs[len(rs)-1].Evidence; strings.Contains(enc, "of the ESP in UDP/4500") != tc.encap {
+				t.Errorf("encryption evidence, ESP in UDP expected %v: %s", tc.encap, enc)
+			}
+		})
 	}
 }

@@ -23,27 +23,33 @@ type Tunnel struct {
 // IKE puts the CHILD SAs that IKE endpoints negotiate into XFRM as states
 // of the connections' if_ids: the ike.Handler of the kernel dataplane, as
 // userspace.Dataplane's is for the userspace one. Each pair goes in
-// inbound state first, so the peer's first packets on it are accepted; a
-// rekey's new pair replaces the old outbound state at once and the old
-// inbound one stays until the endpoint says it is deleted (RFC 7296 §2.8),
-// as the userspace engine does.
+// inbound state first, so the peer's first packets on it are accepted. On
+// a rekey the new outbound state replaces the old one at once, or, on the
+// rekey's responder, when the old pair is deleted
+// (ChildSA.SendAfterOldDeleted); the old inbound state stays until the
+// endpoint says the old pair is deleted (RFC 7296 §2.8).
 type IKE struct {
 	d       *Dataplane
 	log     *log.Logger
 	tunnels map[string]Tunnel // by connection name
 
 	// Endpoints of several local addresses call in from their own loops.
-	mu     sync.Mutex
-	pairs  map[uint32][]sa   // installed pairs by inbound SPI: out, in
-	newest map[string]uint32 // the inbound SPI of each connection's sending pair
+	mu    sync.Mutex
+	pairs map[uint32]*pair // every pair whose inbound state is in, by inbound SPI
+	// sending and pending hold, per connection, the inbound SPI of the pair
+	// whose outbound state is in, and of the one whose outbound state waits
+	// for the sending pair's ChildDown.
+	sending, pending map[string]uint32
 }
+
+type pair struct{ out, in sa }
 
 // NewIKE returns the handler for tunnels in d's namespace. States a
 // previous agent left on their if_ids are deleted first: that agent's IKE
 // SAs are gone, and its outbound state could otherwise outlive the rekeys
 // of the new ones.
 func NewIKE(d *Dataplane, tunnels []Tunnel, logger *log.Logger) (*IKE, error) {
-	k := &IKE{d: d, log: logger, tunnels: map[string]Tunnel{}, pairs: map[uint32][]sa{}, newest: map[string]uint32{}}
+	k := &IKE{d: d, log: logger, tunnels: map[string]Tunnel{}, pairs: map[uint32]*pair{}, sending: map[string]uint32{}, pending: map[string]uint32{}}
 	for _, t := range tunnels {
 		if t.Conn.IKE == nil {
 			return nil, fmt.Errorf("connection %s is not keyed by IKE", t.Conn.Name)
@@ -107,52 +113,76 @@ func (k *IKE) install(c ike.ChildSA) error {
 	if c.Encap {
 		encap = &ports{local: c.LocalPort, remote: c.RemotePort}
 	}
-	pair := statePair(t.Conn.Local.AsSlice(), t.Conn.Remote.AsSlice(), t.IfID, c.Algorithm.XFRM(),
+	states := statePair(t.Conn.Local.AsSlice(), t.Conn.Remote.AsSlice(), t.IfID, c.Algorithm.XFRM(),
 		ipsec.SA{SPI: c.OutSPI, EncKey: c.Out.EncKey, AuthKey: c.Out.AuthKey},
 		ipsec.SA{SPI: c.InSPI, EncKey: c.In.EncKey, AuthKey: c.In.AuthKey}, encap)
-	out, in := pair[0], pair[1]
+	p := &pair{out: states[0], in: states[1]}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if err := k.d.addState(in); err != nil {
-		return fmt.Errorf("%s: %w", stateName(in), withKernelReason(err))
+	if err := k.d.addState(p.in); err != nil {
+		return fmt.Errorf("%s: %w", stateName(p.in), withKernelReason(err))
 	}
-	if err := k.d.addState(out); err != nil {
-		err = fmt.Errorf("%s: %w", stateName(out), withKernelReason(err))
-		if derr := k.d.nl.XfrmStateDel(&in.state); derr != nil {
-			err = errors.Join(err, fmt.Errorf("roll back %s: %w", stateName(in), derr))
-		}
-		return err
-	}
-	// Two outbound states of one reqid would leave the choice to the
-	// kernel; the new one is the one to send on.
-	if prev, ok := k.newest[c.Conn]; ok {
-		k.delete(k.pairs[prev][0])
-	}
-	k.pairs[c.InSPI] = pair
-	k.newest[c.Conn] = c.InSPI
+	k.pairs[c.InSPI] = p
 	how := "ESP"
 	if encap != nil {
 		how = fmt.Sprintf("ESP in UDP %d→%d", encap.local, encap.remote)
 	}
+	prev, rekey := k.sending[c.Conn]
+	if rekey && c.SendAfterOldDeleted {
+		k.pending[c.Conn] = c.InSPI
+		how += ", sending on it once the peer deletes the old pair"
+	}
 	k.log.Printf("tunnel %s: CHILD SA in XFRM: spi out 0x%08x in 0x%08x, %v, %s, if_id %d (kernel ESP)", c.Conn, c.OutSPI, c.InSPI, c.Algorithm, how, t.IfID)
+	if k.pending[c.Conn] == c.InSPI {
+		return nil
+	}
+	delete(k.pending, c.Conn) // superseded
+	if err := k.d.addState(p.out); err != nil {
+		err = fmt.Errorf("%s: %w", stateName(p.out), withKernelReason(err))
+		delete(k.pairs, c.InSPI)
+		if derr := k.d.nl.XfrmStateDel(&p.in.state); derr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back %s: %w", stateName(p.in), derr))
+		}
+		return err
+	}
+	k.sending[c.Conn] = c.InSPI
+	if rekey {
+		// Two outbound states of one reqid would leave the choice to the
+		// kernel; the new one is the one to send on.
+		k.delete(k.pairs[prev].out)
+	}
 	return nil
 }
 
-// ChildDown deletes the inbound state inSPI of connection conn, and the
-// outbound one too when no rekey replaced the pair (the CHILD SA is down).
+// ChildDown deletes the inbound state inSPI of connection conn. Its
+// outbound state goes too, replaced by a pending pair's if there is one;
+// without one the CHILD SA is down.
 func (k *IKE) ChildDown(conn string, inSPI uint32) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	pair, ok := k.pairs[inSPI]
-	if !ok || k.tunnels[conn].IfID != uint32(pair[1].state.Ifid) {
+	p, ok := k.pairs[inSPI]
+	if !ok || k.tunnels[conn].IfID != uint32(p.in.state.Ifid) {
 		return
 	}
 	delete(k.pairs, inSPI)
-	k.delete(pair[1])
-	if k.newest[conn] == inSPI {
-		delete(k.newest, conn)
-		k.delete(pair[0])
+	k.delete(p.in)
+	if k.pending[conn] == inSPI {
+		delete(k.pending, conn)
+		return
 	}
+	if k.sending[conn] != inSPI {
+		return
+	}
+	delete(k.sending, conn)
+	if next, ok := k.pending[conn]; ok {
+		delete(k.pending, conn)
+		if err := k.d.addState(k.pairs[next].out); err != nil {
+			k.log.Printf("%s: %s: %v", conn, stateName(k.pairs[next].out), withKernelReason(err))
+		} else {
+			k.sending[conn] = next
+		}
+	}
+	k.delete(p.out)
 }
 
 func (k *IKE) delete(s sa) {
