@@ -150,20 +150,23 @@ func espStates(t *testing.T, l *labtest.Lab, node string) []netlink.XfrmState {
 
 // TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic:
 // the userspace engine on the on-prem gateway, XFRM on the VPN gateway,
-// keyed by one IKEv2 negotiation, with plain ESP and with ESP in UDP.
+// keyed by one IKEv2 negotiation, with plain ESP, with ESP in UDP and with
+// HMAC-SHA-256.
 func TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic(t *testing.T) {
 	if labtest.Dataplane() != plan.Kernel {
 		t.Skip("needs a kernel with ESP: runs inside the VM (vmtest/suite.sh)")
 	}
 	for _, tc := range []struct {
-		name, onprem string
-		encap        bool
+		name, onprem, vpngw, esp string
+		encap                    bool
 	}{
-		{"ESP", "", false},
-		{"ESPInUDP", "force-encap: on", true},
+		{"ESP", "", "", "ESP:AES_CBC_128/HMAC_SHA1_96/", false},
+		{"ESPInUDP", "force-encap: on", "", "ESP:AES_CBC_128/HMAC_SHA1_96/", true},
+		// HMAC-SHA-256 truncated to 128 bits by both engines (RFC 4868).
+		{"SHA256", "ipsec-auth-alg: sha256", "ipsec-auth-alg: sha256", "ESP:AES_CBC_128/HMAC_SHA2_256_128/", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := labtest.DeployText(t, onUserspace(labtest.IKEKeyed(t, tc.onprem, ""), "onprem-gateway"))
+			l := labtest.DeployText(t, onUserspace(labtest.IKEKeyed(t, tc.onprem, tc.vpngw), "onprem-gateway"))
 			requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
 			requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
 			lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
@@ -171,6 +174,9 @@ func TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic(t *
 			requirePassed(t, rs)
 			for _, r := range rs {
 				t.Log(r.Check, r.Evidence)
+			}
+			if !strings.Contains(rs[0].Evidence, tc.esp) {
+				t.Errorf("ike evidence lacks %s: %s", tc.esp, rs[0].Evidence)
 			}
 			if enc := rs[len(rs)-1].Evidence; strings.Contains(enc, "of the ESP in UDP/4500") != tc.encap {
 				t.Errorf("encryption evidence, ESP in UDP expected %v: %s", tc.encap, enc)
