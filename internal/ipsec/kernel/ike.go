@@ -156,7 +156,8 @@ func (k *IKE) install(c ike.ChildSA) error {
 
 // ChildDown deletes the inbound state inSPI of connection conn. Its
 // outbound state goes too, replaced by a pending pair's if there is one;
-// without one the CHILD SA is down.
+// without one the CHILD SA is down, and so are the connection's other
+// pairs (an old one whose Delete exchange the IKE SA did not live to end).
 func (k *IKE) ChildDown(conn string, inSPI uint32) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -175,14 +176,24 @@ func (k *IKE) ChildDown(conn string, inSPI uint32) {
 	}
 	delete(k.sending, conn)
 	if next, ok := k.pending[conn]; ok {
+		// The new outbound state goes in before the old one goes out, so
+		// no packet meets the policy without a state.
 		delete(k.pending, conn)
 		if err := k.d.addState(k.pairs[next].out); err != nil {
 			k.log.Printf("%s: %s: %v", conn, stateName(k.pairs[next].out), withKernelReason(err))
 		} else {
 			k.sending[conn] = next
 		}
+		k.delete(p.out)
+		return
 	}
 	k.delete(p.out)
+	for spi, other := range k.pairs {
+		if other.in.state.Ifid == p.in.state.Ifid {
+			delete(k.pairs, spi)
+			k.delete(other.in)
+		}
+	}
 }
 
 func (k *IKE) delete(s sa) {
