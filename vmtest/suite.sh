@@ -12,7 +12,7 @@ mkdir -p "$out"
 packages=(
   ./internal/ipsec/kernelprobe   # the probe finds ESP and XFRM interfaces
   ./internal/ipsec/kernel        # XFRM states, policies, interface; each cipher
-  ./internal/checks              # the static lab on kernel ESP; kernel/userspace interop
+  ./internal/checks              # the static lab on kernel ESP; kernel/userspace interop; IKE SAs in XFRM
   ./internal/fault               # breaking and repairing a kernel tunnel
   ./internal/lab                 # deploy, rollback and destroy with XFRM objects
 )

@@ -37,6 +37,11 @@ run in the container through the engine, its binds and env given at create. cont
 fields emu cannot honour are printed as warnings with file:line. See README, "Bring your
 own on-prem gateway".
 
+IPsec tunnels run on the kernel's XFRM where the kernel has ESP, else on emu's userspace
+ESP engine (--ipsec-dataplane). Connections keyed by IKEv2 (ike:) run on either: on the
+kernel, deploy makes the XFRM interface and policies and the node's agent installs each
+CHILD SA it negotiates (and each rekey) as XFRM states.
+
 --dry-run prints the plan and changes nothing on the host: it needs no root, creates no
 namespace (not even the kernel probe's scratch one) and writes no file; with the default
 --ipsec-dataplane auto it plans userspace ESP, since only a deploy probes the kernel.

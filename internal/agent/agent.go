@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/kernel"
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
@@ -31,9 +32,12 @@ import (
 
 // Config is what one node's agent runs.
 type Config struct {
-	Lab      string           `json:"lab"`
-	Node     string           `json:"node"`
-	Tunnels  []ipsec.Conn     `json:"tunnels,omitempty"`
+	Lab     string       `json:"lab"`
+	Node    string       `json:"node"`
+	Tunnels []ipsec.Conn `json:"tunnels,omitempty"`
+	// XFRM are IKE-keyed tunnels on the kernel dataplane: deploy made
+	// their interfaces and policies, the agent installs the states.
+	XFRM     []kernel.Tunnel  `json:"xfrm_ike,omitempty"`
 	Monitors []monitor.Config `json:"monitors,omitempty"`
 	BGP      *routing.Config  `json:"bgp,omitempty"`
 	// Routes are put back by a restarted worker (plan.Agent.Routes).
@@ -110,12 +114,11 @@ func serve(configPath string, ready func()) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	var dp *userspace.Dataplane
-	restarted := false
+	// A previous worker's checkpoint (deploy removes it): its SAs resume
+	// where they were, so the peer drops nothing as a replay.
+	prevState, prevErr := readState(configPath)
+	restarted := prevErr == nil
 	if len(cfg.Tunnels) > 0 {
-		// A previous worker's checkpoint (deploy removes it): its SAs
-		// resume where they were, so the peer drops nothing as a replay.
-		prevState, prevErr := readState(configPath)
-		restarted = prevErr == nil
 		var prev []userspace.TunnelStats
 		if prevErr == nil {
 			prev = prevState.Tunnels
@@ -138,7 +141,18 @@ func serve(configPath string, ready func()) error {
 			logger.Printf("tunnel %s up: spi out 0x%08x (next seq %d) in 0x%08x (highest seen %d) (userspace ESP)", t.Name, t.OutSPI, uint64(t.Out.Seq)+1, t.InSPI, t.In.Seq)
 		}
 	}
-	endpoints, err := startIKE(dp, cfg, logger, restarted)
+	var keyer ikeKeyer = dp
+	ikeTunnels := cfg.Tunnels
+	if len(cfg.XFRM) > 0 {
+		if keyer, err = openXFRM(cfg.XFRM, logger); err != nil {
+			return err
+		}
+		ikeTunnels = nil
+		for _, t := range cfg.XFRM {
+			ikeTunnels = append(ikeTunnels, t.Conn)
+		}
+	}
+	endpoints, err := startIKE(keyer, ikeTunnels, cfg, logger, restarted)
 	for _, e := range endpoints {
 		// Deferred before the dataplane closes: the DELETEs go out first.
 		defer e.Close()
@@ -159,7 +173,7 @@ func serve(configPath string, ready func()) error {
 	published := make(chan struct{})
 	go func() {
 		defer wg.Done()
-		publish(ctx, configPath, started, speaker, dp, endpoints, cfg.Tunnels, published)
+		publish(ctx, configPath, started, speaker, dp, endpoints, ikeTunnels, published)
 	}()
 	for _, m := range cfg.Monitors {
 		wg.Add(1)

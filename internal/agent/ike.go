@@ -11,10 +11,38 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
-	"github.com/emu-lab/emu/internal/ipsec/userspace"
+	"github.com/emu-lab/emu/internal/ipsec/kernel"
 )
+
+// ikeKeyer is a dataplane the SAs of IKE endpoints key: the userspace
+// engine (userspace.Dataplane) or the kernel's XFRM (kernel.IKE).
+type ikeKeyer interface {
+	ListenIKE(ike.Options) (*ike.Endpoint, error)
+}
+
+// openXFRM returns the keyer of the node's IKE-keyed kernel tunnels, in
+// the namespace the agent runs in.
+func openXFRM(tunnels []kernel.Tunnel, logger *log.Logger) (*kernel.IKE, error) {
+	ns, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: own network namespace: %w", err)
+	}
+	defer ns.Close()
+	d, err := kernel.Open(ns)
+	if err != nil {
+		return nil, fmt.Errorf("xfrm: %w", err)
+	}
+	// d lives as long as the worker: the endpoints use it until they close.
+	k, err := kernel.NewIKE(d, tunnels, logger)
+	if err != nil {
+		d.Close()
+	}
+	return k, err
+}
 
 // startIKE runs one IKE endpoint per local address of the IKE-keyed
 // tunnels, keying the dataplane's tunnels with what it negotiates. It
@@ -23,11 +51,11 @@ import (
 // A restarted worker negotiates its responder connections too, once: the
 // peer still holds the IKE SA the old worker had and would otherwise notice
 // only when its DPD gives up.
-func startIKE(dp *userspace.Dataplane, cfg Config, logger *log.Logger, restarted bool) ([]*ike.Endpoint, error) {
+func startIKE(dp ikeKeyer, tunnels []ipsec.Conn, cfg Config, logger *log.Logger, restarted bool) ([]*ike.Endpoint, error) {
 	ikeLog := slog.New(slog.NewTextHandler(logger.Writer(), nil)).With("lab", cfg.Lab, "node", cfg.Node)
 	byAddr := map[netip.Addr]*ike.Endpoint{}
 	var out []*ike.Endpoint
-	for _, t := range cfg.Tunnels {
+	for _, t := range tunnels {
 		if t.IKE == nil {
 			continue
 		}

@@ -2,15 +2,36 @@ package checks_test
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vishvananda/netlink"
+
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/probe"
 )
+
+// onUserspace puts one node's tunnels on the userspace dataplane.
+func onUserspace(text, kind string) string {
+	return strings.Replace(text, "      kind: "+kind+"\n", "      kind: "+kind+"\n      ipsec-dataplane: userspace\n", 1)
+}
+
+// requireIKEDataplane fails unless both gateways run the lab's dataplane.
+func requireIKEDataplane(t *testing.T, l *labtest.Lab) {
+	t.Helper()
+	requireDataplane(t, l, "onprem", "ipsec0", labtest.Dataplane())
+	requireDataplane(t, l, "vpngw", "ipsec0", labtest.Dataplane())
+}
 
 func TestIKE_StaticScenario_NegotiatesThenTrafficIsEncrypted(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "", ""))
+	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
 	requirePassed(t, rs)
@@ -38,6 +59,7 @@ func TestIKE_WrongPSK_CheckFailsWithAuthenticationFailed(t *testing.T) {
 
 func TestIKE_ForcedEncap_EncryptionCheckSeesESPInUDP(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "force-encap: on", ""))
+	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	// The path check decrypts ESP in UDP too, after the UDP header.
 	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption, checks.Path})
@@ -47,5 +69,132 @@ func TestIKE_ForcedEncap_EncryptionCheckSeesESPInUDP(t *testing.T) {
 	}
 	if enc := rs[len(rs)-2].Evidence; !strings.Contains(enc, "of the ESP in UDP/4500") {
 		t.Errorf("encryption evidence does not count ESP in UDP: %s", enc)
+	}
+}
+
+// TestIKE_ShortLifetime_RekeysUnderTraffic_NoEchoLost_OldXFRMStatesDeleted:
+// with a 4 s IPsec lifetime the CHILD SA is rekeyed every 3.6 s while
+// client pings the ECS every 20 ms for 12 s: no echo may be lost. On the
+// kernel dataplane (the VM) each rekey must also put a new pair of XFRM
+// states in and take the old pair out.
+func TestIKE_ShortLifetime_RekeysUnderTraffic_NoEchoLost_OldXFRMStatesDeleted(t *testing.T) {
+	onXFRM := labtest.Dataplane() == plan.Kernel
+	l := labtest.DeployText(t, labtest.IKEKeyed(t, "ipsec-lifetime: 4", "ipsec-lifetime: 4"))
+	requireIKEDataplane(t, l)
+	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.IKE}))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
+	defer cancel()
+	var stream *probe.StreamResult
+	var streamErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stream, streamErr = probe.Stream(ctx, l.NS("client"), ecsAddr, 20*time.Millisecond)
+	}()
+	gateways := []string{"onprem", "vpngw"}
+	seen := map[string]map[uint32]bool{}
+	most := map[string]int{}
+	for _, gw := range gateways {
+		seen[gw] = map[uint32]bool{}
+	}
+	for ctx.Err() == nil && onXFRM {
+		for _, gw := range gateways {
+			states := espStates(t, l, gw)
+			most[gw] = max(most[gw], len(states))
+			for _, s := range states {
+				seen[gw][uint32(s.Spi)] = true
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	<-done // the stream ran 12 s
+	if streamErr != nil {
+		t.Fatal(streamErr)
+	}
+	t.Logf("echoes: %d sent, %d answered, longest outage %v", stream.Sent, stream.Received, stream.Outage)
+	if stream.Received != stream.Sent {
+		t.Errorf("%d of %d echoes lost across the rekeys (longest outage %v)", stream.Sent-stream.Received, stream.Sent, stream.Outage)
+	}
+	for _, gw := range gateways {
+		// What the endpoints counted, whichever dataplane they keyed.
+		st, err := agent.ReadState(filepath.Join(l.Plan.LabDir, "agents", gw+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.IKE) != 1 || st.IKE[0].ChildRekeys < 2 {
+			t.Errorf("%s: IKE status %+v, want at least 2 CHILD rekeys in 12 s", gw, st.IKE)
+		} else {
+			t.Logf("%s: %d CHILD rekeys", gw, st.IKE[0].ChildRekeys)
+		}
+		if !onXFRM {
+			continue
+		}
+		left := espStates(t, l, gw)
+		t.Logf("%s: %d SPIs seen in XFRM, at most %d states at once, %d left", gw, len(seen[gw]), most[gw], len(left))
+		// The first pair and at least two rekeys.
+		if len(seen[gw]) < 6 {
+			t.Errorf("%s: %d SPIs in XFRM over 12 s of 3.6 s rekeys, want at least 6 (three pairs)", gw, len(seen[gw]))
+		}
+		if len(left) != 2 {
+			t.Errorf("%s: %d ESP states after the rekeys, want the newest pair only: %v", gw, len(left), left)
+		}
+	}
+}
+
+// espStates lists the ESP states in XFRM of a node.
+func espStates(t *testing.T, l *labtest.Lab, node string) []netlink.XfrmState {
+	t.Helper()
+	var out []netlink.XfrmState
+	err := netnsx.Do(l.NS(node), func() error {
+		states, err := netlink.XfrmStateList(netlink.FAMILY_ALL)
+		for _, s := range states {
+			if s.Proto == netlink.XFRM_PROTO_ESP {
+				out = append(out, s)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: XFRM states: %v", node, err)
+	}
+	return out
+}
+
+// TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic:
+// the userspace engine on the on-prem gateway, XFRM on the VPN gateway,
+// keyed by one IKEv2 negotiation, with plain ESP, with ESP in UDP and with
+// HMAC-SHA-256.
+func TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic(t *testing.T) {
+	if labtest.Dataplane() != plan.Kernel {
+		t.Skip("needs a kernel with ESP: runs inside the VM (vmtest/suite.sh)")
+	}
+	for _, tc := range []struct {
+		name, onprem, vpngw, esp string
+		encap                    bool
+	}{
+		{"ESP", "", "", "ESP:AES_CBC_128/HMAC_SHA1_96/", false},
+		{"ESPInUDP", "force-encap: on", "", "ESP:AES_CBC_128/HMAC_SHA1_96/", true},
+		// HMAC-SHA-256 truncated to 128 bits by both engines (RFC 4868).
+		{"SHA256", "ipsec-auth-alg: sha256", "ipsec-auth-alg: sha256", "ESP:AES_CBC_128/HMAC_SHA2_256_128/", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := labtest.DeployText(t, onUserspace(labtest.IKEKeyed(t, tc.onprem, tc.vpngw), "onprem-gateway"))
+			requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
+			requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
+			lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+			rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
+			requirePassed(t, rs)
+			for _, r := range rs {
+				t.Log(r.Check, r.Evidence)
+			}
+			if !strings.Contains(rs[0].Evidence, tc.esp) {
+				t.Errorf("ike evidence lacks %s: %s", tc.esp, rs[0].Evidence)
+			}
+			if enc := rs[len(rs)-1].Evidence; strings.Contains(enc, "of the ESP in UDP/4500") != tc.encap {
+				t.Errorf("encryption evidence, ESP in UDP expected %v: %s", tc.encap, enc)
+			}
+		})
 	}
 }

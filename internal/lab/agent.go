@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/agent"
+	"github.com/emu-lab/emu/internal/ipsec/kernel"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/safefile"
@@ -51,7 +52,7 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return err
 	}
 	cfgPath := agentConfigPath(labDir, s.Node)
-	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, Monitors: s.Monitors, BGP: s.BGP, Routes: s.Routes}, "", "  ")
+	data, err := json.MarshalIndent(agent.Config{Lab: filepath.Base(labDir), Node: s.Node, Tunnels: s.Tunnels, XFRM: xfrmTunnels(s.XFRM), Monitors: s.Monitors, BGP: s.BGP, Routes: s.Routes}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -279,4 +280,13 @@ func runsWith(pid int, cfgPath string, in *netnsx.ID) bool {
 		}
 	}
 	return false
+}
+
+// xfrmTunnels are the IKE-keyed kernel tunnels an agent keys, as its config holds them.
+func xfrmTunnels(steps []plan.KernelTunnel) []kernel.Tunnel {
+	var out []kernel.Tunnel
+	for _, k := range steps {
+		out = append(out, kernel.Tunnel{Conn: k.Conn, IfID: k.IfID})
+	}
+	return out
 }

@@ -53,6 +53,7 @@ func awaitedStages(p *plan.Plan) []awaited {
 					ikeConns[cfg]++
 				}
 			}
+			ikeConns[cfg] += len(a.XFRM) // IKE-keyed kernel tunnels
 			if ikeConns[cfg] > 0 {
 				ikeWait.configs = append(ikeWait.configs, cfg)
 				ikeWait.count += ikeConns[cfg]

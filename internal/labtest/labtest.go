@@ -77,9 +77,9 @@ func Copy(t testing.TB, file, name string) string {
 
 // IKEKeyed is the shipped static scenario with its connection keyed by
 // IKEv2 with the provider's defaults, plus extra lines (YAML, one key a
-// line) in the on-prem and the VPN gateway's `ike:` blocks. Negotiated SAs
-// go into the userspace engine only (not yet into XFRM), so both gateways
-// run it also where the kernel has ESP (the VM).
+// line) in the on-prem and the VPN gateway's `ike:` blocks. Its gateways run
+// the tests' dataplane (Dataplane): in the VM the negotiated SAs go into
+// XFRM.
 func IKEKeyed(t testing.TB, onprem, vpngw string) string {
 	t.Helper()
 	text := Shipped(t, "static.yaml")
@@ -91,9 +91,6 @@ func IKEKeyed(t testing.TB, onprem, vpngw string) string {
 			}
 		}
 		text = strings.Replace(text, "address: "+addr+"\n", "address: "+addr+"\n"+block, 1)
-	}
-	for _, kind := range []string{"onprem-gateway", "vpn-gateway"} {
-		text = strings.Replace(text, "      kind: "+kind+"\n", "      kind: "+kind+"\n      ipsec-dataplane: userspace\n", 1)
 	}
 	return text
 }

@@ -116,8 +116,12 @@ type Agent struct {
 	Namespace string
 	Node      string
 	Tunnels   []ipsec.Conn // userspace tunnels
-	Monitors  []monitor.Config
-	BGP       *routing.Config
+	// XFRM are the node's IKE-keyed kernel tunnels: the KernelTunnel steps
+	// make their interfaces and policies, the agent negotiates their SAs
+	// and installs them as states.
+	XFRM     []KernelTunnel
+	Monitors []monitor.Config
+	BGP      *routing.Config
 	// Routes lead into its userspace tunnels: the kernel deletes them with
 	// the TUN interface when the agent dies, so a restarted agent adds them
 	// again at once, as deploy did (dead peer detection, if on, withdraws
@@ -228,6 +232,9 @@ func (s Agent) String() string {
 	out := fmt.Sprintf("agent in %s:", s.Namespace)
 	for _, t := range s.Tunnels {
 		out += " " + describeTunnel(t, Userspace)
+	}
+	for _, t := range s.XFRM {
+		out += fmt.Sprintf(" IKEv2 for %s, its CHILD SAs into XFRM if_id %d", t.Conn.Name, t.IfID)
 	}
 	for _, m := range s.Monitors {
 		out += fmt.Sprintf(" watch %s (ping %s via %s every %s, down after %d lost, then withdraw %d routes)", m.Connection, m.Target, m.Interface, m.Interval, m.Retries, len(m.Withdraw))
@@ -379,7 +386,8 @@ func Build(t *topology.Topology, kinds *nodes.Registry, secrets *ipsec.Secrets, 
 }
 
 // tunnelSteps returns the kernel tunnels of a node and its agent, if it
-// needs one: for userspace tunnels, or to watch a connection.
+// needs one: for userspace tunnels, to key kernel tunnels by IKE, or to
+// watch a connection.
 func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets, dataplane string) ([]Step, *Agent, error) {
 	ns := NamespaceName(t.Name, n.Name)
 	if n.Dataplane != "" {
@@ -395,19 +403,20 @@ func tunnelSteps(t *topology.Topology, n *topology.Node, secrets *ipsec.Secrets,
 		if err != nil {
 			return nil, nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
-		if c.IKE != nil && dataplane != Userspace {
-			return nil, nil, fmt.Errorf("node %s connection %s (line %d): IKE-keyed connections run on the userspace dataplane only (installing negotiated SAs into XFRM is not implemented yet): deploy with --ipsec-dataplane userspace", n.Name, tun.Name, tun.Line)
-		}
 		if dataplane == Userspace {
 			agent.Tunnels = append(agent.Tunnels, c)
 			agent.Routes = append(agent.Routes, routesInto(t, n, tun)...)
 		} else {
-			kernel = append(kernel, KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c})
+			k := KernelTunnel{Namespace: ns, Node: n.Name, IfID: uint32(i + 1), Conn: c}
+			kernel = append(kernel, k)
+			if c.IKE != nil {
+				agent.XFRM = append(agent.XFRM, k)
+			}
 		}
 		agent.Monitors = append(agent.Monitors, monitors(t, n, tun)...)
 	}
 	agent.BGP = bgpConfig(n)
-	if len(agent.Tunnels) == 0 && len(agent.Monitors) == 0 && agent.BGP == nil {
+	if len(agent.Tunnels) == 0 && len(agent.XFRM) == 0 && len(agent.Monitors) == 0 && agent.BGP == nil {
 		return kernel, nil, nil
 	}
 	return kernel, agent, nil

@@ -168,8 +168,7 @@ func TestBuild_StepsPrintNoKey(t *testing.T) {
 
 // TestBuild_IKE_PrintsProposalsNeverThePSK: an IKE-keyed connection goes to
 // its agent with the pre-shared key; the printed plan names the proposals
-// and who initiates, never the key. On the kernel dataplane it is refused
-// with the fix.
+// and who initiates, never the key, on either dataplane.
 func TestBuild_IKE_PrintsProposalsNeverThePSK(t *testing.T) {
 	text, err := topologies.FS.ReadFile("static.yaml")
 	if err != nil {
@@ -206,8 +205,31 @@ func TestBuild_IKE_PrintsProposalsNeverThePSK(t *testing.T) {
 	if strings.Contains(out, psk) || !strings.Contains(out, "keyed by IKEv2 as initiator: IKE:AES_CBC_128/PRF_HMAC_SHA1/HMAC_SHA1_96/MODP_1024") {
 		t.Errorf("printed plan:\n%s", out)
 	}
-	if _, err := plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, plan.Kernel); err == nil || !strings.Contains(err.Error(), "--ipsec-dataplane userspace") {
-		t.Errorf("kernel dataplane: %v", err)
+	// On the kernel dataplane deploy makes the interfaces and policies and
+	// each agent keys its kernel tunnel with what it negotiates.
+	p, err = plan.Build(topo, nodes.Default(), &ipsec.Secrets{}, plan.Kernel)
+	if err != nil {
+		t.Fatalf("kernel dataplane: %v", err)
+	}
+	printed.Reset()
+	kernel := stepsOf[plan.KernelTunnel](p)
+	for _, k := range kernel {
+		fmt.Fprintln(&printed, k)
+	}
+	n = 0
+	for _, a := range stepsOf[plan.Agent](p) {
+		for _, k := range a.XFRM {
+			if k.Conn.IKE == nil || string(k.Conn.IKE.PSK) != psk || !slices.ContainsFunc(kernel, func(s plan.KernelTunnel) bool {
+				return s.Node == k.Node && s.IfID == k.IfID && s.Conn.IKE == k.Conn.IKE
+			}) {
+				t.Errorf("%s: connection %s reaches its agent without its IKE config or its kernel tunnel's if_id", a.Node, k.Conn.Name)
+			}
+			n++
+		}
+		fmt.Fprintln(&printed, a)
+	}
+	if out := printed.String(); n != 2 || strings.Contains(out, psk) || !strings.Contains(out, "keyed by IKEv2 as initiator") || !strings.Contains(out, "its CHILD SAs into XFRM if_id 1") {
+		t.Errorf("kernel dataplane: %d agents key XFRM tunnels, want 2; printed plan:\n%s", n, out)
 	}
 }
 

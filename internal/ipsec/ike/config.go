@@ -90,6 +90,13 @@ type ChildSA struct {
 	Encap                 bool
 	LocalPort, RemotePort uint16
 	LocalTS, RemoteTS     []netip.Prefix
+	// SendAfterOldDeleted is set on the pair this end created as the
+	// responder of a rekey: the initiator installs its inbound SA only
+	// when our answer arrives, so a dataplane that can keeps sending on
+	// the old pair until ChildDown of it (the initiator's Delete, RFC 7296
+	// §2.8), as strongSwan does. ESP sent on the new pair sooner is
+	// dropped by the peer.
+	SendAfterOldDeleted bool
 }
 
 // Handler receives the CHILD SAs the endpoint negotiates. Calls come from

@@ -598,6 +598,7 @@ func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte,
 		Encap: sa.natt, LocalPort: sa.e.opt.NATTPort, RemotePort: sa.e.opt.NATTPort,
 	}
 	old := sa.child
+	ch.SendAfterOldDeleted = old != nil && !exchInitiator
 	sa.child = &child{sa: ch}
 	if lt := c.cfg.ChildLifetime; lt > 0 {
 		sa.child.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))

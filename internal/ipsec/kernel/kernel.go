@@ -81,12 +81,8 @@ func describe(c *ipsec.Conn, ifID uint32) (objects, error) {
 		return objects{}, fmt.Errorf("interface name %q must be 1 to %d bytes", c.Interface, unix.IFNAMSIZ-1)
 	case !c.Local.IsValid() || !c.Remote.IsValid() || c.Local.Is4() != c.Remote.Is4():
 		return objects{}, fmt.Errorf("endpoints %v and %v must be two addresses of one family", c.Local, c.Remote)
-	case c.Out.SPI < 0x100 || c.In.SPI < 0x100:
+	case c.IKE == nil && (c.Out.SPI < 0x100 || c.In.SPI < 0x100):
 		return objects{}, fmt.Errorf("SPIs %#x/%#x: 1-255 are reserved and 0 means none (RFC 4303 §2.1)", c.Out.SPI, c.In.SPI)
-	}
-	alg, err := c.Algorithm()
-	if err != nil {
-		return objects{}, err
 	}
 	local, remote := net.IP(c.Local.AsSlice()), net.IP(c.Remote.AsSlice())
 	o := objects{link: &netlink.Xfrmi{
@@ -96,14 +92,14 @@ func describe(c *ipsec.Conn, ifID uint32) (objects, error) {
 	if c.Address.IsValid() {
 		o.addr = &netlink.Addr{IPNet: prefixNet(c.Address)}
 	}
-	for _, d := range []struct {
-		dir      string
-		src, dst net.IP
-		keys     ipsec.SA
-	}{{"out", local, remote, c.Out}, {"in", remote, local, c.In}} {
-		o.states = append(o.states, sa{dir: d.dir, alg: alg.XFRM(), enc: d.keys.EncKey, aut: d.keys.AuthKey,
-			state: netlink.XfrmState{Src: d.src, Dst: d.dst, Proto: netlink.XFRM_PROTO_ESP,
-				Mode: netlink.XFRM_MODE_TUNNEL, Spi: int(d.keys.SPI), Reqid: reqid(ifID), Ifid: int(ifID)}})
+	// An IKE-keyed connection gets its states from the node's agent, one
+	// pair per negotiated CHILD SA (IKE.ChildUp).
+	if c.IKE == nil {
+		alg, err := c.Algorithm()
+		if err != nil {
+			return objects{}, err
+		}
+		o.states = statePair(local, remote, ifID, alg.XFRM(), c.Out, c.In, nil)
 	}
 	// Inner IPv4 and IPv6 alike (a dual-stack lab routes both into the
 	// tunnel): one set of any/any policies per inner family, all with the
@@ -128,6 +124,33 @@ func describe(c *ipsec.Conn, ifID uint32) (objects, error) {
 	}
 	return o, nil
 }
+
+// statePair describes the outbound (local → remote) and inbound states of
+// one pair of SAs; encap, when set, is the ESP-in-UDP ports (RFC 3948) as
+// seen from this end.
+func statePair(local, remote net.IP, ifID uint32, alg esp.XFRM, out, in ipsec.SA, encap *ports) []sa {
+	var states []sa
+	for _, d := range []struct {
+		dir      string
+		src, dst net.IP
+		keys     ipsec.SA
+	}{{"out", local, remote, out}, {"in", remote, local, in}} {
+		s := sa{dir: d.dir, alg: alg, enc: d.keys.EncKey, aut: d.keys.AuthKey,
+			state: netlink.XfrmState{Src: d.src, Dst: d.dst, Proto: netlink.XFRM_PROTO_ESP,
+				Mode: netlink.XFRM_MODE_TUNNEL, Spi: int(d.keys.SPI), Reqid: reqid(ifID), Ifid: int(ifID)}}
+		if encap != nil {
+			s.state.Encap = &netlink.XfrmStateEncap{Type: netlink.XFRM_ENCAP_ESPINUDP, SrcPort: int(encap.local), DstPort: int(encap.remote)}
+			if d.dir == "in" {
+				s.state.Encap.SrcPort, s.state.Encap.DstPort = int(encap.remote), int(encap.local)
+			}
+		}
+		states = append(states, s)
+	}
+	return states
+}
+
+// ports are the UDP ports of ESP in UDP at this end and at the peer.
+type ports struct{ local, remote uint16 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
@@ -226,6 +249,12 @@ func (d *Dataplane) addState(s sa) error {
 	replay := nl.XfrmReplayStateEsn{ReplayWindow: esp.DefaultReplayWindow, BmpLen: (esp.DefaultReplayWindow + 31) / 32}
 	req.AddData(nl.NewRtAttr(nl.XFRMA_REPLAY_ESN_VAL, replay.Serialize()))
 	req.AddData(nl.NewRtAttr(nl.XFRMA_IF_ID, nl.Uint32Attr(uint32(st.Ifid))))
+	if e := st.Encap; e != nil {
+		// The kernel adds and strips the UDP header itself (RFC 3948 §2.1);
+		// the peer's address stays the state's (no NAT original address).
+		tmpl := nl.XfrmEncapTmpl{EncapType: uint16(e.Type), EncapSport: nl.Swap16(uint16(e.SrcPort)), EncapDport: nl.Swap16(uint16(e.DstPort))}
+		req.AddData(nl.NewRtAttr(nl.XFRMA_ENCAP, tmpl.Serialize()))
+	}
 	_, err := req.Execute(unix.NETLINK_XFRM, 0)
 	return err
 }
@@ -271,6 +300,11 @@ func (d *Dataplane) Down(c ipsec.Conn, ifID uint32) error {
 			errs = append(errs, fmt.Errorf("%s: %w", stateName(s), err))
 		}
 	}
+	if c.IKE != nil {
+		if err := d.flushStates(ifID); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range o.policies {
 		if err := d.nl.XfrmPolicyDel(&p); err != nil && !gone(err) {
 			errs = append(errs, fmt.Errorf("%s: %w", policyName(&p), err))
@@ -280,6 +314,25 @@ func (d *Dataplane) Down(c ipsec.Conn, ifID uint32) error {
 		return fmt.Errorf("ipsec connection %s: remove: %w", c.Name, err)
 	}
 	return nil
+}
+
+// flushStates deletes every ESP state bound to ifID: the SAs an agent
+// installed for an IKE-keyed connection, which Up never knew.
+func (d *Dataplane) flushStates(ifID uint32) error {
+	states, err := d.nl.XfrmStateList(unix.AF_UNSPEC)
+	if err != nil {
+		return fmt.Errorf("list XFRM states: %w", err)
+	}
+	var errs []error
+	for _, st := range states {
+		if st.Ifid != int(ifID) || st.Proto != netlink.XFRM_PROTO_ESP {
+			continue
+		}
+		if err := d.nl.XfrmStateDel(&st); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("ESP state %v→%v spi %#x: %w", st.Src, st.Dst, uint32(st.Spi), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // delLink removes the interface only if it is the XFRM interface of this
