@@ -66,6 +66,16 @@ func failover(ctx context.Context, l Lab) []Result {
 			r.Evidence = "traffic resumed without the operator, which method 1 does not do: " + res.String()
 		}
 	}
+	if err == nil && tun.IKE != nil && l.Dir != "" {
+		// The traffic stopped; IKE must have seen it too, as DPD
+		// declares a dead peer, or the console would lie.
+		down, what := ikeDown(l, gw.Name, tun)
+		r.Evidence += "; " + what
+		if !down {
+			r.Passed = false
+			r.Evidence = "DPD did not take the tunnel down: " + r.Evidence
+		}
+	}
 	r.Duration = time.Since(start)
 	out = append(out, r)
 

@@ -90,7 +90,10 @@ func TestMethod1Static_TunnelDown_StopsUntilRoutesWithdrawn_ThenFlowsInClear(t *
 // failoverCheck runs the failover check on a shipped scenario and requires
 // every step to pass: what the guide promises for the scenario's method.
 func failoverCheck(t *testing.T, file, want string) {
-	l := labtest.Deploy(t, file)
+	failoverCheckOn(t, labtest.Deploy(t, file), want)
+}
+
+func failoverCheckOn(t *testing.T, l *labtest.Lab, want string) {
 	conns, err := lab.ReadConns(l.Plan.LabDir)
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +112,12 @@ func failoverCheck(t *testing.T, file, want string) {
 
 func TestFailoverCheck_Method1_StopsUntilTheOperatorWithdraws(t *testing.T) {
 	failoverCheck(t, "static.yaml", "traffic stopped and stayed stopped")
+}
+
+// With IKE and ESP in UDP/4500 the fault stops the tunnel all the same,
+// and DPD declares the peer dead, as method 1 expects.
+func TestFailoverCheck_Method1IKEForcedEncap_DPDTakesTheTunnelDown(t *testing.T) {
+	failoverCheckOn(t, labtest.DeployText(t, labtest.IKEKeyed(t, "force-encap: on", "force-encap: on")), "IKE of to-vpc on onprem: phase 1 ")
 }
 
 func TestMethod2StaticBGP_TunnelDown_FallsBackUnencrypted_ThenReturns(t *testing.T) {
