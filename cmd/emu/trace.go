@@ -20,7 +20,8 @@ func traceCommand() *cli.Command {
 		Usage:     "show the live walk of one probe through the lab, hop by hop, as the guide's table",
 		UsageText: "emu trace -t FILE [--from NODE] [--to NODE] [-6] [--format table|json]",
 		Description: `Captures on every interface of every node, sends one ICMP echo from --from to --to
-(default: the first two nodes of kind host) and prints, in kernel-timestamp order, what
+(default: an end system on the data center's side of the IPsec connections and one on
+the VPC's side, whatever their names or order; without IPsec the first two of kind host) and prints, in kernel-timestamp order, what
 each node did with the request and the reply: sends, forwards, encrypts, decrypts,
 receives, with the outer addresses and SPI on the wire and the inner addresses (ESP is
 decrypted with the lab's keys). With the tunnel down it shows the fallback path.
@@ -39,17 +40,16 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 				return err
 			}
 			from, to := c.String("from"), c.String("to")
-			var hosts []string
-			for _, n := range t.Nodes {
-				if n.Roles.EndSystem {
-					hosts = append(hosts, n.Name)
+			if dc, cloud, ok := t.EndSystemPair(); ok {
+				if from == "" {
+					from = dc.Name
+				}
+				if to == "" {
+					to = cloud.Name
 				}
 			}
-			if from == "" && len(hosts) > 0 {
-				from = hosts[0]
-			}
-			if to == "" && len(hosts) > 1 {
-				to = hosts[1]
+			if from == "" || to == "" {
+				return invalidInput{fmt.Errorf("trace: name --from and --to: lab %q has no end system (kind host) on each side of its IPsec connections to default to", t.Name)}
 			}
 			rec, err := deployedLab(c, t)
 			if err != nil {

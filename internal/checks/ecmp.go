@@ -49,9 +49,9 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	fail := func(format string, args ...any) []Result {
 		return []Result{{Check: "ecmp", Evidence: fmt.Sprintf(format, args...), Duration: time.Since(start)}}
 	}
-	hosts := hostsOf(l.Topology)
-	if len(hosts) < 2 {
-		return fail("needs two end systems (kind host) to send flows, found %d", len(hosts))
+	a, b, why := endPair(l.Topology)
+	if why != "" {
+		return fail("%s", why)
 	}
 	// One interface of the private path sees every flow once.
 	var wire *capture.Endpoint
@@ -69,7 +69,7 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	}
 	marker := probe.Marker()
 	var sendErr error
-	for _, pair := range [][2]host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+	for _, pair := range [][2]host{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
 		got, err := probe.UDPFlows(l.NS(from.node.Name), l.NS(to.node.Name), netip.AddrPortFrom(to.addr, ecmpPort), ecmpFlows, ecmpFirstPort, ecmpSize, marker)
 		if err == nil && got != ecmpFlows {

@@ -35,11 +35,14 @@ const (
 
 func failover(ctx context.Context, l Lab) []Result {
 	gw, tun := firstConnection(l.Topology)
-	hosts := hostsOf(l.Topology)
-	if tun == nil || len(hosts) < 2 {
-		return []Result{{Check: "failover", Evidence: "needs an onprem-gateway with an ipsec connection and two hosts"}}
+	a, b, why := endPair(l.Topology)
+	if tun == nil {
+		why = "needs an onprem-gateway with an ipsec connection"
 	}
-	src, dst := l.NS(hosts[0].node.Name), hosts[1].addr
+	if why != "" {
+		return []Result{{Check: "failover", Evidence: why}}
+	}
+	src, dst := l.NS(a.node.Name), b.addr
 	ns := l.NS(gw.Name)
 	auto := automatic(l.Topology, tun)
 	var out []Result
