@@ -622,3 +622,32 @@ func TestCLI_DeployIntoAPipeClosedByItsReader_FinishesTheLab(t *testing.T) {
 		t.Errorf("inspect after deploy: exit %d\n%s%s", rec.code, rec.stdout, rec.stderr)
 	}
 }
+
+// A lab of generic nodes has no end systems or tunnels: the checks that
+// need them are not applicable, not failed, and the lab passes with a note.
+func TestCLI_Check_LinuxOnlyLab_ChecksThatDoNotApplyAreNotRun_Exit0(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, "name: "+name+`
+topology:
+  nodes:
+    r1: {kind: linux, interfaces: {eth1: 192.0.2.1/30}}
+    r2: {kind: linux, interfaces: {eth1: 192.0.2.2/30}}
+  links:
+    - endpoints: ["r1:eth1", "r2:eth1"]
+`)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	r := runEmu(t, state, "check", "-t", topo)
+	if r.code != 0 || strings.Contains(r.stdout, "FAIL") ||
+		!strings.Contains(r.stdout, "not applicable: connectivity: needs two end systems (kind host) with an address, found 0") {
+		t.Fatalf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("check:\n%s", r.stdout)
+}
