@@ -49,10 +49,6 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 	hops, err := trace.RunFamily(ctx, l.Topology, l.Conns, from, to, ipv6)
 	r.Duration = time.Since(start)
 	var lostFrames *capture.LostFramesError
-	if err != nil && !errors.As(err, &lostFrames) {
-		r.Evidence = err.Error()
-		return r
-	}
 	var steps []string
 	var problems []string
 	encrypts, decrypts := 0, 0
@@ -84,6 +80,15 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 		problems = append(problems, "the reply did not reach "+from)
 	}
 	r.Evidence = strings.Join(steps, " → ")
+	if err != nil && !errors.As(err, &lostFrames) {
+		// The probe died: the walk so far shows where.
+		if len(steps) > 0 {
+			r.Evidence = err.Error() + "; walk: " + r.Evidence
+		} else {
+			r.Evidence = err.Error()
+		}
+		return r
+	}
 	switch {
 	case len(problems) == 0 && lostFrames == nil:
 		r.Passed = true
