@@ -34,6 +34,10 @@ func checkCommand() *cli.Command {
   agents        each node agent alive (processes and a heartbeat under 3 s old),
                 with pid, since and restarts; dead, hung or restarting fails and
                 names the agent's log, and so does every failed row after it.
+  nodes         (container nodes, nodes with daemons:) each container running in
+                the namespace emu wired, asked of the engine ("docker kill" leaves
+                the namespace, so traffic alone cannot tell), and each daemon
+                running; a failed row names the node, the daemon and its log.
   ike           (connections with ike:) phase 1 and phase 2 established on each
                 gateway, with the proposals chosen, or the failure reason
                 (NO_PROPOSAL_CHOSEN with both offers, AUTHENTICATION_FAILED,

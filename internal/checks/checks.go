@@ -115,6 +115,7 @@ func Passed(rs []Result) bool {
 }
 
 // For returns the checks that apply to a lab: the agents' health first,
+// then container nodes and daemons alive,
 // connectivity where there are two end systems to join, encryption and path
 // only where the lab has IPsec connections to prove and an end system on
 // each side, ECMP only where a gateway has several. NotApplicable says what
@@ -133,6 +134,9 @@ func NotApplicable(l Lab) []string {
 
 func applicable(l Lab) (cs []Check, skipped []string) {
 	cs = []Check{Agents}
+	if hasLiveness(l.Topology) {
+		cs = append(cs, Nodes)
+	}
 	if hasIKE(l) {
 		cs = append(cs, IKE) // before BGP: the tunnels, and BGP over them, wait for it
 	}
