@@ -111,6 +111,9 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Passed = enc.Passed && len(still) == 0
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
+		if !enc.Passed {
+			r.Evidence = "another connection to the same peer should carry the traffic encrypted, but: " + enc.Evidence
+		}
 		if len(still) > 0 {
 			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP (SPI %s); %s", tun.Name, strings.Join(still, ", "), enc.Evidence)
 		}
@@ -118,6 +121,9 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Passed = !enc.Passed && !enc.Inconclusive && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "unencrypted over Express Connect + CEN, as the guide says: " + enc.Evidence
+		if !r.Passed && !r.Inconclusive {
+			r.Evidence = "the guide says the traffic falls back unencrypted over Express Connect + CEN, but: " + enc.Evidence
+		}
 	}
 	out = append(out, r)
 

@@ -230,3 +230,11 @@ func TestTransitRouter_OneTunnelDown_ECMPBlamesTheMissingRouteNotHashing(t *test
 		}
 	}
 }
+
+// The dual-stack lab's private path carries both families, so with the
+// tunnel down (and the routes withdrawn, method 1) IPv4 and IPv6 both fall
+// back in clear, as the guide says; the encryption check behind the
+// fallback step sends both.
+func TestDualStack_FailoverCheck_BothFamiliesFallBackInClear(t *testing.T) {
+	failoverCheck(t, "dual-stack.yaml", "traffic stopped and stayed stopped")
+}
