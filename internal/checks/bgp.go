@@ -81,13 +81,18 @@ func bgpOnce(l Lab) []Result {
 				case i >= 0 && !st.Routes[i].NextHop.IsValid():
 					seen = append(seen, fmt.Sprintf("%s local", p))
 				case i >= 0:
-					var via []string
+					var via []netip.Addr
 					for _, r0 := range st.Routes {
-						if r0.Prefix == p && r0.Installed && !slices.Contains(via, r0.NextHop.String()) {
-							via = append(via, r0.NextHop.String())
+						if r0.Prefix == p && r0.Installed {
+							via = append(via, r0.NextHop)
 						}
 					}
-					seen = append(seen, fmt.Sprintf("%s via %s", p, strings.Join(via, ", ")))
+					slices.SortFunc(via, netip.Addr.Compare) // the RIB's order varies between runs
+					hops := make([]string, 0, len(via))
+					for _, a := range slices.Compact(via) {
+						hops = append(hops, a.String())
+					}
+					seen = append(seen, fmt.Sprintf("%s via %s", p, strings.Join(hops, ", ")))
 				case slices.ContainsFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p }):
 					problems = append(problems, fmt.Sprintf("%s (from %s) is not installed in the kernel", p, peer.Name))
 				default:
