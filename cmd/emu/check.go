@@ -34,6 +34,10 @@ func checkCommand() *cli.Command {
   agents        each node agent alive (processes and a heartbeat under 3 s old),
                 with pid, since and restarts; dead, hung or restarting fails and
                 names the agent's log, and so does every failed row after it.
+  nodes         (container nodes, nodes with daemons:) each container running in
+                the namespace emu wired, asked of the engine ("docker kill" leaves
+                the namespace, so traffic alone cannot tell), and each daemon
+                running; a failed row names the node, the daemon and its log.
   ike           (connections with ike:) phase 1 and phase 2 established on each
                 gateway, with the proposals chosen, or the failure reason
                 (NO_PROPOSAL_CHOSEN with both offers, AUTHENTICATION_FAILED,
@@ -48,7 +52,9 @@ func checkCommand() *cli.Command {
                 private path carried ESP (also in UDP/4500) between tunnel endpoints
                 and nothing else but IKE,
                 no host address in clear, and the marker in no captured byte.
-  path          (labs with IPsec) traces one echo through every node (see emu trace):
+  path          (labs with IPsec) traces one echo through every node (see emu trace)
+                from an end system on the data center's side of the tunnel to one on
+                the VPC's side, whatever their names or order in the file:
                 each direction encrypted by one gateway and decrypted by the other,
                 ESP on every vbr and cen hop, the reply back at the sender.
                 path6 does the same with an ICMPv6 echo between dual-stack hosts.
@@ -66,6 +72,9 @@ func checkCommand() *cli.Command {
                 to the same peer is left (ECMP), 0 probes lost is expected, the
                 broken connection's SAs must vanish from the wire and come back after
                 the repair.
+A check that does not apply to the lab is not run and is named after the table
+("not applicable: connectivity: needs two end systems (kind host) ..."); a lab
+with nothing to check says so and exits 0.
 A check whose capture lost frames (the kernel's drop counter) is INCONCLUSIVE,
 never pass: what it did not see may have been a leak.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken
@@ -97,14 +106,22 @@ reports an inconclusive check as <error message="inconclusive">.`,
 				cs = append(cs, checks.Failover)
 			}
 			results := checks.Run(c.Context, l, cs)
+			notRun := checks.NotApplicable(l)
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
 				if err := enc.Encode(results); err != nil {
 					return err
 				}
-			} else if err := printResults(c.App.Writer, results); err != nil {
-				return err
+				// stdout stays the results' JSON; what was not run is a note.
+				printNotApplicable(c.App.ErrWriter, t.Name, results, notRun)
+			} else {
+				if len(results) > 0 {
+					if err := printResults(c.App.Writer, results); err != nil {
+						return err
+					}
+				}
+				printNotApplicable(c.App.Writer, t.Name, results, notRun)
 			}
 			if path := c.String("junit"); path != "" {
 				if err := writeJUnit(path, t.Name, results); err != nil {
@@ -119,6 +136,17 @@ reports an inconclusive check as <error message="inconclusive">.`,
 			}
 			return nil
 		},
+	}
+}
+
+// printNotApplicable says which checks did not apply to the lab, and that
+// the lab had nothing to check when none ran: not a failure, exit 0.
+func printNotApplicable(w io.Writer, lab string, results []checks.Result, notRun []string) {
+	if len(results) == 0 {
+		fmt.Fprintf(w, "nothing to check in lab %s: no check applies to it\n", lab)
+	}
+	for _, n := range notRun {
+		fmt.Fprintln(w, "not applicable: "+n)
 	}
 }
 

@@ -20,16 +20,17 @@ func faultCommand() *cli.Command {
 		Usage: "break or repair a tunnel or a link of a running lab",
 		UsageText: `emu fault tunnel down|up -t FILE CONNECTION     (CONNECTION: name, or NODE:name)
 emu fault link down|up -t FILE NODE:IF`,
-		Description: `"tunnel down" drops every ESP packet between the connection's two endpoints with an
-nftables table (emu-fault-<connection>) in the namespace of the node that declares it:
-the tunnel stays configured but nothing crosses it, as when the private line or the peer
-fails. "tunnel up" removes that table on that node only (the other end's connection has
+		Description: `"tunnel down" drops every packet of the tunnel between the connection's two endpoints,
+both ways: ESP, ESP in UDP/4500 and IKE (UDP 500 and 4500), with an nftables table
+(emu-fault-<connection>) in the namespace of the node that declares it: the tunnel stays
+configured but nothing crosses it, as when the private line or the peer fails, so an
+IKE-keyed tunnel's DPD declares the peer dead. "tunnel up" removes that table on that node only (the other end's connection has
 its own): it says whether there was one, and lists the faults still in the lab. "link
 down" sets an interface down, so its veth peer loses carrier; "link up" brings it back
 with its routes, and lists the faults left too. All are idempotent. Example:
    emu fault tunnel down -t topologies/static.yaml to-vpc`,
 		Subcommands: []*cli.Command{
-			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP of one connection", Subcommands: []*cli.Command{
+			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP and IKE of one connection", Subcommands: []*cli.Command{
 				tunnelFault("down"), tunnelFault("up"),
 			}},
 			{Name: "link", Usage: "set an interface down or up", Subcommands: []*cli.Command{
@@ -64,7 +65,7 @@ func tunnelFault(dir string) *cli.Command {
 				if err := fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote); err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.Writer, "%s is broken: ESP dropped both ways on %s\n", what, node.Name)
+				fmt.Fprintf(c.App.Writer, "%s is broken: ESP and IKE dropped both ways on %s\n", what, node.Name)
 				return nil
 			}
 			// The other end may hold a fault of its own (its connection

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/client"
+
 	"github.com/emu-lab/emu/bench"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
@@ -704,5 +706,125 @@ func TestCLI_DeployedLab_OtherFileRefusedWithExit2_EditedFileJudgedAsDeployed(t 
 	}
 	if !strings.Contains(r.stderr, a+" changed since lab \""+name+"\" was deployed") || !strings.Contains(r.stderr, "deploy --reconfigure -t "+a) {
 		t.Fatalf("check -t %s, edited after deploy: no warning that the file changed: %s", a, r.stderr)
+	}
+}
+
+// A lab of generic nodes has no end systems or tunnels: the checks that
+// need them are not applicable, not failed, and the lab passes with a note.
+func TestCLI_Check_LinuxOnlyLab_ChecksThatDoNotApplyAreNotRun_Exit0(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, "name: "+name+`
+topology:
+  nodes:
+    r1: {kind: linux, interfaces: {eth1: 192.0.2.1/30}}
+    r2: {kind: linux, interfaces: {eth1: 192.0.2.2/30}}
+  links:
+    - endpoints: ["r1:eth1", "r2:eth1"]
+`)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	r := runEmu(t, state, "check", "-t", topo)
+	if r.code != 0 || strings.Contains(r.stdout, "FAIL") ||
+		!strings.Contains(r.stdout, "not applicable: connectivity: needs two end systems (kind host) with an address, found 0") {
+		t.Fatalf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("check:\n%s", r.stdout)
+}
+
+// A container killed behind emu's back leaves its wired namespace behind, so
+// traffic may still pass: the check asks the engine and names the node.
+func TestCLI_Check_ContainerNodeKilled_FailsNamingTheDeadNode(t *testing.T) {
+	image := labtest.ShellImage(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, labtest.Rename(`
+name: lab
+topology:
+  nodes:
+    R1: {kind: linux, runtime: docker, image: `+image+`, interfaces: {eth1: 192.0.2.1/30}}
+    R2: {kind: linux, interfaces: {eth1: 192.0.2.2/30}}
+  links:
+    - endpoints: ["R1:eth1", "R2:eth1"]
+`, name))
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	if r := runEmu(t, state, "check", "-t", topo); r.code != 0 || !strings.Contains(r.stdout, "node R1") {
+		t.Fatalf("check of the live lab: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.ContainerKill(t.Context(), "emu-"+name+"-R1", client.ContainerKillOptions{Signal: "KILL"}); err != nil { // as `docker kill` would
+		t.Fatal(err)
+	}
+	var r result
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if r = runEmu(t, state, "check", "-t", topo); r.code == exitChecksFailed {
+			break
+		}
+	}
+	if r.code != exitChecksFailed || !strings.Contains(r.stdout, "node R1 is down: container emu-"+name+"-R1 is exited") {
+		t.Fatalf("check after docker kill: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// A daemon that died fails the check, named with its node.
+func TestCLI_Check_DaemonKilled_FailsNamingTheNodeAndDaemon(t *testing.T) {
+	labtest.RequireRoot(t)
+	labtest.RequireHostFiles(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Write(t, labtest.Rename(`
+name: lab
+topology:
+  nodes:
+    R1:
+      kind: linux
+      daemons:
+        - {name: d, command: 'sleep 1000'}
+`, name))
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy exit %d: %s", r.code, r.stderr)
+	}
+	r := runEmu(t, state, "check", "-t", topo, "--format", "json")
+	var rs []struct {
+		Check, Evidence string
+		Passed          bool
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rs); err != nil || r.code != 0 || len(rs) == 0 || rs[len(rs)-1].Check != "daemon R1 d" {
+		t.Fatalf("check of the live lab: exit %d %v\n%s%s", r.code, err, r.stdout, r.stderr)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(rs[len(rs)-1].Evidence, "running, pid %d", &pid); err != nil {
+		t.Fatalf("daemon row %q: %v", rs[len(rs)-1].Evidence, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if r = runEmu(t, state, "check", "-t", topo); r.code == exitChecksFailed {
+			break
+		}
+	}
+	if r.code != exitChecksFailed || !strings.Contains(r.stdout, "daemon d of node R1 is dead") {
+		t.Fatalf("check after the daemon was killed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -20,10 +20,14 @@ func traceCommand() *cli.Command {
 		Usage:     "show the live walk of one probe through the lab, hop by hop, as the guide's table",
 		UsageText: "emu trace -t FILE [--from NODE] [--to NODE] [-6] [--format table|json]",
 		Description: `Captures on every interface of every node, sends one ICMP echo from --from to --to
-(default: the first two nodes of kind host) and prints, in kernel-timestamp order, what
+(default: an end system on the data center's side of the IPsec connections and one on
+the VPC's side, whatever their names or order; without IPsec the first two of kind host) and prints, in kernel-timestamp order, what
 each node did with the request and the reply: sends, forwards, encrypts, decrypts,
 receives, with the outer addresses and SPI on the wire and the inner addresses (ESP is
-decrypted with the lab's keys). With the tunnel down it shows the fallback path.
+decrypted with the lab's keys, also ESP in UDP/4500 and with the keys IKE negotiated). With
+the tunnel down it shows the fallback path; when the probe gets no reply (method 1 with the
+tunnel down) it shows the walk up to where the probe died, and exits non-zero. A gateway
+as --to shows "decrypts" where the ESP for it arrived.
 With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stack lab
 (topologies/dual-stack.yaml) the walk shows IPv6 inside the IPv4 tunnel.`,
 		Flags: []cli.Flag{
@@ -39,24 +43,24 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 				return err
 			}
 			from, to := c.String("from"), c.String("to")
-			var hosts []string
-			for _, n := range t.Nodes {
-				if n.Roles.EndSystem {
-					hosts = append(hosts, n.Name)
+			if dc, cloud, ok := t.EndSystemPair(); ok {
+				if from == "" {
+					from = dc.Name
+				}
+				if to == "" {
+					to = cloud.Name
 				}
 			}
-			if from == "" && len(hosts) > 0 {
-				from = hosts[0]
-			}
-			if to == "" && len(hosts) > 1 {
-				to = hosts[1]
+			if from == "" || to == "" {
+				return invalidInput{fmt.Errorf("trace: name --from and --to: lab %q has no end system (kind host) on each side of its IPsec connections to default to", t.Name)}
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))
 			var lost *capture.LostFramesError
-			if err != nil && !errors.As(err, &lost) {
+			if err != nil && !errors.As(err, &lost) && len(hops) == 0 {
 				return err
 			}
+			// A probe that died still shows its walk up to where it died.
 			if c.String("format") == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
@@ -66,7 +70,7 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 			} else if perr := printHops(c.App.Writer, hops); perr != nil {
 				return perr
 			}
-			return err // the walk shown may miss hops the capture lost
+			return err // the walk shown may miss hops, or the probe died on its way
 		},
 	}
 }

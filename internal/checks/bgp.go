@@ -3,6 +3,7 @@ package checks
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -57,12 +58,19 @@ func bgpOnce(l Lab) []Result {
 				problems = append(problems, fmt.Sprintf("session with %s is %s", nb.Address, nb.State))
 			}
 		}
+		// Several sessions to one peer (a transit router's ECMP) bring the
+		// same prefixes: each is judged and shown once, with every nexthop.
+		judged := map[netip.Prefix]bool{}
 		for _, nb := range n.BGP.Neighbors {
 			peer := l.Topology.Owner(nb.Address)
 			if peer == nil || peer.BGP == nil {
 				continue
 			}
 			for _, p := range peer.BGP.Networks {
+				if judged[p] {
+					continue
+				}
+				judged[p] = true
 				// A best path the node originates itself (a connected
 				// subnet) is as good as the neighbor's; a learned one must
 				// be in the kernel.
@@ -73,7 +81,18 @@ func bgpOnce(l Lab) []Result {
 				case i >= 0 && !st.Routes[i].NextHop.IsValid():
 					seen = append(seen, fmt.Sprintf("%s local", p))
 				case i >= 0:
-					seen = append(seen, fmt.Sprintf("%s via %s", p, st.Routes[i].NextHop))
+					var via []netip.Addr
+					for _, r0 := range st.Routes {
+						if r0.Prefix == p && r0.Installed {
+							via = append(via, r0.NextHop)
+						}
+					}
+					slices.SortFunc(via, netip.Addr.Compare) // the RIB's order varies between runs
+					hops := make([]string, 0, len(via))
+					for _, a := range slices.Compact(via) {
+						hops = append(hops, a.String())
+					}
+					seen = append(seen, fmt.Sprintf("%s via %s", p, strings.Join(hops, ", ")))
 				case slices.ContainsFunc(st.Routes, func(r0 routing.Route) bool { return r0.Prefix == p }):
 					problems = append(problems, fmt.Sprintf("%s (from %s) is not installed in the kernel", p, peer.Name))
 				default:

@@ -5,6 +5,7 @@ package checks
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec"
@@ -114,10 +115,28 @@ func Passed(rs []Result) bool {
 }
 
 // For returns the checks that apply to a lab: the agents' health first,
-// encryption only where the lab has IPsec connections to prove, ECMP only
-// where a gateway has several.
+// then container nodes and daemons alive,
+// connectivity where there are two end systems to join, encryption and path
+// only where the lab has IPsec connections to prove and an end system on
+// each side, ECMP only where a gateway has several. NotApplicable says what
+// it left out, and why.
 func For(l Lab) []Check {
-	cs := []Check{Agents}
+	cs, _ := applicable(l)
+	return cs
+}
+
+// NotApplicable names each check For leaves out of a lab with the reason,
+// as "connectivity: needs two end systems (kind host), found 0".
+func NotApplicable(l Lab) []string {
+	_, skipped := applicable(l)
+	return skipped
+}
+
+func applicable(l Lab) (cs []Check, skipped []string) {
+	cs = []Check{Agents}
+	if hasLiveness(l.Topology) {
+		cs = append(cs, Nodes)
+	}
 	if hasIKE(l) {
 		cs = append(cs, IKE) // before BGP: the tunnels, and BGP over them, wait for it
 	}
@@ -127,12 +146,26 @@ func For(l Lab) []Check {
 			break
 		}
 	}
-	cs = append(cs, Connectivity)
-	if len(tunnelEndpoints(l)) > 0 {
+	if n := len(hostsOf(l.Topology)); n >= 2 {
+		cs = append(cs, Connectivity)
+	} else {
+		skipped = append(skipped, fmt.Sprintf("connectivity: needs two end systems (kind host) with an address, found %d", n))
+	}
+	_, _, why := endPair(l.Topology)
+	switch {
+	case len(tunnelEndpoints(l)) == 0:
+		skipped = append(skipped, "encryption, path: no IPsec connection to prove")
+	case why != "":
+		skipped = append(skipped, "encryption, path: "+why)
+	default:
 		cs = append(cs, Encryption, Path)
 	}
 	if len(multiTunnelGateways(l.Topology)) > 0 {
-		cs = append(cs, ECMP)
+		if why == "" {
+			cs = append(cs, ECMP)
+		} else {
+			skipped = append(skipped, "ecmp: "+why)
+		}
 	}
-	return cs
+	return cs, skipped
 }

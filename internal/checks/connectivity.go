@@ -58,28 +58,53 @@ type host struct {
 func hostsOf(t *topology.Topology) []host {
 	var out []host
 	for _, n := range t.Nodes {
-		if !n.Roles.EndSystem {
-			continue
-		}
-		var v4, v6 netip.Addr
-		for _, ifc := range n.Interfaces {
-			for _, p := range ifc.Addrs {
-				switch a := p.Addr(); {
-				case a.Is4() && !v4.IsValid():
-					v4 = a
-				case a.Is6() && !v6.IsValid():
-					v6 = a
-				}
-			}
-		}
-		switch {
-		case v4.IsValid():
-			out = append(out, host{node: n, addr: v4, addr6: v6})
-		case v6.IsValid():
-			out = append(out, host{node: n, addr: v6, addr6: v6})
+		if h, ok := hostOf(n); ok {
+			out = append(out, h)
 		}
 	}
 	return out
+}
+
+// hostOf returns an end system with its addresses; ok is false for another
+// node, or an end system without an address.
+func hostOf(n *topology.Node) (host, bool) {
+	if !n.Roles.EndSystem {
+		return host{}, false
+	}
+	var v4, v6 netip.Addr
+	for _, ifc := range n.Interfaces {
+		for _, p := range ifc.Addrs {
+			switch a := p.Addr(); {
+			case a.Is4() && !v4.IsValid():
+				v4 = a
+			case a.Is6() && !v6.IsValid():
+				v6 = a
+			}
+		}
+	}
+	switch {
+	case v4.IsValid():
+		return host{node: n, addr: v4, addr6: v6}, true
+	case v6.IsValid():
+		return host{node: n, addr: v6, addr6: v6}, true
+	}
+	return host{}, false
+}
+
+// endPair returns the end systems a probe across the tunnel joins: one on
+// the data center's side, one on the VPC's (topology.EndSystemPair), or
+// why there is no such pair.
+func endPair(t *topology.Topology) (dc, cloud host, why string) {
+	a, b, ok := t.EndSystemPair()
+	if !ok {
+		return host{}, host{}, fmt.Sprintf("needs an end system (kind host) on each side of the IPsec connections, or two in a lab without them; found %d", len(hostsOf(t)))
+	}
+	dc, okA := hostOf(a)
+	cloud, okB := hostOf(b)
+	if !okA || !okB {
+		return host{}, host{}, fmt.Sprintf("end systems %s and %s need an address each", a.Name, b.Name)
+	}
+	return dc, cloud, ""
 }
 
 // targets lists the addresses of b that h reaches in a family both have:

@@ -3,13 +3,17 @@ package checks
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/topology"
 )
@@ -49,9 +53,9 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	fail := func(format string, args ...any) []Result {
 		return []Result{{Check: "ecmp", Evidence: fmt.Sprintf(format, args...), Duration: time.Since(start)}}
 	}
-	hosts := hostsOf(l.Topology)
-	if len(hosts) < 2 {
-		return fail("needs two end systems (kind host) to send flows, found %d", len(hosts))
+	a, b, why := endPair(l.Topology)
+	if why != "" {
+		return fail("%s", why)
 	}
 	// One interface of the private path sees every flow once.
 	var wire *capture.Endpoint
@@ -69,7 +73,7 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	}
 	marker := probe.Marker()
 	var sendErr error
-	for _, pair := range [][2]host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+	for _, pair := range [][2]host{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
 		got, err := probe.UDPFlows(l.NS(from.node.Name), l.NS(to.node.Name), netip.AddrPortFrom(to.addr, ecmpPort), ecmpFlows, ecmpFirstPort, ecmpSize, marker)
 		if err == nil && got != ecmpFlows {
@@ -94,7 +98,12 @@ func ecmp(ctx context.Context, l Lab) []Result {
 	}
 	var out []Result
 	for _, g := range multiTunnelGateways(l.Topology) {
-		out = append(out, judgeSpread(l, g, perSPI, start))
+		// The gateway's flows go to the end system on the other side.
+		target := b.addr
+		if !g.Roles.CustomerEdge {
+			target = a.addr
+		}
+		out = append(out, judgeSpread(l, g, target, perSPI, start))
 	}
 	var lostErr error
 	if d := c.Dropped(); d > 0 {
@@ -115,9 +124,12 @@ func spreadUnsureIfLost(rs []Result, lostErr error) []Result {
 	return rs
 }
 
-// judgeSpread says how the flows leaving gateway g spread over its
-// connections, each known on the wire by its outbound SPI.
-func judgeSpread(l Lab, g *topology.Node, perSPI map[uint32]int, start time.Time) Result {
+// judgeSpread says how the flows leaving gateway g for target spread over
+// its connections, each known on the wire by its outbound SPI. Before it
+// blames the hashing it asks the gateway's kernel which connections had a
+// route to target: one without (its tunnel or BGP session down) explains an
+// uneven spread.
+func judgeSpread(l Lab, g *topology.Node, target netip.Addr, perSPI map[uint32]int, start time.Time) Result {
 	r := Result{Check: "ecmp " + g.Name, Duration: time.Since(start)}
 	fair := ecmpFlows / len(g.Tunnels)
 	total, least := 0, ecmpFlows
@@ -134,6 +146,21 @@ func judgeSpread(l Lab, g *topology.Node, perSPI map[uint32]int, start time.Time
 		seen = append(seen, fmt.Sprintf("%s (SPI 0x%08x) %d", tun.Name, l.Conns[i].Out.SPI, n))
 	}
 	r.Evidence = fmt.Sprintf("%d UDP flows out of %s, by connection: %s", ecmpFlows, g.Name, strings.Join(seen, ", "))
+	usable, routeErr := routedInterfaces(l.NS(g.Name), target)
+	var unusable []string
+	for _, tun := range g.Tunnels {
+		if routeErr == nil && !usable[tun.Interface] {
+			unusable = append(unusable, tun.Name)
+		}
+	}
+	switch {
+	case routeErr != nil:
+		r.Evidence = fmt.Sprintf("cannot tell which connections had a route: %v; ", routeErr) + r.Evidence
+	case len(unusable) > 0:
+		r.Evidence = fmt.Sprintf("%s's route to %s does not use %s (its tunnel or BGP session is down), so ECMP had fewer connections to spread over; ",
+			g.Name, target, strings.Join(unusable, ", ")) + r.Evidence
+		return r
+	}
 	switch {
 	case total != ecmpFlows:
 		r.Evidence = fmt.Sprintf("%d of %d flows crossed the private path in %s's tunnels; ", total, ecmpFlows, g.Name) + r.Evidence
@@ -143,4 +170,62 @@ func judgeSpread(l Lab, g *topology.Node, perSPI map[uint32]int, start time.Time
 		r.Passed = true
 	}
 	return r
+}
+
+// routedInterfaces returns the interfaces of the nexthops of the most
+// specific route to dst in namespace ns: the connections ECMP may use.
+func routedInterfaces(ns string, dst netip.Addr) (map[string]bool, error) {
+	out := map[string]bool{}
+	family := netlink.FAMILY_V4
+	if dst.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	err := netnsx.Do(ns, func() error {
+		routes, err := netlink.RouteList(nil, family)
+		if err != nil {
+			return err
+		}
+		best := -1
+		var chosen *netlink.Route
+		for i := range routes {
+			r := &routes[i]
+			bits := 0 // a nil Dst is the default route
+			if r.Dst != nil {
+				p, ok := netipx(r.Dst)
+				if !ok || !p.Contains(dst) {
+					continue
+				}
+				bits = p.Bits()
+			}
+			if bits > best || bits == best && r.Priority < chosen.Priority {
+				best, chosen = bits, r
+			}
+		}
+		if chosen == nil {
+			return nil
+		}
+		indexes := []int{chosen.LinkIndex}
+		for _, nh := range chosen.MultiPath {
+			indexes = append(indexes, nh.LinkIndex)
+		}
+		for _, i := range indexes {
+			if link, err := netlink.LinkByIndex(i); err == nil {
+				out[link.Attrs().Name] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("routes in %s: %w", ns, err)
+	}
+	return out, nil
+}
+
+func netipx(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -152,8 +152,10 @@ func judge(pkts []capture.Packet, endpoints map[netip.Addr]bool, inner map[netip
 				v.pairs[h.Src.String()+"→"+h.Dst.String()] = true
 			case h.Protocol == 50 && endpoints[h.Src] && endpoints[h.Dst]:
 				v.esp++ // a non-first fragment of an ESP packet
-			case h.Src.IsLinkLocalUnicast() || h.Dst.IsLinkLocalMulticast() || h.Dst.IsMulticast():
+			case h.Src.IsLinkLocalUnicast() || h.Dst.IsLinkLocalMulticast() || h.Dst.IsMulticast() || isND(p.Data):
 				// neighbour discovery and the like: not traffic between sites
+				// (a dual-stack private path's routers probe each other's
+				// global addresses by unicast, RFC 4861 §7.3)
 			case h.IKE && endpoints[h.Src] && endpoints[h.Dst]:
 				v.ike++ // the gateways negotiating keys (encrypted after IKE_SA_INIT)
 			case isBGP(p.Data):
@@ -229,4 +231,16 @@ func isBGP(frame []byte) bool {
 	src := binary.BigEndian.Uint16(frame[eth+ihl:])
 	dst := binary.BigEndian.Uint16(frame[eth+ihl+2:])
 	return src == 179 || dst == 179
+}
+
+// isND reports whether an Ethernet frame carries an IPv6 neighbour
+// discovery message (ICMPv6 types 133 to 137, RFC 4861 §4) right after the
+// fixed header.
+func isND(frame []byte) bool {
+	const eth, ipv6 = 14, 40
+	if len(frame) < eth+ipv6+1 || frame[eth]>>4 != 6 || frame[eth+6] != 58 {
+		return false
+	}
+	t := frame[eth+ipv6]
+	return t >= 133 && t <= 137
 }

@@ -35,11 +35,14 @@ const (
 
 func failover(ctx context.Context, l Lab) []Result {
 	gw, tun := firstConnection(l.Topology)
-	hosts := hostsOf(l.Topology)
-	if tun == nil || len(hosts) < 2 {
-		return []Result{{Check: "failover", Evidence: "needs an onprem-gateway with an ipsec connection and two hosts"}}
+	a, b, why := endPair(l.Topology)
+	if tun == nil {
+		why = "needs an onprem-gateway with an ipsec connection"
 	}
-	src, dst := l.NS(hosts[0].node.Name), hosts[1].addr
+	if why != "" {
+		return []Result{{Check: "failover", Evidence: why}}
+	}
+	src, dst := l.NS(a.node.Name), b.addr
 	ns := l.NS(gw.Name)
 	auto := automatic(l.Topology, tun)
 	var out []Result
@@ -64,6 +67,16 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Evidence = fmt.Sprintf("method 1: traffic stopped and stayed stopped with the VPN gateway's routes published (%s)", res)
 		if !stopped {
 			r.Evidence = "traffic resumed without the operator, which method 1 does not do: " + res.String()
+		}
+	}
+	if err == nil && tun.IKE != nil && l.Dir != "" {
+		// The traffic stopped; IKE must have seen it too, as DPD
+		// declares a dead peer, or the console would lie.
+		down, what := ikeDown(l, gw.Name, tun)
+		r.Evidence += "; " + what
+		if !down {
+			r.Passed = false
+			r.Evidence = "DPD did not take the tunnel down: " + r.Evidence
 		}
 	}
 	r.Duration = time.Since(start)
@@ -102,6 +115,9 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Passed = enc.Passed && len(still) == 0
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
+		if !enc.Passed {
+			r.Evidence = "another connection to the same peer should carry the traffic encrypted, but: " + enc.Evidence
+		}
 		if len(still) > 0 {
 			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP (SPI %s); %s", tun.Name, strings.Join(still, ", "), enc.Evidence)
 		}
@@ -109,6 +125,9 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Passed = !enc.Passed && !enc.Inconclusive && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "unencrypted over Express Connect + CEN, as the guide says: " + enc.Evidence
+		if !r.Passed && !r.Inconclusive {
+			r.Evidence = "the guide says the traffic falls back unencrypted over Express Connect + CEN, but: " + enc.Evidence
+		}
 	}
 	out = append(out, r)
 

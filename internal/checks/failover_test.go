@@ -90,7 +90,10 @@ func TestMethod1Static_TunnelDown_StopsUntilRoutesWithdrawn_ThenFlowsInClear(t *
 // failoverCheck runs the failover check on a shipped scenario and requires
 // every step to pass: what the guide promises for the scenario's method.
 func failoverCheck(t *testing.T, file, want string) {
-	l := labtest.Deploy(t, file)
+	failoverCheckOn(t, labtest.Deploy(t, file), want)
+}
+
+func failoverCheckOn(t *testing.T, l *labtest.Lab, want string) {
 	conns, err := lab.ReadConns(l.Plan.LabDir)
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +112,12 @@ func failoverCheck(t *testing.T, file, want string) {
 
 func TestFailoverCheck_Method1_StopsUntilTheOperatorWithdraws(t *testing.T) {
 	failoverCheck(t, "static.yaml", "traffic stopped and stayed stopped")
+}
+
+// With IKE and ESP in UDP/4500 the fault stops the tunnel all the same,
+// and DPD declares the peer dead, as method 1 expects.
+func TestFailoverCheck_Method1IKEForcedEncap_DPDTakesTheTunnelDown(t *testing.T) {
+	failoverCheckOn(t, labtest.DeployText(t, labtest.IKEKeyed(t, "force-encap: on", "force-encap: on")), "IKE of to-vpc on onprem: phase 1 ")
 }
 
 func TestMethod2StaticBGP_TunnelDown_FallsBackUnencrypted_ThenReturns(t *testing.T) {
@@ -183,4 +192,49 @@ func TestTransitRouter_TwoTunnelsInECMP_LosingOneKeepsTrafficEncrypted(t *testin
 	if !enc[0].Passed || !strings.Contains(enc[0].Evidence, "10.0.0.1→172.16.1.11") || strings.Contains(enc[0].Evidence, "10.0.0.1→172.16.1.10") {
 		t.Fatalf("traffic must stay encrypted, on the second tunnel only: %s", enc[0].Evidence)
 	}
+}
+
+// With one of two connections down the flows all take the other: the ecmp
+// row blames the missing route, not the hashing, and the bgp row lists each
+// prefix once, with every nexthop.
+func TestTransitRouter_OneTunnelDown_ECMPBlamesTheMissingRouteNotHashing(t *testing.T) {
+	l := labtest.Deploy(t, "transit-router.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
+	bgp := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+	requirePassed(t, bgp)
+	for _, r := range bgp {
+		if r.Check == "bgp onprem" && (strings.Count(r.Evidence, "172.16.2.0/24 via") != 1 || !strings.Contains(r.Evidence, "172.16.2.0/24 via 169.254.10.2, 169.254.11.2")) {
+			t.Errorf("bgp onprem must show 172.16.2.0/24 once, with both nexthops: %s", r.Evidence)
+		}
+	}
+	tun := l.Topology.Node("onprem").Tunnels[1]
+	if err := fault.TunnelDown(l.NS("onprem"), tun.Name, tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for nexthops(t, l, "onprem", "172.16.2.0/24") != 1 || nexthops(t, l, "vpngw", "10.1.0.0/24") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("BGP did not withdraw the broken connection's routes within 10 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rs := checks.Run(context.Background(), labc, []checks.Check{checks.ECMP})
+	for _, r := range rs {
+		t.Logf("%s: %s", r.Check, r.Evidence)
+		if r.Passed || !strings.Contains(r.Evidence, "-2 (its tunnel or BGP session is down)") || strings.Contains(r.Evidence, "hashing") {
+			t.Errorf("%s must fail naming the missing route of the broken connection: %s", r.Check, r.Evidence)
+		}
+	}
+}
+
+// The dual-stack lab's private path carries both families, so with the
+// tunnel down (and the routes withdrawn, method 1) IPv4 and IPv6 both fall
+// back in clear, as the guide says; the encryption check behind the
+// fallback step sends both.
+func TestDualStack_FailoverCheck_BothFamiliesFallBackInClear(t *testing.T) {
+	failoverCheck(t, "dual-stack.yaml", "traffic stopped and stayed stopped")
 }

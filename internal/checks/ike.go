@@ -10,6 +10,7 @@ import (
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/topology"
 )
 
 // IKE reads the negotiation state each gateway's agent publishes and
@@ -111,6 +112,30 @@ func ikeOnce(l Lab) (_ []Result, settled bool) {
 		}
 	}
 	return out, settled
+}
+
+// ikeDown reports, for IKE-keyed connection tun of node gw, whether its
+// IKE SA is no longer established, and what the agent says of it: a broken
+// tunnel must be seen by DPD, not only by the traffic. An end run by
+// software is read from its emu peer's side, as the ike check does.
+func ikeDown(l Lab, gw string, tun *topology.Tunnel) (bool, string) {
+	node, conn := gw, tun.Name
+	if tun.External() {
+		node, conn = tun.Peer.Node, tun.Peer.Interface
+		if pt := l.Topology.Node(node).Tunnel(tun.Peer.Interface); pt != nil {
+			conn = pt.Name
+		}
+	}
+	st, err := agent.ReadState(filepath.Join(l.Dir, "agents", node+".json"))
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, s := range st.IKE {
+		if s.Name == conn {
+			return s.Phase1 != ike.StateEstablished, "IKE of " + conn + " on " + node + ": " + DescribeIKE(s)
+		}
+	}
+	return false, fmt.Sprintf("%s's agent reports no IKE state for %s", node, conn)
 }
 
 // DescribeIKE spells a connection's state like the provider's console:

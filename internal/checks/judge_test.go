@@ -43,3 +43,20 @@ func TestJudge_NoESP_SummaryHasNoEmptyLists(t *testing.T) {
 		t.Errorf("summary %q", s)
 	}
 }
+
+// A dual-stack private path's routers check each other by unicast neighbour
+// solicitations between global addresses: not traffic between sites.
+func TestJudge_UnicastNeighbourDiscovery_IsNotOtherTraffic(t *testing.T) {
+	ns := ipv6Frame(netip.MustParseAddr("fd00:10::1"), netip.MustParseAddr("fd00:10::2"))
+	ns[14+6], ns[14+40] = 58, 135 // ICMPv6 neighbour solicitation
+	udp := ipv6Frame(netip.MustParseAddr("fd00:10::1"), netip.MustParseAddr("fd00:10::2"))
+	v := judge([]capture.Packet{{Data: ns}, {Data: udp}}, map[netip.Addr]bool{}, map[netip.Addr]string{}, []byte("marker"))
+	if v.otherIP != 1 {
+		t.Fatalf("verdict %+v: want only the UDP frame counted as other traffic", v)
+	}
+}
+
+func FuzzIsND(f *testing.F) {
+	f.Add(ipv6Frame(netip.MustParseAddr("fd00:10::1"), netip.MustParseAddr("fd00:10::2")))
+	f.Fuzz(func(t *testing.T, frame []byte) { isND(frame) })
+}

@@ -12,17 +12,18 @@ import (
 	"github.com/emu-lab/emu/internal/trace"
 )
 
-// Path traces one echo between the first two hosts (and one ICMPv6 echo,
-// "path6", when both are dual-stack) and requires the walk the guide
+// Path traces one echo from an end system on the data center's side to one
+// on the VPC's (topology.EndSystemPair; and one ICMPv6 echo, "path6", when
+// both are dual-stack) and requires the walk the guide
 // describes: the request and the reply each encrypted by one gateway
 // and decrypted by the other, ESP on every hop of the private path (vbr and
 // cen nodes), and the reply back at the sender.
 var Path = Check{Name: "path", Run: path}
 
 func path(ctx context.Context, l Lab) []Result {
-	hosts := hostsOf(l.Topology)
-	if len(hosts) < 2 {
-		return []Result{{Check: "path", Evidence: fmt.Sprintf("needs two nodes of kind host, found %d", len(hosts))}}
+	a, b, why := endPair(l.Topology)
+	if why != "" {
+		return []Result{{Check: "path", Evidence: why}}
 	}
 	if l.Dir != "" && hasIKE(l) {
 		// IKE-keyed SAs are negotiated (and rekeyed) after the lab was
@@ -32,8 +33,8 @@ func path(ctx context.Context, l Lab) []Result {
 		}
 	}
 	var out []Result
-	for _, dst := range hosts[0].targets(hosts[1]) {
-		out = append(out, walkOnce(ctx, l, hosts[0].node.Name, hosts[1].node.Name, dst.Is6()))
+	for _, dst := range a.targets(b) {
+		out = append(out, walkOnce(ctx, l, a.node.Name, b.node.Name, dst.Is6()))
 	}
 	return out
 }
@@ -48,10 +49,6 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 	hops, err := trace.RunFamily(ctx, l.Topology, l.Conns, from, to, ipv6)
 	r.Duration = time.Since(start)
 	var lostFrames *capture.LostFramesError
-	if err != nil && !errors.As(err, &lostFrames) {
-		r.Evidence = err.Error()
-		return r
-	}
 	var steps []string
 	var problems []string
 	encrypts, decrypts := 0, 0
@@ -83,6 +80,15 @@ func walkOnce(ctx context.Context, l Lab, from, to string, ipv6 bool) Result {
 		problems = append(problems, "the reply did not reach "+from)
 	}
 	r.Evidence = strings.Join(steps, " → ")
+	if err != nil && !errors.As(err, &lostFrames) {
+		// The probe died: the walk so far shows where.
+		if len(steps) > 0 {
+			r.Evidence = err.Error() + "; walk: " + r.Evidence
+		} else {
+			r.Evidence = err.Error()
+		}
+		return r
+	}
 	switch {
 	case len(problems) == 0 && lostFrames == nil:
 		r.Passed = true

@@ -24,10 +24,12 @@ import (
 // tablePrefix names the nftables tables emu owns; one per broken connection.
 const tablePrefix = "emu-fault-"
 
-// TunnelDown drops every ESP packet (also ESP in UDP/4500) between local
-// and remote in and out of namespace ns (the gateway holding one end), as a
-// broken private line or a dead peer would: the tunnel stays configured,
-// nothing crosses it.
+// TunnelDown drops, between local and remote in and out of namespace ns (the
+// gateway holding one end), every packet of the tunnel: ESP (IP protocol 50),
+// ESP in UDP and IKE (UDP port 4500 or 500 at either end, RFC 3948 §2, RFC
+// 7296 §2), as a broken private line or a dead peer would. The tunnel stays
+// configured, nothing of it crosses, so DPD and IKE see the peer gone (and
+// strongSwan's kernel-libipsec, which sends ESP in UDP only, is cut too).
 // Breaking a tunnel that is already broken is not an error.
 func TunnelDown(ns, conn string, local, remote netip.Addr) error {
 	if !local.Is4() || !remote.Is4() {
@@ -52,8 +54,9 @@ func TunnelDown(ns, conn string, local, remote netip.Addr) error {
 		{"input", nftables.ChainHookInput, remote, local},
 	} {
 		ch := c.AddChain(&nftables.Chain{Name: hook.name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter})
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropESP(hook.src, hook.dst)})
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dropESPInUDP(hook.src, hook.dst)})
+		for _, exprs := range dropTunnel(hook.src, hook.dst) {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("break tunnel %s in %s: nftables: %w", conn, ns, err)
@@ -93,39 +96,33 @@ func TunnelBroken(ns, conn string) (bool, error) {
 	return err == nil, nil
 }
 
-// dropESP matches IPv4 protocol 50 from src to dst and drops it, counted.
-func dropESP(src, dst netip.Addr) []expr.Any {
+// dropTunnel returns the rules that drop, counted, the tunnel's packets
+// from src to dst: ESP, then UDP with port 500 or 4500 as source or
+// destination (a NAT may move the other port).
+func dropTunnel(src, dst netip.Addr) [][]expr.Any {
 	s, d := src.As4(), dst.As4()
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ESP}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d[:]},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictDrop},
+	match := func(proto byte) []expr.Any {
+		return []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d[:]},
+		}
 	}
-}
-
-// dropESPInUDP matches UDP from src to dst port 4500 (RFC 3948: ESP in UDP,
-// and IKE once it floated there) and drops it, counted: the ESP of
-// strongSwan's kernel-libipsec, which sends nothing else, and of
-// `force-encap`.
-func dropESPInUDP(src, dst netip.Addr) []expr.Any {
-	s, d := src.As4(), dst.As4()
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d[:]},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, 4500)},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictDrop},
+	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
+	rules := [][]expr.Any{append(match(unix.IPPROTO_ESP), drop...)}
+	for _, port := range []uint16{500, 4500} {
+		for _, offset := range []uint32{0, 2} { // UDP source, destination port
+			r := match(unix.IPPROTO_UDP)
+			r = append(r,
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)})
+			rules = append(rules, append(r, drop...))
+		}
 	}
+	return rules
 }
 
 func open(ns string) (*nftables.Conn, func(), error) {

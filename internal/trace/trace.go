@@ -29,7 +29,7 @@ type Hop struct {
 	Node      string     `json:"node"`
 	In        string     `json:"in,omitempty"`  // interface it arrived on; "" where the node sent it
 	Out       string     `json:"out,omitempty"` // interface it left by; "" where it was delivered
-	Action    string     `json:"action"`        // sends, forwards, encrypts, decrypts, receives
+	Action    string     `json:"action"`        // sends, forwards, encrypts, decrypts, receives, drops
 	Encrypted bool       `json:"encrypted"`     // as it arrived (or left, for the sender)
 	OuterSrc  netip.Addr `json:"outer_src"`
 	OuterDst  netip.Addr `json:"outer_dst"`
@@ -46,6 +46,9 @@ const (
 	Encrypts = "encrypts"
 	Decrypts = "decrypts"
 	Receives = "receives"
+	// Drops: a node that forwards got the probe, not for itself, and sent
+	// nothing of it on: where a walk ends when the probe died.
+	Drops = "drops"
 )
 
 // frame is a captured frame that carries the probe.
@@ -104,9 +107,6 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 	if err := g.Stop(); err != nil {
 		return nil, err
 	}
-	if pingErr != nil {
-		return nil, fmt.Errorf("trace: %w (run it with the lab healthy, or read `emu check`)", pingErr)
-	}
 	var frames []frame
 	for _, p := range g.Packets() {
 		if f, ok := carries(p, []byte(marker), conns); ok {
@@ -115,12 +115,22 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 		}
 	}
 	sort.SliceStable(frames, func(i, j int) bool { return frames[i].Time.Before(frames[j].Time) })
+	hops := walk(frames, t)
+	if pingErr != nil {
+		// The walk seen so far shows where the probe died.
+		where := "no frame of it was seen"
+		if len(hops) > 0 {
+			last := hops[len(hops)-1]
+			where = fmt.Sprintf("last seen at %s (%s)", last.Node, last.Action)
+		}
+		return hops, fmt.Errorf("trace: %w; %s (read `emu check`)", pingErr, where)
+	}
 	// A walk with frames missing may show a hop skipped: say so, with
 	// what was seen.
 	if err := g.Incomplete(); err != nil {
-		return walk(frames), fmt.Errorf("trace incomplete: %w", err)
+		return hops, fmt.Errorf("trace incomplete: %w", err)
 	}
-	return walk(frames), nil
+	return hops, nil
 }
 
 // carries decodes a frame and reports whether the probe is in it.
@@ -204,9 +214,12 @@ func decrypt(data []byte, spi uint32, encap bool, conns []ipsec.Conn) ([]byte, b
 }
 
 // walk turns the ordered frames into hops: a frame arriving at a node pairs
-// with the next one that node sends out, and the pair's states say whether
-// the node forwarded, encrypted or decrypted.
-func walk(frames []frame) []Hop {
+// with the next one that node sends out with the same inner addresses (the
+// same packet, not the reply), and the pair's states say whether the node
+// forwarded, encrypted or decrypted. A frame that arrives in ESP for the
+// node itself (a gateway as the destination) was decrypted and received:
+// its hop decrypts, with no interface out.
+func walk(frames []frame, t *topology.Topology) []Hop {
 	var hops []Hop
 	used := make([]bool, len(frames))
 	for i, f := range frames {
@@ -226,7 +239,7 @@ func walk(frames []frame) []Hop {
 		hop.In, hop.Action = f.Interface, Receives
 		for j := i + 1; j < len(frames) && !f.host; j++ {
 			g := frames[j]
-			if used[j] || g.node != f.node || !g.Outgoing {
+			if used[j] || g.node != f.node || !g.Outgoing || g.inner != f.inner {
 				continue
 			}
 			used[j] = true
@@ -240,6 +253,14 @@ func walk(frames []frame) []Hop {
 				hop.Action = Forwards
 			}
 			break
+		}
+		if n := t.Node(f.node); hop.Action == Receives && !f.host && n != nil {
+			switch {
+			case !n.Owns(f.inner[1]):
+				hop.Action = Drops
+			case f.encrypted:
+				hop.Action = Decrypts
+			}
 		}
 		hops = append(hops, hop)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/trace"
@@ -50,5 +51,45 @@ func TestTrace_TunnelUp_FollowsTheGuidesPacketWalk(t *testing.T) {
 		if got := fmt.Sprintf("%s → %s", h.OuterSrc, h.OuterDst); got != want || h.SPI == 0 {
 			t.Errorf("step %d at %s: outer %s spi 0x%x for inner %s → %s, want outer %s", h.Step, h.Node, got, h.SPI, h.InnerSrc, h.InnerDst, want)
 		}
+	}
+}
+
+// A gateway as the destination decrypts the ESP for itself: its hop is not
+// paired with the reply it sends back.
+func TestTrace_ToTheGatewayItself_ItDecryptsThenSendsTheReply(t *testing.T) {
+	l := labtest.Deploy(t, "static.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hops, err := trace.Run(context.Background(), l.Topology, conns, "ecs", "onprem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "ecs sends, vpc forwards, vpngw encrypts, vpc forwards, cen forwards, vbr forwards, onprem decrypts, " +
+		"onprem sends, vbr forwards, cen forwards, vpc forwards, vpngw decrypts, vpc forwards, ecs receives"
+	if got := walk(hops); got != want {
+		t.Fatalf("walk:\n got  %s\n want %s", got, want)
+	}
+}
+
+// Method 1 with the tunnel down: the echo gets no reply, and the trace
+// shows where it died instead of only saying so.
+func TestTrace_Method1TunnelDown_ShowsWhereTheProbeDied(t *testing.T) {
+	l := labtest.Deploy(t, "static.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := l.Topology.Node("onprem").Tunnels[0]
+	if err := fault.TunnelDown(l.NS("onprem"), tun.Name, tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
+	}
+	hops, err := trace.Run(context.Background(), l.Topology, conns, "client", "ecs")
+	if err == nil || !strings.Contains(err.Error(), "last seen at onprem (drops)") {
+		t.Fatalf("err = %v, want the probe last seen at onprem", err)
+	}
+	if got := walk(hops); got != "client sends, onprem drops" {
+		t.Fatalf("walk %q, want client sends, onprem drops", got)
 	}
 }
