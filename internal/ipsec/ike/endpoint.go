@@ -2,7 +2,6 @@ package ike
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,10 +19,8 @@ type Options struct {
 	// tests use unprivileged ports. A peer is assumed to use the same two.
 	IKEPort, NATTPort uint16
 	Handler           Handler
-	// ESP receives ESP-in-UDP packets arriving on the NAT-T port (first
-	// four bytes non-zero, RFC 3948 §2.2), one at a time from the socket's
-	// reader; pkt is reused after it returns. nil drops them.
-	ESP func(from netip.AddrPort, pkt []byte)
+	// ESP receives the ESP-in-UDP packets of the NAT-T port; nil drops them.
+	ESP ESPSink
 	Log *slog.Logger
 	// RetransmitBase is the first retransmission timeout, doubled on each
 	// try (RFC 7296 §2.1); RetransmitTries requests are sent before the
@@ -94,10 +91,15 @@ func Listen(opt Options) (*Endpoint, error) {
 		}
 		e.sock[i] = c
 	}
-	for i := range e.sock {
-		e.wg.Add(1)
-		go e.readLoop(i)
+	if opt.ESP != nil {
+		// Only for a userspace ESP sink: on a socket the kernel's XFRM
+		// decapsulates (UDP_ENCAP_ESPINUDP) GRO would hand it a train of
+		// ESP packets as one, which it would take for one packet.
+		tuneNATT(e.sock[1])
 	}
+	e.wg.Add(2)
+	go e.readIKE()
+	go e.readNATT()
 	e.wg.Add(1)
 	go e.loop()
 	return e, nil
@@ -233,11 +235,12 @@ func (e *Endpoint) loop() {
 	}
 }
 
-func (e *Endpoint) readLoop(i int) {
+// readIKE reads the IKE port, where every datagram is an IKE message.
+func (e *Endpoint) readIKE() {
 	defer e.wg.Done()
 	buf := make([]byte, MaxMessageLen)
 	for {
-		n, from, err := e.sock[i].ReadFromUDPAddrPort(buf)
+		n, from, err := e.sock[0].ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				e.log.Warn("ike socket stopped", "addr", e.opt.Addr, "err", err)
@@ -245,27 +248,8 @@ func (e *Endpoint) readLoop(i int) {
 			return
 		}
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		b := buf[:n]
-		if i == 1 {
-			if n == 1 && b[0] == 0xff {
-				continue // NAT-keepalive (RFC 3948 §2.3)
-			}
-			if n >= 4 && binary.BigEndian.Uint32(b) != 0 {
-				// ESP in UDP: handed over synchronously, so no copy.
-				if e.opt.ESP != nil {
-					e.opt.ESP(from, b)
-				}
-				continue
-			}
-			if n < 4 {
-				e.count(func(c *Counters) { c.Malformed++ })
-				continue
-			}
-			b = b[4:] // the non-ESP marker
-		}
-		b = append([]byte(nil), b...) // the loop keeps it after buf is reused
-		natt := i == 1
-		e.do(func() { e.receive(b, from, natt) })
+		b := append([]byte(nil), buf[:n]...) // the loop keeps it after buf is reused
+		e.do(func() { e.receive(b, from, false) })
 	}
 }
 

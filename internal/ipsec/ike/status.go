@@ -45,4 +45,8 @@ type Counters struct {
 	// with MaxHalfOpen SAs already half-open.
 	CookiesSent     uint64 `json:"cookies_sent,omitempty"`
 	HalfOpenRefused uint64 `json:"half_open_refused,omitempty"`
+	// GROReceived counts the NAT-T reads the kernel coalesced (UDP GRO,
+	// more than one ESP-in-UDP packet), GROSegments the packets in them.
+	GROReceived uint64 `json:"gro_received,omitempty"`
+	GROSegments uint64 `json:"gro_segments,omitempty"`
 }

@@ -36,7 +36,8 @@ type Dataplane struct {
 	// when IKE installs or removes SAs, so the receive loops read it
 	// without a lock.
 	bySPI   atomic.Pointer[map[uint32]*inboundSA]
-	spiMu   sync.Mutex // serialises writers of bySPI
+	spiMu   sync.Mutex // serialises writers of bySPI; guards encaps
+	encaps  []*Encap   // the NAT-T sockets of ListenIKE, for UDPOffload
 	wg      sync.WaitGroup
 	closing chan struct{}
 	drops   struct{ short, unknownSPI, wrongSource atomic.Uint64 }
@@ -359,12 +360,14 @@ func (d *Dataplane) receiveLoop(s *espSocket) {
 	}
 }
 
-// receiver holds the buffers of one socket's receive loop, allocated once.
+// receiver holds the buffers of one receive loop, allocated once: a raw
+// ESP socket's, or the ESP-in-UDP one of an IKE endpoint's NAT-T socket.
 type receiver struct {
 	d     *Dataplane
-	s     *espSocket
+	s     *espSocket     // nil for ESP in UDP
 	msgs  []ipv4.Message // what recvmmsg fills
 	inner [][]byte       // decrypted packets, tunOffset bytes in
+	used  int            // inner[:used] hold packets not yet delivered
 	// touched are the tunnels this batch delivers to and rx[j] the packets
 	// of touched[j], for one TUN write per tunnel. They are the receiver's,
 	// not the tunnel's: an SA is found by SPI whichever socket the packet
@@ -374,10 +377,15 @@ type receiver struct {
 }
 
 func (d *Dataplane) newReceiver(s *espSocket) *receiver {
-	r := &receiver{d: d, s: s, msgs: make([]ipv4.Message, batchSize), inner: make([][]byte, batchSize),
+	r := &receiver{d: d, s: s, inner: make([][]byte, batchSize),
 		touched: make([]*tunnel, 0, batchSize), rx: make([][][]byte, batchSize)}
-	for i := range r.msgs {
-		r.msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+	if s != nil {
+		r.msgs = make([]ipv4.Message, batchSize)
+		for i := range r.msgs {
+			r.msgs[i].Buffers = [][]byte{make([]byte, maxIPPacket)}
+		}
+	}
+	for i := range r.inner {
 		// Room for a whole GRO super-packet: the tun package merges the
 		// segments of a flow into the buffer of its first one.
 		r.inner[i] = make([]byte, tunOffset+maxIPPacket)
@@ -396,17 +404,33 @@ func (r *receiver) handle(n int) {
 			r.d.drops.short.Add(1)
 			continue
 		}
-		t, inner := r.d.open(from, pkt, r.inner[i][:tunOffset])
-		if inner == nil {
-			continue
-		}
-		j := slices.Index(r.touched, t)
-		if j < 0 {
-			j = len(r.touched)
-			r.touched = append(r.touched, t)
-		}
-		r.rx[j] = append(r.rx[j], inner)
+		r.ESP(netip.AddrPortFrom(from, 0), pkt)
 	}
+	r.Flush()
+}
+
+// ESP decrypts one ESP packet from a peer into the next free buffer; a
+// full set of buffers is delivered at once. It is the ike.ESPSink of the
+// NAT-T socket, which hands over ESP in UDP segment by segment.
+func (r *receiver) ESP(from netip.AddrPort, pkt []byte) {
+	t, inner := r.d.open(from.Addr(), pkt, r.inner[r.used][:tunOffset])
+	if inner == nil {
+		return
+	}
+	j := slices.Index(r.touched, t)
+	if j < 0 {
+		j = len(r.touched)
+		r.touched = append(r.touched, t)
+	}
+	r.rx[j] = append(r.rx[j], inner)
+	if r.used++; r.used == len(r.inner) {
+		r.Flush()
+	}
+}
+
+// Flush writes the decrypted packets to their tunnels' interfaces, one
+// write per tunnel.
+func (r *receiver) Flush() {
 	for j, t := range r.touched {
 		if _, err := t.tun.Write(r.rx[j], tunOffset); err != nil && !r.d.isClosing() {
 			r.d.log.Printf("%s: deliver: %v", t.conn.Name, err)
@@ -415,6 +439,7 @@ func (r *receiver) handle(n int) {
 		r.rx[j] = r.rx[j][:0]
 	}
 	r.touched = r.touched[:0]
+	r.used = 0
 }
 
 // sendErrors logs a tunnel's failing sends once, not once per batch: a

@@ -188,52 +188,11 @@ func TestDataplane_TCPStream_OffloadedSegmentsCarryValidChecksums(t *testing.T) 
 	for _, cipher := range []string{"aes-gcm-128", "aes-cbc-sha1", "aes-cbc-sha256"} {
 		t.Run(cipher, func(t *testing.T) {
 			e := startTunnel(t, cipher)
-			const size = 8 << 20
-			data := make([]byte, size)
-			rand.Read(data)
-
-			var ln net.Listener
-			var err error
-			e.b.do(func() { ln, err = net.Listen("tcp4", netip.AddrPortFrom(tunnelB.Addr(), 0).String()) })
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			got := make(chan [32]byte, 1)
-			go func() {
-				defer close(got)
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				h := sha256.New()
-				if n, _ := io.Copy(h, c); n == size {
-					got <- [32]byte(h.Sum(nil))
-				}
-			}()
-			var c net.Conn
-			e.a.do(func() {
-				d := net.Dialer{Timeout: 5 * time.Second}
-				c, err = d.Dial("tcp4", ln.Addr().String())
-			})
-			if err != nil {
-				t.Fatalf("connect through the tunnel: %v", err)
-			}
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			_, err = c.Write(data)
-			c.Close()
-			if err != nil {
-				t.Fatalf("send %d bytes: %v", size, err)
-			}
-			if sum, ok := <-got; !ok || sum != sha256.Sum256(data) {
-				t.Fatalf("B did not receive the %d bytes intact (received: %v)", size, ok)
-			}
+			e.streamIntact(t, 8<<20)
 
 			var csumErrors uint64
 			var tunA, tunB *netlink.LinkStatistics
-			var errA, errB error
+			var err, errA, errB error
 			e.b.do(func() {
 				if csumErrors, err = snmpCounter("Tcp:", "InCsumErrors"); err == nil {
 					tunB, errB = tunStats()
@@ -256,6 +215,53 @@ func TestDataplane_TCPStream_OffloadedSegmentsCarryValidChecksums(t *testing.T) 
 				t.Errorf("B decrypted %d packets and wrote %d into its TUN: nothing was merged", opened, tunB.RxPackets)
 			}
 		})
+	}
+}
+
+// streamIntact sends size random bytes over TCP from A's tunnel address to
+// B's and fails the test unless B received them intact (SHA-256).
+func (e *tunnelEnds) streamIntact(t *testing.T, size int) {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+
+	var ln net.Listener
+	var err error
+	e.b.do(func() { ln, err = net.Listen("tcp4", netip.AddrPortFrom(tunnelB.Addr(), 0).String()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan [32]byte, 1)
+	go func() {
+		defer close(got)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		h := sha256.New()
+		if n, _ := io.Copy(h, c); n == int64(size) {
+			got <- [32]byte(h.Sum(nil))
+		}
+	}()
+	var c net.Conn
+	e.a.do(func() {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		c, err = d.Dial("tcp4", ln.Addr().String())
+	})
+	if err != nil {
+		t.Fatalf("connect through the tunnel: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = c.Write(data)
+	c.Close()
+	if err != nil {
+		t.Fatalf("send %d bytes: %v", size, err)
+	}
+	if sum, ok := <-got; !ok || sum != sha256.Sum256(data) {
+		t.Fatalf("B did not receive the %d bytes intact (received: %v); log:\n%s", size, ok, e.logBuf)
 	}
 }
 

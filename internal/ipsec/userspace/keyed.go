@@ -2,12 +2,17 @@ package userspace
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"net/netip"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/ipsec/esp"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
@@ -43,18 +48,125 @@ func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter,
 // IKE endpoint owns, since only one socket may hold port 4500.
 type Encap struct {
 	Conn *net.UDPConn
+	// noGSO is set once the kernel refused a UDP_SEGMENT send: the
+	// socket's every writer sends packet by packet from then on.
+	noGSO atomic.Bool
+	// gsoSends and gsoSegments count the super-datagrams sent with
+	// UDP_SEGMENT and the ESP packets in them.
+	gsoSends, gsoSegments atomic.Uint64
 }
 
-func (e Encap) writer() packetWriter { return udpWriter{ipv4.NewPacketConn(e.Conn)} }
+// writer is one tunnel's sender on the socket: its messages and control
+// buffers belong to the tunnel's send loop, the only goroutine using it.
+func (e *Encap) writer() packetWriter {
+	w := &udpWriter{e: e, c: ipv4.NewPacketConn(e.Conn), maxPayload: maxIPv4UDPPayload}
+	if a, ok := e.Conn.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		w.c, w.maxPayload = ipv6.NewPacketConn(e.Conn), maxIPv6UDPPayload
+	}
+	return w
+}
 
-type udpWriter struct{ c *ipv4.PacketConn }
+type udpWriter struct {
+	e          *Encap
+	c          batchConn
+	maxPayload int
+	out        []ipv4.Message // ms coalesced, one message per super-datagram
+	oob        [][]byte       // out[i]'s UDP_SEGMENT control message
+}
 
-// writeAll ignores df: the NAT-T socket is the IKE endpoint's, shared by
-// every tunnel of the address, and keeps the kernel's UDP default (DF set,
-// path MTU discovery); switching it per batch would race the other tunnels.
-func (u udpWriter) writeAll(ms []ipv4.Message, _ bool) error {
+// The limits of one UDP_SEGMENT send (udp(7), udp_send_skb): the datagram
+// with its headers fits an IP packet, and the kernel cuts it into at most
+// 64 segments (UDP_MAX_SEGMENTS before Linux 6.9).
+const (
+	maxIPv4UDPPayload = 1<<16 - 1 - 20 - 8
+	maxIPv6UDPPayload = 1<<16 - 1 - 8
+	maxGSOSegments    = 64
+)
+
+// writeAll sends ms as UDP GSO super-datagrams, as wireguard-go's
+// conn.StdNetBind does: a run of equal-sized ESP packets (the last may be
+// shorter) to one peer is copied behind the first, in its buffer's spare
+// capacity (the send loop's buffers hold 64 KiB each), and goes as one
+// datagram with its segment size in a UDP_SEGMENT control message; the
+// kernel forwards it as one packet to where it is cut. A kernel that
+// refuses (EIO: no checksum offload on the way out) gets the packets one
+// by one, then and from then on.
+//
+// df is ignored: the NAT-T socket is the IKE endpoint's, shared by every
+// tunnel of the address, and keeps the kernel's UDP default (DF set, path
+// MTU discovery); switching it per batch would race the other tunnels.
+func (w *udpWriter) writeAll(ms []ipv4.Message, _ bool) error {
+	if !w.e.noGSO.Load() {
+		n := w.coalesce(ms)
+		err := sendAll(w.c, w.out[:n])
+		if !isGSORefused(err) {
+			return err
+		}
+		w.e.noGSO.Store(true)
+	}
+	return sendAll(w.c, ms)
+}
+
+// coalesce fills w.out with ms merged into super-datagrams and returns how
+// many it made.
+func (w *udpWriter) coalesce(ms []ipv4.Message) int {
+	for len(w.out) < len(ms) {
+		w.out = append(w.out, ipv4.Message{Buffers: [][]byte{nil}})
+		w.oob = append(w.oob, make([]byte, 0, unix.CmsgSpace(2)))
+	}
+	n := -1
+	var size, segs int
+	for i := range ms {
+		b := ms[i].Buffers[0]
+		if n >= 0 {
+			base := &w.out[n]
+			head := base.Buffers[0]
+			if len(b) <= size && len(head)+len(b) <= w.maxPayload && len(b) <= cap(head)-len(head) &&
+				segs < maxGSOSegments && sameAddr(base.Addr, ms[i].Addr) && len(head)%size == 0 {
+				base.Buffers[0] = append(head, b...)
+				segs++
+				w.setGSO(n, size, segs)
+				continue
+			}
+		}
+		n++
+		size, segs = len(b), 1
+		w.out[n].Buffers[0], w.out[n].Addr, w.out[n].OOB = b, ms[i].Addr, nil
+	}
+	return n + 1
+}
+
+// setGSO gives out[n] its UDP_SEGMENT control message once it holds more
+// than one packet.
+func (w *udpWriter) setGSO(n, size, segs int) {
+	if segs == 2 {
+		oob := w.oob[n][:unix.CmsgSpace(2)]
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
+		binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(size))
+		w.out[n].OOB = oob
+		w.e.gsoSends.Add(1)
+		w.e.gsoSegments.Add(1)
+	}
+	w.e.gsoSegments.Add(1)
+}
+
+// sameAddr reports whether two destinations are one: a batch of a tunnel's
+// send loop has a single destination, compared by pointer.
+func sameAddr(a, b net.Addr) bool { return a == b }
+
+// isGSORefused reports whether a send failed because the kernel cannot
+// segment UDP on the outgoing device (udp_send_skb: EIO without checksum
+// offload), as wireguard-go's conn decides to turn GSO off.
+func isGSORefused(err error) bool {
+	return errors.Is(err, unix.EIO)
+}
+
+// sendAll sends ms in as few sendmmsg calls as the kernel allows.
+func sendAll(c batchConn, ms []ipv4.Message) error {
 	for len(ms) > 0 {
-		n, err := u.c.WriteBatch(ms, 0)
+		n, err := c.WriteBatch(ms, 0)
 		if err != nil {
 			return err
 		}
@@ -133,46 +245,48 @@ func (d *Dataplane) open(from netip.Addr, pkt, dst []byte) (*tunnel, []byte) {
 	return sa.t, inner
 }
 
-// encapReceiver delivers the ESP-in-UDP packets of one IKE endpoint's
-// NAT-T socket. The endpoint hands them over one at a time from its
-// socket's read loop, so the buffer is reused without a lock and nothing is
-// allocated per packet; the TUN write is a batch of one.
-type encapReceiver struct {
-	d    *Dataplane
-	buf  []byte   // the decrypted packet, tunOffset bytes in
-	bufs [][]byte // buf's packet, as tun.Device.Write takes it
-}
-
-func (d *Dataplane) newEncapReceiver() *encapReceiver {
-	return &encapReceiver{d: d, buf: make([]byte, tunOffset+maxIPPacket), bufs: make([][]byte, 1)}
-}
-
-// receive takes an ESP packet that arrived in UDP from a peer and delivers
-// its inner packet to the tunnel of its SA.
-func (r *encapReceiver) receive(from netip.AddrPort, pkt []byte) {
-	t, inner := r.d.open(from.Addr(), pkt, r.buf[:tunOffset])
-	if inner == nil {
-		return
-	}
-	r.bufs[0] = inner
-	if _, err := t.tun.Write(r.bufs, tunOffset); err != nil && !r.d.isClosing() {
-		r.d.log.Printf("%s: deliver: %v", t.conn.Name, err)
-	}
-}
-
 // ListenIKE starts an IKE endpoint whose CHILD SAs key this dataplane's
 // tunnels (matched by connection name) and whose NAT-T socket carries
 // their ESP-in-UDP both ways.
 func (d *Dataplane) ListenIKE(opt ike.Options) (*ike.Endpoint, error) {
 	h := &ikeHandler{d: d}
-	opt.Handler, opt.ESP = h, d.newEncapReceiver().receive
+	opt.Handler, opt.ESP = h, d.newReceiver(nil)
 	e, err := ike.Listen(opt)
 	if err != nil {
 		return nil, err
 	}
 	// Set before any connection is added, so before any ChildUp.
 	h.encap = &Encap{Conn: e.NATTConn()}
+	d.spiMu.Lock()
+	d.encaps = append(d.encaps, h.encap)
+	d.spiMu.Unlock()
 	return e, nil
+}
+
+// UDPOffload counts what UDP GSO did for ESP in UDP on a node's NAT-T
+// sockets; the receiving side's GRO is in ike.Counters.
+type UDPOffload struct {
+	// GSOSends counts the datagrams sent with UDP_SEGMENT, each carrying
+	// GSOSegments/GSOSends ESP packets on average that the kernel cuts
+	// apart where the packet leaves the last device that can carry it whole.
+	GSOSends    uint64 `json:"gso_sends"`
+	GSOSegments uint64 `json:"gso_segments"`
+	// GSOOff: a kernel refused UDP_SEGMENT (EIO, no checksum offload on
+	// the outgoing device) and ESP in UDP goes packet by packet.
+	GSOOff bool `json:"gso_off,omitempty"`
+}
+
+// UDPOffload sums the counters of every NAT-T socket of the dataplane.
+func (d *Dataplane) UDPOffload() UDPOffload {
+	d.spiMu.Lock()
+	defer d.spiMu.Unlock()
+	var o UDPOffload
+	for _, e := range d.encaps {
+		o.GSOSends += e.gsoSends.Load()
+		o.GSOSegments += e.gsoSegments.Load()
+		o.GSOOff = o.GSOOff || e.noGSO.Load()
+	}
+	return o
 }
 
 type ikeHandler struct {

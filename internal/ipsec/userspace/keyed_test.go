@@ -1,7 +1,9 @@
 package userspace
 
 import (
+	"log/slog"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -88,4 +90,69 @@ func (e *tunnelEnds) wantDroppedWithoutSA(t *testing.T) {
 	if in, drops := e.dpB.Stats()[0].In.Packets, e.dpB.Drops(); in != bIn || drops != bDrops {
 		t.Fatalf("B saw ESP although A has no SA: %d packets decrypted, drops %+v", in-bIn, drops)
 	}
+}
+
+// ESP in UDP between two emu gateways (force-encap, no NAT) carries a TCP
+// stream intact, with the offloads of wireguard-go's conn in effect: the
+// sender hands the kernel UDP GSO super-datagrams of ESP packets, the
+// receiver's NAT-T socket gets them coalesced (UDP GRO) and splits them.
+func TestESPInUDP_EmuToEmu_TCPStreamIntact_SentAsGSOReceivedAsGRO(t *testing.T) {
+	cfg := func(name string, local, remote netip.Addr) *ike.Config {
+		return &ike.Config{
+			Name: name, Local: local, Remote: remote, PSK: []byte("s3cret-psk-16chr"),
+			IKE:  ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA196, PRF: ike.PRFHMACSHA1, DH: 2},
+			ESP:  ike.Suite{Encr: ike.EncrAESGCM16, KeyBits: 128},
+			NATT: true, ForceEncap: true,
+		}
+	}
+	connA := ipsec.Conn{Name: "to-b", Interface: "ipsec0", Address: tunnelA, Local: outerA, Remote: outerB, MTU: ipsec.TunnelMTU, IKE: cfg("to-b", outerA, outerB)}
+	connB := ipsec.Conn{Name: "to-a", Interface: "ipsec0", Address: tunnelB, Local: outerB, Remote: outerA, MTU: ipsec.TunnelMTU, IKE: cfg("to-a", outerB, outerA)}
+	connA.IKE.Initiate = true
+	e := startEnds(t, connA, connB)
+	var ikeA, ikeB *ike.Endpoint
+	var err error
+	logger := slog.New(slog.NewTextHandler(e.logBuf, nil))
+	e.b.do(func() { ikeB, err = e.dpB.ListenIKE(ike.Options{Addr: outerB, Log: logger}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ikeB.Close() })
+	e.a.do(func() { ikeA, err = e.dpA.ListenIKE(ike.Options{Addr: outerA, Log: logger}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ikeA.Close() })
+	if err := ikeB.Add(*connB.IKE); err != nil {
+		t.Fatal(err)
+	}
+	if err := ikeA.Add(*connA.IKE); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if st := ikeA.Status(); len(st) > 0 && st[0].Phase2 == ike.StateEstablished && st[0].Encap && e.dpB.Stats()[0].OutSPI != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CHILD SA in UDP not established: %+v; log:\n%s", ikeA.Status(), e.logBuf)
+		}
+	}
+
+	e.streamIntact(t, 8<<20)
+
+	a, b := e.dpA.Stats()[0], e.dpB.Stats()[0]
+	if b.In.Packets == 0 || b.In.Packets < a.Out.Packets*9/10 {
+		t.Fatalf("B decrypted %d of the %d ESP packets A sealed", b.In.Packets, a.Out.Packets)
+	}
+	if d := e.dpB.Drops(); d != (Drops{}) {
+		t.Errorf("B refused ESP in UDP before any SA: %+v", d)
+	}
+	gso := e.dpA.UDPOffload()
+	if gso.GSOOff || gso.GSOSends == 0 || gso.GSOSegments < a.Out.Packets/2 {
+		t.Errorf("A sent %d ESP packets, only %d of them in %d UDP GSO super-datagrams (GSO off: %v)", a.Out.Packets, gso.GSOSegments, gso.GSOSends, gso.GSOOff)
+	}
+	gro := ikeB.Counters()
+	if gro.GROReceived == 0 || gro.GROSegments < b.In.Packets/2 {
+		t.Errorf("B decrypted %d ESP packets, only %d of them in %d GRO-coalesced reads", b.In.Packets, gro.GROSegments, gro.GROReceived)
+	}
+	t.Logf("A sealed %d ESP packets, %d in %d GSO sends; B opened %d, %d in %d GRO reads", a.Out.Packets, gso.GSOSegments, gso.GSOSends, b.In.Packets, gro.GROSegments, gro.GROReceived)
 }

@@ -144,14 +144,7 @@ func (s *espSocket) writeAll(ms []ipv4.Message, df bool) error {
 	if !df && s.noDFBatch != nil {
 		b = s.noDFBatch
 	}
-	for len(ms) > 0 {
-		n, err := b.WriteBatch(ms, 0)
-		if err != nil {
-			return err
-		}
-		ms = ms[n:]
-	}
-	return nil
+	return sendAll(b, ms)
 }
 
 // packet returns the sender and the ESP part of a received message: an IPv4
