@@ -1,11 +1,16 @@
 package userspace
 
 import (
+	"encoding/binary"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/ipsec/esp"
@@ -155,4 +160,51 @@ func TestESPInUDP_EmuToEmu_TCPStreamIntact_SentAsGSOReceivedAsGRO(t *testing.T) 
 		t.Errorf("B decrypted %d ESP packets, only %d of them in %d GRO-coalesced reads", b.In.Packets, gro.GROSegments, gro.GROReceived)
 	}
 	t.Logf("A sealed %d ESP packets, %d in %d GSO sends; B opened %d, %d in %d GRO reads", a.Out.Packets, gso.GSOSegments, gso.GSOSends, b.In.Packets, gro.GROSegments, gro.GROReceived)
+}
+
+// A send loop's batch becomes UDP GSO super-datagrams: runs of equal-sized
+// ESP packets to one peer, each closed by a shorter packet, a longer one,
+// a 64th segment or another destination, in their order.
+func TestUDPWriter_Coalesce_RunsOfEqualSizeBecomeSuperDatagrams(t *testing.T) {
+	peer, other := &net.UDPAddr{Port: 4500}, &net.UDPAddr{Port: 4501}
+	var ms []ipv4.Message
+	add := func(size int, to net.Addr) {
+		b := make([]byte, size, 1<<16)
+		for i := range b {
+			b[i] = byte(len(ms))
+		}
+		ms = append(ms, ipv4.Message{Buffers: [][]byte{b}, Addr: to})
+	}
+	for _, size := range []int{100, 100, 100, 60, 100, 200, 200} {
+		add(size, peer)
+	}
+	add(200, other)
+	for range 70 {
+		add(50, peer)
+	}
+	w := &udpWriter{e: &Encap{}, maxPayload: maxIPv4UDPPayload}
+	n := w.coalesce(ms)
+	type dgram struct {
+		len, gso int
+		to       net.Addr
+	}
+	want := []dgram{{360, 100, peer}, {100, 0, peer}, {400, 200, peer}, {200, 0, other}, {64 * 50, 50, peer}, {6 * 50, 50, peer}}
+	var got []dgram
+	for _, m := range w.out[:n] {
+		d := dgram{len(m.Buffers[0]), 0, m.Addr}
+		if len(m.OOB) > 0 {
+			d.gso = int(binary.NativeEndian.Uint16(m.OOB[unix.CmsgLen(0):]))
+		}
+		got = append(got, d)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("super-datagrams %v, want %v", got, want)
+	}
+	// The bytes are the packets' in order: each packet's bytes hold its index.
+	if b := w.out[0].Buffers[0]; b[0] != 0 || b[100] != 1 || b[200] != 2 || b[300] != 3 || b[359] != 3 {
+		t.Fatalf("first super-datagram does not hold packets 0..3 in order")
+	}
+	if o := (UDPOffload{GSOSends: w.e.gsoSends.Load(), GSOSegments: w.e.gsoSegments.Load()}); o.GSOSends != 4 || o.GSOSegments != 4+2+64+6 {
+		t.Fatalf("counted %+v, want 4 super-datagrams of 76 packets", o)
+	}
 }
