@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 	"github.com/emu-lab/emu/topologies"
@@ -30,6 +32,7 @@ var gateways = []string{"onprem", "vpngw"}
 // benchLab is the deployed lab; everything it made lives under dir.
 type benchLab struct {
 	cipher     string
+	encap      bool // ESP in UDP, keyed by IKEv2 (deployESPInUDP)
 	deployTime time.Duration
 	topo       *topology.Topology
 	plan       *plan.Plan
@@ -56,6 +59,38 @@ func deployCipher(ctx context.Context, cipher string) (*benchLab, error) {
 		l.cipher = cipher
 	}
 	return l, err
+}
+
+// espInUDPCipher is what the IKE defaults of a connection negotiate
+// (ipsec-enc-alg aes, ipsec-auth-alg sha1), the algorithm of the ESP-in-UDP
+// lab.
+const espInUDPCipher = "aes-cbc-sha1"
+
+// deployESPInUDP deploys the shipped topology with its tunnel keyed by
+// emu's IKEv2 with force-encap: ESP in UDP (RFC 3948) between the same two
+// gateways, without a NAT. It returns once the CHILD SA carries a ping
+// client → ECS.
+func deployESPInUDP(ctx context.Context) (*benchLab, error) {
+	text, err := topologies.FS.ReadFile(topologyFile)
+	if err != nil {
+		return nil, err
+	}
+	text = tunnelInterface.ReplaceAll(text, []byte("$0\n${1}dpd: off\n${1}ike:\n${1}  ike-version: ikev2\n${1}  dpd: off\n${1}  nat-traversal: on\n${1}  force-encap: on"))
+	l, err := deploy(ctx, text, topologyFile+", IKEv2 force-encap")
+	if err != nil {
+		return nil, err
+	}
+	l.cipher, l.encap = espInUDPCipher, true
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, err = probe.Ping(l.ns("client"), ecs.Addr(), 500*time.Millisecond); err == nil {
+			return l, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			_, derr := l.destroy()
+			return nil, errors.Join(fmt.Errorf("ESP-in-UDP lab %s: no ping client → ECS through the IKE-keyed tunnel within 20 s: %w", l.topo.Name, err), derr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // deploy writes topology text under a random lab name into a fresh temp

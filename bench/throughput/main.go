@@ -4,7 +4,8 @@
 // wireguard-go (golang.zx2c4.com/wireguard from go.mod) between the same
 // two gateways of the first lab, and streams one TCP flow client → ECS for
 // each mode in turn, N times: plain (tunnel routes withdrawn), wireguard-go
-// (routes moved to wg0), emu raw ESP per algorithm. It prints each mode's
+// (routes moved to wg0), emu raw ESP per algorithm, and emu ESP in UDP
+// (RFC 3948) keyed by emu's IKEv2 with force-encap in a lab of its own. It prints each mode's
 // median, spread and ratio to wireguard-go of the same run, the drops, the
 // SA counters and the CPU time of every gateway process, split into user
 // and kernel time.
@@ -154,6 +155,12 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
 		}
 		labs = append(labs, l)
 	}
+	if err == nil {
+		var l *benchLab
+		if l, err = deployESPInUDP(ctx); err == nil {
+			labs = append(labs, l)
+		}
+	}
 	var res results
 	if err == nil {
 		res, err = measureAll(ctx, labs, runs, d)
@@ -192,7 +199,7 @@ type results struct {
 }
 
 // measureAll runs every mode once per run, in turn: wireguard-go and
-// plain in the first lab, emu's raw ESP in each.
+// plain in the first lab, emu's raw ESP or ESP in UDP in each.
 func measureAll(ctx context.Context, labs []*benchLab, runs int, d time.Duration) (res results, err error) {
 	wg, err := startWireGuardPair(labs[0])
 	if err != nil {
@@ -205,7 +212,7 @@ func measureAll(ctx context.Context, labs []*benchLab, runs int, d time.Duration
 			without: []route{onpremIntoTunnel, vpngwIntoTunnel}, with: onDev(wgInterface, onpremIntoTunnel, vpngwIntoTunnel)},
 	}
 	for _, l := range labs {
-		res.modes = append(res.modes, mode{name: "emu raw ESP " + l.cipher, lab: l, through: "ipsec0"})
+		res.modes = append(res.modes, mode{name: l.modeName(), lab: l, through: "ipsec0"})
 	}
 	res.samples = make([][]sample, len(res.modes))
 	for i := range runs {
