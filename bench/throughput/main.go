@@ -155,9 +155,12 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
 		}
 		labs = append(labs, l)
 	}
-	if err == nil {
+	for _, cipher := range []string{espInUDPCipher, "aes-gcm-128"} {
+		if err != nil {
+			break
+		}
 		var l *benchLab
-		if l, err = deployESPInUDP(ctx); err == nil {
+		if l, err = deployESPInUDP(ctx, cipher); err == nil {
 			labs = append(labs, l)
 		}
 	}

@@ -103,7 +103,7 @@ type scaleRow struct {
 func measureScale(ctx context.Context, counts []int, d time.Duration) ([]scaleRow, error) {
 	var rows []scaleRow
 	for _, n := range counts {
-		l, err := deploy(ctx, scaledTopology(n), fmt.Sprintf("%d connections on one VPN gateway", n))
+		l, err := deploy(ctx, scaledTopology(n), fmt.Sprintf("%d connections on one VPN gateway", n), nil)
 		if err != nil {
 			return rows, fmt.Errorf("%d connections: %w", n, err)
 		}
