@@ -51,9 +51,10 @@ type Encap struct {
 	// noGSO is set once the kernel refused a UDP_SEGMENT send: the
 	// socket's every writer sends packet by packet from then on.
 	noGSO atomic.Bool
-	// gsoSends and gsoSegments count the super-datagrams sent with
-	// UDP_SEGMENT and the ESP packets in them.
-	gsoSends, gsoSegments atomic.Uint64
+	// gsoSends and gsoSegments count the super-datagrams made for
+	// UDP_SEGMENT and the ESP packets in them; gsoRefused the batches the
+	// kernel refused some of, sent again packet by packet.
+	gsoSends, gsoSegments, gsoRefused atomic.Uint64
 }
 
 // writer is one tunnel's sender on the socket: its messages and control
@@ -72,6 +73,7 @@ type udpWriter struct {
 	maxPayload int
 	out        []ipv4.Message // ms coalesced, one message per super-datagram
 	oob        [][]byte       // out[i]'s UDP_SEGMENT control message
+	segs       []int          // how many packets out[i] holds
 }
 
 // The limits of one UDP_SEGMENT send (udp(7), udp_send_skb): the datagram
@@ -88,23 +90,37 @@ const (
 // shorter) to one peer is copied behind the first, in its buffer's spare
 // capacity (the send loop's buffers hold 64 KiB each), and goes as one
 // datagram with its segment size in a UDP_SEGMENT control message; the
-// kernel forwards it as one packet to where it is cut. A kernel that
-// refuses (EIO: no checksum offload on the way out) gets the packets one
-// by one, then and from then on.
+// kernel forwards it as one packet to where it is cut.
+//
+// The packets of a super-datagram the kernel refuses, and those after it,
+// go one by one: for good when it cannot segment at all (EIO: no checksum
+// offload on the way out, what wireguard-go turns GSO off for), for this
+// batch otherwise (EINVAL when a segment outgrows a path MTU the socket
+// learnt, which a plain send fragments).
 //
 // df is ignored: the NAT-T socket is the IKE endpoint's, shared by every
 // tunnel of the address, and keeps the kernel's UDP default (DF set, path
 // MTU discovery); switching it per batch would race the other tunnels.
 func (w *udpWriter) writeAll(ms []ipv4.Message, _ bool) error {
-	if !w.e.noGSO.Load() {
-		n := w.coalesce(ms)
-		err := sendAll(w.c, w.out[:n])
-		if !isGSORefused(err) {
-			return err
-		}
+	if w.e.noGSO.Load() {
+		_, err := sendAll(w.c, ms)
+		return err
+	}
+	n := w.coalesce(ms)
+	sent, err := sendAll(w.c, w.out[:n])
+	if err == nil {
+		return nil
+	}
+	if isGSORefused(err) {
 		w.e.noGSO.Store(true)
 	}
-	return sendAll(w.c, ms)
+	w.e.gsoRefused.Add(1)
+	done := 0
+	for _, k := range w.segs[:sent] {
+		done += k
+	}
+	_, err = sendAll(w.c, ms[done:])
+	return err
 }
 
 // coalesce fills w.out with ms merged into super-datagrams and returns how
@@ -113,6 +129,7 @@ func (w *udpWriter) coalesce(ms []ipv4.Message) int {
 	for len(w.out) < len(ms) {
 		w.out = append(w.out, ipv4.Message{Buffers: [][]byte{nil}})
 		w.oob = append(w.oob, make([]byte, 0, unix.CmsgSpace(2)))
+		w.segs = append(w.segs, 0)
 	}
 	n := -1
 	var size, segs int
@@ -125,12 +142,14 @@ func (w *udpWriter) coalesce(ms []ipv4.Message) int {
 				segs < maxGSOSegments && sameAddr(base.Addr, ms[i].Addr) && len(head)%size == 0 {
 				base.Buffers[0] = append(head, b...)
 				segs++
+				w.segs[n] = segs
 				w.setGSO(n, size, segs)
 				continue
 			}
 		}
 		n++
 		size, segs = len(b), 1
+		w.segs[n] = 1
 		w.out[n].Buffers[0], w.out[n].Addr, w.out[n].OOB = b, ms[i].Addr, nil
 	}
 	return n + 1
@@ -163,16 +182,17 @@ func isGSORefused(err error) bool {
 	return errors.Is(err, unix.EIO)
 }
 
-// sendAll sends ms in as few sendmmsg calls as the kernel allows.
-func sendAll(c batchConn, ms []ipv4.Message) error {
-	for len(ms) > 0 {
-		n, err := c.WriteBatch(ms, 0)
+// sendAll sends ms in as few sendmmsg calls as the kernel allows and
+// returns how many it sent.
+func sendAll(c batchConn, ms []ipv4.Message) (sent int, err error) {
+	for sent < len(ms) {
+		n, err := c.WriteBatch(ms[sent:], 0)
+		sent += max(n, 0) // sendmmsg reports a failure only for the first message it could not send
 		if err != nil {
-			return err
+			return sent, err
 		}
-		ms = ms[n:]
 	}
-	return nil
+	return sent, nil
 }
 
 // Install gives the IKE-keyed tunnel of connection name a new pair of SAs
@@ -271,9 +291,12 @@ type UDPOffload struct {
 	// apart where the packet leaves the last device that can carry it whole.
 	GSOSends    uint64 `json:"gso_sends"`
 	GSOSegments uint64 `json:"gso_segments"`
-	// GSOOff: a kernel refused UDP_SEGMENT (EIO, no checksum offload on
-	// the outgoing device) and ESP in UDP goes packet by packet.
-	GSOOff bool `json:"gso_off,omitempty"`
+	// GSORefused counts the batches whose super-datagrams the kernel
+	// refused, sent again packet by packet; GSOOff: one refused for want of
+	// checksum offload on the outgoing device (EIO), and ESP in UDP goes
+	// packet by packet from then on.
+	GSORefused uint64 `json:"gso_refused,omitempty"`
+	GSOOff     bool   `json:"gso_off,omitempty"`
 }
 
 // UDPOffload sums the counters of every NAT-T socket of the dataplane.
@@ -284,6 +307,7 @@ func (d *Dataplane) UDPOffload() UDPOffload {
 	for _, e := range d.encaps {
 		o.GSOSends += e.gsoSends.Load()
 		o.GSOSegments += e.gsoSegments.Load()
+		o.GSORefused += e.gsoRefused.Load()
 		o.GSOOff = o.GSOOff || e.noGSO.Load()
 	}
 	return o

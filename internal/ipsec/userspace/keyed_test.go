@@ -152,8 +152,8 @@ func TestESPInUDP_EmuToEmu_TCPStreamIntact_SentAsGSOReceivedAsGRO(t *testing.T) 
 		t.Errorf("B refused ESP in UDP before any SA: %+v", d)
 	}
 	gso := e.dpA.UDPOffload()
-	if gso.GSOOff || gso.GSOSends == 0 || gso.GSOSegments < a.Out.Packets/2 {
-		t.Errorf("A sent %d ESP packets, only %d of them in %d UDP GSO super-datagrams (GSO off: %v)", a.Out.Packets, gso.GSOSegments, gso.GSOSends, gso.GSOOff)
+	if gso.GSOOff || gso.GSORefused > 0 || gso.GSOSends == 0 || gso.GSOSegments < a.Out.Packets/2 {
+		t.Errorf("A sent %d ESP packets, only %d of them in %d UDP GSO super-datagrams (%+v)", a.Out.Packets, gso.GSOSegments, gso.GSOSends, gso)
 	}
 	gro := ikeB.Counters()
 	if gro.GROReceived == 0 || gro.GROSegments < b.In.Packets/2 {
@@ -206,5 +206,68 @@ func TestUDPWriter_Coalesce_RunsOfEqualSizeBecomeSuperDatagrams(t *testing.T) {
 	}
 	if o := (UDPOffload{GSOSends: w.e.gsoSends.Load(), GSOSegments: w.e.gsoSegments.Load()}); o.GSOSends != 4 || o.GSOSegments != 4+2+64+6 {
 		t.Fatalf("counted %+v, want 4 super-datagrams of 76 packets", o)
+	}
+}
+
+// refusingConn is a socket whose kernel refuses UDP_SEGMENT sends with err
+// after accepting the first okGSO of them; it records every datagram sent.
+type refusingConn struct {
+	err   error
+	okGSO int
+	sent  [][]byte
+}
+
+func (c *refusingConn) ReadBatch([]ipv4.Message, int) (int, error) { return 0, nil }
+
+func (c *refusingConn) WriteBatch(ms []ipv4.Message, _ int) (int, error) {
+	for i, m := range ms {
+		if len(m.OOB) > 0 {
+			if c.okGSO == 0 {
+				return i, c.err
+			}
+			c.okGSO--
+		}
+		c.sent = append(c.sent, slices.Clone(m.Buffers[0]))
+	}
+	return len(ms), nil
+}
+
+// A super-datagram the kernel refuses is sent again packet by packet, from
+// the first packet it held on, each packet once: GSO stays off after EIO
+// (no checksum offload), and is tried again at the next batch after EINVAL.
+func TestUDPWriter_GSORefused_PacketsSentOnceEachInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		err     error
+		gsoOffs bool
+	}{{unix.EIO, true}, {unix.EINVAL, false}} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			peer := &net.UDPAddr{Port: 4500}
+			var ms []ipv4.Message
+			for i, size := range []int{100, 100, 60, 200, 200, 200} {
+				b := make([]byte, size, 1<<16)
+				b[0] = byte(i)
+				ms = append(ms, ipv4.Message{Buffers: [][]byte{b}, Addr: peer})
+			}
+			c := &refusingConn{err: tc.err, okGSO: 1}
+			w := &udpWriter{e: &Encap{}, c: c, maxPayload: maxIPv4UDPPayload}
+			if err := w.writeAll(ms, true); err != nil {
+				t.Fatal(err)
+			}
+			// The first super-datagram (packets 0..2) went whole; the second
+			// was refused, and its packets 3..5 went one by one.
+			var got []int
+			for _, d := range c.sent {
+				got = append(got, len(d))
+			}
+			if want := []int{260, 200, 200, 200}; !slices.Equal(got, want) {
+				t.Fatalf("datagrams of %v bytes, want %v", got, want)
+			}
+			if c.sent[1][0] != 3 {
+				t.Fatalf("the resent packets start at packet %d, want 3", c.sent[1][0])
+			}
+			if o := w.e; o.noGSO.Load() != tc.gsoOffs || o.gsoRefused.Load() != 1 {
+				t.Fatalf("GSO off %v, refused %d; want off %v, refused 1", o.noGSO.Load(), o.gsoRefused.Load(), tc.gsoOffs)
+			}
+		})
 	}
 }

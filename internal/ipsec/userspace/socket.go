@@ -144,7 +144,8 @@ func (s *espSocket) writeAll(ms []ipv4.Message, df bool) error {
 	if !df && s.noDFBatch != nil {
 		b = s.noDFBatch
 	}
-	return sendAll(b, ms)
+	_, err := sendAll(b, ms)
+	return err
 }
 
 // packet returns the sender and the ESP part of a received message: an IPv4
