@@ -406,7 +406,11 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 	case plan.KernelTunnel:
 		return addKernelTunnel(s)
 	case plan.Route:
-		return w.AddRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
+		// The agents start before this stage and keep the routes their
+		// monitors manage converged (a health check puts the VPN gateway's
+		// published routes in as soon as its first probe is answered), so
+		// the route may be there already: made exactly as planned either way.
+		return w.SetRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
 	case plan.Software:
 		return d.startKeeper(j, s)
 	}

@@ -399,7 +399,19 @@ var (
 
 // AddRoute adds a route to the main table. via may be nil for an on-link
 // route through dev; dev may be empty to let the kernel pick it from via.
+// A route with the same destination and metric fails with ErrRouteExists.
 func (w *Net) AddRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
+	return w.putRoute(ns, dst, via, dev, metric, false)
+}
+
+// SetRoute is AddRoute that replaces a route with the same destination and
+// metric instead of failing: the route is as asked afterwards, whoever
+// added one first.
+func (w *Net) SetRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
+	return w.putRoute(ns, dst, via, dev, metric, true)
+}
+
+func (w *Net) putRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int, replace bool) error {
 	h, err := w.handle(ns)
 	if err != nil {
 		return err
@@ -417,7 +429,11 @@ func (w *Net) AddRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric
 			r.Scope = netlink.SCOPE_LINK
 		}
 	}
-	if err := h.nl.RouteAdd(r); err != nil {
+	put := h.nl.RouteAdd
+	if replace {
+		put = h.nl.RouteReplace
+	}
+	if err := put(r); err != nil {
 		return fmt.Errorf("route %s in %s: %w", dst, ns, err)
 	}
 	return nil
