@@ -1,15 +1,21 @@
 package esp
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/des"
+	"crypto/md5"
 	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/sha512"
 	"fmt"
 	"hash"
 	"strings"
 )
 
 // Algorithm is an ESP transform: the cipher, the integrity check and every
-// length that follows from them.
+// length that follows from them. Algorithms lists them all: AES-GCM-128 and
+// every CBC cipher × HMAC pair the provider's IpsecConfig allows (SPEC §10).
 //
 // The zero value is AESGCM128, the lab's default, so a Config that names no
 // algorithm gets the one both backends are tested with first.
@@ -24,9 +30,64 @@ const (
 	AESCBCSHA1
 	// AESCBCSHA256 is AES-128-CBC with HMAC-SHA256-128 (RFC 4868).
 	AESCBCSHA256
-
-	numAlgorithms
+	// The other CBC pairs follow, in the order of Ciphers × Integrities;
+	// CBCAlgorithm finds one.
 )
+
+// Cipher is an ESP CBC encryption algorithm the provider allows.
+type Cipher uint8
+
+const (
+	AES128 Cipher = iota // RFC 3602, provider "aes"
+	AES192               // RFC 3602, provider "aes192"
+	AES256               // RFC 3602, provider "aes256"
+	DES                  // RFC 2405 (8-byte block and IV), provider "des"
+	TripleDES            // RFC 2451 3DES-EDE, provider "3des"
+	numCiphers
+)
+
+// Integrity is an ESP HMAC with its RFC truncation.
+type Integrity uint8
+
+const (
+	MD5    Integrity = iota // HMAC-MD5-96, RFC 2403
+	SHA1                    // HMAC-SHA1-96, RFC 2404
+	SHA256                  // HMAC-SHA-256-128, RFC 4868
+	SHA384                  // HMAC-SHA-384-192, RFC 4868
+	SHA512                  // HMAC-SHA-512-256, RFC 4868
+	numIntegrities
+)
+
+type cipherInfo struct {
+	name    string // the provider's IpsecConfig.IpsecEncAlg value
+	keyLen  int
+	block   int
+	newCiph func([]byte) (cipher.Block, error)
+	xfrm    string
+}
+
+var ciphers = [numCiphers]cipherInfo{
+	AES128:    {"aes", 16, aes.BlockSize, aes.NewCipher, "cbc(aes)"},
+	AES192:    {"aes192", 24, aes.BlockSize, aes.NewCipher, "cbc(aes)"},
+	AES256:    {"aes256", 32, aes.BlockSize, aes.NewCipher, "cbc(aes)"},
+	DES:       {"des", 8, des.BlockSize, des.NewCipher, "cbc(des)"},
+	TripleDES: {"3des", 24, des.BlockSize, des.NewTripleDESCipher, "cbc(des3_ede)"},
+}
+
+type integInfo struct {
+	name    string // the provider's IpsecConfig.IpsecAuthAlg value
+	newHash func() hash.Hash
+	icvLen  int
+	xfrm    string
+}
+
+var integrities = [numIntegrities]integInfo{
+	MD5:    {"md5", md5.New, 12, "hmac(md5)"},
+	SHA1:   {"sha1", sha1.New, 12, "hmac(sha1)"},
+	SHA256: {"sha256", sha256.New, 16, "hmac(sha256)"},
+	SHA384: {"sha384", sha512.New384, 24, "hmac(sha384)"},
+	SHA512: {"sha512", sha512.New, 32, "hmac(sha512)"},
+}
 
 // XFRM spells an Algorithm the way the kernel's XFRM netlink API wants it, so
 // the kernel backend can be programmed with the very keys this package uses
@@ -53,52 +114,79 @@ type suite struct {
 	align      int // payload|padding|padlen|nexthdr is padded to a multiple of this
 	icvLen     int
 	newHash    func() hash.Hash // nil for AEAD
+	newBlock   func([]byte) (cipher.Block, error)
+	cipher     Cipher    // CBC only
+	integ      Integrity // CBC only
 	xfrm       XFRM
 }
-
-// aesKeyLen is the AES-128 key length shared by every algorithm here.
-const aesKeyLen = 16
 
 // gcmSaltLen is the RFC 4106 salt that trails the AES key in the keying material.
 const gcmSaltLen = 4
 
-var suites = [numAlgorithms]suite{
-	AESGCM128: {
-		name:      "aes-gcm-128",
-		encKeyLen: aesKeyLen + gcmSaltLen,
-		ivLen:     8,
-		// The kernel aligns to ALIGN(crypto_aead_blocksize, 4) and GCM's block
-		// size is 1, so the 4-byte minimum of RFC 4303 §2.4 applies.
-		align:  4,
-		icvLen: 16,
-		xfrm:   XFRM{AEAD: "rfc4106(gcm(aes))", AEADICVBits: 128},
-	},
-	AESCBCSHA1: {
-		name:       "aes-cbc-sha1",
-		encKeyLen:  aesKeyLen,
-		authKeyLen: sha1.Size,
-		ivLen:      16,
-		align:      16,
-		icvLen:     12,
-		newHash:    sha1.New,
-		xfrm:       XFRM{Crypt: "cbc(aes)", Auth: "hmac(sha1)", AuthTruncBits: 96},
-	},
-	AESCBCSHA256: {
-		name:       "aes-cbc-sha256",
-		encKeyLen:  aesKeyLen,
-		authKeyLen: sha256.Size,
-		ivLen:      16,
-		align:      16,
-		icvLen:     16,
-		newHash:    sha256.New,
-		xfrm:       XFRM{Crypt: "cbc(aes)", Auth: "hmac(sha256)", AuthTruncBits: 128},
-	},
+var suites = buildSuites()
+
+func cbcSuite(c Cipher, i Integrity) suite {
+	ci, ii := &ciphers[c], &integrities[i]
+	return suite{
+		name:       ci.name + "-cbc-" + ii.name,
+		encKeyLen:  ci.keyLen,
+		authKeyLen: ii.newHash().Size(), // RFC 2104 key = hash output, RFC 2403/2404/4868
+		ivLen:      ci.block,
+		align:      ci.block,
+		icvLen:     ii.icvLen,
+		newHash:    ii.newHash,
+		newBlock:   ci.newCiph,
+		cipher:     c,
+		integ:      i,
+		xfrm:       XFRM{Crypt: ci.xfrm, Auth: ii.xfrm, AuthTruncBits: ii.icvLen * 8},
+	}
+}
+
+// buildSuites keeps the first three values where they always were (they
+// are in topology files and journals as names, in tests as constants) and
+// appends every other CBC pair.
+func buildSuites() []suite {
+	out := []suite{
+		AESGCM128: {
+			name:      "aes-gcm-128",
+			encKeyLen: 16 + gcmSaltLen,
+			ivLen:     8,
+			// The kernel aligns to ALIGN(crypto_aead_blocksize, 4) and GCM's block
+			// size is 1, so the 4-byte minimum of RFC 4303 §2.4 applies.
+			align:    4,
+			icvLen:   16,
+			newBlock: aes.NewCipher,
+			xfrm:     XFRM{AEAD: "rfc4106(gcm(aes))", AEADICVBits: 128},
+		},
+		AESCBCSHA1:   cbcSuite(AES128, SHA1),
+		AESCBCSHA256: cbcSuite(AES128, SHA256),
+	}
+	for c := range numCiphers {
+		for i := range numIntegrities {
+			if c == AES128 && (i == SHA1 || i == SHA256) {
+				continue
+			}
+			out = append(out, cbcSuite(c, i))
+		}
+	}
+	return out
+}
+
+// CBCAlgorithm is the Algorithm of cipher c with integrity i; every pair
+// exists.
+func CBCAlgorithm(c Cipher, i Integrity) Algorithm {
+	for a := range suites {
+		if s := &suites[a]; s.newHash != nil && s.cipher == c && s.integ == i {
+			return Algorithm(a)
+		}
+	}
+	panic(fmt.Sprintf("esp: no CBC algorithm %d/%d", c, i))
 }
 
 // ParseAlgorithm resolves a topology-file name such as "aes-gcm-128".
 func ParseAlgorithm(s string) (Algorithm, error) {
-	names := make([]string, 0, numAlgorithms)
-	for a := range numAlgorithms {
+	names := make([]string, 0, len(suites))
+	for a := range Algorithm(len(suites)) {
 		if suites[a].name == s {
 			return a, nil
 		}
@@ -107,12 +195,12 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 	return 0, fmt.Errorf("unknown ESP algorithm %q (known: %s)", s, strings.Join(names, ", "))
 }
 
-func (a Algorithm) valid() bool { return a < numAlgorithms }
+func (a Algorithm) valid() bool { return int(a) < len(suites) }
 
 // Algorithms lists every algorithm this package implements, the default
 // first.
 func Algorithms() []Algorithm {
-	out := make([]Algorithm, numAlgorithms)
+	out := make([]Algorithm, len(suites))
 	for i := range out {
 		out[i] = Algorithm(i)
 	}
@@ -144,7 +232,7 @@ func (a Algorithm) EncKeyLen() int {
 }
 
 // AuthKeyLen is the length Config.AuthKey must have: 0 for AEAD, otherwise
-// the hash output size, as RFC 2404 and RFC 4868 specify.
+// the hash output size, as RFC 2403, 2404 and 4868 specify.
 func (a Algorithm) AuthKeyLen() int {
 	if !a.valid() {
 		return 0

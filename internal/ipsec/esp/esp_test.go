@@ -41,6 +41,10 @@ func TestAlgorithm_XFRMMetadata_MatchesKernelNames(t *testing.T) {
 		{AESGCM128, XFRM{AEAD: "rfc4106(gcm(aes))", AEADICVBits: 128}, 20, 0},
 		{AESCBCSHA1, XFRM{Crypt: "cbc(aes)", Auth: "hmac(sha1)", AuthTruncBits: 96}, 16, 20},
 		{AESCBCSHA256, XFRM{Crypt: "cbc(aes)", Auth: "hmac(sha256)", AuthTruncBits: 128}, 16, 32},
+		{CBCAlgorithm(AES192, MD5), XFRM{Crypt: "cbc(aes)", Auth: "hmac(md5)", AuthTruncBits: 96}, 24, 16},
+		{CBCAlgorithm(AES256, SHA384), XFRM{Crypt: "cbc(aes)", Auth: "hmac(sha384)", AuthTruncBits: 192}, 32, 48},
+		{CBCAlgorithm(TripleDES, SHA512), XFRM{Crypt: "cbc(des3_ede)", Auth: "hmac(sha512)", AuthTruncBits: 256}, 24, 64},
+		{CBCAlgorithm(DES, SHA1), XFRM{Crypt: "cbc(des)", Auth: "hmac(sha1)", AuthTruncBits: 96}, 8, 20},
 	}
 	for _, tt := range tests {
 		if got := tt.alg.XFRM(); got != tt.xfrm {
@@ -66,7 +70,7 @@ func TestNewOutbound_BadConfig_ErrorNamesSAAndFix(t *testing.T) {
 		want   string
 	}{
 		{"SPI zero", func(c *Config) { c.SPI = 0 }, "SPI 0 is reserved"},
-		{"unknown algorithm", func(c *Config) { c.Algorithm = 9 }, "unknown algorithm"},
+		{"unknown algorithm", func(c *Config) { c.Algorithm = Algorithm(len(suites)) }, "unknown algorithm"},
 		{"short encryption key", func(c *Config) { c.EncKey = c.EncKey[:15] }, "EncKey is 15 bytes, want 16"},
 		{"GCM key without salt", func(c *Config) { c.Algorithm, c.AuthKey = AESGCM128, nil }, "EncKey is 16 bytes, want 20"},
 		{"auth key on AEAD", func(c *Config) { c.Algorithm, c.EncKey = AESGCM128, make([]byte, 20) }, "AuthKey is 20 bytes, want 0"},
@@ -515,11 +519,11 @@ func TestSealOpen_WarmBuffers_DoNotAllocate(t *testing.T) {
 }
 
 func TestAlgorithm_OutOfRange_ZeroMetadataInsteadOfPanic(t *testing.T) {
-	bad := Algorithm(numAlgorithms)
+	bad := Algorithm(len(suites))
 	if bad.XFRM() != (XFRM{}) || bad.EncKeyLen() != 0 || bad.AuthKeyLen() != 0 || bad.SealedLen(100) != 0 {
 		t.Errorf("metadata for %v is not zero", bad)
 	}
-	if bad.String() != "Algorithm(3)" {
+	if bad.String() != fmt.Sprintf("Algorithm(%d)", len(suites)) {
 		t.Errorf("String() = %q", bad.String())
 	}
 }

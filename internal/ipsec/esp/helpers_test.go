@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/des"
 	"crypto/hmac"
 	"encoding/hex"
 	"strings"
@@ -56,17 +57,41 @@ func payload(n int) []byte {
 	return p
 }
 
-func allAlgorithms() []Algorithm { return []Algorithm{AESGCM128, AESCBCSHA1, AESCBCSHA256} }
+func allAlgorithms() []Algorithm { return Algorithms() }
+
+// independentBlock is the block cipher of c built from the algorithm's name
+// rather than from the suite table, so a wrong table entry shows.
+func independentBlock(t testing.TB, c Config) cipher.Block {
+	t.Helper()
+	name := c.Algorithm.String()
+	var b cipher.Block
+	var err error
+	switch {
+	case c.Algorithm == AESGCM128:
+		b, err = aes.NewCipher(c.EncKey[:16])
+	case strings.HasPrefix(name, "3des-"):
+		b, err = des.NewTripleDESCipher(c.EncKey)
+	case strings.HasPrefix(name, "des-"):
+		b, err = des.NewCipher(c.EncKey)
+	default:
+		bits := map[string]int{"aes": 128, "aes192": 192, "aes256": 256}[strings.Split(name, "-")[0]]
+		if len(c.EncKey)*8 != bits {
+			t.Fatalf("%s: %d-byte key", name, len(c.EncKey))
+		}
+		b, err = aes.NewCipher(c.EncKey)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // craft builds an ESP packet with the standard library alone, from a
 // plaintext that already carries its padding and trailer. It is the
 // independent construction Seal and Open are checked against.
 func craft(t testing.TB, c Config, seq uint32, iv, plain []byte) []byte {
 	t.Helper()
-	block, err := aes.NewCipher(c.EncKey[:16])
-	if err != nil {
-		t.Fatal(err)
-	}
+	block := independentBlock(t, c)
 	pkt := []byte{byte(c.SPI >> 24), byte(c.SPI >> 16), byte(c.SPI >> 8), byte(c.SPI),
 		byte(seq >> 24), byte(seq >> 16), byte(seq >> 8), byte(seq)}
 	pkt = append(pkt, iv...)
@@ -99,10 +124,7 @@ func independentICV(c Config, authenticated []byte) []byte {
 func uncraft(t testing.TB, c Config, pkt []byte) []byte {
 	t.Helper()
 	s := suites[c.Algorithm]
-	block, err := aes.NewCipher(c.EncKey[:16])
-	if err != nil {
-		t.Fatal(err)
-	}
+	block := independentBlock(t, c)
 	iv := pkt[8 : 8+s.ivLen]
 	if c.Algorithm == AESGCM128 {
 		aead, err := cipher.NewGCM(block)

@@ -1,7 +1,6 @@
 package esp
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
 	"encoding/binary"
@@ -48,12 +47,12 @@ func (in *Inbound) open(dst, pkt []byte) (out []byte, nextHeader byte, n int, er
 	body := len(pkt) - bodyOff - s.icvLen
 	minBody := trailerLen
 	if in.aead == nil {
-		minBody = aes.BlockSize
+		minBody = s.align
 	}
 	if body < minBody {
 		return nil, 0, 0, ErrShort
 	}
-	if in.aead == nil && body%aes.BlockSize != 0 {
+	if in.aead == nil && body%s.align != 0 {
 		return nil, 0, 0, ErrMisaligned
 	}
 	if binary.BigEndian.Uint32(pkt[0:4]) != in.spi {
@@ -126,8 +125,9 @@ func (in *Inbound) String() string { return in.label }
 // for why it is written out.
 func cbcDecrypt(b cipher.Block, iv, dst, src []byte) {
 	prev := iv
-	for i := 0; i < len(src); i += aes.BlockSize {
-		c, p := src[i:i+aes.BlockSize], dst[i:i+aes.BlockSize]
+	n := b.BlockSize()
+	for i := 0; i < len(src); i += n {
+		c, p := src[i:i+n], dst[i:i+n]
 		b.Decrypt(p, c)
 		subtle.XORBytes(p, p, prev)
 		prev = c

@@ -1,7 +1,6 @@
 package esp
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/subtle"
@@ -19,8 +18,9 @@ type Outbound struct {
 	// IV = seq XOR ivMask, which is what the kernel's seqiv template does.
 	ivMask uint64
 	// ivBlock derives CBC IVs by encrypting the sequence number under a
-	// private random key (NIST SP 800-38A appendix C): unpredictable, unique,
-	// and one AES block instead of a getrandom call per packet.
+	// private random key of the SA's own cipher (NIST SP 800-38A appendix C):
+	// unpredictable, unique, and one block instead of a getrandom call per
+	// packet.
 	ivBlock cipher.Block
 }
 
@@ -38,9 +38,9 @@ func NewOutbound(c Config) (*Outbound, error) {
 		o.ivMask = binary.BigEndian.Uint64(b[:])
 		return o, nil
 	}
-	key := make([]byte, aesKeyLen)
+	key := make([]byte, s.suite.encKeyLen)
 	rand.Read(key)
-	if o.ivBlock, err = aes.NewCipher(key); err != nil {
+	if o.ivBlock, err = s.suite.newBlock(key); err != nil {
 		return nil, err
 	}
 	return o, nil
@@ -87,7 +87,7 @@ func (o *Outbound) Seal(dst, inner []byte, nextHeader byte) ([]byte, error) {
 		o.aead.Seal(plain[:0], o.nonce(w, iv), plain, pkt[:headerLen])
 	} else {
 		clear(iv)
-		binary.BigEndian.PutUint64(iv[8:], seq)
+		binary.BigEndian.PutUint64(iv[len(iv)-8:], seq)
 		o.ivBlock.Encrypt(iv, iv)
 		cbcEncrypt(o.block, iv, plain)
 		copy(pkt[bodyOff+body:], o.icv(w, pkt[:bodyOff+body]))
@@ -125,8 +125,9 @@ func (o *Outbound) String() string { return o.label }
 // cannot be shared between goroutines.
 func cbcEncrypt(b cipher.Block, iv, buf []byte) {
 	prev := iv
-	for i := 0; i < len(buf); i += aes.BlockSize {
-		blk := buf[i : i+aes.BlockSize]
+	n := b.BlockSize()
+	for i := 0; i < len(buf); i += n {
+		blk := buf[i : i+n]
 		subtle.XORBytes(blk, blk, prev)
 		b.Encrypt(blk, blk)
 		prev = blk

@@ -10,7 +10,6 @@
 package esp
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
 	"errors"
@@ -135,7 +134,7 @@ type sa struct {
 	suite *suite
 	aead  cipher.AEAD  // AES-GCM
 	salt  [4]byte      // AES-GCM nonce prefix, RFC 4106 §4
-	block cipher.Block // AES-CBC
+	block cipher.Block // AES-, DES- or 3DES-CBC
 	// scratch holds per-call buffers so that slices handed to interface
 	// methods (which escape) do not cost an allocation per packet. HMAC
 	// states are not goroutine-safe, which is why they live here too.
@@ -154,7 +153,7 @@ func newSA(c *Config) (*sa, error) {
 		return nil, err
 	}
 	s := &sa{label: c.label(), spi: c.SPI, suite: &suites[c.Algorithm]}
-	block, err := aes.NewCipher(c.EncKey[:aesKeyLen])
+	block, err := s.suite.newBlock(c.EncKey[:len(c.EncKey)-s.suite.saltLen()])
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.label, err)
 	}
@@ -162,7 +161,7 @@ func newSA(c *Config) (*sa, error) {
 		if s.aead, err = cipher.NewGCM(block); err != nil {
 			return nil, fmt.Errorf("%s: %w", s.label, err)
 		}
-		copy(s.salt[:], c.EncKey[aesKeyLen:])
+		copy(s.salt[:], c.EncKey[len(c.EncKey)-gcmSaltLen:])
 		s.scratch.New = func() any { return new(scratch) }
 		return s, nil
 	}
@@ -170,6 +169,13 @@ func newSA(c *Config) (*sa, error) {
 	authKey, newHash := append([]byte(nil), c.AuthKey...), s.suite.newHash
 	s.scratch.New = func() any { return &scratch{mac: hmac.New(newHash, authKey)} }
 	return s, nil
+}
+
+func (s *suite) saltLen() int {
+	if s.newHash == nil {
+		return gcmSaltLen
+	}
+	return 0
 }
 
 func (s *sa) getScratch() *scratch  { return s.scratch.Get().(*scratch) }
