@@ -37,18 +37,32 @@ type Config struct {
 	NATT, ForceEncap bool
 }
 
-// ESPAlgorithm maps the CHILD SA suite onto the ESP engine's transforms;
-// an error names the ones the engine has.
-func (s Suite) ESPAlgorithm() (esp.Algorithm, error) {
-	switch {
-	case s.Encr == EncrAESGCM16 && s.KeyBits == 128:
-		return esp.AESGCM128, nil
-	case s.Encr == EncrAESCBC && s.KeyBits == 128 && s.Integ == IntegHMACSHA196:
-		return esp.AESCBCSHA1, nil
-	case s.Encr == EncrAESCBC && s.KeyBits == 128 && s.Integ == IntegHMACSHA256128:
-		return esp.AESCBCSHA256, nil
+// espCiphers and espIntegs name the ESP engine's CBC ciphers and HMACs by
+// IANA transform ID (RFC 7296 §3.3.2); AES by its key length attribute.
+var (
+	espCiphers = map[[2]uint16]esp.Cipher{
+		{EncrAESCBC, 128}: esp.AES128, {EncrAESCBC, 192}: esp.AES192, {EncrAESCBC, 256}: esp.AES256,
+		{EncrDES, 0}: esp.DES, {Encr3DES, 0}: esp.TripleDES,
 	}
-	return 0, fmt.Errorf("ESP transform %s is not in emu's ESP engine (it has aes+sha1, aes+sha256, aes-gcm-128)", FormatProposal(s.proposal(ProtoESP, nil, false)))
+	espIntegs = map[uint16]esp.Integrity{
+		IntegHMACMD596: esp.MD5, IntegHMACSHA196: esp.SHA1, IntegHMACSHA256128: esp.SHA256,
+		IntegHMACSHA384192: esp.SHA384, IntegHMACSHA512256: esp.SHA512,
+	}
+)
+
+// ESPAlgorithm maps the CHILD SA suite onto the ESP engine's transforms:
+// AES-GCM-16 with a 128-bit key, or any CBC cipher the provider allows with
+// any of its HMACs. An error names what the engine has.
+func (s Suite) ESPAlgorithm() (esp.Algorithm, error) {
+	if s.Encr == EncrAESGCM16 && s.KeyBits == 128 {
+		return esp.AESGCM128, nil
+	}
+	c, okc := espCiphers[[2]uint16{s.Encr, s.KeyBits}]
+	i, oki := espIntegs[s.Integ]
+	if !okc || !oki {
+		return 0, fmt.Errorf("ESP transform %s is not in emu's ESP engine (it has AES_GCM_16_128, and AES_CBC_128/192/256, 3DES or DES with HMAC_MD5_96, HMAC_SHA1_96 or HMAC_SHA2_256/384/512)", FormatProposal(s.proposal(ProtoESP, nil, false)))
+	}
+	return esp.CBCAlgorithm(c, i), nil
 }
 
 func (c *Config) validate() error {

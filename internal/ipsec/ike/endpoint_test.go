@@ -187,6 +187,44 @@ func TestIKEv2_EmuToEmu_EstablishesRouteBasedChildSA(t *testing.T) {
 	}
 }
 
+// TestIKEv2_EmuToEmu_EveryProviderSuite_EstablishesAndCarriesESP negotiates
+// each encryption × authentication the provider's IkeConfig and IpsecConfig
+// allow (SPEC §10), the same pair for the IKE SA and the CHILD SA, with the
+// DH groups taken in turn, and checks both ends' ESP keys agree.
+func TestIKEv2_EmuToEmu_EveryProviderSuite_EstablishesAndCarriesESP(t *testing.T) {
+	encs := []struct {
+		name     string
+		id, bits uint16
+	}{{"aes", EncrAESCBC, 128}, {"aes192", EncrAESCBC, 192}, {"aes256", EncrAESCBC, 256}, {"des", EncrDES, 0}, {"3des", Encr3DES, 0}}
+	auths := []struct {
+		name       string
+		integ, prf uint16
+	}{{"md5", IntegHMACMD596, PRFHMACMD5}, {"sha1", IntegHMACSHA196, PRFHMACSHA1}, {"sha256", IntegHMACSHA256128, PRFHMACSHA256},
+		{"sha384", IntegHMACSHA384192, PRFHMACSHA384}, {"sha512", IntegHMACSHA512256, PRFHMACSHA512}}
+	groups := []uint16{1, 2, 5, 14}
+	n := 0
+	for _, e := range encs {
+		for _, au := range auths {
+			dh := groups[n%len(groups)]
+			n++
+			t.Run(fmt.Sprintf("%s-%s-group%d", e.name, au.name, dh), func(t *testing.T) {
+				ike := Suite{Encr: e.id, KeyBits: e.bits, Integ: au.integ, PRF: au.prf, DH: dh}
+				child := Suite{Encr: e.id, KeyBits: e.bits, Integ: au.integ}
+				a, b := pair(t, func(a, b *Config) { a.IKE, b.IKE, a.ESP, b.ESP = ike, ike, child, child })
+				waitStatus(t, a, "initiator established", established)
+				waitStatus(t, b, "responder established", established)
+				ua, _ := a.rec.snapshot()
+				for _, c := range ua {
+					if want, _ := child.ESPAlgorithm(); c.Algorithm != want || want.String() != e.name+"-cbc-"+au.name {
+						t.Fatalf("CHILD SA algorithm %v, want %v (%s-cbc-%s)", c.Algorithm, want, e.name, au.name)
+					}
+				}
+				requireTraffic(t, a, b)
+			})
+		}
+	}
+}
+
 func TestIKEv2_SubnetSelectors_ResponderNarrows(t *testing.T) {
 	a, b := pair(t, func(a, b *Config) {
 		a.LocalTS, a.RemoteTS = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")}
