@@ -65,12 +65,6 @@ func (k *IKE) Proposals() string {
 	return fmt.Sprintf("%s %s-%s-%s, ESP %s", strings.Replace(k.Version, "ike", "IKE", 1), k.IKEEncAlg, k.IKEAuthAlg, k.IKEPFS, esp)
 }
 
-// ESP transforms emu's ESP engine has, of those the provider allows.
-var (
-	ESPEncAlgs  = []string{"aes"}
-	ESPAuthAlgs = []string{"sha1", "sha256"}
-)
-
 var ikeFields = []string{"ike-version", "ike-enc-alg", "ike-auth-alg", "ike-pfs", "ike-lifetime", "local-id", "remote-id", "psk",
 	"ipsec-enc-alg", "ipsec-auth-alg", "ipsec-pfs", "ipsec-lifetime", "dpd", "nat-traversal", "force-encap", "initiate",
 	"local-subnets", "remote-subnets"}
@@ -139,16 +133,10 @@ func (r *resolver) ike(n *yaml.Node, what string) *IKE {
 			}
 		case "ipsec-enc-alg":
 			if oneOf(f, s, EncAlgs) {
-				if !slices.Contains(ESPEncAlgs, s) {
-					r.at(f.line, "%s: ipsec-enc-alg %s is allowed by the provider but emu's ESP engine has only %s: use aes", what, s, strings.Join(ESPEncAlgs, ", "))
-				}
 				k.IPsecEncAlg = s
 			}
 		case "ipsec-auth-alg":
 			if oneOf(f, s, AuthAlgs) {
-				if !slices.Contains(ESPAuthAlgs, s) {
-					r.at(f.line, "%s: ipsec-auth-alg %s is allowed by the provider but emu's ESP engine has only %s", what, s, strings.Join(ESPAuthAlgs, ", "))
-				}
 				k.IPsecAuthAlg = s
 			}
 		case "ipsec-pfs":

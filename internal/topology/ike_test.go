@@ -65,7 +65,7 @@ func TestIKE_RejectsWhatTheProviderDoesNot(t *testing.T) {
 		{"lifetime too long", ok + "\nike-lifetime: 86401 # <- error", ok, "must be a whole number from 0 to 86400"},
 		{"psk with a space", ok + "\npsk: two words # <- error", ok, "psk must be printable ASCII without spaces"},
 		{"identity neither IP nor FQDN", ok + "\nlocal-id: not_an@fqdn # <- error", ok, "must be an IP address or an FQDN"},
-		{"ESP cipher the engine lacks", ok + "\nipsec-enc-alg: 3des # <- error", ok, "ipsec-enc-alg 3des is allowed by the provider but emu's ESP engine has only aes"},
+		{"unknown ESP encryption", ok + "\nipsec-enc-alg: aes-gcm # <- error", ok, `ipsec-enc-alg "aes-gcm" is not allowed by the provider: use one of aes, aes192, aes256, des, 3des`},
 		{"PFS value", ok + "\nipsec-pfs: off # <- error", ok, "use one of group2, disabled, group1, group5, group14"},
 		{"one end manual", ok, "", "one end is keyed by IKE and the other"},
 		{"both initiate", ok + "\ninitiate: on", ok + "\ninitiate: on", "both ends say `initiate: on`"},
