@@ -38,11 +38,11 @@ const (
 type Cipher uint8
 
 const (
-	AES128 Cipher = iota // RFC 3602, provider "aes"
-	AES192               // RFC 3602, provider "aes192"
-	AES256               // RFC 3602, provider "aes256"
-	DES                  // RFC 2405 (8-byte block and IV), provider "des"
-	TripleDES            // RFC 2451 3DES-EDE, provider "3des"
+	AES128    Cipher = iota // RFC 3602, provider "aes"
+	AES192                  // RFC 3602, provider "aes192"
+	AES256                  // RFC 3602, provider "aes256"
+	DES                     // RFC 2405 (8-byte block and IV), provider "des"
+	TripleDES               // RFC 2451 3DES-EDE, provider "3des"
 	numCiphers
 )
 
