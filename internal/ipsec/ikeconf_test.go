@@ -2,8 +2,10 @@ package ipsec
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
+	"github.com/emu-lab/emu/internal/ipsec/esp"
 	"github.com/emu-lab/emu/internal/topology"
 )
 
@@ -36,5 +38,22 @@ func TestIKEConfig_EveryProviderAlgorithm_MapsToAnEngineTransform(t *testing.T) 
 	}
 	if len(seen) != len(topology.EncAlgs)*len(topology.AuthAlgs) {
 		t.Errorf("%d distinct ESP transforms for %d provider pairs", len(seen), len(topology.EncAlgs)*len(topology.AuthAlgs))
+	}
+}
+
+// A manually keyed tunnel may name any transform of the engine, and only
+// those: topology.Ciphers and esp.Algorithms are the same set.
+func TestCiphers_TopologyNamesAreTheEngineAlgorithms(t *testing.T) {
+	var names []string
+	for _, a := range esp.Algorithms() {
+		names = append(names, a.String())
+	}
+	slices.Sort(names)
+	got := slices.Sorted(slices.Values(topology.Ciphers))
+	if !slices.Equal(got, names) {
+		t.Errorf("topology.Ciphers %v\nesp.Algorithms %v", got, names)
+	}
+	if topology.Ciphers[0] != esp.Algorithm(0).String() {
+		t.Errorf("default cipher %s, engine default %v", topology.Ciphers[0], esp.Algorithm(0))
 	}
 }

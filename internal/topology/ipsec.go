@@ -80,8 +80,19 @@ var DefaultHealthCheck = Probe{Interval: 3 * time.Second, Retries: 3}
 // KeyGenerate asks deploy for fresh random keys.
 const KeyGenerate = "generate"
 
-// Ciphers are the ESP transforms; the first is the default.
-var Ciphers = []string{"aes-gcm-128", "aes-cbc-sha1", "aes-cbc-sha256"}
+// Ciphers are the ESP transforms of a manually keyed tunnel, named as emu's
+// ESP engine names them: aes-gcm-128 (the default), then every pair of the
+// provider's encryption and authentication values (SPEC §10) as
+// "<enc>-cbc-<auth>", such as aes-cbc-sha1 or 3des-cbc-md5.
+var Ciphers = func() []string {
+	out := []string{"aes-gcm-128"}
+	for _, enc := range EncAlgs {
+		for _, auth := range AuthAlgs {
+			out = append(out, enc+"-cbc-"+auth)
+		}
+	}
+	return out
+}()
 
 // Dataplanes choose how ESP runs; auto probes the kernel.
 var Dataplanes = []string{"auto", "kernel", "userspace"}

@@ -14,17 +14,24 @@ import (
 )
 
 // Each ESP transform IKE can negotiate reaches XFRM under the kernel's name,
-// with the ICV length of its RFC (4106 §6, 2404 §2, 4868 §2.3); plain
-// XFRMA_ALG_AUTH would truncate hmac(sha256) to 96 bits.
+// with the ICV length of its RFC (4106 §6, 2403 §2, 2404 §2, 4868 §2.3);
+// plain XFRMA_ALG_AUTH would truncate hmac(sha256) to 96 bits. The key
+// lengths are what the kernel's cbc(aes) infers AES-128/192/256 from, and
+// what cbc(des) and cbc(des3_ede) insist on.
 func TestXFRM_EachIKETransform_KernelNameAndTruncation(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		suite ike.Suite
-		want  string // AEAD name/ICV bits, or crypt+auth/trunc bits
+		want  string // AEAD name/ICV bits, or crypt+auth/trunc bits, then key bits
 	}{
-		{"AES_GCM_16_128", ike.Suite{Encr: ike.EncrAESGCM16, KeyBits: 128}, "rfc4106(gcm(aes))/128"},
-		{"AES_CBC_128/HMAC_SHA1_96", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA196}, "cbc(aes)+hmac(sha1)/96"},
-		{"AES_CBC_128/HMAC_SHA2_256_128", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA256128}, "cbc(aes)+hmac(sha256)/128"},
+		{"AES_GCM_16_128", ike.Suite{Encr: ike.EncrAESGCM16, KeyBits: 128}, "rfc4106(gcm(aes))/128 key 160"},
+		{"AES_CBC_128/HMAC_SHA1_96", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA196}, "cbc(aes)+hmac(sha1)/96 key 128"},
+		{"AES_CBC_128/HMAC_SHA2_256_128", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA256128}, "cbc(aes)+hmac(sha256)/128 key 128"},
+		{"AES_CBC_128/HMAC_MD5_96", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACMD596}, "cbc(aes)+hmac(md5)/96 key 128"},
+		{"AES_CBC_192/HMAC_SHA2_384_192", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 192, Integ: ike.IntegHMACSHA384192}, "cbc(aes)+hmac(sha384)/192 key 192"},
+		{"AES_CBC_256/HMAC_SHA2_512_256", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 256, Integ: ike.IntegHMACSHA512256}, "cbc(aes)+hmac(sha512)/256 key 256"},
+		{"3DES/HMAC_SHA1_96", ike.Suite{Encr: ike.Encr3DES, Integ: ike.IntegHMACSHA196}, "cbc(des3_ede)+hmac(sha1)/96 key 192"},
+		{"DES/HMAC_MD5_96", ike.Suite{Encr: ike.EncrDES, Integ: ike.IntegHMACMD596}, "cbc(des)+hmac(md5)/96 key 64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			alg, err := tc.suite.ESPAlgorithm()
@@ -36,6 +43,7 @@ func TestXFRM_EachIKETransform_KernelNameAndTruncation(t *testing.T) {
 			if x.AEAD != "" {
 				got = x.AEAD + "/" + strconv.Itoa(x.AEADICVBits)
 			}
+			got += " key " + strconv.Itoa(alg.EncKeyLen()*8)
 			if got != tc.want {
 				t.Errorf("XFRM algorithm %s, want %s", got, tc.want)
 			}
@@ -43,9 +51,9 @@ func TestXFRM_EachIKETransform_KernelNameAndTruncation(t *testing.T) {
 	}
 	// What neither engine has is refused when the connection is added,
 	// long before a state could be: the error names what there is.
-	_, err := ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 256, Integ: ike.IntegHMACSHA196}.ESPAlgorithm()
-	if err == nil || !strings.Contains(err.Error(), "aes-gcm-128") {
-		t.Errorf("AES-256: %v", err)
+	_, err := ike.Suite{Encr: ike.EncrAESGCM16, KeyBits: 256}.ESPAlgorithm()
+	if err == nil || !strings.Contains(err.Error(), "AES_GCM_16_128") {
+		t.Errorf("AES-GCM-256: %v", err)
 	}
 }
 
