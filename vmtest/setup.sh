@@ -15,10 +15,12 @@ cache="$here/.cache"
 # first. Each module's depends= is resolved below and loaded before it.
 # af_packet is listed because the encryption checks capture with AF_PACKET
 # (built in on Debian's cloud kernel); sch_tbf, sch_htb and cls_u32 because
-# bandwidth specs are emulated with them.
+# bandwidth specs are emulated with them. des_generic is cbc(des) and
+# cbc(des3_ede) of the provider's des/3des (md5, sha1, sha256 and cbc are
+# built in; sha512_generic above also gives hmac(sha384)).
 modules=(sha3_generic jitterentropy_rng ctr sha512_generic drbg
 	xfrm_algo xfrm_user tunnel4 xfrm4_tunnel tunnel6 xfrm6_tunnel
-	gf128mul ghash-generic gcm seqiv echainiv authenc esp4 xfrm_interface
+	gf128mul ghash-generic gcm seqiv echainiv authenc esp4 xfrm_interface des_generic
 	veth tun nfnetlink libcrc32c nf_tables cryptd crypto_simd aesni-intel
 	af_packet sch_tbf sch_htb cls_u32)
 

@@ -93,6 +93,11 @@ func TestIKE_EachNegotiatedTransform_PingCrossesAsXFRMESP_DeleteRemovesStates(t 
 		{"AES_GCM_16_128", ike.Suite{Encr: ike.EncrAESGCM16, KeyBits: 128}},
 		{"AES_CBC_128-HMAC_SHA1_96", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA196}},
 		{"AES_CBC_128-HMAC_SHA2_256_128", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 128, Integ: ike.IntegHMACSHA256128}},
+		// Every other cipher and HMAC the provider allows, each at least once.
+		{"AES_CBC_192-HMAC_MD5_96", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 192, Integ: ike.IntegHMACMD596}},
+		{"AES_CBC_256-HMAC_SHA2_384_192", ike.Suite{Encr: ike.EncrAESCBC, KeyBits: 256, Integ: ike.IntegHMACSHA384192}},
+		{"3DES-HMAC_SHA2_512_256", ike.Suite{Encr: ike.Encr3DES, Integ: ike.IntegHMACSHA512256}},
+		{"DES-HMAC_SHA1_96", ike.Suite{Encr: ike.EncrDES, Integ: ike.IntegHMACSHA196}},
 	} {
 		for _, encap := range []bool{false, true} {
 			name := tc.name
