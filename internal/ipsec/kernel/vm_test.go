@@ -1,15 +1,19 @@
 package kernel
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/esp"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
@@ -148,7 +152,46 @@ func TestUp_PingCrossesTunnelAsESP_EachCipher(t *testing.T) {
 					t.Errorf("no ESP frame %s with SPI %#x (seen: %v)", want.dir, want.spi, spis)
 				}
 			}
+				requireUserspaceOpens(t, a, pkts)
 		})
+	}
+}
+
+// requireUserspaceOpens opens every ESP frame the kernels sealed with emu's
+// userspace ESP engine and the same keys: the cross-check that both
+// backends agree on the algorithm's key layout, IV, padding and ICV
+// truncation, which a kernel-to-kernel ping alone cannot show.
+func requireUserspaceOpens(t *testing.T, a ipsec.Conn, pkts []capture.Packet) {
+	t.Helper()
+	alg, err := a.Algorithm()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := map[uint32]int{}
+	for _, sa := range []ipsec.SA{a.Out, a.In} {
+		in, err := esp.NewInbound(esp.Config{SPI: sa.SPI, Algorithm: alg, EncKey: sa.EncKey, AuthKey: sa.AuthKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pkts {
+			ip, ok := gopacket.NewPacket(p.Data, layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+			if !ok || ip.Protocol != layers.IPProtocolESP || len(ip.Payload) < 4 || binary.BigEndian.Uint32(ip.Payload) != sa.SPI {
+				continue
+			}
+			inner, _, err := in.Open(nil, ip.Payload)
+			if err != nil {
+				t.Errorf("userspace %v cannot open the kernel's ESP spi %#x: %v", alg, sa.SPI, err)
+				continue
+			}
+			if !bytes.Contains(inner, markerPrefix) {
+				t.Errorf("userspace %v opened spi %#x but the inner packet lacks the ping's marker: %x", alg, sa.SPI, inner)
+			}
+			opened[sa.SPI]++
+		}
+	}
+	t.Logf("userspace %v opened the kernel's ESP: %v frames by SPI", alg, opened)
+	if opened[a.Out.SPI] == 0 || opened[a.In.SPI] == 0 {
+		t.Errorf("userspace opened %v, want frames of both SPIs %#x and %#x", opened, a.Out.SPI, a.In.SPI)
 	}
 }
 
