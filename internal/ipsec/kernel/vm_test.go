@@ -152,7 +152,7 @@ func TestUp_PingCrossesTunnelAsESP_EachCipher(t *testing.T) {
 					t.Errorf("no ESP frame %s with SPI %#x (seen: %v)", want.dir, want.spi, spis)
 				}
 			}
-				requireUserspaceOpens(t, a, pkts)
+			requireUserspaceOpens(t, a, pkts)
 		})
 	}
 }
