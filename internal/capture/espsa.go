@@ -27,24 +27,53 @@ type SA struct {
 	AuthKey []byte
 }
 
-// wiresharkAlgorithm holds, per algorithm, the strings Wireshark's ESP
-// dissector matches in its esp_sa file, with the key lengths they need.
+// wiresharkCipher and wiresharkAuth hold the strings Wireshark's ESP
+// dissector matches in its esp_sa file, with the key lengths they need, for
+// the two halves of a CBC algorithm name "<enc>-cbc-<auth>" (the provider's
+// encryption and authentication values, SPEC §10).
 //
 // Source: Wireshark epan/dissectors/packet-ipsec.c, the value_string tables
-// esp_encryption_type_vals ("AES-CBC [RFC3602]", "AES-GCM with 16 octet ICV
-// [RFC4106]") and esp_authentication_type_vals ("NULL", "HMAC-SHA-1-96
-// [RFC2404]", "HMAC-SHA-256-128 [RFC4868]"); a UAT enum field is saved and
-// loaded as that display string. The dissector refuses AES-GCM with any
+// esp_encryption_type_vals ("AES-CBC [RFC3602]", "TripleDES-CBC [RFC2451]",
+// "DES-CBC [RFC2405]", "AES-GCM with 16 octet ICV [RFC4106]") and
+// esp_authentication_type_vals ("NULL", "HMAC-MD5-96 [RFC2403]",
+// "HMAC-SHA-1-96 [RFC2404]", "HMAC-SHA-256/384/512-... [RFC4868]"); a UAT
+// enum field is saved and loaded as that display string. AES-CBC takes the
+// key length from the key. The dissector refuses AES-GCM with any
 // authentication other than "NULL" ("AES-GCM encryption can only be used
 // with NULL authentication") and wants 160 key bits for it: the 128-bit key
 // and the 32-bit salt.
-var wiresharkAlgorithm = map[string]struct {
+var (
+	wiresharkCipher = map[string]struct {
+		name   string
+		keyLen int
+	}{
+		"aes": {"AES-CBC [RFC3602]", 16}, "aes192": {"AES-CBC [RFC3602]", 24}, "aes256": {"AES-CBC [RFC3602]", 32},
+		"des": {"DES-CBC [RFC2405]", 8}, "3des": {"TripleDES-CBC [RFC2451]", 24},
+	}
+	wiresharkAuth = map[string]struct {
+		name   string
+		keyLen int
+	}{
+		"md5": {"HMAC-MD5-96 [RFC2403]", 16}, "sha1": {"HMAC-SHA-1-96 [RFC2404]", 20},
+		"sha256": {"HMAC-SHA-256-128 [RFC4868]", 32}, "sha384": {"HMAC-SHA-384-192 [RFC4868]", 48},
+		"sha512": {"HMAC-SHA-512-256 [RFC4868]", 64},
+	}
+)
+
+type wiresharkAlg struct {
 	enc, auth       string
 	encLen, authLen int
-}{
-	AESGCM128:    {"AES-GCM with 16 octet ICV [RFC4106]", "NULL", 20, 0},
-	AESCBCSHA1:   {"AES-CBC [RFC3602]", "HMAC-SHA-1-96 [RFC2404]", 16, 20},
-	AESCBCSHA256: {"AES-CBC [RFC3602]", "HMAC-SHA-256-128 [RFC4868]", 16, 32},
+}
+
+// wiresharkAlgorithm resolves an algorithm name: aes-gcm-128 or a CBC pair.
+func wiresharkAlgorithm(name string) (wiresharkAlg, bool) {
+	if name == AESGCM128 {
+		return wiresharkAlg{"AES-GCM with 16 octet ICV [RFC4106]", "NULL", 20, 0}, true
+	}
+	enc, auth, ok := strings.Cut(name, "-cbc-")
+	c, okc := wiresharkCipher[enc]
+	a, oka := wiresharkAuth[auth]
+	return wiresharkAlg{c.name, a.name, c.keyLen, a.keyLen}, ok && okc && oka
 }
 
 // WriteWiresharkESPSA writes sas as Wireshark's esp_sa file, so a capture of
@@ -82,10 +111,10 @@ func WriteWiresharkESPSA(w io.Writer, sas []SA) error {
 
 func espSALine(sa SA) (string, error) {
 	name := fmt.Sprintf("SA 0x%08x %s->%s", sa.SPI, sa.Src, sa.Dst)
-	alg, ok := wiresharkAlgorithm[sa.Algorithm]
+	alg, ok := wiresharkAlgorithm(sa.Algorithm)
 	if !ok {
-		return "", fmt.Errorf("%s: algorithm %q has no Wireshark name (use %s, %s or %s)",
-			name, sa.Algorithm, AESGCM128, AESCBCSHA1, AESCBCSHA256)
+		return "", fmt.Errorf("%s: algorithm %q has no Wireshark name (use %s or <enc>-cbc-<auth> such as %s)",
+			name, sa.Algorithm, AESGCM128, AESCBCSHA1)
 	}
 	sa.Src, sa.Dst = sa.Src.Unmap(), sa.Dst.Unmap()
 	if !sa.Src.IsValid() || !sa.Dst.IsValid() || sa.Src.Is4() != sa.Dst.Is4() {

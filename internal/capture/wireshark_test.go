@@ -22,6 +22,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/emu-lab/emu/internal/ipsec/esp"
 	"github.com/emu-lab/emu/internal/testenv"
 )
 
@@ -41,6 +42,30 @@ func TestWiresharkESPSA_TsharkDecryptsAndAuthenticates(t *testing.T) {
 	var pkts []Packet
 	for i, sa := range sas {
 		data := espFrame(t, sa, innerUDP(t, uint16(5001+i)))
+		pkts = append(pkts, Packet{Time: time.Unix(1700000000, int64(i)), Length: len(data), Data: data})
+	}
+	// Every other algorithm is sealed by emu's ESP engine: tshark is then
+	// the independent witness of both the esp_sa names and the engine.
+	for _, alg := range esp.Algorithms() {
+		if alg == esp.AESGCM128 || alg == esp.AESCBCSHA1 || alg == esp.AESCBCSHA256 {
+			continue
+		}
+		i := len(sas)
+		sa := SA{SPI: uint32(0x100 * (i + 1)), Src: src, Dst: dst, Algorithm: alg.String(),
+			EncKey: seq(alg.EncKeyLen(), byte(0x10*i+1)), AuthKey: seq(alg.AuthKeyLen(), byte(0x10*i+2))}
+		out, err := esp.NewOutbound(esp.Config{SPI: sa.SPI, Algorithm: alg, EncKey: sa.EncKey, AuthKey: sa.AuthKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sealed, err := out.Seal(nil, innerUDP(t, uint16(5001+i)), 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := frame(t,
+			&layers.Ethernet{SrcMAC: mac, DstMAC: mac, EthernetType: layers.EthernetTypeIPv4},
+			&layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolESP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()},
+			gopacket.Payload(sealed)).Data
+		sas = append(sas, sa)
 		pkts = append(pkts, Packet{Time: time.Unix(1700000000, int64(i)), Length: len(data), Data: data})
 	}
 	dir := t.TempDir()
