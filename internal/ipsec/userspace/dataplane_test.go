@@ -185,7 +185,7 @@ func TestDataplane_TCPSegmentsWithDataOffsetBelow5_DoNotCrashTheReceiver(t *test
 // the sending end and merged into GRO super-packets on the receiving one,
 // and the receiving kernel's TCP accepts every byte with no checksum error.
 func TestDataplane_TCPStream_OffloadedSegmentsCarryValidChecksums(t *testing.T) {
-	for _, cipher := range []string{"aes-gcm-128", "aes-cbc-sha1", "aes-cbc-sha256"} {
+	for _, cipher := range []string{"aes-gcm-128", "aes-cbc-sha1", "aes-cbc-sha256", "aes256-cbc-sha384", "3des-cbc-sha512", "des-cbc-md5"} {
 		t.Run(cipher, func(t *testing.T) {
 			e := startTunnel(t, cipher)
 			e.streamIntact(t, 8<<20)
