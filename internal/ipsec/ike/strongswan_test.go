@@ -52,6 +52,11 @@ func TestStrongSwan_Initiator_EstablishesWithEmu(t *testing.T) {
 		{"aes128gcm16", Suite{Encr: EncrAESGCM16, KeyBits: 128}},
 		// Two proposals, emu takes the one it is configured with.
 		{"aes128gcm16,aes128-sha1-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 128, Integ: IntegHMACSHA196, DH: 2}},
+		// The other ciphers and HMACs the provider allows.
+		{"aes192-sha384-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 192, Integ: IntegHMACSHA384192, DH: 2}},
+		{"aes256-md5-modp1024", Suite{Encr: EncrAESCBC, KeyBits: 256, Integ: IntegHMACMD596, DH: 2}},
+		{"3des-sha512-modp1024", Suite{Encr: Encr3DES, Integ: IntegHMACSHA512256, DH: 2}},
+		{"des-sha256-modp1024", Suite{Encr: EncrDES, Integ: IntegHMACSHA256128, DH: 2}},
 	} {
 		t.Run(esp.charon, func(t *testing.T) {
 			l := swtest.New(t)
