@@ -30,7 +30,7 @@ const (
 	AESCBCSHA1
 	// AESCBCSHA256 is AES-128-CBC with HMAC-SHA256-128 (RFC 4868).
 	AESCBCSHA256
-	// The other CBC pairs follow, in the order of Ciphers × Integrities;
+	// The other CBC pairs follow, Cipher by Cipher, Integrity by Integrity;
 	// CBCAlgorithm finds one.
 )
 
@@ -60,8 +60,8 @@ const (
 
 type cipherInfo struct {
 	name    string // the provider's IpsecConfig.IpsecEncAlg value
-	keyLen  int
-	block   int
+	keyLen  int // bytes
+	block   int // bytes; also the explicit IV length (RFC 3602 §3, RFC 2405 §5)
 	newCiph func([]byte) (cipher.Block, error)
 	xfrm    string
 }
