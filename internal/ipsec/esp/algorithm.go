@@ -60,8 +60,8 @@ const (
 
 type cipherInfo struct {
 	name    string // the provider's IpsecConfig.IpsecEncAlg value
-	keyLen  int // bytes
-	block   int // bytes; also the explicit IV length (RFC 3602 §3, RFC 2405 §5)
+	keyLen  int    // bytes
+	block   int    // bytes; also the explicit IV length (RFC 3602 §3, RFC 2405 §5)
 	newCiph func([]byte) (cipher.Block, error)
 	xfrm    string
 }
