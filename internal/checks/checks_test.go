@@ -102,15 +102,26 @@ func requireDataplane(t *testing.T, l *labtest.Lab, node, ifname, want string) {
 
 // TestInterop_KernelESPOnOneGateway_UserspaceOnTheOther runs where the
 // kernel has ESP (inside the VM): the two implementations must understand
-// each other's packets in both directions.
+// each other's packets in both directions, with the default cipher and with
+// one of each other CBC cipher's block and IV size and HMAC truncation.
 func TestInterop_KernelESPOnOneGateway_UserspaceOnTheOther(t *testing.T) {
 	if labtest.Dataplane() != plan.Kernel {
 		t.Skip("needs a kernel with ESP: runs inside the VM (vmtest/lab.sh)")
 	}
-	text := strings.Replace(labtest.Shipped(t, staticTopology), "kind: onprem-gateway\n", "kind: onprem-gateway\n      ipsec-dataplane: userspace\n", 1)
-	l := labtest.DeployText(t, text)
-	requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
-	requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
-	lab := checks.Lab{Topology: l.Topology}
-	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity, checks.Encryption}))
+	for _, cipher := range []string{"aes-gcm-128", "aes-cbc-sha1", "aes192-cbc-md5", "aes256-cbc-sha384", "3des-cbc-sha512", "des-cbc-sha256"} {
+		t.Run(cipher, func(t *testing.T) {
+			text := strings.Replace(labtest.Shipped(t, staticTopology), "kind: onprem-gateway\n", "kind: onprem-gateway\n      ipsec-dataplane: userspace\n", 1)
+			text = strings.ReplaceAll(text, "          interface: ipsec0\n", "          interface: ipsec0\n          cipher: "+cipher+"\n")
+			l := labtest.DeployText(t, text)
+			requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
+			requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
+			for _, n := range []string{"onprem", "vpngw"} {
+				if got := l.Topology.Node(n).Tunnels[0].Cipher; got != cipher {
+					t.Fatalf("%s tunnel cipher %s, want %s", n, got, cipher)
+				}
+			}
+			lab := checks.Lab{Topology: l.Topology}
+			requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity, checks.Encryption}))
+		})
+	}
 }
