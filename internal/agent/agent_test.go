@@ -16,6 +16,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/probe"
@@ -84,7 +85,7 @@ func TestAgentKilled_IsRestarted_TunnelResumesWithZeroReplayDropsOnThePeer(t *te
 	}
 	// Back in the tunnel once BGP over it is up again (hold 3 s).
 	labc := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	for _, r := range checks.Run(context.Background(), labc, []checks.Check{checks.BGP}) {
+	for _, r := range checktest.Run(t, labc, checks.BGP) {
 		if !r.Passed {
 			t.Fatalf("after the restart: %s: %s", r.Check, r.Evidence)
 		}
@@ -127,7 +128,7 @@ func TestAgentDead_BGPCheckFailsNamingItAndItsLog_InspectSaysDead(t *testing.T) 
 		t.Errorf("both processes killed, health says %s", h.Summary())
 	}
 	labc := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	rs := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+	rs := checktest.Run(t, labc, checks.BGP)
 	for _, r := range rs {
 		if r.Check != "bgp vpngw" {
 			continue
@@ -241,7 +242,7 @@ func TestAgentKilled_WithoutDPD_RoutesIntoTheTunnelComeBack_TrafficStaysEncrypte
 		t.Fatalf("onprem's agent after kill -9: %s", after.Summary())
 	}
 	labc := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	for _, r := range checks.Run(context.Background(), labc, []checks.Check{checks.Connectivity, checks.Encryption}) {
+	for _, r := range checktest.Run(t, labc, checks.Connectivity, checks.Encryption) {
 		if !r.Passed {
 			t.Errorf("after the restart: %s: %s", r.Check, r.Evidence)
 		}

@@ -85,6 +85,7 @@ type Capture struct {
 	ring       []byte
 	blockSize  int
 	next       int // the block to read next: the kernel fills blocks in ring order
+	ringFrames int // frames read from the ring, delivered or not (the reader's alone)
 	stopCtx    func() bool
 	done       chan struct{}
 
@@ -102,6 +103,9 @@ const (
 	ringBlocks    = 4
 	minBlockSize  = 1 << 20
 	retireTimeout = 8 * time.Millisecond
+	// drainLimit bounds how long Stop waits for the kernel to hand over the
+	// frames it already took in.
+	drainLimit = 2 * time.Second
 )
 
 // Offsets into struct tpacket_block_desc (linux/if_packet.h): version,
@@ -304,14 +308,44 @@ func pendingError(fd int) error {
 }
 
 // drain keeps the frames that arrived before Stop or the deadline: a check
-// that sends, then stops, must see everything it sent. Waiting past the
-// retire timeout lets the kernel close the block those frames sit in.
+// that sends, then stops, must see everything it sent. The kernel hands a
+// block over only when it is full or its retire timer fires, and a busy
+// machine runs that timer late: a fixed wait lost the last frames of a
+// trace (the reply's last hops) with nothing in the drop counter. So drain
+// reads until it has every frame the kernel put in the ring up to now (its
+// PACKET_STATISTICS count), and counts those still missing after
+// drainLimit as dropped: the capture then says it is incomplete instead of
+// missing them silently.
 func (c *Capture) drain() {
-	time.Sleep(2 * retireTimeout)
-	for block := c.readyBlock(); block != nil; block = c.readyBlock() {
-		if !c.deliverBlock(block) {
-			return
+	var stats *unix.TpacketStatsV3
+	_ = c.raw.Control(func(fd uintptr) {
+		stats, _ = unix.GetsockoptTpacketStatsV3(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	})
+	if stats == nil {
+		stats = &unix.TpacketStatsV3{}
+	}
+	// The read resets the kernel's counters: finish adds what follows.
+	// Packets counts the dropped frames too (af_packet.c, PACKET_STATISTICS).
+	c.mu.Lock()
+	c.dropped += stats.Drops
+	c.mu.Unlock()
+	want := int(stats.Packets - stats.Drops)
+	deadline := time.Now().Add(drainLimit)
+	for {
+		for block := c.readyBlock(); block != nil; block = c.readyBlock() {
+			if !c.deliverBlock(block) {
+				return
+			}
 		}
+		if c.ringFrames >= want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(retireTimeout)
+	}
+	if missing := want - c.ringFrames; missing > 0 {
+		c.mu.Lock()
+		c.dropped += uint32(missing)
+		c.mu.Unlock()
 	}
 }
 
@@ -335,6 +369,7 @@ func (c *Capture) deliverBlock(block []byte) bool {
 		c.next = (c.next + 1) % ringBlocks
 	}()
 	n := *word(block, blockNumOff)
+	c.ringFrames += int(n)
 	off := int(*word(block, blockFirstOff))
 	for range n {
 		h := (*unix.Tpacket3Hdr)(unsafe.Pointer(&block[off]))
@@ -394,7 +429,7 @@ func (c *Capture) finish() {
 	c.file.Close()
 	if stats != nil {
 		c.mu.Lock()
-		c.dropped = stats.Drops
+		c.dropped += stats.Drops
 		c.mu.Unlock()
 	}
 }

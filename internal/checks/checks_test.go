@@ -1,7 +1,6 @@
 package checks_test
 
 import (
-	"context"
 	"net"
 	"strings"
 	"testing"
@@ -9,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
@@ -26,8 +26,8 @@ func TestMethod1Static_TunnelUp_PrivatePathCarriesOnlyESP(t *testing.T) {
 	l := labtest.DeployText(t, text)
 	requireDataplane(t, l, "onprem", "ipsec0", labtest.Dataplane())
 	lab := checks.Lab{Topology: l.Topology}
-	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity}))
-	enc := checks.Run(context.Background(), lab, []checks.Check{checks.Encryption})
+	requirePassed(t, checktest.Run(t, lab, checks.Connectivity))
+	enc := checktest.Run(t, lab, checks.Encryption)
 	requirePassed(t, enc)
 	for _, want := range []string{"10.0.0.1→172.16.1.10", "172.16.1.10→10.0.0.1", "0 with inner addresses", "marker in 0"} {
 		if !strings.Contains(enc[0].Evidence, want) {
@@ -42,8 +42,8 @@ func TestMethod1Static_TunnelUp_PrivatePathCarriesOnlyESP(t *testing.T) {
 	defer w.Close()
 	mustDel(t, w.DeleteRoute(l.NS("onprem"), cidr("172.16.2.0/24"), nil, "ipsec0", 0))
 	mustDel(t, w.DeleteRoute(l.NS("vpc"), cidr("10.1.0.0/24"), net.ParseIP("172.16.1.10"), "", 10))
-	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity}))
-	enc = checks.Run(context.Background(), lab, []checks.Check{checks.Encryption})
+	requirePassed(t, checktest.Run(t, lab, checks.Connectivity))
+	enc = checktest.Run(t, lab, checks.Encryption)
 	if enc[0].Passed {
 		t.Fatalf("encryption check passed with the tunnel routes withdrawn: %s", enc[0].Evidence)
 	}
@@ -121,7 +121,7 @@ func TestInterop_KernelESPOnOneGateway_UserspaceOnTheOther(t *testing.T) {
 				}
 			}
 			lab := checks.Lab{Topology: l.Topology}
-			requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.Connectivity, checks.Encryption}))
+			requirePassed(t, checktest.Run(t, lab, checks.Connectivity, checks.Encryption))
 		})
 	}
 }

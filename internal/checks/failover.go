@@ -107,11 +107,8 @@ func failover(ctx context.Context, l Lab) []Result {
 	if otherConnection(gw, tun) {
 		// Zero outage is only believable if the broken connection really
 		// stopped carrying: none of its SAs may be on the wire.
-		// Only what the faulted end sends: the fault drops it before it
-		// leaves, while the peer keeps sending into the dead connection
-		// (data until its routes go, BGP reconnects after) and those
-		// packets cross the private path to be dropped on arrival.
-		still := carriedSPIs(l, tun, v, false)
+		// Only what the faulted end sends (sentSPIs).
+		still := sentSPIs(l, tun, v)
 		r.Passed = enc.Passed && len(still) == 0
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
@@ -143,13 +140,14 @@ func failover(ctx context.Context, l Lab) []Result {
 		return append(out, r)
 	}
 	// With another connection the traffic was encrypted all along: the
-	// repair shows only once the repaired connection carries again.
+	// repair shows only once the repaired end sends on it again (its
+	// peer's packets into it crossed the path during the fault too).
 	other := otherConnection(gw, tun)
 	var back []string
 	deadline := time.Now().Add(RepairLimit)
 	for {
 		enc, v = observeEncryption(ctx, l)
-		back = carriedSPIs(l, tun, v, true)
+		back = sentSPIs(l, tun, v)
 		if enc.Passed && (!other || len(back) > 0) || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -233,25 +231,20 @@ func automatic(t *topology.Topology, tun *topology.Tunnel) bool {
 	return false
 }
 
-// carriedSPIs lists the SPIs of connection tun (its local end's SAs, from
-// the lab's keys) that the capture behind v saw.
-func carriedSPIs(l Lab, tun *topology.Tunnel, v *verdict, bothWays bool) []string {
+// sentSPIs lists the outbound SPIs of connection tun's local end (the
+// faulted end; from the lab's keys) that the capture behind v saw. Only
+// that end's sending tells whether the fault holds and whether the repair
+// took: its peer sends into the connection all along (data until its
+// routes go, BGP reconnects after), and those packets cross the private
+// path whether or not the faulted end drops them on arrival.
+func sentSPIs(l Lab, tun *topology.Tunnel, v *verdict) []string {
 	var out []string
 	if v == nil {
 		return nil
 	}
 	for _, c := range l.Conns {
-		if c.Name != tun.Name || c.Local != tun.Local {
-			continue
-		}
-		spis := []uint32{c.Out.SPI}
-		if bothWays {
-			spis = append(spis, c.In.SPI)
-		}
-		for _, spi := range spis {
-			if v.spis[spi] {
-				out = append(out, fmt.Sprintf("0x%08x", spi))
-			}
+		if c.Name == tun.Name && c.Local == tun.Local && v.spis[c.Out.SPI] {
+			out = append(out, fmt.Sprintf("0x%08x", c.Out.SPI))
 		}
 	}
 	return out

@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
@@ -58,11 +59,11 @@ func TestMethod1Static_TunnelDown_StopsUntilRoutesWithdrawn_ThenFlowsInClear(t *
 	if !reachable(l, 3*time.Second) {
 		t.Fatal("method 1: no traffic after the operator withdrew the VPN gateway's routes")
 	}
-	enc := checks.Run(context.Background(), lab1, []checks.Check{checks.Encryption})
+	enc := checktest.Run(t, lab1, checks.Encryption)
 	if enc[0].Passed || !strings.Contains(enc[0].Evidence, "0 ESP") || strings.Contains(enc[0].Evidence, "marker in 0") {
 		t.Fatalf("after the withdrawal traffic must cross the private path in clear, marker visible: %s", enc[0].Evidence)
 	}
-	path := checks.Run(context.Background(), lab1, []checks.Check{checks.Path})
+	path := checktest.Run(t, lab1, checks.Path)
 	if path[0].Passed || !strings.Contains(path[0].Evidence, "vbr forwarded 10.1.0.10 → 172.16.2.10 in clear") {
 		t.Fatalf("the path check must see the clear fallback walk: %s", path[0].Evidence)
 	}
@@ -76,7 +77,7 @@ func TestMethod1Static_TunnelDown_StopsUntilRoutesWithdrawn_ThenFlowsInClear(t *
 	// Back through the tunnel once DPD sees the peer again (one probe).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		enc = checks.Run(context.Background(), lab1, []checks.Check{checks.Encryption})
+		enc = checktest.Run(t, lab1, checks.Encryption)
 		if enc[0].Passed || time.Now().After(deadline) {
 			break
 		}
@@ -99,8 +100,8 @@ func failoverCheckOn(t *testing.T, l *labtest.Lab, want string) {
 		t.Fatal(err)
 	}
 	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
-	requirePassed(t, checks.Run(context.Background(), labc, checks.For(labc)))
-	rs := checks.Run(context.Background(), labc, []checks.Check{checks.Failover})
+	requirePassed(t, checktest.Run(t, labc, checks.For(labc)...))
+	rs := checktest.Run(t, labc, checks.Failover)
 	for _, r := range rs {
 		t.Logf("%s: %v: %s", r.Check, r.Passed, r.Evidence)
 	}
@@ -162,7 +163,7 @@ func TestTransitRouter_TwoTunnelsInECMP_LosingOneKeepsTrafficEncrypted(t *testin
 		t.Fatal(err)
 	}
 	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
-	requirePassed(t, checks.Run(context.Background(), labc, checks.For(labc)))
+	requirePassed(t, checktest.Run(t, labc, checks.For(labc)...))
 	for node, prefix := range map[string]string{"onprem": "172.16.2.0/24", "vpngw": "10.1.0.0/24"} {
 		if got := nexthops(t, l, node, prefix); got != 2 {
 			t.Fatalf("%s: %s has %d nexthops, want 2 (one per tunnel)", node, prefix, got)
@@ -188,7 +189,7 @@ func TestTransitRouter_TwoTunnelsInECMP_LosingOneKeepsTrafficEncrypted(t *testin
 	if got := nexthops(t, l, "onprem", "172.16.2.0/24"); got != 1 {
 		t.Errorf("onprem: %d nexthops for 172.16.2.0/24 after one tunnel broke, want 1", got)
 	}
-	enc := checks.Run(context.Background(), labc, []checks.Check{checks.Encryption})
+	enc := checktest.Run(t, labc, checks.Encryption)
 	if !enc[0].Passed || !strings.Contains(enc[0].Evidence, "10.0.0.1→172.16.1.11") || strings.Contains(enc[0].Evidence, "10.0.0.1→172.16.1.10") {
 		t.Fatalf("traffic must stay encrypted, on the second tunnel only: %s", enc[0].Evidence)
 	}
@@ -204,7 +205,7 @@ func TestTransitRouter_OneTunnelDown_ECMPBlamesTheMissingRouteNotHashing(t *test
 		t.Fatal(err)
 	}
 	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
-	bgp := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+	bgp := checktest.Run(t, labc, checks.BGP)
 	requirePassed(t, bgp)
 	for _, r := range bgp {
 		if r.Check == "bgp onprem" && (strings.Count(r.Evidence, "172.16.2.0/24 via") != 1 || !strings.Contains(r.Evidence, "172.16.2.0/24 via 169.254.10.2, 169.254.11.2")) {
@@ -222,7 +223,7 @@ func TestTransitRouter_OneTunnelDown_ECMPBlamesTheMissingRouteNotHashing(t *test
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	rs := checks.Run(context.Background(), labc, []checks.Check{checks.ECMP})
+	rs := checktest.Run(t, labc, checks.ECMP)
 	for _, r := range rs {
 		t.Logf("%s: %s", r.Check, r.Evidence)
 		if r.Passed || !strings.Contains(r.Evidence, "-2 (its tunnel or BGP session is down)") || strings.Contains(r.Evidence, "hashing") {

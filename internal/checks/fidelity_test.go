@@ -16,6 +16,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
@@ -35,7 +36,7 @@ func TestTransitRouter_64UDPFlows_SpreadOverBothTunnels(t *testing.T) {
 	}
 	// 64 flows each way; each gateway's two tunnels (SPIs on the wire) must
 	// carry at least 16 of them each.
-	results := checks.Run(context.Background(), labc, []checks.Check{checks.ECMP})
+	results := checktest.Run(t, labc, checks.ECMP)
 	for _, r := range results {
 		t.Logf("%s: %s", r.Check, r.Evidence)
 	}
@@ -156,7 +157,7 @@ func TestDualStack_IPv6InsideIPv4Tunnel_ConnectivityEncryptionAndPathPass(t *tes
 		t.Fatal(err)
 	}
 	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
-	results := checks.Run(context.Background(), labc, checks.For(labc))
+	results := checktest.Run(t, labc, checks.For(labc)...)
 	requirePassed(t, results)
 	seen := map[string]string{}
 	for _, r := range results {

@@ -1,7 +1,6 @@
 package checks_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/topologies"
@@ -57,7 +57,7 @@ func deployWithSoftware(t *testing.T, name, conf string, edit func(string) strin
 
 func TestFRROnprem_ChecksPass_FRRJudgedFromTheVPNGatewaysSide_FailoverAsMethod2(t *testing.T) {
 	_, labc := deployFRROnprem(t, func(s string) string { return s })
-	rs := checks.Run(context.Background(), labc, checks.For(labc))
+	rs := checktest.Run(t, labc, checks.For(labc)...)
 	requirePassed(t, rs)
 	i := slices.IndexFunc(rs, func(r checks.Result) bool { return r.Check == "bgp onprem (frr)" })
 	if i < 0 {
@@ -69,7 +69,7 @@ func TestFRROnprem_ChecksPass_FRRJudgedFromTheVPNGatewaysSide_FailoverAsMethod2(
 			t.Errorf("%s does not say %q: %s", rs[i].Check, w, rs[i].Evidence)
 		}
 	}
-	fo := checks.Run(context.Background(), labc, []checks.Check{checks.Failover})
+	fo := checktest.Run(t, labc, checks.Failover)
 	for _, r := range fo {
 		t.Logf("%s: %v: %s", r.Check, r.Passed, r.Evidence)
 	}
@@ -86,7 +86,7 @@ func TestFRROnprem_EBGPRequiresPolicy_CheckFailsAndSaysWhy(t *testing.T) {
 	_, labc := deployFRROnprem(t, func(s string) string {
 		return strings.Replace(s, " no bgp ebgp-requires-policy\n", "", 1)
 	})
-	rs := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+	rs := checktest.Run(t, labc, checks.BGP)
 	byName := map[string]checks.Result{}
 	for _, r := range rs {
 		byName[r.Check] = r
@@ -101,7 +101,7 @@ func TestFRROnprem_EBGPRequiresPolicy_CheckFailsAndSaysWhy(t *testing.T) {
 	}
 	// And the traffic it would let through is in clear: the encryption
 	// check fails too.
-	enc := checks.Run(context.Background(), labc, []checks.Check{checks.Encryption})
+	enc := checktest.Run(t, labc, checks.Encryption)
 	if enc[0].Passed {
 		t.Errorf("encryption passed with FRR refusing the routes: %s", enc[0].Evidence)
 	}
@@ -111,7 +111,7 @@ func TestFRROnprem_PeerNeverComesUp_CheckNamesItAndItsState(t *testing.T) {
 	_, labc := deployFRROnprem(t, func(s string) string {
 		return strings.Replace(s, "remote-as 45104", "remote-as 45105", 1)
 	})
-	rs := checks.Run(context.Background(), labc, []checks.Check{checks.BGP})
+	rs := checktest.Run(t, labc, checks.BGP)
 	if rs[0].Check != "bgp onprem (frr)" || rs[0].Passed ||
 		!strings.Contains(rs[0].Evidence, "vpngw's session with onprem 169.254.10.1 is ") ||
 		!strings.Contains(rs[0].Evidence, "not established: is frr running and configured for AS65001 ↔ AS45104?") {

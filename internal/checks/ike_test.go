@@ -11,6 +11,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/labtest"
@@ -35,7 +36,7 @@ func TestIKE_StaticScenario_NegotiatesThenTrafficIsEncrypted(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "", ""))
 	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
+	rs := checktest.Run(t, lab, checks.IKE, checks.Connectivity, checks.Encryption)
 	requirePassed(t, rs)
 	for _, r := range rs {
 		t.Log(r.Check, r.Evidence)
@@ -50,7 +51,7 @@ func TestIKE_StaticScenario_NegotiatesThenTrafficIsEncrypted(t *testing.T) {
 func TestIKE_WrongPSK_CheckFailsWithAuthenticationFailed(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "psk: the-on-prem-key", "psk: the-providers-key"))
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE})
+	rs := checktest.Run(t, lab, checks.IKE)
 	for _, r := range rs {
 		t.Log(r.Check, r.Evidence)
 		if r.Passed || !strings.Contains(r.Evidence, "AUTHENTICATION_FAILED") {
@@ -64,7 +65,7 @@ func TestIKE_ForcedEncap_EncryptionCheckSeesESPInUDP(t *testing.T) {
 	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
 	// The path check decrypts ESP in UDP too, after the UDP header.
-	rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption, checks.Path})
+	rs := checktest.Run(t, lab, checks.IKE, checks.Connectivity, checks.Encryption, checks.Path)
 	requirePassed(t, rs)
 	if !strings.Contains(rs[0].Evidence, "ESP in UDP/4500") {
 		t.Errorf("ike evidence: %s", rs[0].Evidence)
@@ -84,7 +85,7 @@ func TestIKE_ShortLifetime_RekeysUnderTraffic_NoEchoLost_OldXFRMStatesDeleted(t 
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "ipsec-lifetime: 4", "ipsec-lifetime: 4"))
 	requireIKEDataplane(t, l)
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.IKE}))
+	requirePassed(t, checktest.Run(t, lab, checks.IKE))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
 	defer cancel()
@@ -186,7 +187,7 @@ func TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic(t *
 			requireDataplane(t, l, "onprem", "ipsec0", plan.Userspace)
 			requireDataplane(t, l, "vpngw", "ipsec0", plan.Kernel)
 			lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-			rs := checks.Run(context.Background(), lab, []checks.Check{checks.IKE, checks.Connectivity, checks.Encryption})
+			rs := checktest.Run(t, lab, checks.IKE, checks.Connectivity, checks.Encryption)
 			requirePassed(t, rs)
 			for _, r := range rs {
 				t.Log(r.Check, r.Evidence)
@@ -207,7 +208,7 @@ func TestIKE_KernelOnOneGateway_UserspaceOnTheOther_NegotiateAndCarryTraffic(t *
 func TestIKE_ForcedEncap_TunnelDown_StopsESPInUDPAndIKE_DPDTakesItDown(t *testing.T) {
 	l := labtest.DeployText(t, labtest.IKEKeyed(t, "force-encap: on", "force-encap: on"))
 	lab := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
-	requirePassed(t, checks.Run(context.Background(), lab, []checks.Check{checks.IKE}))
+	requirePassed(t, checktest.Run(t, lab, checks.IKE))
 	if _, err := probe.Ping(l.NS("client"), ecsAddr, 2*time.Second); err != nil {
 		t.Fatalf("before the fault: %v", err)
 	}

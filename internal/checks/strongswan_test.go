@@ -1,7 +1,6 @@
 package checks_test
 
 import (
-	"context"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
@@ -60,7 +60,7 @@ func waitVPNGatewayIKE(t *testing.T, labc checks.Lab, what string, limit time.Du
 
 func TestStrongSwanOnprem_ChecksAndFailoverPass(t *testing.T) {
 	_, labc := deployStrongSwanOnprem(t)
-	rs := checks.Run(context.Background(), labc, checks.For(labc))
+	rs := checktest.Run(t, labc, checks.For(labc)...)
 	requirePassed(t, rs)
 	i := slices.IndexFunc(rs, func(r checks.Result) bool { return r.Check == "ike onprem to-vpc (strongswan)" })
 	if i < 0 {
@@ -77,7 +77,7 @@ func TestStrongSwanOnprem_ChecksAndFailoverPass(t *testing.T) {
 	if !strings.Contains(p.Evidence, "onprem encrypts") || !strings.Contains(p.Evidence, "onprem decrypts") {
 		t.Errorf("path does not show charon's end encrypting and decrypting: %s", p.Evidence)
 	}
-	fo := checks.Run(context.Background(), labc, []checks.Check{checks.Failover})
+	fo := checktest.Run(t, labc, checks.Failover)
 	for _, r := range fo {
 		t.Logf("%s: %v: %s", r.Check, r.Passed, r.Evidence)
 	}
@@ -117,7 +117,7 @@ func TestStrongSwanOnprem_CharonKilled_DPDTakesTunnelDown_FallbackHappens(t *tes
 	if ds := lab.Daemons(labc.Dir, "onprem"); !strings.HasPrefix(ds[0].State, "dead") {
 		t.Errorf("charon after SIGKILL: %s", ds[0].State)
 	}
-	rs := checks.Run(context.Background(), labc, []checks.Check{checks.IKE})
+	rs := checktest.Run(t, labc, checks.IKE)
 	if rs[0].Check != "ike onprem to-vpc (strongswan)" || rs[0].Passed || !strings.Contains(rs[0].Evidence, "daemon charon of onprem is dead") {
 		t.Errorf("%s: passed=%v: %s", rs[0].Check, rs[0].Passed, rs[0].Evidence)
 	}
@@ -140,7 +140,7 @@ func TestStrongSwanOnprem_CharonKilled_DPDTakesTunnelDown_FallbackHappens(t *tes
 		t.Fatalf("no traffic after the operator withdrew the routes: %v", err)
 	}
 	t.Logf("traffic flows %s after the withdrawal", time.Since(withdrawn).Round(time.Millisecond))
-	enc := checks.Run(context.Background(), labc, []checks.Check{checks.Connectivity, checks.Encryption})
+	enc := checktest.Run(t, labc, checks.Connectivity, checks.Encryption)
 	for _, r := range enc {
 		switch {
 		case r.Check == "encryption":

@@ -12,6 +12,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/plan"
@@ -68,7 +69,7 @@ func TestContainerLabs_EveryMethod_AllContainersAndMixed_PassEveryCheck(t *testi
 					t.Fatal(err)
 				}
 				labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
-				for _, r := range checks.Run(context.Background(), labc, checks.For(labc)) {
+				for _, r := range checktest.Run(t, labc, checks.For(labc)...) {
 					if !r.Passed {
 						t.Errorf("%s: %s", r.Check, r.Evidence)
 					}

@@ -242,44 +242,106 @@ func agentProcs(cfgPath string, in *netnsx.ID) ([]proc, error) {
 // agentPIDs finds the processes run with `--config cfgPath`, and in the
 // network namespace in unless it is nil: a process elsewhere with the same
 // arguments is not the lab's.
+//
+// A process in the middle of execve(2) shows an empty command line:
+// fs/exec.c switches to the new memory, and closes the close-on-exec
+// descriptor its parent waits on to learn that the exec went through,
+// before the ELF loader sets up the argument pages. A worker that its
+// supervisor (or a test's writer) started just before it was stopped is
+// such a process; a scan that passed it over let stopAgent return with it
+// running (TestStopAgent_WritersRacingTheRemoval_AllGoneBeforeItReturns/
+// restart, 2 runs in 15 in the VM). So such processes are read again
+// until their command line shows, for up to execSettle.
 func agentPIDs(cfgPath string, in *netnsx.ID) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
 	}
-	var pids []int
+	var pids, unsure []int
+	classify := func(candidates []int) {
+		unsure = nil
+		for _, pid := range candidates {
+			switch match, execing := identify(pid, cfgPath, in); {
+			case match:
+				pids = append(pids, pid)
+			case execing:
+				unsure = append(unsure, pid)
+			}
+		}
+	}
+	var all []int
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			all = append(all, pid)
 		}
-		if runsWith(pid, cfgPath, in) {
-			pids = append(pids, pid)
-		}
+	}
+	classify(all)
+	for deadline := time.Now().Add(execSettle); len(unsure) > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+		classify(unsure)
 	}
 	return pids, nil
 }
 
+// execSettle bounds how long agentPIDs waits for a process in execve(2)
+// to show its command line: the kernel loading a binary, even on an
+// emulated CPU under load, takes milliseconds.
+const execSettle = time.Second
+
 // runsWith reports whether pid's command line holds `--config cfgPath` and,
 // unless in is nil, it runs in the network namespace in.
 func runsWith(pid int, cfgPath string, in *netnsx.ID) bool {
+	match, _ := identify(pid, cfgPath, in)
+	return match
+}
+
+// identify is runsWith, and also reports whether pid (in the namespace in
+// unless it is nil) cannot be told yet: a user process, neither a zombie
+// nor exited, with an empty command line, which is one in execve(2).
+func identify(pid int, cfgPath string, in *netnsx.ID) (match, execing bool) {
 	dir := filepath.Join("/proc", strconv.Itoa(pid))
 	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
 	if err != nil {
-		return false
+		return false, false
 	}
 	if in != nil {
 		if ns, err := netnsx.IdentityOf(filepath.Join(dir, "ns", "net")); err != nil || ns != *in {
-			return false
+			return false, false
 		}
+	}
+	if len(cmdline) == 0 {
+		return false, userAndLive(dir)
 	}
 	args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
 	for i := 0; i+1 < len(args); i++ {
 		if string(args[i]) == "--config" && string(args[i+1]) == cfgPath {
-			return true
+			return true, false
 		}
 	}
-	return false
+	return false, false
+}
+
+// userAndLive reports whether the process of /proc/<pid> dir is neither a
+// kernel thread (their command line is always empty) nor a zombie or dead
+// one (/proc/<pid>/stat: state, field 3; flags, field 9, PF_KTHREAD).
+func userAndLive(dir string) bool {
+	const pfKthread = 0x00200000 // include/linux/sched.h
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return false
+	}
+	// The command name may hold spaces and parentheses: fields count from
+	// the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return false
+	}
+	f := bytes.Fields(stat[i+1:])
+	if len(f) < 7 || bytes.ContainsAny(f[0], "ZXx") {
+		return false
+	}
+	flags, err := strconv.ParseUint(string(f[6]), 10, 64)
+	return err == nil && flags&pfKthread == 0
 }
 
 // xfrmTunnels are the IKE-keyed kernel tunnels an agent keys, as its config holds them.

@@ -137,6 +137,36 @@ func TestDestroy_ImpostorNamespaceWithALabsName_LeftAloneAndNamed(t *testing.T) 
 	}
 }
 
+// A deploy killed between creating a namespace's mount-point file and
+// mounting the namespace on it leaves an empty file at the journalled name:
+// that is the half-made namespace, not an impostor, and destroy removes it.
+func TestDestroy_KilledBetweenNamingAndMounting_EmptyFileRemoved(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	name := l.NS("client")
+	if err := wiring.DeleteNamespace(name); err != nil {
+		t.Fatal(err)
+	}
+	// What newNamed leaves when killed after its O_CREATE|O_EXCL.
+	f, err := os.OpenFile(netnsx.Path(name), os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { os.Remove(netnsx.Path(name)) })
+	if imps, err := l.Deployer.Store.Impostors(l.Topology.Name); err != nil || len(imps) != 0 {
+		t.Errorf("Impostors = %v, %v: an empty, unmounted file is the lab's half-made namespace", imps, err)
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, false); err != nil {
+		t.Fatalf("destroy: %v", err)
+	}
+	if _, err := os.Lstat(netnsx.Path(name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left after destroy (%v)", netnsx.Path(name), err)
+	}
+	if rec, _ := l.Deployer.Store.Get(l.Topology.Name); rec != nil {
+		t.Error("the lab's record is left after destroy")
+	}
+}
+
 // A daemon that changes its user loses its parent-death signal (the
 // kernel clears it), so it outlives a keeper killed with SIGKILL: the
 // status says it runs, unwatched, and destroy stops it.

@@ -255,14 +255,20 @@ func (s Store) Impostors(lab string) (map[string]*ImpostorError, error) {
 }
 
 // checkNamespace says whether the namespace named name is the one with
-// identity want: nil if it is, or if no namespace has that name.
+// identity want: nil if it is, or if no namespace has that name. An empty
+// file with nothing mounted on it is the one a deploy killed between
+// creating the name and mounting the namespace left (it journals the
+// identity before it creates the file): nil too, so destroy removes it.
 func checkNamespace(name string, want netnsx.ID) error {
-	have, err := netnsx.IdentityOf(netnsx.Path(name))
+	path := netnsx.Path(name)
+	have, err := netnsx.IdentityOf(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return nil
 	case err != nil:
 		return fmt.Errorf("namespace %s: %w", name, err)
+	case have != want && netnsx.HalfMade(path):
+		return nil
 	case have != want:
 		return &ImpostorError{Namespace: name, Want: want, Have: have}
 	}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ID is the identity of a namespace: the device and inode number of its
@@ -100,4 +102,19 @@ func KillAll(kind string, id ID) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// HalfMade reports whether path is an empty regular file with no namespace
+// mounted on it: what naming a namespace leaves when its maker is killed
+// between creating the mount-point file and bind-mounting the namespace on
+// it (as emu and `ip netns add` both do, in that order). A mounted
+// namespace is on nsfs (statfs(2) f_type NSFS_MAGIC); anything else there,
+// or an error reading it, is not half made.
+func HalfMade(path string) bool {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 {
+		return false
+	}
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type != unix.NSFS_MAGIC
 }
