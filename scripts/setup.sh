@@ -2,7 +2,8 @@
 # Installs what emu's build and tests need on a fresh Debian machine: Go comes
 # with the machine; iproute2, tshark and strace are independent witnesses some
 # tests use (tshark proves the lab's esp_sa file decrypts a capture, strace that
-# --dry-run makes no system call that changes the host); FRR and
+# --dry-run makes no system call that changes the host); busybox-static fills
+# the container-node tests' image; FRR and
 # strongSwan (charon with kernel-libipsec from libcharon-extra-plugins, swanctl)
 # are the real third-party on-prem gateways the interop tests run.
 set -euo pipefail
@@ -10,6 +11,8 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v tshark >/dev/null || need+=(tshark)
 command -v strace >/dev/null || need+=(strace)
+# The container-node tests build their users' image from a static busybox.
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 [ -x /usr/lib/frr/bgpd ] && [ -x /usr/lib/frr/zebra ] || need+=(frr)
 [ -x /usr/lib/ipsec/charon ] || need+=(strongswan-charon)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so ] || need+=(libcharon-extra-plugins)

@@ -17,7 +17,7 @@ import (
 // ShellImage builds a user's image for container nodes, FROM scratch with
 // the host's static busybox as sh, ip, cat and sleep, and removes it when
 // the test ends. It needs root and a Docker engine (skipped without them,
-// failed under make test) and a static /bin/busybox (skipped without).
+// failed under make test) and a static /bin/busybox (likewise).
 func ShellImage(t testing.TB) string {
 	t.Helper()
 	testenv.RequireRoot(t, "container nodes are linked under /run/netns")
@@ -28,9 +28,7 @@ func ShellImage(t testing.TB) string {
 	defer rt.Close()
 	testenv.Require(t, rt.Ping(context.Background()), "container tests need a Docker engine")
 	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("no static /bin/busybox to build a test image from")
-	}
+	testenv.Require(t, err, "a static /bin/busybox to build a test image from (apt-get install busybox-static; scripts/setup.sh does)")
 	dir := t.TempDir()
 	df := "FROM scratch\n"
 	for _, app := range []string{"sh", "ip", "cat", "sleep"} {
