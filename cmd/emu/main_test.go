@@ -568,9 +568,8 @@ topology:
 func TestCLI_StrongSwanOnprem_IPsecSaysWhoRunsEachEnd_ExecReachesCharon(t *testing.T) {
 	labtest.RequireRoot(t)
 	labtest.RequireHostFiles(t)
-	if _, err := exec.LookPath("swanctl"); err != nil {
-		t.Skip("strongSwan is not installed (scripts/setup.sh installs it)")
-	}
+	_, err := exec.LookPath("swanctl")
+	testenv.Require(t, err, "strongSwan (scripts/setup.sh installs it)")
 	state, dir, name := t.TempDir(), t.TempDir(), labtest.UniqueName()
 	labtest.CopyTree(t, topologies.FS, "strongswan-onprem", dir)
 	topo := filepath.Join(dir, "strongswan-onprem.yaml")

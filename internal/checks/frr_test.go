@@ -11,6 +11,7 @@ import (
 	"github.com/emu-lab/emu/internal/checks/checktest"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/topologies"
 )
 
@@ -18,10 +19,9 @@ import (
 // configuration beside it; edit changes bgpd.conf first.
 func deployFRROnprem(t *testing.T, edit func(bgpd string) string) (*labtest.Lab, checks.Lab) {
 	t.Helper()
-	if _, err := os.Stat("/usr/lib/frr/bgpd"); err != nil {
-		labtest.RequireRoot(t)
-		t.Skip("FRR is not installed (scripts/setup.sh installs it)")
-	}
+	labtest.RequireRoot(t)
+	_, err := os.Stat("/usr/lib/frr/bgpd")
+	testenv.Require(t, err, "FRR (scripts/setup.sh installs it)")
 	return deployWithSoftware(t, "frr-onprem", "bgpd.conf", edit)
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/probe"
+	"github.com/emu-lab/emu/internal/testenv"
 )
 
 // deployStrongSwanOnprem deploys topologies/strongswan-onprem.yaml with its
@@ -27,9 +28,8 @@ func deployStrongSwanOnprem(t *testing.T) (*labtest.Lab, checks.Lab) {
 	t.Helper()
 	labtest.RequireRoot(t)
 	for _, bin := range []string{"/usr/lib/ipsec/charon", "swanctl"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("strongSwan's %s is not installed (scripts/setup.sh installs it)", bin)
-		}
+		_, err := exec.LookPath(bin)
+		testenv.Require(t, err, "strongSwan (scripts/setup.sh installs it)")
 	}
 	l, labc := deployWithSoftware(t, "strongswan-onprem", "swanctl.conf", func(s string) string { return s })
 	start := time.Now()

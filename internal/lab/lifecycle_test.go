@@ -15,6 +15,7 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/testenv"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -173,9 +174,7 @@ func TestDestroy_KilledBetweenNamingAndMounting_EmptyFileRemoved(t *testing.T) {
 func TestSoftware_KeeperKilled_DaemonThatChangedUser_ShownRunningAndDestroyed(t *testing.T) {
 	labtest.RequireRoot(t)
 	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("setpriv (util-linux) changes the daemon's user:", err)
-	}
+	testenv.Require(t, err, "setpriv (util-linux) changes the daemon's user")
 	l := labtest.DeployFile(t, writeLab(t, withDaemon(setpriv+" --reuid 65534 --regid 65534 --clear-groups sleep 600001")))
 	keeper, st := keeperOf(t, l, "R1")
 	daemon := st.Daemons[0].PID
