@@ -93,26 +93,16 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 	if err != nil {
 		return err
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = []*os.File{w}
 	if cmd.Env == nil {
 		cmd.Env = os.Environ()
 	}
 	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", agent.ReadyEnv, agent.ReadyFD))
 	// Its own session: a Ctrl-C meant for a later command must not stop it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	// The child inherits the namespace of the thread that forks it.
-	err = netnsx.Do(s.Namespace, cmd.Start)
-	w.Close()
+	r, err := startInNode(s.Namespace, cmd, logFile, &syscall.SysProcAttr{Setsid: true})
 	if err != nil {
 		return fmt.Errorf("start agent of %s: %w", s.Node, err)
 	}
-	go cmd.Wait() // reap it if it exits while deploy still runs
+	defer r.Close()
 	line, err := agent.ReadLine(r, agentReadyTimeout)
 	if err != nil || line != agent.Ready {
 		if line == "" {
@@ -121,6 +111,29 @@ func (d *Deployer) startAgent(j *journal, labDir string, s plan.Agent) error {
 		return fmt.Errorf("agent of %s did not start: %s (log: %s)", s.Node, strings.TrimPrefix(line, "error: "), logPath)
 	}
 	return nil
+}
+
+// startInNode starts cmd in network namespace ns (the child inherits the
+// namespace of the thread that forks it) with its output into logFile and
+// the write end of a pipe as its first extra file (descriptor 3), on which
+// it says whether it is ready; it returns the read end. The child is reaped
+// if it exits while deploy still runs.
+func startInNode(ns string, cmd *exec.Cmd, logFile *os.File, attr *syscall.SysProcAttr) (*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = attr
+	err = netnsx.Do(ns, cmd.Start)
+	w.Close()
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	go cmd.Wait()
+	return r, nil
 }
 
 // stopAgent ends every process started with that config path (an agent's

@@ -90,23 +90,14 @@ func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 	if err != nil {
 		return err
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = []*os.File{w}
 	// Its own session, so a Ctrl-C meant for a later command spares it; its
 	// own mount namespace, with private propagation, for the node's /run,
 	// /sys and binds.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Unshareflags: syscall.CLONE_NEWNS}
-	err = netnsx.Do(s.Namespace, cmd.Start)
-	w.Close()
+	r, err := startInNode(s.Namespace, cmd, logFile, &syscall.SysProcAttr{Setsid: true, Unshareflags: syscall.CLONE_NEWNS})
 	if err != nil {
 		return fmt.Errorf("start the software of %s: %w", s.Node, err)
 	}
-	go cmd.Wait()
+	defer r.Close()
 	// The node's mount namespace, made for the keeper: destroy empties it of
 	// whatever its daemons left, in whatever session or network namespace.
 	// A keeper already gone (it failed at once, and says why below) stopped
