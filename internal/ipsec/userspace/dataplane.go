@@ -58,9 +58,13 @@ type tunnel struct {
 	// tx is how the tunnel sends: SA, socket and destination; nil while
 	// an IKE-keyed tunnel has no CHILD SA (its packets are dropped and
 	// counted in noSA).
-	tx   atomic.Pointer[txPath]
-	in   atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
-	noSA atomic.Uint64
+	tx atomic.Pointer[txPath]
+	// nextTx is the newer outbound SA of a rekey this end answered: it
+	// takes over from tx once the old pair is removed (Install's
+	// sendLater). Guarded by the dataplane's spiMu.
+	nextTx *txPath
+	in     atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
+	noSA   atomic.Uint64
 }
 
 // txPath is one outbound SA and where its packets go.
@@ -175,7 +179,7 @@ func (d *Dataplane) addTunnel(c ipsec.Conn) error {
 		if err != nil {
 			return err
 		}
-		if err := d.install(t, outCfg, inCfg, sock, &net.IPAddr{IP: c.Remote.AsSlice()}); err != nil {
+		if err := d.install(t, outCfg, inCfg, sock, &net.IPAddr{IP: c.Remote.AsSlice()}, false); err != nil {
 			return err
 		}
 	}

@@ -21,7 +21,7 @@ import (
 // install makes out the tunnel's sending SA (through w to dst) and adds in
 // to the inbound SAs; the previous inbound SAs stay until Remove, so
 // packets in flight during a rekey are still accepted (RFC 7296 §2.8).
-func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter, dst net.Addr) error {
+func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter, dst net.Addr, sendLater bool) error {
 	out, err := esp.NewOutbound(outCfg)
 	if err != nil {
 		return err
@@ -40,7 +40,13 @@ func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter,
 	m[inCfg.SPI] = &inboundSA{t: t, in: in}
 	d.bySPI.Store(&m)
 	t.in.Store(in)
-	t.tx.Store(&txPath{out: out, w: w, dst: dst, payloadOffset: outCfg.Algorithm.PayloadOffset()})
+	tx := &txPath{out: out, w: w, dst: dst, payloadOffset: outCfg.Algorithm.PayloadOffset()}
+	if sendLater && t.tx.Load() != nil {
+		t.nextTx = tx
+		return nil
+	}
+	t.nextTx = nil // superseded
+	t.tx.Store(tx)
 	return nil
 }
 
@@ -198,16 +204,22 @@ func sendAll(c batchConn, ms []ipv4.Message) (sent int, err error) {
 // Install gives the IKE-keyed tunnel of connection name a new pair of SAs
 // (out, in). With encap nil ESP goes on the raw socket; otherwise in UDP
 // through encap to the peer's port remotePort.
-func (d *Dataplane) Install(name string, out, in esp.Config, encap *Encap, remotePort uint16) error {
+//
+// With sendLater (ike.ChildSA.SendAfterOldDeleted: this end answered a
+// rekey) the new inbound SA receives at once, but the tunnel keeps sending
+// on the old outbound SA until Remove takes the old pair: the peer installs
+// its new inbound SA only when our answer arrives, and drops what comes
+// sooner on the new one.
+func (d *Dataplane) Install(name string, out, in esp.Config, encap *Encap, remotePort uint16, sendLater bool) error {
 	t := d.tunnel(name)
 	if t == nil {
 		return fmt.Errorf("no tunnel for connection %s", name)
 	}
 	if encap == nil {
-		return d.install(t, out, in, d.socks[t.conn.Local], &net.IPAddr{IP: t.conn.Remote.AsSlice()})
+		return d.install(t, out, in, d.socks[t.conn.Local], &net.IPAddr{IP: t.conn.Remote.AsSlice()}, sendLater)
 	}
 	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(t.conn.Remote, remotePort))
-	return d.install(t, out, in, encap.writer(), dst)
+	return d.install(t, out, in, encap.writer(), dst, sendLater)
 }
 
 // Remove drops the inbound SA inSPI of connection name, and the outbound
@@ -227,6 +239,13 @@ func (d *Dataplane) Remove(name string, inSPI uint32) {
 		// The newest SA went: no rekey replaced it, the CHILD SA is down.
 		sa.t.tx.Store(nil)
 		sa.t.in.Store(nil)
+		sa.t.nextTx = nil
+		return
+	}
+	// An older pair went: a rekey we answered may send on its new one now.
+	if next := sa.t.nextTx; next != nil {
+		sa.t.tx.Store(next)
+		sa.t.nextTx = nil
 	}
 }
 
@@ -323,7 +342,7 @@ func (h *ikeHandler) ChildUp(c ike.ChildSA) {
 	if c.Encap {
 		encap = h.encap
 	}
-	if err := h.d.Install(c.Conn, c.Out, c.In, encap, c.RemotePort); err != nil {
+	if err := h.d.Install(c.Conn, c.Out, c.In, encap, c.RemotePort, c.SendAfterOldDeleted); err != nil {
 		h.d.log.Printf("%s: install CHILD SA in 0x%08x: %v", c.Conn, c.InSPI, err)
 	}
 }

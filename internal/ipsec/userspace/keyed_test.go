@@ -42,10 +42,10 @@ func TestDataplane_IKEKeyedTunnel_SendsOnlyWhileItHasAnSA(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := e.dpA.Install("to-b", ab, ba, nil, 0); err != nil {
+		if err := e.dpA.Install("to-b", ab, ba, nil, 0, false); err != nil {
 			t.Fatalf("install on A: %v", err)
 		}
-		if err := e.dpB.Install("to-a", ba, ab, nil, 0); err != nil {
+		if err := e.dpB.Install("to-a", ba, ab, nil, 0, false); err != nil {
 			t.Fatalf("install on B: %v", err)
 		}
 	}
@@ -69,6 +69,59 @@ func TestDataplane_IKEKeyedTunnel_SendsOnlyWhileItHasAnSA(t *testing.T) {
 	// The CHILD SA goes down: its last inbound SA is removed.
 	e.dpA.Remove("to-b", 0x3012)
 	e.wantDroppedWithoutSA(t)
+}
+
+// A rekey this end answered (ike.ChildSA.SendAfterOldDeleted): the peer
+// installs the new inbound SA only when the answer arrives, so this end
+// keeps sending on the old pair until the peer deletes it, then moves to
+// the new one. CI saw an echo lost at a rekey when the answering end
+// switched at once.
+func TestDataplane_RekeyAnswered_SendsOnTheOldSAUntilThePeerDeletesIt(t *testing.T) {
+	connA := ipsec.Conn{Name: "to-b", Interface: "ipsec0", Address: tunnelA, Local: outerA, Remote: outerB, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-b"}}
+	connB := ipsec.Conn{Name: "to-a", Interface: "ipsec0", Address: tunnelB, Local: outerB, Remote: outerA, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-a"}}
+	e := startEnds(t, connA, connB)
+	pair := func(spiAB, spiBA uint32) (ab, ba esp.Config) {
+		t.Helper()
+		c := ipsec.Conn{Local: outerA, Remote: outerB, Cipher: esp.AESGCM128.String(), Out: randomSA(esp.AESGCM128, spiAB), In: randomSA(esp.AESGCM128, spiBA)}
+		ab, err := c.Outbound()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ba, err = c.Inbound(); err != nil {
+			t.Fatal(err)
+		}
+		return ab, ba
+	}
+	ab, ba := pair(0x4001, 0x4002)
+	if err := e.dpA.Install("to-b", ab, ba, nil, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dpB.Install("to-a", ba, ab, nil, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// A answers B's rekey: its new pair is in, B's is not yet.
+	ab2, ba2 := pair(0x4011, 0x4012)
+	if err := e.dpA.Install("to-b", ab2, ba2, nil, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if !e.udpThrough(t, "answered, not yet deleted") {
+		t.Fatalf("A sent on the new SA before B could know it; A %+v, B drops %+v", e.dpA.Stats()[0], e.dpB.Drops())
+	}
+	if a := e.dpA.Stats()[0]; a.OutSPI != 0x4001 {
+		t.Fatalf("A sends on 0x%08x before B deleted the old pair, want the old 0x4001", a.OutSPI)
+	}
+	// B gets the answer, installs the new pair and deletes the old one.
+	if err := e.dpB.Install("to-a", ba2, ab2, nil, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	e.dpB.Remove("to-a", 0x4001)
+	e.dpA.Remove("to-b", 0x4002)
+	if !e.udpThrough(t, "after the delete") {
+		t.Fatalf("nothing crossed after the old pair went; log:\n%s", e.logBuf)
+	}
+	if a, b := e.dpA.Stats()[0], e.dpB.Stats()[0]; a.OutSPI != 0x4011 || b.InSPI != 0x4011 || b.In.Packets == 0 {
+		t.Fatalf("after the delete A must send on the new SA 0x4011: A %+v, B %+v", a, b)
+	}
 }
 
 // wantDroppedWithoutSA sends a datagram into A's tunnel and waits for A to
