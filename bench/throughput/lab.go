@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,7 @@ var gateways = []string{"onprem", "vpngw"}
 type benchLab struct {
 	cipher     string
 	encap      bool // ESP in UDP, keyed by IKEv2 (deployESPInUDP)
+	strongswan bool // charon runs onprem's end (deployStrongSwan)
 	deployTime time.Duration
 	topo       *topology.Topology
 	plan       *plan.Plan
@@ -108,13 +110,46 @@ func deployESPInUDP(ctx context.Context, cipher string) (*benchLab, error) {
 		return nil, err
 	}
 	l.cipher, l.encap = cipher, true
+	return l, l.waitTunnel(ctx)
+}
+
+// strongSwanTopology is method 1 with Debian's charon (kernel-libipsec,
+// always ESP in UDP) as the on-prem gateway, negotiating IKEv2 with emu's
+// VPN gateway, and strongSwanDir its configuration beside it.
+const (
+	strongSwanTopology = "strongswan-onprem.yaml"
+	strongSwanDir      = "strongswan-onprem"
+)
+
+// deployStrongSwan deploys strongSwanTopology: charon on onprem ↔ emu's VPN
+// gateway on the same seven namespaces. Both ends negotiate what their
+// configurations share, aes128-sha1 (espInUDPCipher). It returns once the
+// CHILD SA carries a ping client → ECS.
+func deployStrongSwan(ctx context.Context) (*benchLab, error) {
+	text, err := topologies.FS.ReadFile(strongSwanTopology)
+	if err != nil {
+		return nil, err
+	}
+	l, err := deploy(ctx, text, strongSwanTopology, nil, strongSwanDir)
+	if err != nil {
+		return nil, err
+	}
+	l.cipher, l.strongswan = espInUDPCipher, true
+	return l, l.waitTunnel(ctx)
+}
+
+// waitTunnel waits up to 20 s for a ping client → ECS, which crosses the
+// tunnel once IKE has set up its CHILD SA; the lab is destroyed if none
+// comes.
+func (l *benchLab) waitTunnel(ctx context.Context) error {
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		if _, err = probe.Ping(l.ns("client"), ecs.Addr(), 500*time.Millisecond); err == nil {
-			return l, nil
+		_, err := probe.Ping(l.ns("client"), ecs.Addr(), 500*time.Millisecond)
+		if err == nil {
+			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			_, derr := l.destroy()
-			return nil, errors.Join(fmt.Errorf("ESP-in-UDP lab %s: no ping client → ECS through the IKE-keyed tunnel within 20 s: %w", l.topo.Name, err), derr)
+			return errors.Join(fmt.Errorf("lab %s: no ping client → ECS through the IKE-keyed tunnel within 20 s: %w", l.topo.Name, err), derr)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -123,11 +158,22 @@ func deployESPInUDP(ctx context.Context, cipher string) (*benchLab, error) {
 // deploy writes topology text under a random lab name into a fresh temp
 // dir (lab directory and deploy records included) and deploys it with the
 // userspace dataplane; what names it in progress lines. edit, if not nil,
-// changes the plan before it is applied.
-func deploy(ctx context.Context, text []byte, what string, edit func(*plan.Plan)) (*benchLab, error) {
+// changes the plan before it is applied. dirs are directories of the
+// shipped topologies the topology binds into a node, copied beside it.
+func deploy(ctx context.Context, text []byte, what string, edit func(*plan.Plan), dirs ...string) (*benchLab, error) {
 	dir, err := os.MkdirTemp("", "emu-throughput-")
 	if err != nil {
 		return nil, err
+	}
+	for _, d := range dirs {
+		sub, err := fs.Sub(topologies.FS, d)
+		if err == nil {
+			err = os.CopyFS(filepath.Join(dir, d), sub)
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("copy %s of the shipped topologies: %w", d, err)
+		}
 	}
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -138,7 +184,7 @@ func deploy(ctx context.Context, text []byte, what string, edit func(*plan.Plan)
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	l := &benchLab{dir: dir, dep: &lab.Deployer{Store: lab.Store{Dir: filepath.Join(dir, "state")}, Agent: selfAgent}}
+	l := &benchLab{dir: dir, dep: &lab.Deployer{Store: lab.Store{Dir: filepath.Join(dir, "state")}, Agent: selfAgent, Keeper: selfKeeper}}
 	if l.topo, err = nodes.Load(path); err == nil {
 		l.plan, err = plan.Build(l.topo, nodes.Default(), &ipsec.Secrets{}, plan.Userspace)
 	}
@@ -169,6 +215,18 @@ func selfAgent(configPath string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
+// selfKeeper starts this program again as the keeper of a node's software
+// (charon in strongSwanTopology).
+func selfKeeper(configPath string) (*exec.Cmd, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "--config", configPath)
+	cmd.Env = append(os.Environ(), asKeeperEnv+"=1")
+	return cmd, nil
+}
+
 func (l *benchLab) ns(node string) string { return plan.NamespaceName(l.topo.Name, node) }
 
 // agentReport is what a gateway's agent logged as it stopped.
@@ -186,6 +244,9 @@ func (l *benchLab) destroy() (map[string]agentReport, error) {
 	}
 	out := map[string]agentReport{}
 	for _, node := range gateways {
+		if l.strongswan && node == "onprem" {
+			continue // charon, not an agent
+		}
 		logPath := filepath.Join(l.plan.LabDir, "logs", node+".log")
 		data, err := os.ReadFile(logPath)
 		if err != nil {

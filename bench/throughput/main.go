@@ -5,7 +5,10 @@
 // two gateways of the first lab, and streams one TCP flow client → ECS for
 // each mode in turn, N times: plain (tunnel routes withdrawn), wireguard-go
 // (routes moved to wg0), emu raw ESP per algorithm, and emu ESP in UDP
-// (RFC 3948) keyed by emu's IKEv2 with force-encap in a lab of its own. It prints each mode's
+// (RFC 3948) keyed by emu's IKEv2 with force-encap in a lab of its own,
+// and, where strongSwan is installed, topologies/strongswan-onprem.yaml:
+// Debian's charon with kernel-libipsec as the on-prem gateway, ESP in UDP
+// with emu's VPN gateway (the row says so: one end is emu). It prints each mode's
 // median, spread and ratio to wireguard-go of the same run, the drops, the
 // SA counters and the CPU time of every gateway process, split into user
 // and kernel time.
@@ -24,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -35,6 +39,8 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/ipsec/ike/swtest"
+	"github.com/emu-lab/emu/internal/software"
 )
 
 // Targets of the userspace dataplane (issue 12), as shares of wireguard-go
@@ -65,7 +71,9 @@ func benchAlgorithms() []esp.Algorithm {
 
 const (
 	asAgentEnv = "EMU_BENCH_AS_AGENT"
-	profileEnv = "EMU_BENCH_PROFILE" // directory for the agents' CPU profiles
+	// asKeeperEnv runs the keeper of a node's software (charon's node).
+	asKeeperEnv = "EMU_BENCH_AS_KEEPER"
+	profileEnv  = "EMU_BENCH_PROFILE" // directory for the agents' CPU profiles
 )
 
 // cpuMarker starts the line an agent logs as it ends with the CPU time it
@@ -104,6 +112,13 @@ func runAgent(configPath string) int {
 func main() {
 	if os.Getenv(asAgentEnv) == "1" {
 		os.Exit(runAgent(os.Args[2]))
+	}
+	if os.Getenv(asKeeperEnv) == "1" {
+		if err := software.Run(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "keeper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	if os.Getenv(asWireGuardEnv) == "1" {
 		os.Exit(runWireGuard())
@@ -183,10 +198,21 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
 			labs = append(labs, l)
 		}
 	}
+	// charon on-prem ↔ emu's VPN gateway, where strongSwan is installed.
+	_, noCharon := exec.LookPath(swtest.CharonBin)
+	_, noSwanctl := exec.LookPath("swanctl")
+	swanMissing := errors.Join(noCharon, noSwanctl)
+	if err == nil && swanMissing == nil {
+		var l *benchLab
+		if l, err = deployStrongSwan(ctx); err == nil {
+			labs = append(labs, l)
+		}
+	}
 	var res results
 	if err == nil {
 		res, err = measureAll(ctx, labs, runs, d)
 	}
+	res.strongSwanMissing = swanMissing
 	res.agents = map[*benchLab]map[string]agentReport{}
 	for _, l := range labs {
 		r, derr := l.destroy()
@@ -218,6 +244,8 @@ type results struct {
 	samples [][]sample // per mode, per run
 	wgCPU   map[string]cpuTime
 	agents  map[*benchLab]map[string]agentReport
+	// strongSwanMissing is why there is no strongSwan row (nil: there is).
+	strongSwanMissing error
 }
 
 // measureAll runs every mode once per run, in turn: wireguard-go and

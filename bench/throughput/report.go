@@ -17,8 +17,16 @@ func gbps(bps float64) string { return strconv.FormatFloat(bps/1e9, 'f', 2, 64) 
 // espInUDPRow names emu's ESP in UDP (RFC 3948, port 4500) mode.
 const espInUDPRow = "emu ESP-in-UDP"
 
+// strongSwanRow names the strongSwan lab: Debian's charon with
+// kernel-libipsec (userspace ESP in UDP) as the on-prem gateway, emu's ESP
+// in UDP on the VPN gateway.
+const strongSwanRow = "strongSwan kernel-libipsec on-prem ↔ emu VPN gateway, ESP-in-UDP"
+
 // modeName is the row of the lab's emu tunnel.
 func (l *benchLab) modeName() string {
+	if l.strongswan {
+		return strongSwanRow + " " + l.cipher
+	}
 	if l.encap {
 		return espInUDPRow + " " + l.cipher
 	}
@@ -60,8 +68,10 @@ func printReport(w io.Writer, res results) error {
 			return err
 		}
 	}
-	if err := t.Append("strongSwan kernel-libipsec", "not measured by this bench", "", "", "", "", "", ""); err != nil {
-		return err
+	if res.strongSwanMissing != nil {
+		if err := t.Append(strongSwanRow, "not installed (scripts/setup.sh installs it)", "", "", "", "", "", ""); err != nil {
+			return err
+		}
 	}
 	if err := t.Render(); err != nil {
 		return err
