@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -73,8 +74,16 @@ func awaitedStages(p *plan.Plan) []awaited {
 				continue
 			}
 			what := fmt.Sprintf("%s: connection %s phase 1 %s, phase 2 %s", node, s.Name, s.Phase1, s.Phase2)
-			if reason := s.Phase1Reason + s.Phase2Reason; reason != "" {
-				what += " (" + reason + ")"
+			// Phase 2 often repeats phase 1's reason (no CHILD SA without an
+			// IKE SA): said once.
+			reasons := []string{}
+			for _, r := range []string{s.Phase1Reason, s.Phase2Reason} {
+				if r != "" && !slices.Contains(reasons, r) {
+					reasons = append(reasons, r)
+				}
+			}
+			if len(reasons) > 0 {
+				what += " (" + strings.Join(reasons, "; ") + ")"
 			}
 			down = append(down, pending{what, s.Phase1 == ike.StateFailed || s.Phase2 == ike.StateFailed})
 		}

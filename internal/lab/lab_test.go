@@ -279,4 +279,8 @@ func TestDeploy_IKEAuthenticationFails_ReportedWithoutWaitingTheTimeout(t *testi
 	if stage == nil || !strings.Contains(stage.Warning, "AUTHENTICATION_FAILED") || stage.Elapsed >= lab.ConvergeTimeout {
 		t.Fatalf("ike stage: %+v", stage)
 	}
+	// Each gateway's reason once, though phase 2 fails for phase 1's.
+	if n, gws := strings.Count(stage.Warning, "AUTHENTICATION_FAILED"), strings.Count(stage.Warning, " phase 1 "); n != gws {
+		t.Fatalf("ike stage names AUTHENTICATION_FAILED %d times for %d gateways, want once each: %s", n, gws, stage.Warning)
+	}
 }
