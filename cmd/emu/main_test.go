@@ -208,6 +208,13 @@ func TestCLI_DeployInspectExecDestroy(t *testing.T) {
 	if r.code != 7 || strings.TrimSpace(r.stdout) != "1" {
 		t.Errorf("exec: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
+	// A node the lab lacks is a command-line mistake, named as given.
+	for _, flag := range []string{"--from", "--to"} {
+		r = runEmu(t, state, "trace", "-t", topo, flag, "nobody")
+		if want := `trace: ` + flag + ` nobody: no node "nobody" in lab "` + name + `" (nodes: client, onprem,`; r.code != exitInvalid || !strings.Contains(r.stderr, want) {
+			t.Errorf("trace %s nobody: exit %d, want %d and %q: %s", flag, r.code, exitInvalid, want, r.stderr)
+		}
+	}
 	// /sys shows the node's own interfaces, not the host's.
 	r = runEmu(t, state, "exec", "-t", topo, "vbr", "--", "ls", "/sys/class/net")
 	if got := strings.Fields(r.stdout); r.code != 0 || strings.Join(got, " ") != "eth1 eth2 lo" {

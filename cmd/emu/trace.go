@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/olekukonko/tablewriter"
 	"github.com/urfave/cli/v2"
@@ -53,6 +54,11 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 			}
 			if from == "" || to == "" {
 				return invalidInput{fmt.Errorf("trace: name --from and --to: lab %q has no end system (kind host) on each side of its IPsec connections to default to", t.Name)}
+			}
+			for flag, name := range map[string]string{"from": from, "to": to} {
+				if t.Node(name) == nil {
+					return invalidInput{fmt.Errorf("trace: --%s %s: no node %q in lab %q (nodes: %s)", flag, name, name, t.Name, strings.Join(t.NodeNames(), ", "))}
+				}
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))

@@ -211,10 +211,4 @@ func prefixes(ps []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
-func nodeNames(t *Topology) string {
-	s := make([]string, len(t.Nodes))
-	for i, n := range t.Nodes {
-		s[i] = n.Name
-	}
-	return strings.Join(s, ", ")
-}
+func nodeNames(t *Topology) string { return strings.Join(t.NodeNames(), ", ") }

@@ -99,6 +99,15 @@ func LabDir(path, name string) string {
 	return filepath.Join(filepath.Dir(path), "emu-"+name)
 }
 
+// NodeNames lists the names of the nodes, in the file's order.
+func (t *Topology) NodeNames() []string {
+	s := make([]string, len(t.Nodes))
+	for i, n := range t.Nodes {
+		s[i] = n.Name
+	}
+	return s
+}
+
 // Node returns the named node, or nil.
 func (t *Topology) Node(name string) *Node {
 	for _, n := range t.Nodes {
