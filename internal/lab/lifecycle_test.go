@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -294,5 +295,34 @@ func TestDeploy_NodeFilesAndDirsPlantedAsSymlinks_NeverWrittenThrough(t *testing
 	}
 	if _, err := os.Lstat(tmp); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s left after destroy: %v", tmp, err)
+	}
+}
+
+// An exec command that leaves a child in the background holding its output
+// (`server &`, `setsid -f ...`) ended with its shell: deploy waited 2
+// minutes for the pipe instead, and ignored Ctrl-C meanwhile. A daemon
+// written as `exec CMD` runs as written (it was made `exec exec CMD`).
+func TestSoftware_ExecLeavesABackgroundChild_DeployGoesOn_DestroyKillsIt(t *testing.T) {
+	labtest.RequireRoot(t)
+	text := strings.Replace(withDaemon("exec sleep 600003"), "exec: [ip addr add 10.9.0.1/24 dev eth1, ip link set eth1 up]",
+		`exec: ["setsid -f sleep 600004", ip addr add 10.9.0.1/24 dev eth1, ip link set eth1 up]`, 1)
+	start := time.Now()
+	l := labtest.DeployFile(t, writeLab(t, text))
+	t.Logf("deployed in %s", time.Since(start).Round(time.Millisecond))
+	if got := processesRunning("sleep", "600003"); len(got) != 1 {
+		t.Fatalf("daemon `exec sleep 600003`: %d processes, want 1", len(got))
+	}
+	if got := processesRunning("sleep", "600004"); len(got) != 1 {
+		t.Fatalf("exec's background `sleep 600004`: %d processes, want 1", len(got))
+	}
+	if _, err := l.Deployer.Destroy(l.Topology.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, argv := range [][]string{{"sleep", "600003"}, {"sleep", "600004"}} {
+		for _, pid := range processesRunning(argv...) {
+			if !gone(pid) {
+				t.Errorf("%v (pid %d) survived destroy", argv, pid)
+			}
+		}
 	}
 }

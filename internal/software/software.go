@@ -243,6 +243,10 @@ func (k *keeper) startDaemon(d topology.Daemon) error {
 
 // exec runs one exec command to its end; its output goes to the node's exec
 // log and, when it fails, into the error.
+// execWaitDelay is how long an exec command's output is read after its
+// shell exited.
+const execWaitDelay = time.Second
+
 func (k *keeper) exec(c topology.Command) error {
 	var out bytes.Buffer
 	var err error
@@ -255,11 +259,19 @@ func (k *keeper) exec(c topology.Command) error {
 			err = fmt.Errorf("exit status %d", code)
 		}
 	} else {
-		cmd := exec.Command("/bin/sh", "-c", c.Text)
+		cmd := exec.CommandContext(k.stop, "/bin/sh", "-c", c.Text)
 		cmd.Env, cmd.Dir = k.env(), "/"
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		// A command that leaves a child in the background (`server &`,
+		// `setsid -f ...`) ends when its shell does; the child keeps the
+		// output pipe open, which must not hold the deploy.
+		cmd.WaitDelay = execWaitDelay
 		err = cmd.Run()
+		if errors.Is(err, exec.ErrWaitDelay) {
+			err = nil
+			out.WriteString("(a background child of this command still holds its output: not read further)\n")
+		}
 	}
 	if f, ferr := safefile.OpenAppend(k.logPath("exec"), 0o644); ferr == nil {
 		fmt.Fprintf(f, "$ %s\n%s", c.Text, out.Bytes())
@@ -275,7 +287,7 @@ func (k *keeper) exec(c topology.Command) error {
 // own process group, killed with the keeper.
 func (k *keeper) startOnHost(r *daemonRun, logFile *os.File) error {
 	line := r.d.Command
-	if !strings.ContainsAny(line, shellChars) {
+	if !strings.ContainsAny(line, shellChars) && !strings.HasPrefix(line, "exec ") {
 		// A plain command replaces the shell, so the pid inspect shows is
 		// the daemon's own.
 		line = "exec " + line
