@@ -30,12 +30,15 @@ const agentReadyTimeout = 10 * time.Second
 type AgentCommand func(configPath string) (*exec.Cmd, error)
 
 // SelfAgent runs the agent from the running emu binary.
-func SelfAgent(configPath string) (*exec.Cmd, error) {
+func SelfAgent(configPath string) (*exec.Cmd, error) { return selfCommand("agent", configPath) }
+
+// selfCommand runs `emu SUBCOMMAND --config path` from the running binary.
+func selfCommand(sub, configPath string) (*exec.Cmd, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the emu binary: %w", err)
 	}
-	return exec.Command(exe, "agent", "--config", configPath), nil
+	return exec.Command(exe, sub, "--config", configPath), nil
 }
 
 // agentConfigPath is where a node's agent config lives; its state file is

@@ -26,13 +26,7 @@ const keeperReadyTimeout = 2 * time.Minute
 
 // SelfKeeper runs the keeper of a node's software from the running emu
 // binary (`emu node --config path`).
-func SelfKeeper(configPath string) (*exec.Cmd, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("find the emu binary: %w", err)
-	}
-	return exec.Command(exe, "node", "--config", configPath), nil
-}
+func SelfKeeper(configPath string) (*exec.Cmd, error) { return selfCommand("node", configPath) }
 
 // KeeperConfigPath is where the keeper of a node's software finds its
 // config; SoftwareStatePath where it publishes its daemons' state.
