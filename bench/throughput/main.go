@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -127,7 +128,13 @@ func main() {
 	dur := flag.Duration("d", 5*time.Second, "length of each TCP stream")
 	profile := flag.String("profile", "", "write each gateway agent's CPU profile (pprof) into this directory")
 	scale := flag.String("connections", "1,16,64,256", "connection counts on one VPN gateway for the scaling table (\"\" skips it)")
+	only := flag.String("modes", "", "run only the emu rows whose name matches this regular expression, e.g. 'raw ESP aes-gcm' (plain and wireguard-go always run: they are the base of the ratios)")
 	flag.Parse()
+	modes, err := regexp.Compile(*only)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "throughput: -modes: %v\n", err)
+		os.Exit(2)
+	}
 	var counts []int
 	for f := range strings.FieldsFuncSeq(*scale, func(r rune) bool { return r == ',' }) {
 		n, err := strconv.Atoi(f)
@@ -159,7 +166,7 @@ func main() {
 	// Piped into head, a write must fail, not kill the program before its
 	// deferred destroy.
 	signal.Ignore(syscall.SIGPIPE)
-	if err := run(ctx, *runs, *dur, counts); err != nil {
+	if err := run(ctx, *runs, *dur, counts, modes); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
@@ -176,13 +183,18 @@ func loadAverage() string {
 	return strings.Join(f[:min(3, len(f))], " ")
 }
 
-func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
+func run(ctx context.Context, runs int, d time.Duration, counts []int, modes *regexp.Regexp) error {
 	fmt.Fprintf(os.Stdout, "machine: %d CPUs, shared with other work; load average before: %s\n", runtime.NumCPU(), loadAverage())
 	// One lab per cipher, all up at once, so that each run measures every
 	// mode back to back under the same load.
 	var labs []*benchLab
 	var err error
-	for _, alg := range benchAlgorithms() {
+	// The first lab also carries plain and wireguard-go, so it is always
+	// deployed.
+	for i, alg := range benchAlgorithms() {
+		if i > 0 && !modes.MatchString(rawESPRow+" "+alg.String()) {
+			continue
+		}
 		var l *benchLab
 		if l, err = deployCipher(ctx, alg.String()); err != nil {
 			break
@@ -193,6 +205,9 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
 		if err != nil {
 			break
 		}
+		if !modes.MatchString(espInUDPRow + " " + cipher) {
+			continue
+		}
 		var l *benchLab
 		if l, err = deployESPInUDP(ctx, cipher); err == nil {
 			labs = append(labs, l)
@@ -202,7 +217,7 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int) error {
 	_, noCharon := exec.LookPath(swtest.CharonBin)
 	_, noSwanctl := exec.LookPath("swanctl")
 	swanMissing := errors.Join(noCharon, noSwanctl)
-	if err == nil && swanMissing == nil {
+	if err == nil && swanMissing == nil && modes.MatchString(strongSwanRow+" "+espInUDPCipher) {
 		var l *benchLab
 		if l, err = deployStrongSwan(ctx); err == nil {
 			labs = append(labs, l)

@@ -17,6 +17,9 @@ func gbps(bps float64) string { return strconv.FormatFloat(bps/1e9, 'f', 2, 64) 
 // espInUDPRow names emu's ESP in UDP (RFC 3948, port 4500) mode.
 const espInUDPRow = "emu ESP-in-UDP"
 
+// rawESPRow starts the rows of emu's raw ESP (IP protocol 50).
+const rawESPRow = "emu raw ESP"
+
 // strongSwanRow names the strongSwan lab: Debian's charon with
 // kernel-libipsec (userspace ESP in UDP) as the on-prem gateway, emu's ESP
 // in UDP on the VPN gateway.
@@ -30,7 +33,7 @@ func (l *benchLab) modeName() string {
 	if l.encap {
 		return espInUDPRow + " " + l.cipher
 	}
-	return "emu raw ESP " + l.cipher
+	return rawESPRow + " " + l.cipher
 }
 
 // printReport prints one row per mode: the median rate of the runs, their
