@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,11 @@ type Dataplane struct {
 	wg      sync.WaitGroup
 	closing chan struct{}
 	drops   struct{ short, unknownSPI, wrongSource atomic.Uint64 }
+	// sealJobs feeds the sealWorkers goroutines that share the sealing
+	// of large batches with the send loops (one fewer than the cores Go
+	// runs on: the send loop seals a share itself).
+	sealJobs    chan sealJob
+	sealWorkers int
 }
 
 // Drops counts ESP packets refused before any SA saw them, the userspace
@@ -137,6 +143,10 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dat
 		d.wg.Add(1)
 		go d.sendLoop(t)
 	}
+	for range d.sealWorkers {
+		d.wg.Add(1)
+		go d.sealWorker()
+	}
 	for _, s := range d.socks {
 		d.wg.Add(1)
 		go d.receiveLoop(s)
@@ -146,7 +156,8 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dat
 
 // newDataplane makes the interfaces and sockets without moving packets yet.
 func newDataplane(conns []ipsec.Conn, logger *log.Logger) (_ *Dataplane, err error) {
-	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, closing: make(chan struct{})}
+	d := &Dataplane{log: logger, socks: map[netip.Addr]*espSocket{}, closing: make(chan struct{}),
+		sealJobs: make(chan sealJob), sealWorkers: runtime.GOMAXPROCS(0) - 1}
 	d.bySPI.Store(&map[uint32]*inboundSA{})
 	defer func() {
 		if err != nil {
@@ -248,34 +259,31 @@ func configureLink(c ipsec.Conn, maxSegs int) error {
 
 // sendLoop encrypts what routing sends into the tunnel interface. One TUN
 // read may be a TCP super-packet, which the tun package cuts into segments
-// (each at sendHeadroom of its buffer, so Seal encrypts it where it lies);
-// all of them go out in one sendmmsg (two, if their DF bits differ).
+// (each at sendHeadroom of its buffer, so Seal encrypts it where it lies).
+//
+// It is the first stage of a pipeline: while it reads and seals one batch,
+// transmit sends the previous one (sendmmsg, whose system call also carries
+// the kernel's forwarding of every packet over the lab's links), so the two
+// run on two cores. A large batch is sealed on several cores too (seal).
 //
 // The tunnel's txPath is loaded once per read: a rekey takes effect at the
 // next read, and while an IKE-keyed tunnel has no SA what it reads is
 // dropped (and counted), as the kernel drops what no xfrm state matches.
 func (d *Dataplane) sendLoop(t *tunnel) {
 	defer d.wg.Done()
-	n := t.tun.BatchSize()
-	bufs := make([][]byte, n)
-	sizes := make([]int, n)
-	msgs := make([]ipv4.Message, n)
-	for i := range bufs {
-		bufs[i] = make([]byte, sendBufLen)
-		msgs[i].Buffers = [][]byte{nil}
+	free := make(chan *sendBatch, sendDepth)
+	sealed := make(chan *sendBatch, sendDepth)
+	for range sendDepth {
+		free <- newSendBatch(t.tun.BatchSize())
 	}
-	var tx *txPath
-	queued, queuedDF := 0, false
-	failing := sendErrors{log: d.log, tunnel: t.conn.Name}
-	send := func() {
-		if err := tx.w.writeAll(msgs[:queued], queuedDF); !d.isClosing() {
-			failing.report(tx.dst, err)
-		}
-		queued = 0
-	}
+	d.wg.Add(1)
+	go d.transmit(t, sealed, free)
+	defer close(sealed)
 	for {
-		count, err := t.tun.Read(bufs, sizes, sendHeadroom)
+		b := <-free
+		count, err := t.tun.Read(b.bufs, b.sizes, sendHeadroom)
 		if err != nil {
+			free <- b
 			if d.isClosing() || errors.Is(err, os.ErrClosed) {
 				d.stopped(t.conn.Interface, err)
 				return
@@ -285,39 +293,159 @@ func (d *Dataplane) sendLoop(t *tunnel) {
 			d.log.Printf("%s: read from %s: %v", t.conn.Name, t.conn.Interface, err)
 			continue
 		}
-		if tx = t.tx.Load(); tx == nil {
+		tx := t.tx.Load()
+		if tx == nil {
 			t.noSA.Add(uint64(count))
+			free <- b
 			continue
 		}
-		// Seal writes the ESP header and IV in front of the inner packet.
-		start := sendHeadroom - tx.payloadOffset
-		for i, size := range sizes[:count] {
-			if size == 0 {
+		d.seal(b, tx, count)
+		sealed <- b
+	}
+}
+
+// sendDepth is how many batches a tunnel's pipeline holds: one being read
+// and sealed, one being sent, one spare for when the two drift.
+const sendDepth = 3
+
+// sendBatch is one TUN read on its way out: the inner packets, sealed in
+// place into the ESP packets wire[:count].
+type sendBatch struct {
+	bufs  [][]byte
+	sizes []int
+	count int
+	tx    *txPath
+	wire  [][]byte // wire[i] is the ESP packet sealed from bufs[i]; nil: none
+	df    []bool   // df[i] is the outer DF bit of wire[i] (innerDF)
+	order []int    // the indices of the non-empty packets, in order
+	wg    sync.WaitGroup
+}
+
+func newSendBatch(n int) *sendBatch {
+	b := &sendBatch{bufs: make([][]byte, n), sizes: make([]int, n), wire: make([][]byte, n),
+		df: make([]bool, n), order: make([]int, 0, n)}
+	for i := range b.bufs {
+		b.bufs[i] = make([]byte, sendBufLen)
+	}
+	return b
+}
+
+// sealJob is a run of a batch's packets for a seal worker: b.order[lo:hi],
+// numbered from first.
+type sealJob struct {
+	b      *sendBatch
+	lo, hi int
+	first  uint64
+}
+
+// parallelSealMin is the smallest batch split among seal workers: below it
+// handing the work over costs more than sealing it.
+const parallelSealMin = 16
+
+// seal encrypts the count packets of b with tx's SA. Their sequence numbers
+// are reserved at once, in order, so that a batch split among the seal
+// workers still leaves in sequence (the peer's replay window, RFC 4303
+// §3.4.3, and its TCP see no reordering).
+func (d *Dataplane) seal(b *sendBatch, tx *txPath, count int) {
+	b.count, b.tx, b.order = count, tx, b.order[:0]
+	for i, size := range b.sizes[:count] {
+		b.wire[i] = nil
+		if size > 0 {
+			b.order = append(b.order, i)
+		}
+	}
+	n := len(b.order)
+	first := tx.out.Reserve(n)
+	parts := 1
+	if n >= parallelSealMin {
+		parts = 1 + d.sealWorkers
+	}
+	per := (n + parts - 1) / max(parts, 1)
+	for lo := per; lo < n; lo += per {
+		j := sealJob{b: b, lo: lo, hi: min(lo+per, n), first: first + uint64(lo)}
+		b.wg.Add(1)
+		select {
+		case d.sealJobs <- j:
+		case <-d.closing:
+			b.sealRun(j)
+		}
+	}
+	b.wg.Add(1)
+	b.sealRun(sealJob{b: b, lo: 0, hi: min(per, n), first: first})
+	b.wg.Wait()
+}
+
+// sealRun seals the packets of j in place, each at sendHeadroom of its
+// buffer, with the ESP header and IV written in front of it.
+func (b *sendBatch) sealRun(j sealJob) {
+	defer b.wg.Done()
+	start := sendHeadroom - b.tx.payloadOffset
+	for k, i := range b.order[j.lo:j.hi] {
+		inner := b.bufs[i][sendHeadroom : sendHeadroom+b.sizes[i]]
+		next := byte(4) // IP-in-IP: IPv4
+		if inner[0]>>4 == 6 {
+			next = 41
+		}
+		b.df[i] = innerDF(inner) // read before Seal encrypts inner
+		wire, err := b.tx.out.SealSeq(j.first+uint64(k), b.bufs[i][start:start], inner, next)
+		if err != nil {
+			continue // counted in the SA's stats
+		}
+		b.wire[i] = wire
+	}
+}
+
+// sealWorker seals the runs of batches that send loops hand over.
+func (d *Dataplane) sealWorker() {
+	defer d.wg.Done()
+	for {
+		select {
+		case j := <-d.sealJobs:
+			j.b.sealRun(j)
+		case <-d.closing:
+			return
+		}
+	}
+}
+
+// transmit is the second stage of a tunnel's send pipeline: it sends each
+// sealed batch in as few sendmmsg calls as its packets' DF bits allow (a
+// batch leaves through one socket, so one DF setting: a packet with the
+// other ends it, which also keeps the packets in order), and hands the
+// batch back to sendLoop.
+func (d *Dataplane) transmit(t *tunnel, sealed <-chan *sendBatch, free chan<- *sendBatch) {
+	defer d.wg.Done()
+	msgs := make([]ipv4.Message, t.tun.BatchSize())
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{nil}
+	}
+	failing := sendErrors{log: d.log, tunnel: t.conn.Name}
+	for b := range sealed {
+		queued, queuedDF := 0, false
+		for i, wire := range b.wire[:b.count] {
+			if wire == nil {
 				continue
 			}
-			inner := bufs[i][sendHeadroom : sendHeadroom+size]
-			next := byte(4) // IP-in-IP: IPv4
-			if inner[0]>>4 == 6 {
-				next = 41
-			}
-			// A batch leaves through one socket, so one DF setting: a packet
-			// with the other ends it, which also keeps the packets in order.
-			if df := innerDF(inner); df != queuedDF {
+			if b.df[i] != queuedDF {
 				if queued > 0 {
-					send()
+					d.send(b.tx, msgs[:queued], queuedDF, &failing)
+					queued = 0
 				}
-				queuedDF = df
+				queuedDF = b.df[i]
 			}
-			wire, err := tx.out.Seal(bufs[i][start:start], inner, next)
-			if err != nil {
-				continue // counted in the SA's stats
-			}
-			msgs[queued].Buffers[0], msgs[queued].Addr = wire, tx.dst
+			msgs[queued].Buffers[0], msgs[queued].Addr = wire, b.tx.dst
 			queued++
 		}
 		if queued > 0 {
-			send()
+			d.send(b.tx, msgs[:queued], queuedDF, &failing)
 		}
+		free <- b
+	}
+}
+
+func (d *Dataplane) send(tx *txPath, ms []ipv4.Message, df bool, failing *sendErrors) {
+	if err := tx.w.writeAll(ms, df); !d.isClosing() {
+		failing.report(tx.dst, err)
 	}
 }
 
