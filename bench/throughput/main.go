@@ -3,7 +3,9 @@
 // topologies/static.yaml once per ESP algorithm under fresh lab names, runs
 // wireguard-go (golang.zx2c4.com/wireguard from go.mod) between the same
 // two gateways of the first lab, and streams one TCP flow client → ECS for
-// each mode in turn, N times: plain (tunnel routes withdrawn), wireguard-go
+// each mode in turn, N times: plain (tunnel routes withdrawn), the
+// packet-rate ceiling of raw ESP (rawIPCeiling: ESP-sized raw IP packets
+// between the two gateways, nothing encrypted), wireguard-go
 // (routes moved to wg0), emu raw ESP per algorithm, and emu ESP in UDP
 // (RFC 3948) keyed by emu's IKEv2 with force-encap in a lab of its own,
 // and, where strongSwan is installed, topologies/strongswan-onprem.yaml:
@@ -275,6 +277,7 @@ func measureAll(ctx context.Context, labs []*benchLab, runs int, d time.Duration
 		{name: "plain", lab: labs[0], without: []route{onpremIntoTunnel, vpcToGateway}},
 		{name: "wireguard-go", lab: labs[0], through: wgInterface,
 			without: []route{onpremIntoTunnel, vpngwIntoTunnel}, with: onDev(wgInterface, onpremIntoTunnel, vpngwIntoTunnel)},
+		{name: ceilingRow, lab: labs[0], ceiling: true},
 	}
 	for _, l := range labs {
 		res.modes = append(res.modes, mode{name: l.modeName(), lab: l, through: "ipsec0"})

@@ -52,6 +52,8 @@ type mode struct {
 	// without and with are routes taken away and added for the stream and
 	// put back after it.
 	without, with []route
+	// ceiling runs rawIPCeiling instead of a TCP stream.
+	ceiling bool
 }
 
 // sample is one stream: its rate in bit/s and what was lost on the way.
@@ -62,6 +64,10 @@ type sample struct {
 
 // stream runs one TCP stream client → ECS in m's lab with m's routes.
 func (m mode) stream(ctx context.Context, d time.Duration) (s sample, err error) {
+	if m.ceiling {
+		s.bps, err = rawIPCeiling(ctx, m.lab, d)
+		return s, err
+	}
 	w := wiring.New()
 	defer w.Close()
 	undo, err := m.setRoutes(w)

@@ -65,8 +65,12 @@ func printReport(w io.Writer, res results) error {
 		} else if m.through == "" {
 			replays = ""
 		}
+		retrans, sockets, tuns := u(sum.retrans), u(sum.socket), u(sum.tun)
+		if m.ceiling {
+			retrans, sockets, tuns, replays = "", "", "", "" // no TCP, TUN or ESP in it
+		}
 		err := t.Append(m.name, gbps(median(rates)), gbps(slices.Min(rates))+"–"+gbps(slices.Max(rates)), fmt.Sprintf("%.2f", median(ratio)),
-			u(sum.retrans), u(sum.socket), u(sum.tun), replays)
+			retrans, sockets, tuns, replays)
 		if err != nil {
 			return err
 		}

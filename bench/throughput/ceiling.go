@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/ipv4"
+
+	"github.com/emu-lab/emu/internal/ipsec/esp"
+	"github.com/emu-lab/emu/internal/netnsx"
+)
+
+// ceilingProtocol is the IP protocol of the ceiling's packets: 253, for
+// experiments (RFC 3692), so that no agent's ESP socket sees them.
+const ceilingProtocol = 253
+
+// ceilingRow names the packet-rate ceiling in the table.
+const ceilingRow = "ceiling: raw IP, ESP-sized packets, no crypto"
+
+// rawIPCeiling measures what the lab's path carries in packets the size of
+// raw ESP's (AES-GCM-128 around a 1400-byte inner packet) when nothing
+// encrypts them, no TUN reads or writes them and no TCP paces them: one
+// goroutine on onprem's tunnel endpoint sends them with sendmmsg, 64 at a
+// time, as fast as the kernel takes them, and one on the VPN gateway's
+// counts what arrives (recvmmsg) for d. An IP protocol other than UDP has
+// no segmentation offload, so every packet crosses each of the four links
+// on its own, as raw ESP's do; wireguard-go's UDP crosses them in
+// super-packets of up to 64. The rate is the most raw ESP could reach on
+// this path and machine, in bit/s of IP packets.
+func rawIPCeiling(ctx context.Context, l *benchLab, d time.Duration) (float64, error) {
+	var addr [2]netip.Addr
+	for i, node := range gateways {
+		t := l.topo.Node(node).Tunnels
+		if len(t) != 1 {
+			return 0, fmt.Errorf("%s has %d tunnels, want 1", node, len(t))
+		}
+		addr[i] = t[0].Local
+	}
+	network := fmt.Sprintf("ip4:%d", ceilingProtocol)
+	var tx, rx *net.IPConn
+	err := netnsx.Do(l.ns(gateways[0]), func() (err error) {
+		tx, err = net.ListenIP(network, &net.IPAddr{IP: addr[0].AsSlice()})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ceiling: sender on %s: %w", gateways[0], err)
+	}
+	defer tx.Close()
+	err = netnsx.Do(l.ns(gateways[1]), func() (err error) {
+		rx, err = net.ListenIP(network, &net.IPAddr{IP: addr[1].AsSlice()})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ceiling: receiver on %s: %w", gateways[1], err)
+	}
+	defer rx.Close()
+	if err := rx.SetReadBuffer(8 << 20); err != nil {
+		return 0, err
+	}
+
+	const batch = 64
+	size := esp.AESGCM128.SealedLen(1400) // the IP payload; the kernel adds 20 bytes
+	var received atomic.Uint64
+	counting := make(chan error, 1)
+	go func() {
+		pc := ipv4.NewPacketConn(rx)
+		ms := make([]ipv4.Message, batch)
+		for i := range ms {
+			ms[i].Buffers = [][]byte{make([]byte, 2048)}
+		}
+		for {
+			n, err := pc.ReadBatch(ms, 0)
+			if err != nil {
+				counting <- err
+				return
+			}
+			for _, m := range ms[:n] {
+				received.Add(uint64(m.N)) // IPv4 raw sockets hand over the header too
+			}
+		}
+	}()
+	pc := ipv4.NewPacketConn(tx)
+	ms := make([]ipv4.Message, batch)
+	dst := &net.IPAddr{IP: addr[1].AsSlice()}
+	for i := range ms {
+		ms[i].Buffers, ms[i].Addr = [][]byte{make([]byte, size)}, dst
+	}
+	start := time.Now()
+	var from uint64
+	warm := false
+	for ctx.Err() == nil {
+		if _, err := pc.WriteBatch(ms, 0); err != nil {
+			return 0, fmt.Errorf("ceiling: send: %w", err)
+		}
+		el := time.Since(start)
+		if !warm && el > d/5 {
+			// The first fifth warms the path up (neighbour entries, caches).
+			warm, from, start = true, received.Load(), time.Now()
+		} else if warm && el >= d {
+			break
+		}
+	}
+	got := received.Load() - from
+	el := time.Since(start)
+	rx.Close()
+	if err := <-counting; !errors.Is(err, net.ErrClosed) {
+		return 0, fmt.Errorf("ceiling: receive: %w", err)
+	}
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
+	return float64(got) * 8 / el.Seconds(), nil
+}
