@@ -29,7 +29,8 @@ bytes, the last sequence number sent or the highest accepted, and what the inbou
 SA refused (auth: the ICV did not verify; replay: the sequence number was seen or
 older than the window; malformed: short, misaligned, bad padding). Per node, the ESP
 packets refused before any SA saw them: short (no SPI and sequence number), unknown
-SPI, wrong source (the SPI's SA expects another peer). An agent that is dead or hung
+SPI, wrong encap (raw ESP for an SA negotiated for ESP in UDP, or the reverse), wrong
+source (the SPI's SA expects another peer). An agent that is dead or hung
 is reported as such with its log, never with its last counters. Nodes on the kernel
 dataplane have no agent counters: read them with ip -s xfrm state in the node. A
 connection end run by software in the node (speaker: strongswan) shows only who runs
@@ -107,7 +108,7 @@ func printIPsec(w io.Writer, views []ipsecView) error {
 	sas := tablewriter.NewWriter(w)
 	sas.Header("Node", "Connection", "SA", "SPI", "Packets", "Bytes", "Seq", "Auth fail", "Replay", "Malformed")
 	pre := tablewriter.NewWriter(w)
-	pre.Header("Node", "Short", "Unknown SPI", "Wrong source")
+	pre.Header("Node", "Short", "Unknown SPI", "Wrong encap", "Wrong source")
 	for _, v := range views {
 		if v.Error != "" {
 			sas.Append(v.Node, wrap(v.Error, 60), "", "", "", "", "", "", "", "")
@@ -118,7 +119,7 @@ func printIPsec(w io.Writer, views []ipsecView) error {
 			sas.Append(v.Node, ts.Name, "in", fmt.Sprintf("0x%08x", ts.InSPI), fmt.Sprint(ts.In.Packets), fmt.Sprint(ts.In.Bytes), fmt.Sprint(ts.In.Seq), fmt.Sprint(ts.In.AuthFailures), fmt.Sprint(ts.In.ReplayDrops), fmt.Sprint(ts.In.Errors))
 		}
 		if d := v.Drops; d != nil {
-			pre.Append(v.Node, fmt.Sprint(d.Short), fmt.Sprint(d.UnknownSPI), fmt.Sprint(d.WrongSource))
+			pre.Append(v.Node, fmt.Sprint(d.Short), fmt.Sprint(d.UnknownSPI), fmt.Sprint(d.WrongEncap), fmt.Sprint(d.WrongSource))
 		}
 	}
 	if err := sas.Render(); err != nil {

@@ -412,7 +412,7 @@ func (d *Deployer) runStep(ctx context.Context, w *wiring.Net, j *journal, labDi
 		// the route may be there already: made exactly as planned either way.
 		return w.SetRoute(s.Namespace, wiring.IPNet(s.Dst), wiring.IP(s.Via), s.Dev, s.Metric)
 	case plan.Software:
-		return d.startKeeper(j, s)
+		return d.startKeeper(ctx, j, s)
 	}
 	return fmt.Errorf("step %d: unknown step type %T", i+1, s)
 }

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,9 +43,11 @@ func SoftwareStatePath(labDir, node string) string {
 // startKeeper records the keeper by its config path, then starts it inside
 // the node's network namespace and in a new mount namespace (which it holds
 // for the node's life), and waits until its daemons run and its exec
-// commands succeeded. Destroy finds it by that config path and stops it; it
-// stops its daemons first.
-func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
+// commands succeeded, or ctx is cancelled (the deploy was interrupted, or
+// another step failed): then it returns ctx's cause at once and leaves the
+// keeper to the rollback. Destroy finds it by that config path and stops
+// it; it stops its daemons first.
+func (d *Deployer) startKeeper(ctx context.Context, j *journal, s plan.Software) error {
 	cfgPath := KeeperConfigPath(s.LabDir, s.Node)
 	logDir := filepath.Join(s.LabDir, "logs")
 	for _, dir := range []string{filepath.Dir(cfgPath), logDir} {
@@ -102,9 +105,13 @@ func (d *Deployer) startKeeper(j *journal, s plan.Software) error {
 		}
 	}
 	r.SetReadDeadline(time.Now().Add(keeperReadyTimeout))
+	// A deadline in the past ends the read at once.
+	defer context.AfterFunc(ctx, func() { r.SetReadDeadline(time.Now()) })()
 	out, err := io.ReadAll(r)
 	msg := strings.TrimSpace(string(out))
 	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("node %s: stopped waiting for its daemons and exec commands: %w", s.Node, context.Cause(ctx))
 	case msg == software.Ready:
 		return nil
 	case errors.Is(err, os.ErrDeadlineExceeded):

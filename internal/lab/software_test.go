@@ -363,3 +363,65 @@ func gone(pid int) bool {
 	}
 	return false
 }
+
+// A deploy cancelled (Ctrl-C, SIGTERM) while it waits for a node's keeper
+// stops waiting at once, not after the keeper's 2-minute bound: it returns
+// context.Canceled, and the rollback stops the keeper and what it ran and
+// leaves no namespace.
+func TestSoftware_DeployCancelledWhileKeeperWaits_ReturnsCanceledAtOnce_AndRollsBack(t *testing.T) {
+	labtest.RequireRoot(t)
+	started := filepath.Join(t.TempDir(), "started")
+	path := writeLab(t, strings.Replace(twoRouters, "exec: [ip addr add 10.9.0.1/24",
+		`exec: ["touch `+started+`; exec sleep 600005", ip addr add 10.9.0.1/24`, 1))
+	topo := labtest.Load(t, path)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- labtest.NewDeployer(t).Deploy(ctx, labtest.Plan(t, topo)) }()
+	// Whatever happens below, the deploy ends (and rolls back) before the
+	// test does.
+	var err error
+	returned := false
+	defer func() {
+		if !returned {
+			<-done
+		}
+	}()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if _, statErr := os.Stat(started); statErr == nil {
+			break
+		}
+		select {
+		case err = <-done:
+			returned = true
+			t.Fatalf("deploy returned before R1's exec command ran: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("R1's exec command did not start within a minute")
+		}
+	}
+	cancel()
+	cancelled := time.Now()
+	// The keeper would hold the deploy for keeperReadyTimeout (2 minutes).
+	select {
+	case err = <-done:
+		returned = true
+		t.Logf("deploy returned %s after it was cancelled", time.Since(cancelled).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("deploy still waits for R1's keeper 30 s after it was cancelled")
+	}
+	if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "did not finish within") {
+		t.Fatalf("deploy error = %v, want context.Canceled from the interrupted wait", err)
+	}
+	var rb *lab.RollbackError
+	if !errors.As(err, &rb) || rb.Rollback != nil {
+		t.Fatalf("deploy error = %v, want a complete rollback", err)
+	}
+	for _, pid := range processesRunning("sleep", "600005") {
+		if !gone(pid) {
+			t.Errorf("R1's exec command (pid %d) survived the rollback", pid)
+		}
+	}
+	labtest.AssertNothingLeft(t, topo.Name)
+}

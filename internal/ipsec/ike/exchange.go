@@ -181,28 +181,27 @@ func (sa *ikeSA) sendDelete() {
 }
 
 func (sa *ikeSA) handleInformational(ps []Payload) []Payload {
+	m := collect(ps)
 	var out []Payload
-	for _, p := range ps {
-		switch p := p.(type) {
-		case *Delete:
-			switch p.Protocol {
-			case ProtoIKE:
-				sa.teardown("peer deleted the IKE SA")
-				sa.dead = true
-				return nil
-			case ProtoESP:
-				for _, spi := range p.SPIs {
-					if len(spi) != 4 {
-						continue
-					}
-					out = append(out, sa.peerDeletedChild(binary.BigEndian.Uint32(spi))...)
+	for _, d := range m.deletes {
+		switch d.Protocol {
+		case ProtoIKE:
+			sa.teardown("peer deleted the IKE SA")
+			sa.dead = true
+			return nil
+		case ProtoESP:
+			for _, spi := range d.SPIs {
+				if len(spi) != 4 {
+					continue
 				}
+				out = append(out, sa.peerDeletedChild(binary.BigEndian.Uint32(spi))...)
 			}
-		case *Notify:
-			if p.Kind == AuthenticationFailed {
-				sa.fail(1, "AUTHENTICATION_FAILED: the peer rejected our AUTH (wrong pre-shared key or identity)")
-				return nil
-			}
+		}
+	}
+	for _, n := range m.notifies {
+		if n.Kind == AuthenticationFailed {
+			sa.fail(1, "AUTHENTICATION_FAILED: the peer rejected our AUTH (wrong pre-shared key or identity)")
+			return nil
 		}
 	}
 	return out

@@ -622,3 +622,54 @@ func orNil(b []byte) []byte {
 	}
 	return b
 }
+
+// payloads are the payloads of a decoded message that the exchanges read,
+// by kind: of the kinds a valid message holds at most once (RFC 7296 §1.2
+// to §1.4) the last one, nil when absent; every Notify and Delete, in their
+// order. Where they stood among the other kinds is not kept: RFC 7296
+// fixes no order but the COOKIE's, first in a request (§2.6), which
+// admitInit reads from the message itself.
+type payloads struct {
+	sa       *SA
+	ke       *KE
+	nonce    *Nonce
+	idi, idr *ID
+	auth     *Auth
+	tsi, tsr *TS
+	notifies []*Notify
+	deletes  []*Delete
+}
+
+// collect sorts the payloads of a message by kind.
+func collect(ps []Payload) payloads {
+	var m payloads
+	for _, p := range ps {
+		switch p := p.(type) {
+		case *SA:
+			m.sa = p
+		case *KE:
+			m.ke = p
+		case *Nonce:
+			m.nonce = p
+		case *ID:
+			if p.Responder {
+				m.idr = p
+			} else {
+				m.idi = p
+			}
+		case *Auth:
+			m.auth = p
+		case *TS:
+			if p.Responder {
+				m.tsr = p
+			} else {
+				m.tsi = p
+			}
+		case *Notify:
+			m.notifies = append(m.notifies, p)
+		case *Delete:
+			m.deletes = append(m.deletes, p)
+		}
+	}
+	return m
+}

@@ -68,3 +68,25 @@ func TestParse_RefusesWhatIsMalformed(t *testing.T) {
 		}
 	}
 }
+
+// collect finds each kind of payload of a decoded message wherever it
+// stands: IDi from IDr and TSi from TSr by their type, the last of a
+// repeated kind, every Notify and Delete in order; payloads no exchange
+// reads are passed over.
+func TestCollect_SortsPayloadsByKind(t *testing.T) {
+	sa1, sa2 := &SA{}, &SA{Proposals: []Proposal{{Num: 1}}}
+	ke, nonce, auth := &KE{Group: 14}, &Nonce{Data: []byte{1}}, &Auth{Method: AuthSharedKey}
+	idi, idr := &ID{IDType: IDFQDN, Data: []byte("i")}, &ID{Responder: true, IDType: IDFQDN, Data: []byte("r")}
+	tsi, tsr := &TS{}, &TS{Responder: true}
+	n1, n2 := &Notify{Kind: NATDetectionSourceIP}, &Notify{Kind: NoProposalChosen}
+	d1, d2 := &Delete{Protocol: ProtoESP}, &Delete{Protocol: ProtoIKE}
+	got := collect([]Payload{n1, tsr, sa1, idr, d1, &Unknown{Kind: PayloadVendor}, ke, auth, tsi, sa2, n2, idi, nonce, d2})
+	want := payloads{sa: sa2, ke: ke, nonce: nonce, idi: idi, idr: idr, auth: auth, tsi: tsi, tsr: tsr,
+		notifies: []*Notify{n1, n2}, deletes: []*Delete{d1, d2}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("collect = %+v\nwant %+v", got, want)
+	}
+	if got.sa != sa2 || got.idi != idi || got.tsr != tsr {
+		t.Fatalf("collect did not keep the message's own payloads: %+v", got)
+	}
+}

@@ -29,52 +29,34 @@ func (sa *ikeSA) rekeyChild() {
 	}
 	ps = append(ps, &TS{Selectors: selectors(c.cfg.LocalTS)}, &TS{Responder: true, Selectors: selectors(c.cfg.RemoteTS)})
 	sa.sendEncrypted(CreateChildSA, ps, func(_ Header, rs []Payload) {
-		var chosen *SA
-		var nr *Nonce
-		var ke *KE
-		var tsi, tsr *TS
-		for _, p := range rs {
-			switch p := p.(type) {
-			case *SA:
-				chosen = p
-			case *Nonce:
-				nr = p
-			case *KE:
-				ke = p
-			case *TS:
-				if p.Responder {
-					tsr = p
-				} else {
-					tsi = p
+		m := collect(rs)
+		for _, n := range m.notifies {
+			if n.Kind.IsError() {
+				sa.rekeyErr = fmt.Sprintf("the peer refused our rekey with %s (we offered %s)", n.Kind, FormatProposal(c.cfg.ESP.Proposal(ProtoESP)))
+				sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", c.cfg.Name, "reason", sa.rekeyErr)
+				if sa.child != nil {
+					sa.child.rekeyAt = time.Now().Add(time.Second) // the old SA still works; try again
 				}
-			case *Notify:
-				if p.Kind.IsError() {
-					sa.rekeyErr = fmt.Sprintf("the peer refused our rekey with %s (we offered %s)", p.Kind, FormatProposal(c.cfg.ESP.Proposal(ProtoESP)))
-					sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", c.cfg.Name, "reason", sa.rekeyErr)
-					if sa.child != nil {
-						sa.child.rekeyAt = time.Now().Add(time.Second) // the old SA still works; try again
-					}
-					return
-				}
+				return
 			}
 		}
-		prop, err := c.cfg.ESP.accepted(ProtoESP, chosen, dh != nil)
-		if err != nil || nr == nil || tsi == nil || tsr == nil || len(prop.SPI) != 4 {
+		prop, err := c.cfg.ESP.accepted(ProtoESP, m.sa, dh != nil)
+		if err != nil || m.nonce == nil || m.tsi == nil || m.tsr == nil || len(prop.SPI) != 4 {
 			sa.childFailed(NoProposalChosen)
 			return
 		}
 		var gir []byte
 		if dh != nil {
-			if ke == nil {
+			if m.ke == nil {
 				sa.childFailed(InvalidKEPayload)
 				return
 			}
-			if gir, err = dh.shared(ke.Data); err != nil {
+			if gir, err = dh.shared(m.ke.Data); err != nil {
 				sa.childFailed(InvalidKEPayload)
 				return
 			}
 		}
-		sa.installChild(prop, in, binary.BigEndian.Uint32(prop.SPI), gir, ni, nr.Data, true, tsi.Selectors, tsr.Selectors)
+		sa.installChild(prop, in, binary.BigEndian.Uint32(prop.SPI), gir, ni, m.nonce.Data, true, m.tsi.Selectors, m.tsr.Selectors)
 	})
 }
 
@@ -95,31 +77,19 @@ func (sa *ikeSA) rekeyIKE() {
 		&KE{Group: c.cfg.IKE.DH, Data: dh.public},
 	}
 	sa.sendEncrypted(CreateChildSA, ps, func(_ Header, rs []Payload) {
-		var chosen *SA
-		var nr *Nonce
-		var ke *KE
-		for _, p := range rs {
-			switch p := p.(type) {
-			case *SA:
-				chosen = p
-			case *Nonce:
-				nr = p
-			case *KE:
-				ke = p
-			}
-		}
-		prop, err := c.cfg.IKE.accepted(ProtoIKE, chosen, true)
-		if err != nil || nr == nil || ke == nil || len(prop.SPI) != 8 {
+		m := collect(rs)
+		prop, err := c.cfg.IKE.accepted(ProtoIKE, m.sa, true)
+		if err != nil || m.nonce == nil || m.ke == nil || len(prop.SPI) != 8 {
 			sa.rekeyErr = "the peer's answer to our IKE SA rekey was unusable"
 			sa.rekeyAt = time.Now().Add(time.Second)
 			return
 		}
-		gir, err := dh.shared(ke.Data)
+		gir, err := dh.shared(m.ke.Data)
 		if err != nil {
 			sa.rekeyAt = time.Now().Add(time.Second)
 			return
 		}
-		sa.replaceBy(true, spi, binary.BigEndian.Uint64(prop.SPI), gir, ni, nr.Data)
+		sa.replaceBy(true, spi, binary.BigEndian.Uint64(prop.SPI), gir, ni, m.nonce.Data)
 	})
 }
 
@@ -149,26 +119,8 @@ func (sa *ikeSA) replaceBy(weInitiated bool, spiI, spiR uint64, gir, ni, nr []by
 // an IKE SA rekey (RFC 7296 §1.3).
 func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 	c := sa.c
-	var offer *SA
-	var ni *Nonce
-	var ke *KE
-	var tsi, tsr *TS
-	for _, p := range ps {
-		switch p := p.(type) {
-		case *SA:
-			offer = p
-		case *Nonce:
-			ni = p
-		case *KE:
-			ke = p
-		case *TS:
-			if p.Responder {
-				tsr = p
-			} else {
-				tsi = p
-			}
-		}
-	}
+	m := collect(ps)
+	offer, ni, ke, tsi, tsr := m.sa, m.nonce, m.ke, m.tsi, m.tsr
 	if offer == nil || ni == nil {
 		return []Payload{&Notify{Kind: InvalidSyntax}}
 	}

@@ -115,16 +115,14 @@ func (e *Endpoint) natNotifies(sa *ikeSA) []Payload {
 // destination hash is not our address.
 // The hashes cover the SPIs as in the message's header (RFC 7296 §2.23),
 // so a request's use SPIr 0.
-func (e *Endpoint) natDetected(sa *ikeSA, spiR uint64, ps []Payload, from netip.AddrPort) bool {
+func (e *Endpoint) natDetected(sa *ikeSA, spiR uint64, notifies []*Notify, from netip.AddrPort) bool {
 	var src, dst []byte
-	for _, p := range ps {
-		if n, ok := p.(*Notify); ok {
-			switch n.Kind {
-			case NATDetectionSourceIP:
-				src = n.Data
-			case NATDetectionDestinationIP:
-				dst = n.Data
-			}
+	for _, n := range notifies {
+		switch n.Kind {
+		case NATDetectionSourceIP:
+			src = n.Data
+		case NATDetectionDestinationIP:
+			dst = n.Data
 		}
 	}
 	if src == nil || dst == nil || !sa.c.cfg.NATT {
@@ -169,19 +167,8 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 		e.count(func(c *Counters) { c.UnknownSA++ })
 		return
 	}
-	var offer *SA
-	var ke *KE
-	var ni *Nonce
-	for _, p := range ps {
-		switch p := p.(type) {
-		case *SA:
-			offer = p
-		case *KE:
-			ke = p
-		case *Nonce:
-			ni = p
-		}
-	}
+	m := collect(ps)
+	offer, ke, ni := m.sa, m.ke, m.nonce
 	if ni != nil && !e.admitInit(c, h, ps, ni.Data, from, natt) {
 		return
 	}
@@ -219,7 +206,7 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 		return
 	}
 	sa.ni, sa.nr = ni.Data, nonce()
-	natDetected := e.natDetected(sa, 0, ps, from)
+	natDetected := e.natDetected(sa, 0, m.notifies, from)
 	if err := sa.deriveKeys(gir); err != nil {
 		e.failConn(c, 1, err.Error())
 		return
@@ -264,37 +251,27 @@ func (sa *ikeSA) deriveKeys(gir []byte) error {
 
 func (sa *ikeSA) onInitResponse(h Header, ps []Payload) {
 	e, c := sa.e, sa.c
-	var chosen *SA
-	var ke *KE
-	var nr *Nonce
-	for _, p := range ps {
-		switch p := p.(type) {
-		case *SA:
-			chosen = p
-		case *KE:
-			ke = p
-		case *Nonce:
-			nr = p
-		case *Notify:
-			if p.Kind == Cookie && chosen == nil {
-				if !sa.retryWithCookie(p.Data) {
-					sa.fail(1, "the peer keeps asking for a COOKIE (RFC 7296 §2.6): it has too many half-open IKE SAs, or answers wrongly")
-				}
-				return
+	m := collect(ps)
+	for _, n := range m.notifies {
+		if n.Kind == Cookie && m.sa == nil {
+			if !sa.retryWithCookie(n.Data) {
+				sa.fail(1, "the peer keeps asking for a COOKIE (RFC 7296 §2.6): it has too many half-open IKE SAs, or answers wrongly")
 			}
-			if p.Kind.IsError() {
-				reason := p.Kind.String()
-				if p.Kind == NoProposalChosen {
-					reason += ": peer accepted none of our proposal " + FormatProposal(c.cfg.IKE.proposal(ProtoIKE, nil, true))
-				}
-				if p.Kind == InvalidKEPayload && len(p.Data) == 2 {
-					reason += fmt.Sprintf(": peer wants DH group %d, we are configured with %d", binary.BigEndian.Uint16(p.Data), c.cfg.IKE.DH)
-				}
-				sa.fail(1, reason)
-				return
+			return
+		}
+		if n.Kind.IsError() {
+			reason := n.Kind.String()
+			if n.Kind == NoProposalChosen {
+				reason += ": peer accepted none of our proposal " + FormatProposal(c.cfg.IKE.proposal(ProtoIKE, nil, true))
 			}
+			if n.Kind == InvalidKEPayload && len(n.Data) == 2 {
+				reason += fmt.Sprintf(": peer wants DH group %d, we are configured with %d", binary.BigEndian.Uint16(n.Data), c.cfg.IKE.DH)
+			}
+			sa.fail(1, reason)
+			return
 		}
 	}
+	chosen, ke, nr := m.sa, m.ke, m.nonce
 	if ke == nil || nr == nil {
 		sa.fail(1, "IKE_SA_INIT response lacks KE or Nonce")
 		return
@@ -315,7 +292,7 @@ func (sa *ikeSA) onInitResponse(h Header, ps []Payload) {
 		return
 	}
 	e.setStatus(c, func(s *Status) { s.IKEProposal = FormatProposal(prop) })
-	if c.cfg.ForceEncap || e.natDetected(sa, sa.spiR, ps, netip.AddrPortFrom(c.cfg.Remote, e.opt.IKEPort)) {
+	if c.cfg.ForceEncap || e.natDetected(sa, sa.spiR, m.notifies, netip.AddrPortFrom(c.cfg.Remote, e.opt.IKEPort)) {
 		sa.natt = true
 	}
 	// IKE_AUTH with the first CHILD SA (RFC 7296 §1.2).
@@ -366,33 +343,18 @@ func formatID(id *ID) string {
 
 func (sa *ikeSA) onAuthResponse(h Header, ps []Payload) {
 	c := sa.c
-	var idr *ID
-	var auth *Auth
-	var chosen *SA
-	var tsi, tsr *TS
+	m := collect(ps)
+	idr, auth, chosen, tsi, tsr := m.idr, m.auth, m.sa, m.tsi, m.tsr
+	// An error without IDr and AUTH is the IKE SA's (RFC 7296 §2.21.2);
+	// beside them, the CHILD SA's.
 	var childErr *Notify
-	for _, p := range ps {
-		switch p := p.(type) {
-		case *ID:
-			idr = p
-		case *Auth:
-			auth = p
-		case *SA:
-			chosen = p
-		case *TS:
-			if p.Responder {
-				tsr = p
-			} else {
-				tsi = p
-			}
-		case *Notify:
-			if p.Kind == AuthenticationFailed || (p.Kind.IsError() && idr == nil && auth == nil) {
-				sa.fail(1, p.Kind.String()+sa.authHint(p.Kind))
-				return
-			}
-			if p.Kind.IsError() {
-				childErr = p
-			}
+	for _, n := range m.notifies {
+		if n.Kind == AuthenticationFailed || (n.Kind.IsError() && idr == nil && auth == nil) {
+			sa.fail(1, n.Kind.String()+sa.authHint(n.Kind))
+			return
+		}
+		if n.Kind.IsError() {
+			childErr = n
 		}
 	}
 	if idr == nil || auth == nil {
@@ -477,30 +439,8 @@ func (sa *ikeSA) childFailed(n NotifyType) {
 // handleAuth is the responder's IKE_AUTH (RFC 7296 §1.2, §2.15).
 func (sa *ikeSA) handleAuth(ps []Payload) []Payload {
 	c := sa.c
-	var idi, idrWanted *ID
-	var auth *Auth
-	var offer *SA
-	var tsi, tsr *TS
-	for _, p := range ps {
-		switch p := p.(type) {
-		case *ID:
-			if p.Responder {
-				idrWanted = p
-			} else {
-				idi = p
-			}
-		case *Auth:
-			auth = p
-		case *SA:
-			offer = p
-		case *TS:
-			if p.Responder {
-				tsr = p
-			} else {
-				tsi = p
-			}
-		}
-	}
+	m := collect(ps)
+	idi, idrWanted, auth, offer, tsi, tsr := m.idi, m.idr, m.auth, m.sa, m.tsi, m.tsr
 	if idi == nil || auth == nil {
 		sa.fail(1, "IKE_AUTH request lacks IDi or AUTH")
 		return []Payload{&Notify{Kind: AuthenticationFailed}}

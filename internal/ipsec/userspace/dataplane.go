@@ -41,7 +41,7 @@ type Dataplane struct {
 	encaps  []*Encap   // the NAT-T sockets of ListenIKE, for UDPOffload
 	wg      sync.WaitGroup
 	closing chan struct{}
-	drops   struct{ short, unknownSPI, wrongSource atomic.Uint64 }
+	drops   struct{ short, unknownSPI, wrongEncap, wrongSource atomic.Uint64 }
 	// sealJobs feeds the sealWorkers goroutines that share the sealing
 	// of large batches with the send loops (one fewer than the cores Go
 	// runs on: the send loop seals a share itself).
@@ -53,8 +53,12 @@ type Dataplane struct {
 // counterparts of the kernel's XfrmInHdrError and XfrmInNoStates: bytes from
 // the wire that no SA's counters would show.
 type Drops struct {
-	Short       uint64 `json:"short"`        // shorter than an ESP header (SPI + sequence number)
-	UnknownSPI  uint64 `json:"unknown_spi"`  // no inbound SA has the SPI
+	Short      uint64 `json:"short"`       // shorter than an ESP header (SPI + sequence number)
+	UnknownSPI uint64 `json:"unknown_spi"` // no inbound SA has the SPI
+	// WrongEncap counts raw ESP for an SA negotiated for ESP in UDP, and
+	// ESP in UDP for one negotiated for raw ESP: the kernel's
+	// XfrmInStateMismatch.
+	WrongEncap  uint64 `json:"wrong_encap"`
 	WrongSource uint64 `json:"wrong_source"` // the SPI's SA expects another peer address
 }
 
@@ -92,6 +96,9 @@ type packetWriter interface {
 type inboundSA struct {
 	t  *tunnel
 	in *esp.Inbound
+	// encap: negotiated for ESP in UDP (RFC 3948), so it takes only what
+	// arrives on the NAT-T socket; otherwise only raw ESP.
+	encap bool
 }
 
 // TunnelStats is the traffic of one connection: its SAs' SPIs and counters.
@@ -502,8 +509,9 @@ type receiver struct {
 	used  int            // inner[:used] hold packets not yet delivered
 	// touched are the tunnels this batch delivers to and rx[j] the packets
 	// of touched[j], for one TUN write per tunnel. They are the receiver's,
-	// not the tunnel's: an SA is found by SPI whichever socket the packet
-	// came in on, so two receive loops may deliver to one tunnel.
+	// not the tunnel's: a tunnel's SAs may be raw ESP and ESP in UDP at
+	// once (NAT detected at a rekey), so two receive loops may deliver to
+	// one tunnel.
 	touched []*tunnel
 	rx      [][][]byte
 }
@@ -545,7 +553,7 @@ func (r *receiver) handle(n int) {
 // full set of buffers is delivered at once. It is the ike.ESPSink of the
 // NAT-T socket, which hands over ESP in UDP segment by segment.
 func (r *receiver) ESP(from netip.AddrPort, pkt []byte) {
-	t, inner := r.d.open(from.Addr(), pkt, r.inner[r.used][:tunOffset])
+	t, inner := r.d.open(from.Addr(), r.s == nil, pkt, r.inner[r.used][:tunOffset])
 	if inner == nil {
 		return
 	}
@@ -631,7 +639,8 @@ func (d *Dataplane) Stats() []TunnelStats {
 
 // Drops returns the counters of packets refused before an SA.
 func (d *Dataplane) Drops() Drops {
-	return Drops{Short: d.drops.short.Load(), UnknownSPI: d.drops.unknownSPI.Load(), WrongSource: d.drops.wrongSource.Load()}
+	return Drops{Short: d.drops.short.Load(), UnknownSPI: d.drops.unknownSPI.Load(),
+		WrongEncap: d.drops.wrongEncap.Load(), WrongSource: d.drops.wrongSource.Load()}
 }
 
 // Close stops every loop and removes the TUN interfaces.

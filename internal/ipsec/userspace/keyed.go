@@ -37,7 +37,8 @@ func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter,
 		return fmt.Errorf("inbound SPI 0x%08x is used twice on this node", inCfg.SPI)
 	}
 	m := maps.Clone(old)
-	m[inCfg.SPI] = &inboundSA{t: t, in: in}
+	_, encap := w.(*udpWriter) // ESP in UDP leaves by the NAT-T socket, and arrives there
+	m[inCfg.SPI] = &inboundSA{t: t, in: in, encap: encap}
 	d.bySPI.Store(&m)
 	t.in.Store(in)
 	tx := &txPath{out: out, w: w, dst: dst, payloadOffset: outCfg.Algorithm.PayloadOffset()}
@@ -258,12 +259,20 @@ func (d *Dataplane) tunnel(name string) *tunnel {
 	return nil
 }
 
-// open finds the SA of an ESP packet from a peer and appends its inner
-// packet to dst; nil when there is nothing to deliver: the packet is not
-// for us (counted in Drops), does not authenticate (counted in the SA's
-// stats) or is a dummy packet (RFC 4303 §2.6), empty inside, which the tun
-// package would refuse along with its whole batch.
-func (d *Dataplane) open(from netip.Addr, pkt, dst []byte) (*tunnel, []byte) {
+// open finds the SA of an ESP packet from a peer, which came in UDP (on
+// the NAT-T socket) if encap, and appends its inner packet to dst; nil when
+// there is nothing to deliver: the packet is not for us (counted in Drops),
+// does not authenticate (counted in the SA's stats) or is a dummy packet
+// (RFC 4303 §2.6), empty inside, which the tun package would refuse along
+// with its whole batch.
+//
+// An SA takes only the encapsulation it was negotiated for, as xfrm_input
+// drops a packet whose encap type is not its state's (XfrmInStateMismatch).
+// The UDP source port is not checked: the kernel does not either, it
+// accepts ESP in UDP from another port or address (a NAT mapping that
+// changed) and only reports it to the IKE daemon (esp_input_done2,
+// km_new_mapping).
+func (d *Dataplane) open(from netip.Addr, encap bool, pkt, dst []byte) (*tunnel, []byte) {
 	if len(pkt) < 8 {
 		d.drops.short.Add(1)
 		return nil, nil
@@ -271,6 +280,10 @@ func (d *Dataplane) open(from netip.Addr, pkt, dst []byte) (*tunnel, []byte) {
 	sa := (*d.bySPI.Load())[binary.BigEndian.Uint32(pkt[:4])]
 	if sa == nil {
 		d.drops.unknownSPI.Add(1)
+		return nil, nil
+	}
+	if encap != sa.encap {
+		d.drops.wrongEncap.Add(1)
 		return nil, nil
 	}
 	if from != sa.t.conn.Remote {

@@ -23,25 +23,14 @@ import (
 // the new SA's offset) takes over, and once its last SA is removed the
 // tunnel drops again.
 func TestDataplane_IKEKeyedTunnel_SendsOnlyWhileItHasAnSA(t *testing.T) {
-	// No Cipher: the algorithm is the negotiated SA's.
-	connA := ipsec.Conn{Name: "to-b", Interface: "ipsec0", Address: tunnelA, Local: outerA, Remote: outerB, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-b"}}
-	connB := ipsec.Conn{Name: "to-a", Interface: "ipsec0", Address: tunnelB, Local: outerB, Remote: outerA, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-a"}}
-	e := startEnds(t, connA, connB)
+	e := startKeyedEnds(t)
 
 	e.wantDroppedWithoutSA(t)
 
 	// install gives both ends a CHILD SA pair of alg, as IKE would.
 	install := func(alg esp.Algorithm, spiAB, spiBA uint32) {
 		t.Helper()
-		c := ipsec.Conn{Local: outerA, Remote: outerB, Cipher: alg.String(), Out: randomSA(alg, spiAB), In: randomSA(alg, spiBA)}
-		ab, err := c.Outbound()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ba, err := c.Inbound()
-		if err != nil {
-			t.Fatal(err)
-		}
+		ab, ba := saPair(t, alg, spiAB, spiBA)
 		if err := e.dpA.Install("to-b", ab, ba, nil, 0, false); err != nil {
 			t.Fatalf("install on A: %v", err)
 		}
@@ -77,21 +66,8 @@ func TestDataplane_IKEKeyedTunnel_SendsOnlyWhileItHasAnSA(t *testing.T) {
 // the new one. CI saw an echo lost at a rekey when the answering end
 // switched at once.
 func TestDataplane_RekeyAnswered_SendsOnTheOldSAUntilThePeerDeletesIt(t *testing.T) {
-	connA := ipsec.Conn{Name: "to-b", Interface: "ipsec0", Address: tunnelA, Local: outerA, Remote: outerB, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-b"}}
-	connB := ipsec.Conn{Name: "to-a", Interface: "ipsec0", Address: tunnelB, Local: outerB, Remote: outerA, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-a"}}
-	e := startEnds(t, connA, connB)
-	pair := func(spiAB, spiBA uint32) (ab, ba esp.Config) {
-		t.Helper()
-		c := ipsec.Conn{Local: outerA, Remote: outerB, Cipher: esp.AESGCM128.String(), Out: randomSA(esp.AESGCM128, spiAB), In: randomSA(esp.AESGCM128, spiBA)}
-		ab, err := c.Outbound()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ba, err = c.Inbound(); err != nil {
-			t.Fatal(err)
-		}
-		return ab, ba
-	}
+	e := startKeyedEnds(t)
+	pair := func(spiAB, spiBA uint32) (ab, ba esp.Config) { return saPair(t, esp.AESGCM128, spiAB, spiBA) }
 	ab, ba := pair(0x4001, 0x4002)
 	if err := e.dpA.Install("to-b", ab, ba, nil, 0, false); err != nil {
 		t.Fatal(err)
@@ -121,6 +97,111 @@ func TestDataplane_RekeyAnswered_SendsOnTheOldSAUntilThePeerDeletesIt(t *testing
 	}
 	if a, b := e.dpA.Stats()[0], e.dpB.Stats()[0]; a.OutSPI != 0x4011 || b.InSPI != 0x4011 || b.In.Packets == 0 {
 		t.Fatalf("after the delete A must send on the new SA 0x4011: A %+v, B %+v", a, b)
+	}
+}
+
+// startKeyedEnds starts the two ends with IKE-keyed tunnels, without SAs:
+// the test installs them as IKE would. No Cipher: the algorithm is the
+// negotiated SA's.
+func startKeyedEnds(t *testing.T) *tunnelEnds {
+	t.Helper()
+	connA := ipsec.Conn{Name: "to-b", Interface: "ipsec0", Address: tunnelA, Local: outerA, Remote: outerB, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-b"}}
+	connB := ipsec.Conn{Name: "to-a", Interface: "ipsec0", Address: tunnelB, Local: outerB, Remote: outerA, MTU: ipsec.TunnelMTU, IKE: &ike.Config{Name: "to-a"}}
+	return startEnds(t, connA, connB)
+}
+
+// saPair is a CHILD SA pair of alg with fresh keys: ab from A to B, ba back.
+func saPair(t *testing.T, alg esp.Algorithm, spiAB, spiBA uint32) (ab, ba esp.Config) {
+	t.Helper()
+	c := ipsec.Conn{Local: outerA, Remote: outerB, Cipher: alg.String(), Out: randomSA(alg, spiAB), In: randomSA(alg, spiBA)}
+	ab, err := c.Outbound()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ba, err = c.Inbound(); err != nil {
+		t.Fatal(err)
+	}
+	return ab, ba
+}
+
+// An SA takes only the encapsulation it was negotiated for, as XFRM drops
+// a packet whose encapsulation is not its state's (XfrmInStateMismatch):
+// raw IP protocol 50 ESP for an SA negotiated for ESP in UDP (RFC 3948), and
+// ESP in UDP for one negotiated for raw ESP, are counted in
+// Drops.WrongEncap and never decrypted; each in its own encapsulation is.
+func TestDataplane_EncapMismatch_DroppedAndCountedAsWrongEncap(t *testing.T) {
+	e := startKeyedEnds(t)
+	// B's NAT-T socket, as its IKE endpoint would own it.
+	var natt *net.UDPConn
+	var err error
+	e.b.do(func() { natt, err = net.ListenUDP("udp4", &net.UDPAddr{IP: outerB.AsSlice(), Port: 4500}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natt.Close()
+	// nattRx is B's receiver of ESP in UDP, which the IKE endpoint's NAT-T
+	// socket hands its ESP to.
+	nattRx := e.dpB.newReceiver(nil)
+	fromA := netip.AddrPortFrom(outerA, 4500)
+	seal := func(cfg esp.Config) []byte {
+		t.Helper()
+		out, err := esp.NewOutbound(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire, err := out.Seal(nil, rawTCP(1, 5, 10), 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wire
+	}
+
+	// A sends raw ESP on an SA that B negotiated for ESP in UDP.
+	ab, ba := saPair(t, esp.AESGCM128, 0x5001, 0x5002)
+	if err := e.dpA.Install("to-b", ab, ba, nil, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dpB.Install("to-a", ba, ab, &Encap{Conn: natt}, 4500, false); err != nil {
+		t.Fatal(err)
+	}
+	var c *net.UDPConn
+	e.a.do(func() { c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: tunnelB.Addr().AsSlice(), Port: 9}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("raw ESP")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); e.dpB.Drops().WrongEncap == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("B did not count raw ESP for its ESP-in-UDP SA: drops %+v, A %+v, B %+v; log:\n%s",
+				e.dpB.Drops(), e.dpA.Stats()[0], e.dpB.Stats()[0], e.logBuf)
+		}
+	}
+	if a, b := e.dpA.Stats()[0], e.dpB.Stats()[0]; a.Out.Packets == 0 || b.In.Packets != 0 {
+		t.Fatalf("B decrypted %d raw ESP packets of the %d A sent on its ESP-in-UDP SA", b.In.Packets, a.Out.Packets)
+	}
+	// The same SA takes the peer's ESP in UDP.
+	nattRx.ESP(fromA, seal(ab))
+	nattRx.Flush()
+	if b := e.dpB.Stats()[0]; b.In.Packets != 1 {
+		t.Fatalf("B's ESP-in-UDP SA decrypted %d packets in UDP, want 1", b.In.Packets)
+	}
+
+	// ESP in UDP on an SA that B negotiated for raw ESP.
+	ab2, ba2 := saPair(t, esp.AESGCM128, 0x5011, 0x5012)
+	if err := e.dpB.Install("to-a", ba2, ab2, nil, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	before := e.dpB.Drops().WrongEncap
+	nattRx.ESP(fromA, seal(ab2))
+	nattRx.Flush()
+	if d := e.dpB.Drops(); d.WrongEncap != before+1 {
+		t.Fatalf("B counted %d ESP-in-UDP packets for its raw SA as wrong encap, want 1 (drops %+v)", d.WrongEncap-before, d)
+	}
+	if b := e.dpB.Stats()[0]; b.InSPI != 0x5011 || b.In.Packets != 0 {
+		t.Fatalf("B's raw SA 0x5011 decrypted ESP in UDP: %+v", b)
 	}
 }
 
