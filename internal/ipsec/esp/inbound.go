@@ -15,7 +15,7 @@ type Inbound struct {
 
 // NewInbound prepares c for receiving.
 func NewInbound(c Config) (*Inbound, error) {
-	s, err := newSA(&c)
+	s, err := newSA(&c, cipher.NewCBCDecrypter)
 	if err != nil {
 		return nil, err
 	}
@@ -28,9 +28,10 @@ func NewInbound(c Config) (*Inbound, error) {
 
 // Open checks and decrypts packet, the bytes after the outer IP header, and
 // appends the inner packet to dst. nextHeader is the inner protocol the
-// sender declared. dst must not overlap packet. On error the result is nil,
-// the packet is counted, and nothing about the SA changes: a forged or
-// replayed packet never moves the replay window.
+// sender declared. dst must not overlap packet: CBC decryption panics if
+// it does. On error the result is nil, the packet is counted, and nothing
+// about the SA changes: a forged or replayed packet never moves the replay
+// window.
 func (in *Inbound) Open(dst, packet []byte) (out []byte, nextHeader byte, err error) {
 	out, nextHeader, n, err := in.open(dst, packet)
 	if err != nil {
@@ -75,13 +76,14 @@ func (in *Inbound) open(dst, pkt []byte) (out []byte, nextHeader byte, n int, er
 			return nil, 0, 0, ErrAuth
 		}
 	} else {
-		ok := subtle.ConstantTimeCompare(in.icv(w, pkt[:bodyOff+body]), pkt[bodyOff+body:]) == 1
-		in.putScratch(w)
-		if !ok {
+		if subtle.ConstantTimeCompare(in.icv(w, pkt[:bodyOff+body]), pkt[bodyOff+body:]) != 1 {
+			in.putScratch(w)
 			return nil, 0, 0, ErrAuth
 		}
 		out = slices.Grow(dst, body)[:start+body]
-		cbcDecrypt(in.block, iv, out[start:], pkt[bodyOff:bodyOff+body])
+		w.cbc.SetIV(iv)
+		w.cbc.CryptBlocks(out[start:], pkt[bodyOff:bodyOff+body])
+		in.putScratch(w)
 	}
 
 	plain := out[start:]
@@ -120,16 +122,3 @@ func (in *Inbound) Stats() Stats {
 func (in *Inbound) SPI() uint32 { return in.spi }
 
 func (in *Inbound) String() string { return in.label }
-
-// cbcDecrypt decrypts src into dst, which must not overlap; see cbcEncrypt
-// for why it is written out.
-func cbcDecrypt(b cipher.Block, iv, dst, src []byte) {
-	prev := iv
-	n := b.BlockSize()
-	for i := 0; i < len(src); i += n {
-		c, p := src[i:i+n], dst[i:i+n]
-		b.Decrypt(p, c)
-		subtle.XORBytes(p, p, prev)
-		prev = c
-	}
-}

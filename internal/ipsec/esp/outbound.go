@@ -3,7 +3,6 @@ package esp
 import (
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/binary"
 	"math"
 	"slices"
@@ -27,7 +26,7 @@ type Outbound struct {
 // NewOutbound prepares c for sending. The first packet carries sequence
 // number 1.
 func NewOutbound(c Config) (*Outbound, error) {
-	s, err := newSA(&c)
+	s, err := newSA(&c, cipher.NewCBCEncrypter)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +102,8 @@ func (o *Outbound) SealSeq(seq uint64, dst, inner []byte, nextHeader byte) ([]by
 		clear(iv)
 		binary.BigEndian.PutUint64(iv[len(iv)-8:], seq)
 		o.ivBlock.Encrypt(iv, iv)
-		cbcEncrypt(o.block, iv, plain)
+		w.cbc.SetIV(iv)
+		w.cbc.CryptBlocks(plain, plain)
 		copy(pkt[bodyOff+body:], o.icv(w, pkt[:bodyOff+body]))
 	}
 	o.putScratch(w)
@@ -133,17 +133,3 @@ func (o *Outbound) Stats() Stats {
 func (o *Outbound) SPI() uint32 { return o.spi }
 
 func (o *Outbound) String() string { return o.label }
-
-// cbcEncrypt encrypts buf in place. It is written out rather than taken from
-// cipher.NewCBCEncrypter because that allocates a BlockMode per packet and
-// cannot be shared between goroutines.
-func cbcEncrypt(b cipher.Block, iv, buf []byte) {
-	prev := iv
-	n := b.BlockSize()
-	for i := 0; i < len(buf); i += n {
-		blk := buf[i : i+n]
-		subtle.XORBytes(blk, blk, prev)
-		b.Encrypt(blk, blk)
-		prev = blk
-	}
-}
