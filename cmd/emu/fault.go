@@ -21,7 +21,8 @@ func faultCommand() *cli.Command {
 		Name:  "fault",
 		Usage: "break or repair a tunnel or a link of a running lab",
 		UsageText: `emu fault tunnel down|up -t FILE CONNECTION     (CONNECTION: name, or NODE:name)
-emu fault link down|up -t FILE NODE:IF`,
+emu fault link down|up -t FILE NODE:IF
+(up also takes --no-wait)`,
 		Description: `"tunnel down" drops every packet of the tunnel between the connection's two endpoints,
 both ways: ESP, ESP in UDP/4500 and IKE (UDP 500 and 4500), with an nftables table
 (emu-fault-<connection>) in the namespace of the node that declares it: the tunnel stays
@@ -51,7 +52,7 @@ func tunnelFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
 		ArgsUsage: "CONNECTION",
-		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
+		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION" + waitUsage(dir),
 		Flags:     faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
@@ -93,6 +94,13 @@ func tunnelFault(dir string) *cli.Command {
 			return reportAndAwait(c, t, rec.Dir)
 		},
 	}
+}
+
+func waitUsage(dir string) string {
+	if dir == "down" {
+		return ""
+	}
+	return " [--no-wait]"
 }
 
 // faultFlags are a fault command's flags: a repair may skip its wait.
@@ -222,7 +230,7 @@ func linkFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
 		ArgsUsage: "NODE:IF",
-		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
+		UsageText: "emu fault link " + dir + " -t FILE NODE:IF" + waitUsage(dir),
 		Flags:     faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
