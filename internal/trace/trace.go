@@ -344,7 +344,7 @@ func walk(frames []frame, t *topology.Topology) []Hop {
 		hop.In, hop.Action = f.Interface, Receives
 		for j := i + 1; j < len(frames) && !f.host; j++ {
 			g := frames[j]
-			if used[j] || g.node != f.node || !g.Outgoing || g.inner != f.inner || (g.icmp == nil) != (f.icmp == nil) {
+			if used[j] || g.node != f.node || !g.Outgoing || g.inner != f.inner {
 				continue
 			}
 			used[j] = true
