@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -19,7 +21,8 @@ func faultCommand() *cli.Command {
 		Name:  "fault",
 		Usage: "break or repair a tunnel or a link of a running lab",
 		UsageText: `emu fault tunnel down|up -t FILE CONNECTION     (CONNECTION: name, or NODE:name)
-emu fault link down|up -t FILE NODE:IF`,
+emu fault link down|up -t FILE NODE:IF
+(up also takes --no-wait)`,
 		Description: `"tunnel down" drops every packet of the tunnel between the connection's two endpoints,
 both ways: ESP, ESP in UDP/4500 and IKE (UDP 500 and 4500), with an nftables table
 (emu-fault-<connection>) in the namespace of the node that declares it: the tunnel stays
@@ -27,7 +30,12 @@ configured but nothing crosses it, as when the private line or the peer fails, s
 IKE-keyed tunnel's DPD declares the peer dead. "tunnel up" removes that table on that node only (the other end's connection has
 its own): it says whether there was one, and lists the faults still in the lab. "link
 down" sets an interface down, so its veth peer loses carrier; "link up" brings it back
-with its routes, and lists the faults left too. All are idempotent. Example:
+with its routes, and lists the faults left too. When no fault is left, "up" waits (at most
+20 s, progress on stderr, Ctrl-C stops the wait) until what the fault broke is back: every
+IKE-keyed connection's CHILD SA, every BGP session Established with its peer's prefixes
+installed, every route DPD or a health check withdrew; a check run next judges a recovered
+lab. --no-wait skips that. Not recovered in time: exit 1, naming what is missing. All are
+idempotent. Example:
    emu fault tunnel down -t topologies/static.yaml to-vpc`,
 		Subcommands: []*cli.Command{
 			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP and IKE of one connection", Subcommands: []*cli.Command{
@@ -44,11 +52,11 @@ func tunnelFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
 		ArgsUsage: "CONNECTION",
-		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION",
-		Flags:     []cli.Flag{topoFlag},
+		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION" + waitUsage(dir),
+		Flags:     faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
-			t, _, err := deployedTopology(c)
+			t, rec, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}
@@ -83,9 +91,62 @@ func tunnelFault(dir string) *cli.Command {
 			} else {
 				fmt.Fprintf(c.App.Writer, "%s: no fault on %s, nothing removed\n", what, node.Name)
 			}
-			return reportFaults(c.App.Writer, t)
+			return reportAndAwait(c, t, rec.Dir)
 		},
 	}
+}
+
+func waitUsage(dir string) string {
+	if dir == "down" {
+		return ""
+	}
+	return " [--no-wait]"
+}
+
+// faultFlags are a fault command's flags: a repair may skip its wait.
+func faultFlags(dir string) []cli.Flag {
+	if dir == "down" {
+		return []cli.Flag{topoFlag}
+	}
+	return []cli.Flag{topoFlag, &cli.BoolFlag{Name: "no-wait", Usage: "return once the fault is removed, without waiting for the lab to recover"}}
+}
+
+// reportAndAwait says which faults are left after a repair and, when none
+// is, waits (up to lab.RecoverTimeout, with progress on stderr, until
+// Ctrl-C) for what the fault broke to come back: IKE, BGP sessions and
+// their routes, the routes DPD and health checks withdrew. A check run
+// right after then judges a recovered lab, not one half-way. With faults
+// left the lab cannot recover, so it does not wait; nor with --no-wait.
+func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
+	left, err := reportFaults(c.App.Writer, t)
+	if err != nil || left > 0 || c.Bool("no-wait") {
+		return err
+	}
+	start := time.Now()
+	first := -1
+	missing, err := lab.AwaitRecovery(c.Context, t, labDir, lab.RecoverTimeout, func(m lab.Recovery) {
+		if first < 0 {
+			first = len(m)
+		}
+		if len(m) > 0 {
+			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), strings.Join(m, "; "))
+		}
+	})
+	elapsed := time.Since(start).Round(100 * time.Millisecond)
+	switch {
+	case err != nil && c.Context.Err() != nil:
+		return fmt.Errorf("interrupted after %s while waiting for lab %q to recover (the fault is removed; still missing: %s)", elapsed, t.Name, strings.Join(missing, "; "))
+	case err != nil:
+		return err
+	case len(missing) > 0:
+		return fmt.Errorf("lab %q did not recover within %s: %s (see the agents' logs in %s)", t.Name, lab.RecoverTimeout, strings.Join(missing, "; "), filepath.Join(labDir, "logs"))
+	}
+	if first <= 0 {
+		fmt.Fprintf(c.App.Writer, "lab %q: nothing to wait for, its IKE SAs, BGP sessions and monitored routes are up\n", t.Name)
+		return nil
+	}
+	fmt.Fprintf(c.App.Writer, "lab %q recovered in %s: the %d IKE SAs, BGP sessions or routes missing at the repair are back\n", t.Name, elapsed, first)
+	return nil
 }
 
 // activeFaults lists what emu fault has broken in the running lab and not
@@ -105,22 +166,23 @@ func activeFaults(labName string, nodes []string) ([]string, error) {
 	return out, nil
 }
 
-// reportFaults says which faults are left in the lab after a repair.
-func reportFaults(w io.Writer, t *topology.Topology) error {
+// reportFaults says which faults are left in the lab after a repair, and
+// returns how many.
+func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
 	var nodes []string
 	for _, n := range t.Nodes {
 		nodes = append(nodes, n.Name)
 	}
 	left, err := activeFaults(t.Name, nodes)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if len(left) == 0 {
 		fmt.Fprintf(w, "no fault left in lab %q\n", t.Name)
-		return nil
+		return 0, nil
 	}
-	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`)\n", t.Name, strings.Join(left, ", "))
-	return nil
+	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, strings.Join(left, ", "))
+	return len(left), nil
 }
 
 // findTunnel resolves "name" or "node:name" to one connection.
@@ -168,11 +230,11 @@ func linkFault(dir string) *cli.Command {
 	return &cli.Command{
 		Name:      dir,
 		ArgsUsage: "NODE:IF",
-		UsageText: "emu fault link " + dir + " -t FILE NODE:IF",
-		Flags:     []cli.Flag{topoFlag},
+		UsageText: "emu fault link " + dir + " -t FILE NODE:IF" + waitUsage(dir),
+		Flags:     faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
-			t, _, err := deployedTopology(c)
+			t, rec, err := deployedTopology(c)
 			if err != nil {
 				return err
 			}
@@ -194,7 +256,7 @@ func linkFault(dir string) *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "link %s:%s is %s\n", node, ifname, dir)
 			if dir == "up" {
-				return reportFaults(c.App.Writer, t)
+				return reportAndAwait(c, t, rec.Dir)
 			}
 			return nil
 		},

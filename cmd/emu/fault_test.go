@@ -5,9 +5,13 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/labtest"
+	"github.com/emu-lab/emu/internal/netnsx"
 )
 
 // A repair says what it removed and what is still broken in the lab: never
@@ -70,4 +74,67 @@ func TestCLI_FaultUp_SaysWhatItRemovedAndWhatFaultsRemain(t *testing.T) {
 			t.Errorf("emu %s: exit %d, want %d with %q: %s", strings.Join(args, " "), r.code, exitInvalid, want, r.stderr)
 		}
 	}
+}
+
+// A repair waits until what the fault broke is back (here the routes both
+// ends' DPD withdrew, which DPD puts back only at its next probe), showing
+// what it waits for, so a check run at once judges a recovered lab: before
+// the wait, `fault tunnel up` followed by `emu check` failed the first
+// ping (the reply looped between the VPC and the VPN gateway).
+func TestCLI_FaultTunnelUp_WaitsUntilRecovered_ThenACheckPassesAtOnce(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
+	}
+	if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, "to-vpc"); r.code != 0 {
+		t.Fatalf("fault down: exit %d: %s", r.code, r.stderr)
+	}
+	// Witness: on-prem's DPD withdrew its route into the tunnel.
+	ns := "emu-" + name + "-onprem"
+	deadline := time.Now().Add(10 * time.Second)
+	for tunnelRoute(t, ns, "172.16.2.0/24", "ipsec0") {
+		if time.Now().After(deadline) {
+			t.Fatal("DPD did not withdraw on-prem's tunnel route within 10 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
+	if r.code != 0 || !strings.Contains(r.stdout, `lab "`+name+`" recovered in`) ||
+		!strings.Contains(r.stderr, "waiting for the lab to recover") || !strings.Contains(r.stderr, "to-vpc dpd not back yet: route 172.16.2.0/24 dev ipsec0") {
+		t.Fatalf("fault up: exit %d, want the wait shown and the recovery said\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if !tunnelRoute(t, ns, "172.16.2.0/24", "ipsec0") {
+		t.Fatal("fault up said recovered, but on-prem's tunnel route is missing")
+	}
+	if r := runEmu(t, state, "check", "-t", topo); r.code != 0 {
+		t.Fatalf("check right after the repair: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// tunnelRoute reports whether namespace ns routes prefix out of dev.
+func tunnelRoute(t *testing.T, ns, prefix, dev string) bool {
+	t.Helper()
+	found := false
+	err := netnsx.Do(ns, func() error {
+		link, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
+		for _, r := range routes {
+			found = found || r.Dst != nil && r.Dst.String() == prefix
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
 }

@@ -27,7 +27,9 @@ each node did with the request and the reply: sends, forwards, encrypts, decrypt
 receives, with the outer addresses and SPI on the wire and the inner addresses (ESP is
 decrypted with the lab's keys, also ESP in UDP/4500 and with the keys IKE negotiated). With
 the tunnel down it shows the fallback path; when the probe gets no reply (method 1 with the
-tunnel down) it shows the walk up to where the probe died, and exits non-zero. A gateway
+tunnel down) it shows the walk up to where the probe itself was last seen, and exits non-zero;
+an ICMP error quoting the probe (time exceeded, unreachable) is shown in a table of its own,
+with its sender, type and code, and is never taken for the probe. A gateway
 as --to shows "decrypts" where the ESP for it arrived.
 With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stack lab
 (topologies/dual-stack.yaml) the walk shows IPv6 inside the IPv4 tunnel.`,
@@ -81,16 +83,43 @@ With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stac
 	}
 }
 
+// printHops prints the probe's walk, then, in a table of their own, the
+// walk of any ICMP error that quoted the probe: what a router said about
+// it is not the probe.
 func printHops(w io.Writer, hops []trace.Hop) error {
+	var own, errs []trace.Hop
+	for _, h := range hops {
+		if h.ICMPError != nil {
+			errs = append(errs, h)
+		} else {
+			own = append(own, h)
+		}
+	}
+	if err := hopTable(w, own, false); err != nil || len(errs) == 0 {
+		return err
+	}
+	fmt.Fprintln(w, "ICMP errors about the probe (not the probe itself):")
+	return hopTable(w, errs, true)
+}
+
+func hopTable(w io.Writer, hops []trace.Hop, icmp bool) error {
 	t := tablewriter.NewWriter(w)
-	t.Header("#", "Node", "In", "Action", "Out", "On the wire", "Outer src → dst", "SPI", "Inner src → dst")
+	header := []any{"#", "Node", "In", "Action", "Out", "On the wire", "Outer src → dst", "SPI", "Inner src → dst"}
+	if icmp {
+		header = append(header, "ICMP error", "About")
+	}
+	t.Header(header...)
 	for _, h := range hops {
 		wire, spi, inner := "clear", "", ""
 		if h.Encrypted {
 			wire, spi = "ESP", fmt.Sprintf("0x%08x", h.SPI)
 			inner = fmt.Sprintf("%s → %s", h.InnerSrc, h.InnerDst)
 		}
-		if err := t.Append(fmt.Sprint(h.Step), h.Node, h.In, h.Action, h.Out, wire, fmt.Sprintf("%s → %s", h.OuterSrc, h.OuterDst), spi, inner); err != nil {
+		row := []any{fmt.Sprint(h.Step), h.Node, h.In, h.Action, h.Out, wire, fmt.Sprintf("%s → %s", h.OuterSrc, h.OuterDst), spi, inner}
+		if e := h.ICMPError; icmp && e != nil {
+			row = append(row, fmt.Sprintf("%s (type %d, code %d) from %s", e.Name, e.Type, e.Code, e.From), fmt.Sprintf("%s → %s", e.AboutSrc, e.AboutDst))
+		}
+		if err := t.Append(row...); err != nil {
 			return err
 		}
 	}

@@ -19,7 +19,11 @@ import (
 //   - automatic (BGP over the tunnel, or the health check with
 //     revoke_route): traffic resumes by itself within FailoverLimit;
 //   - manual (method 1): traffic stops and stays stopped until the
-//     operator withdraws the VPN gateway's routes, then resumes;
+//     operator withdraws the VPN gateway's routes, then resumes; while
+//     it is stopped, a few UDP datagrams and pings under capture show what
+//     each direction does on the wire (one-way traffic may still arrive
+//     in clear: observeOutage), which the row reports without changing
+//     its verdict;
 //
 // then that the fallback crosses the private path in clear (or stays
 // encrypted when another connection to the same peer is left), and that
@@ -67,6 +71,14 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Evidence = fmt.Sprintf("method 1: traffic stopped and stayed stopped with the VPN gateway's routes published (%s)", res)
 		if !stopped {
 			r.Evidence = "traffic resumed without the operator, which method 1 does not do: " + res.String()
+		} else if gwNode := l.Topology.Node(tun.Peer.Node); gwNode != nil {
+			// Round trips stopped; say what each direction does on the
+			// wire, as measured: one of them may still get through.
+			if w, werr := observeOutage(ctx, l, a, b, gwNode); werr != nil {
+				r.Evidence += "; on the wire: not observed: " + werr.Error()
+			} else {
+				r.Evidence += "; on the wire: " + w.describe(a.node.Name, b.node.Name, gwNode.Name)
+			}
 		}
 	}
 	if err == nil && tun.IKE != nil && l.Dir != "" {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/emu-lab/emu/internal/capture"
@@ -37,6 +38,26 @@ type Hop struct {
 	InnerSrc  netip.Addr `json:"inner_src,omitzero"`
 	InnerDst  netip.Addr `json:"inner_dst,omitzero"`
 	Time      time.Time  `json:"time"`
+	// ICMPError is set on the hops of an ICMP error that quotes the probe
+	// (a router's time exceeded, an unreachable): not the probe itself,
+	// but what some node said about it. Nil on the probe's own hops.
+	ICMPError *ICMPError `json:"icmp_error,omitempty"`
+}
+
+// ICMPError is an ICMP error message that quotes the probe (RFC 792,
+// RFC 4443 §2.1, §3): who sent it, its type and code, and the addresses of
+// the quoted packet (the request, or the reply, of the probe).
+type ICMPError struct {
+	From     netip.Addr `json:"from"` // the sender's address: the error's source
+	Type     uint8      `json:"type"`
+	Code     uint8      `json:"code"`
+	Name     string     `json:"name"` // "time exceeded", "destination unreachable", ...
+	AboutSrc netip.Addr `json:"about_src"`
+	AboutDst netip.Addr `json:"about_dst"`
+}
+
+func (e ICMPError) String() string {
+	return fmt.Sprintf("ICMP %s (type %d, code %d) from %s about %s → %s", e.Name, e.Type, e.Code, e.From, e.AboutSrc, e.AboutDst)
 }
 
 // Actions, as the guide words them.
@@ -59,6 +80,7 @@ type frame struct {
 	encrypted bool
 	outer     capture.Headers
 	inner     [2]netip.Addr
+	icmp      *ICMPError // set when the frame is an ICMP error quoting the probe
 }
 
 // Run traces one ICMP echo from host `from` to the first IPv4 address of node
@@ -115,15 +137,22 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 		}
 	}
 	sort.SliceStable(frames, func(i, j int) bool { return frames[i].Time.Before(frames[j].Time) })
-	hops := walk(frames, t)
-	if pingErr != nil {
-		// The walk seen so far shows where the probe died.
-		where := "no frame of it was seen"
-		if len(hops) > 0 {
-			last := hops[len(hops)-1]
-			where = fmt.Sprintf("last seen at %s (%s)", last.Node, last.Action)
+	var probeFrames, errFrames []frame
+	for _, f := range frames {
+		if f.icmp != nil {
+			errFrames = append(errFrames, f)
+		} else {
+			probeFrames = append(probeFrames, f)
 		}
-		return hops, fmt.Errorf("trace: %w; %s (read `emu check`)", pingErr, where)
+	}
+	hops := walk(probeFrames, t)
+	errHops := walk(errFrames, t)
+	for i := range errHops {
+		errHops[i].Step += len(hops)
+	}
+	hops = append(hops, errHops...)
+	if pingErr != nil {
+		return hops, fmt.Errorf("trace: %w; %s (read `emu check`)", pingErr, Died(hops))
 	}
 	// A walk with frames missing may show a hop skipped: say so, with
 	// what was seen.
@@ -133,7 +162,30 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 	return hops, nil
 }
 
-// carries decodes a frame and reports whether the probe is in it.
+// Died says where a probe that got no answer was last seen, from a walk
+// of Run: the last hop of the probe itself (its request or its reply),
+// then each ICMP error about it, by whom it was sent and who received it.
+func Died(hops []Hop) string {
+	where := "no frame of it was seen"
+	var errs []string
+	for _, h := range hops {
+		switch {
+		case h.ICMPError == nil:
+			where = fmt.Sprintf("last seen at %s (%s)", h.Node, h.Action)
+		case h.Action == Sends:
+			errs = append(errs, fmt.Sprintf("%s sent %s", h.Node, h.ICMPError))
+		case h.Action == Receives:
+			errs = append(errs, fmt.Sprintf("%s received it", h.Node))
+		}
+	}
+	if len(errs) > 0 {
+		where += "; " + strings.Join(errs, ", ")
+	}
+	return where
+}
+
+// carries decodes a frame and reports whether the probe is in it, itself
+// or quoted by an ICMP error (f.icmp set).
 func carries(p capture.Packet, marker []byte, conns []ipsec.Conn) (frame, bool) {
 	h, err := p.Decode()
 	if err != nil {
@@ -145,6 +197,9 @@ func carries(p capture.Packet, marker []byte, conns []ipsec.Conn) (frame, bool) 
 			return f, false
 		}
 		f.inner = [2]netip.Addr{h.Src, h.Dst}
+		if len(p.Data) > ethHeader {
+			f.icmp = quotedError(p.Data[ethHeader:])
+		}
 		return f, true
 	}
 	inner, ok := decrypt(p.Data, h.SPI, h.Encap, conns)
@@ -155,7 +210,57 @@ func carries(p capture.Packet, marker []byte, conns []ipsec.Conn) (frame, bool) 
 		return f, false
 	}
 	f.encrypted = true
+	f.icmp = quotedError(inner)
 	return f, true
+}
+
+const ethHeader = 14
+
+// ICMP error types (RFC 792; RFC 4443 §2.1) and their names.
+var (
+	icmp4Errors = map[uint8]string{3: "destination unreachable", 4: "source quench", 5: "redirect", 11: "time exceeded", 12: "parameter problem"}
+	icmp6Errors = map[uint8]string{1: "destination unreachable", 2: "packet too big", 3: "time exceeded", 4: "parameter problem", 137: "redirect"}
+)
+
+// quotedError reads an IP packet (from its IP header on) and, when it is
+// an ICMP or ICMPv6 error quoting a packet of the same family (RFC 792:
+// the quoted header follows the 8-byte ICMP header; RFC 4443 §3 likewise;
+// an ICMPv6 redirect quotes it in an option, RFC 4861 §4.5, and is named
+// without the quoted addresses), returns it; nil for anything else.
+func quotedError(pkt []byte) *ICMPError {
+	var e ICMPError
+	var icmp []byte
+	var names map[uint8]string
+	quotedLen, srcOff := 20, 12
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		ihl, total := int(pkt[0]&0x0f)*4, int(binary.BigEndian.Uint16(pkt[2:]))
+		if pkt[9] != 1 || ihl < 20 || total < ihl+8 || total > len(pkt) {
+			return nil
+		}
+		e.From = netip.AddrFrom4([4]byte(pkt[12:16]))
+		icmp, names = pkt[ihl:total], icmp4Errors
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		total := 40 + int(binary.BigEndian.Uint16(pkt[4:]))
+		if pkt[6] != 58 || total < 48 || total > len(pkt) {
+			return nil
+		}
+		e.From = netip.AddrFrom16([16]byte(pkt[8:24]))
+		icmp, names, quotedLen, srcOff = pkt[40:total], icmp6Errors, 40, 8
+	default:
+		return nil
+	}
+	name, ok := names[icmp[0]]
+	if !ok {
+		return nil
+	}
+	e.Type, e.Code, e.Name = icmp[0], icmp[1], name
+	if q := icmp[8:]; len(q) >= quotedLen && q[0]>>4 == pkt[0]>>4 && !(quotedLen == 40 && e.Type == 137) {
+		n := (quotedLen - srcOff) / 2
+		e.AboutSrc, _ = netip.AddrFromSlice(q[srcOff : srcOff+n])
+		e.AboutDst, _ = netip.AddrFromSlice(q[srcOff+n : srcOff+2*n])
+	}
+	return &e
 }
 
 // innerAddrs reads the source and destination of a decrypted inner packet,
@@ -227,7 +332,7 @@ func walk(frames []frame, t *topology.Topology) []Hop {
 			continue
 		}
 		used[i] = true
-		hop := Hop{Node: f.node, Encrypted: f.encrypted, OuterSrc: f.outer.Src, OuterDst: f.outer.Dst, InnerSrc: f.inner[0], InnerDst: f.inner[1], Time: f.Time}
+		hop := Hop{Node: f.node, Encrypted: f.encrypted, OuterSrc: f.outer.Src, OuterDst: f.outer.Dst, InnerSrc: f.inner[0], InnerDst: f.inner[1], Time: f.Time, ICMPError: f.icmp}
 		if f.encrypted {
 			hop.SPI = f.outer.SPI
 		}

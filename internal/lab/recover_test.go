@@ -1,0 +1,42 @@
+package lab_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/topology"
+)
+
+// The wait after a repair ends when its context does (Ctrl-C), at once,
+// returning what is still missing: here a BGP speaker whose agent
+// publishes no state, which is never taken as recovered.
+func TestAwaitRecovery_ContextEnds_StopsAndNamesWhatIsMissing(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "agents"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "agents", "r1.json"), []byte(`{"lab":"x","node":"r1","bgp":{"asn":65001}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	topo := &topology.Topology{Name: "x", Nodes: []*topology.Node{{Name: "r1"}, {Name: "h1"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	var shown []lab.Recovery
+	missing, err := lab.AwaitRecovery(ctx, topo, dir, time.Minute, func(m lab.Recovery) { shown = append(shown, m) })
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("err %v after %s, want the context's error at once", err, time.Since(start))
+	}
+	if len(missing) != 1 || !strings.Contains(missing[0], "agent of r1 has no state") {
+		t.Errorf("missing %q, want r1's agent without state", missing)
+	}
+	if len(shown) != 1 {
+		t.Errorf("progress called %d times for one unchanged state, want 1", len(shown))
+	}
+}
