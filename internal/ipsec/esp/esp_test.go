@@ -2,7 +2,6 @@ package esp
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -413,52 +412,6 @@ func TestSeal_SequenceExhausted_RefusesAndCounts(t *testing.T) {
 			}
 			if s := out.Stats(); s.Seq != math.MaxUint32 || s.Packets != 1 || s.Errors != 2 {
 				t.Fatalf("stats %+v", s)
-			}
-		})
-	}
-}
-
-// A batch sealed on several goroutines takes its numbers from Reserve, so
-// the packets carry them in the order they leave, whatever order they were
-// sealed in.
-func TestReserveSealSeq_NumbersFollowTheReservationNotTheSealingOrder(t *testing.T) {
-	for _, alg := range []Algorithm{AESGCM128, AESCBCSHA1} {
-		t.Run(alg.String(), func(t *testing.T) {
-			out, in := newPair(t, testConfig(alg, 0x8100))
-			if _, err := out.Seal(nil, payload(10), 4); err != nil {
-				t.Fatal(err)
-			}
-			first := out.Reserve(3)
-			if first != 2 {
-				t.Fatalf("Reserve(3) after one Seal: first %d, want 2", first)
-			}
-			pkts := make([][]byte, 3)
-			for _, i := range []int{2, 0, 1} { // sealed out of order
-				pkt, err := out.SealSeq(first+uint64(i), nil, payload(20+i), 4)
-				if err != nil {
-					t.Fatal(err)
-				}
-				pkts[i] = pkt
-			}
-			for i, pkt := range pkts {
-				if seq := binary.BigEndian.Uint32(pkt[4:8]); seq != uint32(first)+uint32(i) {
-					t.Fatalf("packet %d carries sequence number %d, want %d", i, seq, first+uint64(i))
-				}
-				inner, _, err := in.Open(nil, pkt)
-				if err != nil || len(inner) != 20+i {
-					t.Fatalf("open packet %d: %d bytes, %v", i, len(inner), err)
-				}
-			}
-			if next, _ := out.Seal(nil, payload(10), 4); binary.BigEndian.Uint32(next[4:8]) != 5 {
-				t.Fatalf("Seal after the reservation carries %d, want 5", binary.BigEndian.Uint32(next[4:8]))
-			}
-			out.Resume(math.MaxUint32 - 1)
-			last := out.Reserve(2)
-			if _, err := out.SealSeq(last, nil, payload(10), 4); err != nil {
-				t.Fatalf("2^32-1: %v", err)
-			}
-			if _, err := out.SealSeq(last+1, nil, payload(10), 4); !errors.Is(err, ErrSeqExhausted) {
-				t.Fatalf("past 2^32-1: %v, want ErrSeqExhausted", err)
 			}
 		})
 	}

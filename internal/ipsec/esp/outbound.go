@@ -54,21 +54,7 @@ func NewOutbound(c Config) (*Outbound, error) {
 // Seal allocates only when cap(dst)-len(dst) is below
 // Algorithm.SealedLen(len(inner)).
 func (o *Outbound) Seal(dst, inner []byte, nextHeader byte) ([]byte, error) {
-	return o.SealSeq(o.seq.Add(1), dst, inner, nextHeader)
-}
-
-// Reserve hands out the next n sequence numbers, first to first+n-1, for
-// SealSeq: a sender that seals a batch on several goroutines numbers the
-// packets in the order they will leave, so that the peer's replay window
-// (RFC 4303 §3.4.3) sees them in order. Numbers past 2^32-1 make SealSeq
-// fail with ErrSeqExhausted.
-func (o *Outbound) Reserve(n int) (first uint64) {
-	return o.seq.Add(uint64(n)) - uint64(n) + 1
-}
-
-// SealSeq is Seal with a sequence number that Reserve handed out; each
-// number must be sealed at most once (RFC 4303 §3.3.3).
-func (o *Outbound) SealSeq(seq uint64, dst, inner []byte, nextHeader byte) ([]byte, error) {
+	seq := o.seq.Add(1)
 	if seq > math.MaxUint32 {
 		// Without ESN the counter must not wrap (RFC 4303 §3.3.3); the kernel
 		// refuses with EOVERFLOW at the same point.
