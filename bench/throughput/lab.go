@@ -36,6 +36,9 @@ type benchLab struct {
 	cipher     string
 	encap      bool // ESP in UDP, keyed by IKEv2 (deployESPInUDP)
 	strongswan bool // charon runs onprem's end (deployStrongSwan)
+	// baseOnly: the lab carries plain, the ceiling and wireguard-go, but
+	// -modes left out its own emu row.
+	baseOnly   bool
 	deployTime time.Duration
 	topo       *topology.Topology
 	plan       *plan.Plan
@@ -67,6 +70,10 @@ func deployCipher(ctx context.Context, cipher string) (*benchLab, error) {
 // espInUDPCipher is what the IKE defaults of a connection negotiate
 // (ipsec-enc-alg aes, ipsec-auth-alg sha1): the product's ESP in UDP.
 const espInUDPCipher = "aes-cbc-sha1"
+
+// espInUDPCiphers are the ESP-in-UDP rows: the IKE defaults, and AES-GCM
+// to compare with raw ESP of the same algorithm.
+var espInUDPCiphers = []string{espInUDPCipher, "aes-gcm-128"}
 
 // espInUDPSuites are the ESP algorithms the ESP-in-UDP labs negotiate: the
 // IKE default, and AES-GCM-16, which emu's IKE and ESP engine have but the

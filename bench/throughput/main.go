@@ -35,6 +35,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -137,6 +138,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "throughput: -modes: %v\n", err)
 		os.Exit(2)
 	}
+	if !slices.ContainsFunc(emuRows(), modes.MatchString) {
+		fmt.Fprintf(os.Stderr, "throughput: -modes %q matches no emu row; the rows are:\n  %s\n", *only, strings.Join(emuRows(), "\n  "))
+		os.Exit(2)
+	}
 	var counts []int
 	for f := range strings.FieldsFuncSeq(*scale, func(r rune) bool { return r == ',' }) {
 		n, err := strconv.Atoi(f)
@@ -174,6 +179,19 @@ func main() {
 	}
 }
 
+// emuRows are the names of every emu row the bench can run, what -modes
+// selects from.
+func emuRows() []string {
+	var rows []string
+	for _, alg := range benchAlgorithms() {
+		rows = append(rows, rawESPRow+" "+alg.String())
+	}
+	for _, cipher := range espInUDPCiphers {
+		rows = append(rows, espInUDPRow+" "+cipher)
+	}
+	return append(rows, strongSwanRow+" "+espInUDPCipher)
+}
+
 // loadAverage is the 1, 5 and 15 minute load: the machine is shared, and
 // other work moves the numbers.
 func loadAverage() string {
@@ -191,8 +209,8 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int, modes *re
 	// mode back to back under the same load.
 	var labs []*benchLab
 	var err error
-	// The first lab also carries plain and wireguard-go, so it is always
-	// deployed.
+	// The first lab also carries plain, the ceiling and wireguard-go, so
+	// it is always deployed.
 	for i, alg := range benchAlgorithms() {
 		if i > 0 && !modes.MatchString(rawESPRow+" "+alg.String()) {
 			continue
@@ -201,9 +219,10 @@ func run(ctx context.Context, runs int, d time.Duration, counts []int, modes *re
 		if l, err = deployCipher(ctx, alg.String()); err != nil {
 			break
 		}
+		l.baseOnly = !modes.MatchString(rawESPRow + " " + alg.String())
 		labs = append(labs, l)
 	}
-	for _, cipher := range []string{espInUDPCipher, "aes-gcm-128"} {
+	for _, cipher := range espInUDPCiphers {
 		if err != nil {
 			break
 		}
@@ -280,7 +299,9 @@ func measureAll(ctx context.Context, labs []*benchLab, runs int, d time.Duration
 		{name: ceilingRow, lab: labs[0], ceiling: true},
 	}
 	for _, l := range labs {
-		res.modes = append(res.modes, mode{name: l.modeName(), lab: l, through: "ipsec0"})
+		if !l.baseOnly {
+			res.modes = append(res.modes, mode{name: l.modeName(), lab: l, through: "ipsec0"})
+		}
 	}
 	res.samples = make([][]sample, len(res.modes))
 	for i := range runs {

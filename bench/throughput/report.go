@@ -91,7 +91,10 @@ func printReport(w io.Writer, res results) error {
 		return "missed"
 	}
 	for _, alg := range targetAlgorithms {
-		r := ratios["emu raw ESP "+alg.String()]
+		r, ran := ratios[rawESPRow+" "+alg.String()]
+		if !ran {
+			continue // not among -modes
+		}
 		fmt.Fprintf(w, "target raw ESP %s ≥ %.1f× wireguard-go: %s (median %.2f×)\n", alg, targetRawESP, verdict(r >= targetRawESP), r)
 	}
 	for _, m := range res.modes {
