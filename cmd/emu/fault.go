@@ -149,31 +149,52 @@ func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
 	return nil
 }
 
-// activeFaults lists what emu fault has broken in the running lab and not
-// repaired, node by node in order: "tunnel NODE:CONN (ESP dropped)", "link
-// NODE:IF (down)".
-func activeFaults(labName string, nodes []string) ([]string, error) {
-	var out []string
-	for _, n := range nodes {
-		active, err := fault.Active(plan.NamespaceName(labName, n))
+// labFault is one fault emu fault put in force in a running lab and did
+// not repair: what it broke, on which node.
+type labFault struct {
+	node string
+	fault.Fault
+}
+
+// String is "tunnel NODE:CONN (ESP dropped)" or "link NODE:IF (down)".
+func (f labFault) String() string {
+	return fmt.Sprintf("%s %s:%s (%s)", f.Kind, f.node, f.Name, f.Effect())
+}
+
+// repair is the command that removes the fault from the lab deployed from
+// file: `emu fault tunnel up -t FILE NODE:CONN` or `emu fault link up ...`.
+func (f labFault) repair(file string) string {
+	return fmt.Sprintf("emu fault %s up -t %s %s:%s", f.Kind, file, f.node, f.Name)
+}
+
+// activeFaults lists what emu fault has broken in the running lab t and not
+// repaired, node by node in order (inspect reads the same).
+func activeFaults(t *topology.Topology) ([]labFault, error) {
+	var out []labFault
+	for _, n := range t.Nodes {
+		active, err := fault.Active(plan.NamespaceName(t.Name, n.Name))
 		if err != nil {
 			return nil, err
 		}
 		for _, f := range active {
-			out = append(out, fmt.Sprintf("%s %s:%s (%s)", f.Kind, n, f.Name, f.Effect()))
+			out = append(out, labFault{n.Name, f})
 		}
 	}
 	return out, nil
 }
 
+func faultList(fs []labFault) string {
+	var s []string
+	for _, f := range fs {
+		s = append(s, f.String())
+	}
+	return strings.Join(s, ", ")
+}
+
 // reportFaults says which faults are left in the lab after a repair, and
 // returns how many.
 func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
-	var nodes []string
-	for _, n := range t.Nodes {
-		nodes = append(nodes, n.Name)
-	}
-	left, err := activeFaults(t.Name, nodes)
+	left, err := activeFaults(t)
 	if err != nil {
 		return 0, err
 	}
@@ -181,7 +202,7 @@ func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
 		fmt.Fprintf(w, "no fault left in lab %q\n", t.Name)
 		return 0, nil
 	}
-	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, strings.Join(left, ", "))
+	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, faultList(left))
 	return len(left), nil
 }
 
