@@ -123,29 +123,35 @@ func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
 		return err
 	}
 	start := time.Now()
-	first := -1
+	// Everything seen missing while waiting came back: count it all, a
+	// BGP prefix may go missing only after its session returned.
+	var waited lab.Recovery
+	seen := map[string]bool{}
 	missing, err := lab.AwaitRecovery(c.Context, t, labDir, lab.RecoverTimeout, func(m lab.Recovery) {
-		if first < 0 {
-			first = len(m)
+		for _, x := range m {
+			if !seen[x.Text] {
+				seen[x.Text] = true
+				waited = append(waited, x)
+			}
 		}
 		if len(m) > 0 {
-			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), strings.Join(m, "; "))
+			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), m)
 		}
 	})
 	elapsed := time.Since(start).Round(100 * time.Millisecond)
 	switch {
 	case err != nil && c.Context.Err() != nil:
-		return fmt.Errorf("interrupted after %s while waiting for lab %q to recover (the fault is removed; still missing: %s)", elapsed, t.Name, strings.Join(missing, "; "))
+		return fmt.Errorf("interrupted after %s while waiting for lab %q to recover (the fault is removed; still missing: %s)", elapsed, t.Name, missing)
 	case err != nil:
 		return err
 	case len(missing) > 0:
-		return fmt.Errorf("lab %q did not recover within %s: %s (see the agents' logs in %s)", t.Name, lab.RecoverTimeout, strings.Join(missing, "; "), filepath.Join(labDir, "logs"))
+		return fmt.Errorf("lab %q did not recover within %s: %s (see the agents' logs in %s)", t.Name, lab.RecoverTimeout, missing, filepath.Join(labDir, "logs"))
 	}
-	if first <= 0 {
+	if len(waited) == 0 {
 		fmt.Fprintf(c.App.Writer, "lab %q: nothing to wait for, its IKE SAs, BGP sessions and monitored routes are up\n", t.Name)
 		return nil
 	}
-	fmt.Fprintf(c.App.Writer, "lab %q recovered in %s: the %d IKE SAs, BGP sessions or routes missing at the repair are back\n", t.Name, elapsed, first)
+	fmt.Fprintf(c.App.Writer, "lab %q recovered in %s: %s came back\n", t.Name, elapsed, waited.Count())
 	return nil
 }
 

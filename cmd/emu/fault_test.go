@@ -106,7 +106,7 @@ func TestCLI_FaultTunnelUp_WaitsUntilRecovered_ThenACheckPassesAtOnce(t *testing
 		time.Sleep(200 * time.Millisecond)
 	}
 	r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
-	if r.code != 0 || !strings.Contains(r.stdout, `lab "`+name+`" recovered in`) ||
+	if r.code != 0 || !strings.Contains(r.stdout, `lab "`+name+`" recovered in`) || !strings.Contains(r.stdout, ": 2 routes withdrawn by DPD came back\n") ||
 		!strings.Contains(r.stderr, "waiting for the lab to recover") || !strings.Contains(r.stderr, "to-vpc dpd not back yet: route 172.16.2.0/24 dev ipsec0") {
 		t.Fatalf("fault up: exit %d, want the wait shown and the recovery said\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
