@@ -123,17 +123,12 @@ func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
 		return err
 	}
 	start := time.Now()
-	// Everything seen missing while waiting came back: count it all, a
-	// BGP prefix may go missing only after its session returned.
+	// Everything seen missing while waiting came back: count it all (a
+	// BGP prefix may go missing only after its session returned), each
+	// object once though its state changed.
 	var waited lab.Recovery
-	seen := map[string]bool{}
 	missing, err := lab.AwaitRecovery(c.Context, t, labDir, lab.RecoverTimeout, func(m lab.Recovery) {
-		for _, x := range m {
-			if !seen[x.Text] {
-				seen[x.Text] = true
-				waited = append(waited, x)
-			}
-		}
+		waited = waited.Add(m)
 		if len(m) > 0 {
 			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), m)
 		}

@@ -34,11 +34,13 @@ const RecoverTimeout = ConvergeTimeout
 type Recovery []Missing
 
 // Missing is one thing a repair waits for: Kind says what it is (one of the
-// Missing* constants), Text names it, as "vpngw: neighbor 169.254.10.1 is
-// active".
+// Missing* constants), Object which one, the same while its state changes
+// ("vpngw neighbor 169.254.10.1"), and Text its state, as "vpngw: neighbor
+// 169.254.10.1 is active".
 type Missing struct {
-	Kind string
-	Text string
+	Kind   string
+	Object string
+	Text   string
 }
 
 // What a repair waits for, as Recovery.Count names them (singular).
@@ -68,6 +70,18 @@ func (r Recovery) String() string {
 		s = append(s, m.Text)
 	}
 	return strings.Join(s, "; ")
+}
+
+// Add returns r with each of more whose object (of its kind) r lacks: a
+// wait's progress added up, each session, SA or route counted once though
+// its state changed between polls.
+func (r Recovery) Add(more Recovery) Recovery {
+	for _, m := range more {
+		if !slices.ContainsFunc(r, func(x Missing) bool { return x.Kind == m.Kind && x.Object == m.Object }) {
+			r = append(r, m)
+		}
+	}
+	return r
 }
 
 // Count says how many of each kind r holds: "2 routes withdrawn by DPD",
@@ -112,7 +126,7 @@ func Recovered(t *topology.Topology, labDir string) (Recovery, error) {
 		if needsState(cfg) {
 			st, err := agent.ReadState(cfgPath)
 			if err != nil {
-				out = append(out, Missing{MissingAgent, err.Error()})
+				out = append(out, Missing{MissingAgent, n.Name, err.Error()})
 			} else {
 				out = append(out, ikeNotBack(n.Name, cfg, st)...)
 				out = append(out, bgpNotBack(t, n.Name, cfg, st)...)
@@ -129,7 +143,7 @@ func Recovered(t *topology.Topology, labDir string) (Recovery, error) {
 					return nil, err
 				}
 				if !present {
-					out = append(out, Missing{kind, fmt.Sprintf("%s: %s not back yet: route %s", n.Name, m.Connection, r)})
+					out = append(out, Missing{kind, r.String(), fmt.Sprintf("%s: %s not back yet: route %s", n.Name, m.Connection, r)})
 				}
 			}
 		}
@@ -159,9 +173,9 @@ func ikeNotBack(node string, cfg agent.Config, st *agent.State) Recovery {
 		i := slices.IndexFunc(st.IKE, func(s ike.Status) bool { return s.Name == name })
 		switch {
 		case i < 0:
-			out = append(out, Missing{MissingIKE, fmt.Sprintf("%s: connection %s reports no IKE state", node, name)})
+			out = append(out, Missing{MissingIKE, node + " " + name, fmt.Sprintf("%s: connection %s reports no IKE state", node, name)})
 		case st.IKE[i].Phase2 != ike.StateEstablished:
-			out = append(out, Missing{MissingIKE, fmt.Sprintf("%s: connection %s phase 1 %s, phase 2 %s", node, name, st.IKE[i].Phase1, st.IKE[i].Phase2)})
+			out = append(out, Missing{MissingIKE, node + " " + name, fmt.Sprintf("%s: connection %s phase 1 %s, phase 2 %s", node, name, st.IKE[i].Phase1, st.IKE[i].Phase2)})
 		}
 	}
 	return out
@@ -174,7 +188,7 @@ func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.S
 	var out Recovery
 	for _, nb := range st.Neighbors {
 		if !nb.Established {
-			out = append(out, Missing{MissingBGPSession, fmt.Sprintf("%s: neighbor %s is %s", node, nb.Address, nb.State)})
+			out = append(out, Missing{MissingBGPSession, node + " neighbor " + nb.Address.String(), fmt.Sprintf("%s: neighbor %s is %s", node, nb.Address, nb.State)})
 		}
 	}
 	seen := map[netip.Prefix]bool{}
@@ -189,7 +203,7 @@ func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.S
 			}
 			seen[p] = true
 			if !slices.ContainsFunc(st.Routes, func(r routing.Route) bool { return r.Prefix == p && (r.Installed || !r.NextHop.IsValid()) }) {
-				out = append(out, Missing{MissingBGPPrefix, fmt.Sprintf("%s: %s (from %s) not installed yet", node, p, peer.Name)})
+				out = append(out, Missing{MissingBGPPrefix, node + " " + p.String(), fmt.Sprintf("%s: %s (from %s) not installed yet", node, p, peer.Name)})
 			}
 		}
 	}

@@ -50,12 +50,26 @@ func TestRecoveryCount_NamesWhatCameBack(t *testing.T) {
 		want string
 	}{
 		{nil, ""},
-		{lab.Recovery{{lab.MissingDPDRoute, "onprem: to-vpc dpd not back yet"}, {lab.MissingDPDRoute, "vpngw: to-dc dpd not back yet"}}, "2 routes withdrawn by DPD"},
-		{lab.Recovery{{lab.MissingBGPPrefix, "a"}, {lab.MissingBGPSession, "b"}, {lab.MissingIKE, "c"}, {lab.MissingBGPPrefix, "d"}}, "1 IKE SA, 1 BGP session, 2 BGP prefixes"},
-		{lab.Recovery{{lab.MissingHealthRoute, "e"}}, "1 route withdrawn by the health check"},
+		{lab.Recovery{{lab.MissingDPDRoute, "", "onprem: to-vpc dpd not back yet"}, {lab.MissingDPDRoute, "", "vpngw: to-dc dpd not back yet"}}, "2 routes withdrawn by DPD"},
+		{lab.Recovery{{lab.MissingBGPPrefix, "", "a"}, {lab.MissingBGPSession, "", "b"}, {lab.MissingIKE, "", "c"}, {lab.MissingBGPPrefix, "", "d"}}, "1 IKE SA, 1 BGP session, 2 BGP prefixes"},
+		{lab.Recovery{{lab.MissingHealthRoute, "", "e"}}, "1 route withdrawn by the health check"},
 	} {
 		if got := c.r.Count(); got != c.want {
 			t.Errorf("Count(%v) = %q, want %q", c.r, got, c.want)
 		}
+	}
+}
+
+// A wait's progress adds up by object: a BGP session seen idle, then
+// active, came back once.
+func TestRecoveryAdd_ObjectWhoseStateChanged_CountedOnce(t *testing.T) {
+	var waited lab.Recovery
+	waited = waited.Add(lab.Recovery{{lab.MissingBGPSession, "onprem neighbor 169.254.10.2", "onprem: neighbor 169.254.10.2 is idle"}})
+	waited = waited.Add(lab.Recovery{
+		{lab.MissingBGPSession, "onprem neighbor 169.254.10.2", "onprem: neighbor 169.254.10.2 is active"},
+		{lab.MissingBGPPrefix, "onprem 172.16.2.0/24", "onprem: 172.16.2.0/24 (from vpngw) not installed yet"},
+	})
+	if got, want := waited.Count(), "1 BGP session, 1 BGP prefix"; got != want {
+		t.Errorf("Count = %q, want %q", got, want)
 	}
 }
