@@ -49,8 +49,13 @@ idempotent. Example:
 }
 
 func tunnelFault(dir string) *cli.Command {
+	usage := "drop every ESP, ESP-in-UDP and IKE packet of the connection, both ways"
+	if dir == "up" {
+		usage = "remove that fault from the connection's node, then wait until the lab has recovered"
+	}
 	return &cli.Command{
 		Name:      dir,
+		Usage:     usage,
 		ArgsUsage: "CONNECTION",
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION" + waitUsage(dir),
 		Flags:     faultFlags(dir),
@@ -249,8 +254,13 @@ func tunnelNames(t *topology.Topology) string {
 }
 
 func linkFault(dir string) *cli.Command {
+	usage := "set the interface down: its veth peer loses carrier, as a cut cable"
+	if dir == "up" {
+		usage = "set the interface up and put back its routes, then wait until the lab has recovered"
+	}
 	return &cli.Command{
 		Name:      dir,
+		Usage:     usage,
 		ArgsUsage: "NODE:IF",
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF" + waitUsage(dir),
 		Flags:     faultFlags(dir),
