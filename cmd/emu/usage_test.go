@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/topologies"
 )
@@ -138,5 +139,20 @@ func TestCLI_HelpSession_WaitsAfterTheFault_RepairsBeforeTheCheck(t *testing.T) 
 	}
 	if strings.Contains(help, "same name: is refused") {
 		t.Error("stray colon: \"same name: is refused\"")
+	}
+}
+
+// destroy --all acts host-wide: the records in /run/emu/labs are every
+// user's, so its help says so where the flag is named, and where it is
+// described.
+func TestCLI_DestroyAllHelp_SaysItIsHostWide(t *testing.T) {
+	cmd := destroyCommand()
+	if !strings.Contains(strings.Join(strings.Fields(cmd.Description), " "), "--all destroys every lab recorded in "+lab.DefaultStateDir+", which is host-wide: other users' labs too") {
+		t.Errorf("destroy --help does not say --all is host-wide:\n%s", cmd.Description)
+	}
+	for _, f := range cmd.Flags {
+		if bf, ok := f.(*cli.BoolFlag); ok && bf.Name == "all" && !strings.Contains(bf.Usage, "every user's") {
+			t.Errorf("--all's usage %q does not say it takes every user's labs", bf.Usage)
+		}
 	}
 }
