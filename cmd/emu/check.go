@@ -15,6 +15,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/checks"
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/topology"
 )
 
 // Exit codes of emu check beyond main's: a failed check outranks an
@@ -71,7 +72,10 @@ func checkCommand() *cli.Command {
                 traffic must be encrypted again within 15 s. Where another connection
                 to the same peer is left (ECMP), 0 probes lost is expected, the
                 broken connection's SAs must vanish from the wire and come back after
-                the repair.
+                the repair. Refused (exit 2) while a fault of emu fault is in force:
+                it would misjudge the lab and its repair would remove that fault.
+                Without --failover the checks run and judge the faulted lab as it
+                is; a note on stderr names the faults in force.
 A check that does not apply to the lab is not run and is named after the table
 ("not applicable: connectivity: needs two end systems (kind host) ..."); a lab
 with nothing to check says so and exits 0.
@@ -98,6 +102,9 @@ reports an inconclusive check as <error message="inconclusive">.`,
 			}
 			if !rec.Complete {
 				return &lab.DeployedError{Record: rec}
+			}
+			if err := refuseOrNoteFaults(c, t); err != nil {
+				return err
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			l := checks.Lab{Topology: t, Conns: conns, Dir: rec.Dir}
@@ -137,6 +144,31 @@ reports an inconclusive check as <error message="inconclusive">.`,
 			return nil
 		},
 	}
+}
+
+// refuseOrNoteFaults looks for faults emu fault left in force in lab t.
+// --failover breaks and repairs a connection itself: with a fault already
+// in force its verdicts are wrong (no outage, since the traffic stopped
+// before it began) and its repair would remove a fault it did not make, so
+// it is refused (exit 2) naming the faults and their repairs. Without
+// --failover the checks judge the faulted lab as it is (traffic that the
+// fault stops fails, as it should), so a note on stderr names the faults
+// and the checks run.
+func refuseOrNoteFaults(c *cli.Context, t *topology.Topology) error {
+	faults, err := activeFaults(t)
+	if err != nil || len(faults) == 0 {
+		return err
+	}
+	var repairs []string
+	for _, f := range faults {
+		repairs = append(repairs, "`"+f.repair(c.String("topo"))+"`")
+	}
+	if c.Bool("failover") {
+		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab and remove them: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
+			t.Name, faultList(faults), strings.Join(repairs, ", "), c.String("topo"))}
+	}
+	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the checks judge the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), strings.Join(repairs, ", "))
+	return nil
 }
 
 // printNotApplicable says which checks did not apply to the lab, and that

@@ -13,7 +13,7 @@ import (
 func destroyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "destroy",
-		Usage:     "remove a lab (or all labs) and everything emu created for it",
+		Usage:     "remove a lab (or every lab on the host) and everything emu created for it",
 		UsageText: "emu destroy -t FILE [--cleanup]\nemu destroy --all [--cleanup]",
 		Description: `Removes exactly the objects recorded when the lab was deployed, also after a failed
 or killed deploy. Destroying a lab that is not deployed succeeds and says so. A
@@ -28,7 +28,10 @@ file .emu-lab), also when the lab is not deployed (after a reboot, or after a de
 without --cleanup). A directory of that name emu did not create is left with all in it
 (exit 1 when the lab is not deployed, saying so; for a deployed lab, only the files
 its deploy wrote go).
---all destroys every lab emu has records of (never by name pattern).
+--all destroys every lab recorded in ` + lab.DefaultStateDir + `, which is host-wide:
+other users' labs too, whoever deployed them and from whatever file (as containerlab's
+destroy --all does); it goes by those records only, never by name pattern. Run
+emu inspect --all first to see what it would take.
 
 Examples:
    emu destroy -t topologies/static.yaml
@@ -36,7 +39,7 @@ Examples:
    emu destroy --all`,
 		Flags: []cli.Flag{
 			topoFlag,
-			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "destroy every deployed lab"},
+			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "destroy every lab deployed on this host, every user's (all records in " + lab.DefaultStateDir + ")"},
 			&cli.BoolFlag{Name: "cleanup", Usage: "also remove the lab directory emu-<lab>/"},
 		},
 		Action: func(c *cli.Context) error {

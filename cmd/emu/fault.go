@@ -49,8 +49,13 @@ idempotent. Example:
 }
 
 func tunnelFault(dir string) *cli.Command {
+	usage := "drop every ESP, ESP-in-UDP and IKE packet of the connection, both ways"
+	if dir == "up" {
+		usage = "remove that fault from the connection's node, then wait until the lab has recovered"
+	}
 	return &cli.Command{
 		Name:      dir,
+		Usage:     usage,
 		ArgsUsage: "CONNECTION",
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION" + waitUsage(dir),
 		Flags:     faultFlags(dir),
@@ -123,57 +128,79 @@ func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
 		return err
 	}
 	start := time.Now()
-	first := -1
+	// Everything seen missing while waiting came back: count it all (a
+	// BGP prefix may go missing only after its session returned), each
+	// object once though its state changed.
+	var waited lab.Recovery
 	missing, err := lab.AwaitRecovery(c.Context, t, labDir, lab.RecoverTimeout, func(m lab.Recovery) {
-		if first < 0 {
-			first = len(m)
-		}
+		waited = waited.Add(m)
 		if len(m) > 0 {
-			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), strings.Join(m, "; "))
+			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), m)
 		}
 	})
 	elapsed := time.Since(start).Round(100 * time.Millisecond)
 	switch {
 	case err != nil && c.Context.Err() != nil:
-		return fmt.Errorf("interrupted after %s while waiting for lab %q to recover (the fault is removed; still missing: %s)", elapsed, t.Name, strings.Join(missing, "; "))
+		return fmt.Errorf("interrupted after %s while waiting for lab %q to recover (the fault is removed; still missing: %s)", elapsed, t.Name, missing)
 	case err != nil:
 		return err
 	case len(missing) > 0:
-		return fmt.Errorf("lab %q did not recover within %s: %s (see the agents' logs in %s)", t.Name, lab.RecoverTimeout, strings.Join(missing, "; "), filepath.Join(labDir, "logs"))
+		return fmt.Errorf("lab %q did not recover within %s: %s (see the agents' logs in %s)", t.Name, lab.RecoverTimeout, missing, filepath.Join(labDir, "logs"))
 	}
-	if first <= 0 {
+	if len(waited) == 0 {
 		fmt.Fprintf(c.App.Writer, "lab %q: nothing to wait for, its IKE SAs, BGP sessions and monitored routes are up\n", t.Name)
 		return nil
 	}
-	fmt.Fprintf(c.App.Writer, "lab %q recovered in %s: the %d IKE SAs, BGP sessions or routes missing at the repair are back\n", t.Name, elapsed, first)
+	fmt.Fprintf(c.App.Writer, "lab %q recovered in %s: %s came back\n", t.Name, elapsed, waited.Count())
 	return nil
 }
 
-// activeFaults lists what emu fault has broken in the running lab and not
-// repaired, node by node in order: "tunnel NODE:CONN (ESP dropped)", "link
-// NODE:IF (down)".
-func activeFaults(labName string, nodes []string) ([]string, error) {
-	var out []string
-	for _, n := range nodes {
-		active, err := fault.Active(plan.NamespaceName(labName, n))
+// labFault is one fault emu fault put in force in a running lab and did
+// not repair: what it broke, on which node.
+type labFault struct {
+	node string
+	fault.Fault
+}
+
+// String is "tunnel NODE:CONN (ESP dropped)" or "link NODE:IF (down)".
+func (f labFault) String() string {
+	return fmt.Sprintf("%s %s:%s (%s)", f.Kind, f.node, f.Name, f.Effect())
+}
+
+// repair is the command that removes the fault from the lab deployed from
+// file: `emu fault tunnel up -t FILE NODE:CONN` or `emu fault link up ...`.
+func (f labFault) repair(file string) string {
+	return fmt.Sprintf("emu fault %s up -t %s %s:%s", f.Kind, file, f.node, f.Name)
+}
+
+// activeFaults lists what emu fault has broken in the running lab t and not
+// repaired, node by node in order (inspect reads the same).
+func activeFaults(t *topology.Topology) ([]labFault, error) {
+	var out []labFault
+	for _, n := range t.Nodes {
+		active, err := fault.Active(plan.NamespaceName(t.Name, n.Name))
 		if err != nil {
 			return nil, err
 		}
 		for _, f := range active {
-			out = append(out, fmt.Sprintf("%s %s:%s (%s)", f.Kind, n, f.Name, f.Effect()))
+			out = append(out, labFault{n.Name, f})
 		}
 	}
 	return out, nil
 }
 
+func faultList(fs []labFault) string {
+	var s []string
+	for _, f := range fs {
+		s = append(s, f.String())
+	}
+	return strings.Join(s, ", ")
+}
+
 // reportFaults says which faults are left in the lab after a repair, and
 // returns how many.
 func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
-	var nodes []string
-	for _, n := range t.Nodes {
-		nodes = append(nodes, n.Name)
-	}
-	left, err := activeFaults(t.Name, nodes)
+	left, err := activeFaults(t)
 	if err != nil {
 		return 0, err
 	}
@@ -181,7 +208,7 @@ func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
 		fmt.Fprintf(w, "no fault left in lab %q\n", t.Name)
 		return 0, nil
 	}
-	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, strings.Join(left, ", "))
+	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, faultList(left))
 	return len(left), nil
 }
 
@@ -227,8 +254,13 @@ func tunnelNames(t *topology.Topology) string {
 }
 
 func linkFault(dir string) *cli.Command {
+	usage := "set the interface down: its veth peer loses carrier, as a cut cable"
+	if dir == "up" {
+		usage = "set the interface up and put back its routes, then wait until the lab has recovered"
+	}
 	return &cli.Command{
 		Name:      dir,
+		Usage:     usage,
 		ArgsUsage: "NODE:IF",
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF" + waitUsage(dir),
 		Flags:     faultFlags(dir),

@@ -106,7 +106,7 @@ func TestCLI_FaultTunnelUp_WaitsUntilRecovered_ThenACheckPassesAtOnce(t *testing
 		time.Sleep(200 * time.Millisecond)
 	}
 	r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
-	if r.code != 0 || !strings.Contains(r.stdout, `lab "`+name+`" recovered in`) ||
+	if r.code != 0 || !strings.Contains(r.stdout, `lab "`+name+`" recovered in`) || !strings.Contains(r.stdout, ": 2 routes withdrawn by DPD came back\n") ||
 		!strings.Contains(r.stderr, "waiting for the lab to recover") || !strings.Contains(r.stderr, "to-vpc dpd not back yet: route 172.16.2.0/24 dev ipsec0") {
 		t.Fatalf("fault up: exit %d, want the wait shown and the recovery said\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
@@ -137,4 +137,43 @@ func tunnelRoute(t *testing.T, ns, prefix, dev string) bool {
 		t.Fatal(err)
 	}
 	return found
+}
+
+// A check --failover run while the user's own fault is in force misjudged
+// the lab (no outage: the traffic had stopped before it began) and its
+// repair step removed the user's fault. It is refused, exit 2, naming the
+// fault and its repair, and leaves the fault in place; a plain check runs,
+// judging the faulted lab as it is, with a note naming the fault.
+func TestCLI_CheckFailover_UsersFaultInForce_RefusedWithExit2_FaultKept(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
+	}
+	if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, "to-vpc"); r.code != 0 {
+		t.Fatalf("fault down: exit %d: %s", r.code, r.stderr)
+	}
+	r := runEmu(t, state, "check", "-t", topo, "--failover")
+	want := "lab \"" + name + "\" has faults in force: tunnel onprem:to-vpc (ESP dropped); " +
+		"--failover breaks and repairs a connection itself, so it would misjudge the lab and remove them: " +
+		"repair them first (`emu fault tunnel up -t " + topo + " onprem:to-vpc`), or run `emu check -t " + topo + "` without --failover"
+	if r.code != exitInvalid || !strings.Contains(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 || r.stdout != "" {
+		t.Errorf("check --failover with a fault in force: exit %d, want %d and one line with %q\nstdout: %s\nstderr: %s", r.code, exitInvalid, want, r.stdout, r.stderr)
+	}
+	if broken, err := fault.TunnelBroken("emu-"+name+"-onprem", "to-vpc"); err != nil || !broken {
+		t.Errorf("after check --failover the user's fault is gone (broken %v, %v)", broken, err)
+	}
+	r = runEmu(t, state, "check", "-t", topo)
+	if want := `note: faults in force in lab "` + name + `": tunnel onprem:to-vpc (ESP dropped); the checks judge the lab with them`; r.code != exitChecksFailed || !strings.Contains(r.stderr, want) {
+		t.Errorf("plain check with a fault in force: exit %d, want %d and %q\nstdout: %s\nstderr: %s", r.code, exitChecksFailed, want, r.stdout, r.stderr)
+	}
+	if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc"); r.code != 0 || !strings.Contains(r.stdout, "removed its fault on onprem") {
+		t.Errorf("fault up: exit %d, want the user's fault removed\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
 }

@@ -84,7 +84,7 @@ and routes, all over netlink. Records of deployed labs live in ` + lab.DefaultSt
 each lab also gets a directory emu-<lab>/ next to its topology file.
 
 Commands on a deployed lab (check, trace, fault, route, ipsec, capture, exec,
-inspect -t) take the file that deployed it: another file with the same name:
+inspect -t) take the file that deployed it: another file with the same name
 is refused (exit 2, naming the deploying file). They judge the lab as deployed,
 from the copy of the topology deploy kept; if the file changed since, they warn
 and say to redeploy with --reconfigure.
@@ -94,8 +94,9 @@ Typical session (as root), with method 2 of the guide:
    emu check  -t topologies/static-bgp.yaml        # connectivity, ESP on the wire, the walk, BGP
    emu trace  -t topologies/static-bgp.yaml        # the guide's packet walk, live
    emu fault tunnel down -t topologies/static-bgp.yaml to-vpc
-   emu trace  -t topologies/static-bgp.yaml        # the fallback: clear, over the CEN
-   emu check  -t topologies/static-bgp.yaml --failover
+   sleep 5; emu trace -t topologies/static-bgp.yaml   # once BGP's hold timer (3 s) expired: the fallback, clear, over the CEN
+   emu fault tunnel up -t topologies/static-bgp.yaml to-vpc     # waits until the lab is back
+   emu check  -t topologies/static-bgp.yaml --failover          # breaks and repairs it itself, judged
    emu destroy -t topologies/static-bgp.yaml --cleanup
 
 Scenarios in topologies/: static.yaml (method 1), static-bgp.yaml (method 2),

@@ -3,11 +3,13 @@ package main
 import (
 	"io/fs"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/topologies"
 )
@@ -88,6 +90,69 @@ func TestCLI_HelpListsEveryShippedScenario(t *testing.T) {
 	for _, f := range files {
 		if !strings.Contains(help, f) {
 			t.Errorf("emu --help does not list %s", f)
+		}
+	}
+}
+
+// Every visible command, at every depth, says in its list line what it
+// does: `emu fault tunnel --help` listed "down" and "up" with nothing.
+func TestCLI_EveryCommandHasAUsageLine(t *testing.T) {
+	var walk func(parent string, cmds []*cli.Command)
+	walk = func(parent string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			full := parent + " " + c.Name
+			if c.Hidden {
+				continue
+			}
+			if strings.TrimSpace(c.Usage) == "" {
+				t.Errorf("%s: no usage text in its parent's command list", full)
+			}
+			walk(full, c.Subcommands)
+		}
+	}
+	walk("emu", newApp().Commands)
+}
+
+// emu --help's typical session runs as written: trace after a fault only
+// once BGP's hold timer (3 s) expired, the fault repaired before the
+// failover check (which refuses a lab with a fault in force) and destroy.
+func TestCLI_HelpSession_WaitsAfterTheFault_RepairsBeforeTheCheck(t *testing.T) {
+	help := newApp().Description
+	_, session, ok := strings.Cut(help, "Typical session")
+	session, _, _ = strings.Cut(session, "\n\n")
+	if !ok {
+		t.Fatal("emu --help has no typical session")
+	}
+	var cmds []string
+	for _, line := range strings.Split(session, "\n")[1:] {
+		cmd, _, _ := strings.Cut(line, "#")
+		cmds = append(cmds, strings.Join(strings.Fields(cmd), " "))
+	}
+	down := slices.IndexFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "emu fault tunnel down") })
+	up := slices.IndexFunc(cmds, func(c string) bool { return strings.HasPrefix(c, "emu fault tunnel up") })
+	failover := slices.IndexFunc(cmds, func(c string) bool { return strings.Contains(c, "--failover") })
+	if down < 0 || down+1 >= len(cmds) || !strings.HasPrefix(cmds[down+1], "sleep 5; emu trace") {
+		t.Errorf("the trace after the fault does not wait for BGP's hold timer: %q", cmds)
+	}
+	if up < 0 || up < down || failover < up {
+		t.Errorf("the fault is not repaired before the failover check: %q", cmds)
+	}
+	if strings.Contains(help, "same name: is refused") {
+		t.Error("stray colon: \"same name: is refused\"")
+	}
+}
+
+// destroy --all acts host-wide: the records in /run/emu/labs are every
+// user's, so its help says so where the flag is named, and where it is
+// described.
+func TestCLI_DestroyAllHelp_SaysItIsHostWide(t *testing.T) {
+	cmd := destroyCommand()
+	if !strings.Contains(strings.Join(strings.Fields(cmd.Description), " "), "--all destroys every lab recorded in "+lab.DefaultStateDir+", which is host-wide: other users' labs too") {
+		t.Errorf("destroy --help does not say --all is host-wide:\n%s", cmd.Description)
+	}
+	for _, f := range cmd.Flags {
+		if bf, ok := f.(*cli.BoolFlag); ok && bf.Name == "all" && !strings.Contains(bf.Usage, "every user's") {
+			t.Errorf("--all's usage %q does not say it takes every user's labs", bf.Usage)
 		}
 	}
 }

@@ -252,3 +252,22 @@ func TestTransitRouter_OneTunnelDown_ECMPBlamesTheMissingRouteNotHashing(t *test
 func TestDualStack_FailoverCheck_BothFamiliesFallBackInClear(t *testing.T) {
 	failoverCheck(t, "dual-stack.yaml", "traffic stopped and stayed stopped")
 }
+
+// A fault already in force on the connection the check would break is not
+// judged through (the traffic stopped before the stream began) nor removed
+// by the check's repair: the check makes one inconclusive row and leaves
+// the fault in place.
+func TestFailoverCheck_FaultAlreadyInForce_NotRunAndLeftInPlace(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	tun := l.Topology.Node("onprem").Tunnels[0]
+	if err := fault.TunnelDown(l.NS("onprem"), tun.Name, tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
+	}
+	rs := checktest.Run(t, checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}, checks.Failover)
+	if len(rs) != 1 || !rs[0].Inconclusive || !strings.Contains(rs[0].Evidence, "not run: connection onprem:to-vpc is already broken by a fault this check did not make") {
+		t.Errorf("failover with a fault in force: %+v, want one inconclusive row saying it was not run", rs)
+	}
+	if broken, err := fault.TunnelBroken(l.NS("onprem"), tun.Name); err != nil || !broken {
+		t.Errorf("the check removed a fault it did not make (broken %v, %v)", broken, err)
+	}
+}

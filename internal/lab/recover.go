@@ -29,9 +29,76 @@ import (
 const RecoverTimeout = ConvergeTimeout
 
 // Recovery is what a lab still lacks after a repair, read from its agents
-// and namespaces: one line per connection, session, prefix or route, as
-// "vpngw: neighbor 169.254.10.1 is active". Empty when recovered.
-type Recovery []string
+// and namespaces: one Missing per connection, session, prefix or route.
+// Empty when recovered.
+type Recovery []Missing
+
+// Missing is one thing a repair waits for: Kind says what it is (one of the
+// Missing* constants), Object which one, the same while its state changes
+// ("vpngw neighbor 169.254.10.1"), and Text its state, as "vpngw: neighbor
+// 169.254.10.1 is active".
+type Missing struct {
+	Kind   string
+	Object string
+	Text   string
+}
+
+// What a repair waits for, as Recovery.Count names them (singular).
+const (
+	MissingAgent       = "agent state"
+	MissingIKE         = "IKE SA"
+	MissingBGPSession  = "BGP session"
+	MissingBGPPrefix   = "BGP prefix"
+	MissingDPDRoute    = "route withdrawn by DPD"
+	MissingHealthRoute = "route withdrawn by the health check"
+)
+
+// missingPlural gives each kind, in Count's order, its plural.
+var missingPlural = []struct{ kind, plural string }{
+	{MissingAgent, "agent states"},
+	{MissingIKE, "IKE SAs"},
+	{MissingBGPSession, "BGP sessions"},
+	{MissingBGPPrefix, "BGP prefixes"},
+	{MissingDPDRoute, "routes withdrawn by DPD"},
+	{MissingHealthRoute, "routes withdrawn by the health check"},
+}
+
+// String lists what is missing, "; "-separated.
+func (r Recovery) String() string {
+	var s []string
+	for _, m := range r {
+		s = append(s, m.Text)
+	}
+	return strings.Join(s, "; ")
+}
+
+// Add returns r with each of more whose object (of its kind) r lacks: a
+// wait's progress added up, each session, SA or route counted once though
+// its state changed between polls.
+func (r Recovery) Add(more Recovery) Recovery {
+	for _, m := range more {
+		if !slices.ContainsFunc(r, func(x Missing) bool { return x.Kind == m.Kind && x.Object == m.Object }) {
+			r = append(r, m)
+		}
+	}
+	return r
+}
+
+// Count says how many of each kind r holds: "2 routes withdrawn by DPD",
+// "1 IKE SA, 1 BGP session"; empty for an empty r.
+func (r Recovery) Count() string {
+	var out []string
+	for _, k := range missingPlural {
+		switch n := len(slices.DeleteFunc(slices.Clone(r), func(m Missing) bool { return m.Kind != k.kind })); n {
+		case 0:
+		case 1:
+			out = append(out, "1 "+k.kind)
+		default:
+			out = append(out, fmt.Sprintf("%d %s", n, k.plural))
+		}
+	}
+	return strings.Join(out, ", ")
+}
 
 // Recovered reads, once, what the agents of the lab in labDir run and
 // report, and lists what is not back: each IKE-keyed connection's CHILD SA
@@ -59,20 +126,24 @@ func Recovered(t *topology.Topology, labDir string) (Recovery, error) {
 		if needsState(cfg) {
 			st, err := agent.ReadState(cfgPath)
 			if err != nil {
-				out = append(out, err.Error())
+				out = append(out, Missing{MissingAgent, n.Name, err.Error()})
 			} else {
 				out = append(out, ikeNotBack(n.Name, cfg, st)...)
 				out = append(out, bgpNotBack(t, n.Name, cfg, st)...)
 			}
 		}
 		for _, m := range cfg.Monitors {
+			kind := MissingDPDRoute
+			if strings.HasSuffix(m.Connection, " health-check") { // as plan names them
+				kind = MissingHealthRoute
+			}
 			for _, r := range m.Withdraw {
 				present, err := routePresent(r)
 				if err != nil {
 					return nil, err
 				}
 				if !present {
-					out = append(out, fmt.Sprintf("%s: %s not back yet: route %s", n.Name, m.Connection, r))
+					out = append(out, Missing{kind, r.String(), fmt.Sprintf("%s: %s not back yet: route %s", n.Name, m.Connection, r)})
 				}
 			}
 		}
@@ -87,7 +158,7 @@ func needsState(cfg agent.Config) bool {
 	return slices.ContainsFunc(cfg.Tunnels, func(c ipsec.Conn) bool { return c.IKE != nil })
 }
 
-func ikeNotBack(node string, cfg agent.Config, st *agent.State) []string {
+func ikeNotBack(node string, cfg agent.Config, st *agent.State) Recovery {
 	var want []string
 	for _, c := range cfg.Tunnels {
 		if c.IKE != nil {
@@ -97,27 +168,27 @@ func ikeNotBack(node string, cfg agent.Config, st *agent.State) []string {
 	for _, x := range cfg.XFRM {
 		want = append(want, x.Conn.Name)
 	}
-	var out []string
+	var out Recovery
 	for _, name := range want {
 		i := slices.IndexFunc(st.IKE, func(s ike.Status) bool { return s.Name == name })
 		switch {
 		case i < 0:
-			out = append(out, fmt.Sprintf("%s: connection %s reports no IKE state", node, name))
+			out = append(out, Missing{MissingIKE, node + " " + name, fmt.Sprintf("%s: connection %s reports no IKE state", node, name)})
 		case st.IKE[i].Phase2 != ike.StateEstablished:
-			out = append(out, fmt.Sprintf("%s: connection %s phase 1 %s, phase 2 %s", node, name, st.IKE[i].Phase1, st.IKE[i].Phase2))
+			out = append(out, Missing{MissingIKE, node + " " + name, fmt.Sprintf("%s: connection %s phase 1 %s, phase 2 %s", node, name, st.IKE[i].Phase1, st.IKE[i].Phase2)})
 		}
 	}
 	return out
 }
 
-func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.State) []string {
+func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.State) Recovery {
 	if cfg.BGP == nil {
 		return nil
 	}
-	var out []string
+	var out Recovery
 	for _, nb := range st.Neighbors {
 		if !nb.Established {
-			out = append(out, fmt.Sprintf("%s: neighbor %s is %s", node, nb.Address, nb.State))
+			out = append(out, Missing{MissingBGPSession, node + " neighbor " + nb.Address.String(), fmt.Sprintf("%s: neighbor %s is %s", node, nb.Address, nb.State)})
 		}
 	}
 	seen := map[netip.Prefix]bool{}
@@ -132,7 +203,7 @@ func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.S
 			}
 			seen[p] = true
 			if !slices.ContainsFunc(st.Routes, func(r routing.Route) bool { return r.Prefix == p && (r.Installed || !r.NextHop.IsValid()) }) {
-				out = append(out, fmt.Sprintf("%s: %s (from %s) not installed yet", node, p, peer.Name))
+				out = append(out, Missing{MissingBGPPrefix, node + " " + p.String(), fmt.Sprintf("%s: %s (from %s) not installed yet", node, p, peer.Name)})
 			}
 		}
 	}
@@ -182,7 +253,7 @@ func AwaitRecovery(ctx context.Context, t *topology.Topology, labDir string, tim
 		if err != nil {
 			return nil, err
 		}
-		if now := strings.Join(missing, "\n"); now != last && progress != nil {
+		if now := missing.String(); now != last && progress != nil {
 			progress(missing)
 			last = now
 		}

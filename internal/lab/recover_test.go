@@ -33,10 +33,43 @@ func TestAwaitRecovery_ContextEnds_StopsAndNamesWhatIsMissing(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
 		t.Fatalf("err %v after %s, want the context's error at once", err, time.Since(start))
 	}
-	if len(missing) != 1 || !strings.Contains(missing[0], "agent of r1 has no state") {
+	if len(missing) != 1 || !strings.Contains(missing[0].Text, "agent of r1 has no state") || missing[0].Kind != lab.MissingAgent {
 		t.Errorf("missing %q, want r1's agent without state", missing)
 	}
 	if len(shown) != 1 {
 		t.Errorf("progress called %d times for one unchanged state, want 1", len(shown))
+	}
+}
+
+// What a repair waited for is counted by kind, so the user reads what came
+// back: on static.yaml the two routes DPD withdrew, never "IKE SAs, BGP
+// sessions or routes" in a lab that has neither IKE nor BGP.
+func TestRecoveryCount_NamesWhatCameBack(t *testing.T) {
+	for _, c := range []struct {
+		r    lab.Recovery
+		want string
+	}{
+		{nil, ""},
+		{lab.Recovery{{lab.MissingDPDRoute, "", "onprem: to-vpc dpd not back yet"}, {lab.MissingDPDRoute, "", "vpngw: to-dc dpd not back yet"}}, "2 routes withdrawn by DPD"},
+		{lab.Recovery{{lab.MissingBGPPrefix, "", "a"}, {lab.MissingBGPSession, "", "b"}, {lab.MissingIKE, "", "c"}, {lab.MissingBGPPrefix, "", "d"}}, "1 IKE SA, 1 BGP session, 2 BGP prefixes"},
+		{lab.Recovery{{lab.MissingHealthRoute, "", "e"}}, "1 route withdrawn by the health check"},
+	} {
+		if got := c.r.Count(); got != c.want {
+			t.Errorf("Count(%v) = %q, want %q", c.r, got, c.want)
+		}
+	}
+}
+
+// A wait's progress adds up by object: a BGP session seen idle, then
+// active, came back once.
+func TestRecoveryAdd_ObjectWhoseStateChanged_CountedOnce(t *testing.T) {
+	var waited lab.Recovery
+	waited = waited.Add(lab.Recovery{{lab.MissingBGPSession, "onprem neighbor 169.254.10.2", "onprem: neighbor 169.254.10.2 is idle"}})
+	waited = waited.Add(lab.Recovery{
+		{lab.MissingBGPSession, "onprem neighbor 169.254.10.2", "onprem: neighbor 169.254.10.2 is active"},
+		{lab.MissingBGPPrefix, "onprem 172.16.2.0/24", "onprem: 172.16.2.0/24 (from vpngw) not installed yet"},
+	})
+	if got, want := waited.Count(), "1 BGP session, 1 BGP prefix"; got != want {
+		t.Errorf("Count = %q, want %q", got, want)
 	}
 }
