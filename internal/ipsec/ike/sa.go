@@ -179,13 +179,13 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 	}
 	if offer == nil || ke == nil || ni == nil {
 		reply(&Notify{Kind: InvalidSyntax})
-		e.failConn(c, 1, "IKE_SA_INIT from the peer lacks SA, KE or Nonce")
+		e.refuseUnauthenticated(c, "IKE_SA_INIT from the peer lacks SA, KE or Nonce")
 		return
 	}
 	chosen, ok := c.cfg.IKE.choose(ProtoIKE, offer.Proposals, false)
 	if !ok {
 		reply(&Notify{Kind: NoProposalChosen})
-		e.failConn(c, 1, fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
+		e.refuseUnauthenticated(c, fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
 			FormatProposals(offer.Proposals), FormatProposal(c.cfg.IKE.proposal(ProtoIKE, nil, true))))
 		return
 	}
@@ -202,13 +202,13 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 	gir, err := dh.shared(ke.Data)
 	if err != nil {
 		reply(&Notify{Kind: InvalidSyntax})
-		e.failConn(c, 1, err.Error())
+		e.refuseUnauthenticated(c, err.Error())
 		return
 	}
 	sa.ni, sa.nr = ni.Data, nonce()
 	natDetected := e.natDetected(sa, 0, m.notifies, from)
 	if err := sa.deriveKeys(gir); err != nil {
-		e.failConn(c, 1, err.Error())
+		e.refuseUnauthenticated(c, err.Error())
 		return
 	}
 	chosen.SPI = nil
