@@ -295,7 +295,9 @@ func (sa *ikeSA) tick(now time.Time) {
 	switch {
 	case !sa.rekeyAt.IsZero() && now.After(sa.rekeyAt):
 		sa.rekeyAt = time.Time{}
-		sa.rekeyIKE()
+		if sa.c.sa == sa { // a superseded SA is on its way out
+			sa.rekeyIKE()
+		}
 	case sa.child != nil && !sa.child.rekeyAt.IsZero() && now.After(sa.child.rekeyAt):
 		sa.child.rekeyAt = time.Time{}
 		sa.rekeyChild()

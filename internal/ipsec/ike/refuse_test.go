@@ -2,6 +2,8 @@ package ike
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -209,4 +211,120 @@ func TestIKEv2_RefusedInitFlood_LogsOneLinePerInterval(t *testing.T) {
 	if n := strings.Count(log.String(), "\n"); n != 2 {
 		t.Fatalf("%d log lines, want the first and the summary:\n%s", n, log.String())
 	}
+}
+
+// The reviewer's (b) showed two "IKE SA rekeyed" lines 1 ms apart: both
+// ends rekeyed the IKE SA at once. Each answers the other's request, then
+// RFC 7296 §2.8.2 keeps one new SA on both: the redundant one, whose
+// exchange had the lowest of the four nonces, is deleted by the end that
+// initiated it, and the CHILD SA lives on the survivor.
+func TestIKEv2_SimultaneousIKERekey_BothEndsKeepTheSameSA(t *testing.T) {
+	for try := range 4 { // either end's SA may survive: run a few
+		t.Run(fmt.Sprint(try), func(t *testing.T) {
+			a, b := pair(t, nil)
+			waitStatus(t, a, "established", established)
+			waitStatus(t, b, "established", established)
+			type view struct {
+				spiI, spiR uint64
+				sas        int
+				child      bool
+			}
+			look := func(s *side) view {
+				r := make(chan view)
+				s.e.do(func() {
+					sa := s.e.conns[0].sa
+					v := view{sas: len(s.e.sas)}
+					if sa != nil {
+						v.spiI, v.spiR, v.child = sa.spiI, sa.spiR, sa.child != nil
+					}
+					r <- v
+				})
+				return <-r
+			}
+			orig := look(a)
+			// Both loops held, then each sends its rekey before it can
+			// read the peer's.
+			start := make(chan struct{})
+			for _, s := range []*side{a, b} {
+				s.e.do(func() { <-start; s.e.conns[0].sa.rekeyIKE() })
+			}
+			close(start)
+			var va, vb view
+			for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				va, vb = look(a), look(b)
+				if va.sas == 1 && vb.sas == 1 && va.spiI != orig.spiI && va.spiI == vb.spiI && va.spiR == vb.spiR {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after a simultaneous rekey: initiator %+v, responder %+v; want the same single IKE SA", va, vb)
+				}
+			}
+			if !va.child || !vb.child {
+				t.Fatalf("the CHILD SA is not on the surviving IKE SA: %+v %+v", va, vb)
+			}
+			for _, s := range []*side{a, b} {
+				if st := s.e.Status()[0]; !established(st) || st.IKERekeys != 1 {
+					t.Errorf("%s: %+v, want established after one rekey", s.cfg.Local, st)
+				}
+				if up, _ := s.rec.snapshot(); len(up) != 1 {
+					t.Errorf("%s: %d CHILD SAs installed, want 1", s.cfg.Local, len(up))
+				}
+			}
+			requireTraffic(t, a, b)
+			// Both use the survivor: a request on it is answered.
+			a.e.do(func() { a.e.conns[0].sa.sendInformational(nil, nil) })
+			b.e.do(func() { b.e.conns[0].sa.sendInformational(nil, nil) })
+			time.Sleep(800 * time.Millisecond) // 3 tries from 100 ms would have failed
+			if st := a.e.Status()[0]; !established(st) {
+				t.Fatalf("DPD on the survivor failed: %+v", st)
+			}
+			if va2 := look(a); va2.spiI != va.spiI {
+				t.Fatalf("the IKE SA changed after the liveness check: %+v -> %+v", va, va2)
+			}
+		})
+	}
+}
+
+// The other order of a collision: the peer's rekey request (retransmitted)
+// reaches an SA that our own rekey already replaced. It is refused with
+// TEMPORARY_FAILURE (RFC 7296 §2.25.2) instead of replacing the successor
+// with an SA that has no CHILD SA.
+func TestIKEv2_RekeyRequestOnSupersededSA_TemporaryFailure(t *testing.T) {
+	a, b := pair(t, nil)
+	waitStatus(t, a, "established", established)
+	oldc := make(chan *ikeSA)
+	a.e.do(func() {
+		old := a.e.conns[0].sa
+		old.rekeyIKE()
+		oldc <- old
+	})
+	old := <-oldc
+	before := waitStatus(t, a, "rekeyed", func(s Status) bool { return established(s) && s.IKERekeys == 1 })
+	type result struct {
+		out     []Payload
+		current bool
+	}
+	r := make(chan result)
+	a.e.do(func() {
+		g, _ := modpGroup(a.cfg.IKE.DH)
+		k, _ := g.generate()
+		cur := a.e.conns[0].sa
+		out := old.handleCreateChild([]Payload{
+			&SA{Proposals: []Proposal{a.cfg.IKE.proposal(ProtoIKE, binary.BigEndian.AppendUint64(nil, randSPI64()), true)}},
+			&Nonce{Data: nonce()},
+			&KE{Group: a.cfg.IKE.DH, Data: k.public},
+		})
+		r <- result{out, a.e.conns[0].sa == cur && cur.child != nil}
+	})
+	got := <-r
+	if len(got.out) != 1 || got.out[0].(*Notify).Kind != TemporaryFailure {
+		t.Fatalf("answer %#v, want TEMPORARY_FAILURE", got.out)
+	}
+	if !got.current {
+		t.Fatal("the request replaced the current IKE SA")
+	}
+	if after := a.e.Status()[0]; after.IKERekeys != before.IKERekeys || !established(after) {
+		t.Fatalf("status %+v -> %+v", before, after)
+	}
+	requireTraffic(t, a, b)
 }
