@@ -90,9 +90,17 @@ func (sa *ikeSA) rekeyIKE() {
 		} else {
 			err = fmt.Errorf("the peer's answer to our IKE SA rekey was unusable")
 		}
+		for _, n := range m.notifies {
+			if n.Kind.IsError() {
+				err = fmt.Errorf("the peer refused our IKE SA rekey with %s", n.Kind)
+			}
+		}
 		if err != nil {
 			if theirs != nil {
-				return // the peer refused ours (TEMPORARY_FAILURE, §2.25.2): its rekey stands
+				// The peer refused ours (TEMPORARY_FAILURE, §2.25.2): the
+				// rekey we answered stands.
+				sa.e.log.Info("ike: simultaneous IKE SA rekey: the peer's SA stays, ours was refused", "conn", c.cfg.Name, "reason", err)
+				return
 			}
 			sa.rekeyErr = err.Error()
 			sa.rekeyAt = time.Now().Add(time.Second)
@@ -173,6 +181,7 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 	if offer.Proposals[0].Protocol == ProtoIKE {
 		if c.sa != sa {
 			// Rekeyed already, so being deleted (RFC 7296 §2.25.2).
+			sa.e.log.Info("ike: simultaneous IKE SA rekey: the peer's request came after ours completed, refused with TEMPORARY_FAILURE", "conn", c.cfg.Name)
 			return []Payload{&Notify{Kind: TemporaryFailure}}
 		}
 		prop, ok := c.cfg.IKE.choose(ProtoIKE, offer.Proposals, false)
