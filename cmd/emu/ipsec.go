@@ -24,7 +24,9 @@ func ipsecCommand() *cli.Command {
 SA) and phase 2 (the CHILD SA), the proposals chosen, SPIs, selectors, whether ESP
 travels in UDP/4500, or the failure reason: NO_PROPOSAL_CHOSEN with the proposals each
 side offered, AUTHENTICATION_FAILED (wrong pre-shared key or identity),
-TS_UNACCEPTABLE, a dead peer. Then, per connection, the SPIs and counters of both SAs: packets and
+TS_UNACCEPTABLE, a dead peer. An established connection also counts the
+IKE_SA_INIT requests it refused (unauthenticated, so possibly spoofed; they leave it
+established) with the last one's reason. Then, per connection, the SPIs and counters of both SAs: packets and
 bytes, the last sequence number sent or the highest accepted, and what the inbound
 SA refused (auth: the ICV did not verify; replay: the sequence number was seen or
 older than the window; malformed: short, misaligned, bad padding). Per node, the ESP
@@ -161,7 +163,12 @@ func ikeDetail(s ike.Status) string {
 		if s.Encap {
 			encap = ", ESP in UDP/4500"
 		}
-		return fmt.Sprintf("%s\n%s%s\nSPI in 0x%08x out 0x%08x\n%v === %v\nrekeys: %d IKE, %d CHILD", s.IKEProposal, s.ESPProposal, encap, s.InSPI, s.OutSPI, s.LocalTS, s.RemoteTS, s.IKERekeys, s.ChildRekeys)
+		d := fmt.Sprintf("%s\n%s%s\nSPI in 0x%08x out 0x%08x\n%v === %v\nrekeys: %d IKE, %d CHILD", s.IKEProposal, s.ESPProposal, encap, s.InSPI, s.OutSPI, s.LocalTS, s.RemoteTS, s.IKERekeys, s.ChildRekeys)
+		if s.Refused > 0 {
+			// Unauthenticated, possibly spoofed: the SA above is unaffected.
+			d += fmt.Sprintf("\nrefused %d unauthenticated, last:\n%s", s.Refused, wrap(s.LastRefused, 70))
+		}
+		return d
 	}
 	return s.IKEProposal
 }

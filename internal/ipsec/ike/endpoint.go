@@ -51,6 +51,20 @@ type Endpoint struct {
 	// cookieSecret keys the COOKIEs asked of initiators while many SAs
 	// are half-open (RFC 7296 §2.6); random per endpoint, never sent.
 	cookieSecret [32]byte
+	refusedLog   refusedLog
+}
+
+// refusedLogInterval is how often at most a refused unauthenticated
+// exchange is logged: the first of an interval is, the rest are summed up
+// in one line when it ends, so a flood of spoofed IKE_SA_INITs cannot grow
+// the log without bound.
+const refusedLogInterval = 10 * time.Second
+
+// refusedLog is the state of that rate limit; only the loop touches it.
+type refusedLog struct {
+	since      time.Time // when the first line of the interval was logged; zero: none
+	suppressed int       // refusals not logged since
+	conn, last string    // the last suppressed refusal's connection and reason
 }
 
 type conn struct {
@@ -304,6 +318,7 @@ func (e *Endpoint) connFor(remote netip.Addr) *conn {
 }
 
 func (e *Endpoint) tick(now time.Time) {
+	e.flushRefusedLog(now)
 	for _, sa := range e.sas {
 		sa.tick(now)
 	}

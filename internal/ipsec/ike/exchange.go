@@ -260,7 +260,7 @@ func (sa *ikeSA) tick(now time.Time) {
 		// SAs must not pile up).
 		sa.remove()
 		if sa.c.sa == nil {
-			sa.e.failConn(sa.c, 1, "peer never completed IKE_AUTH")
+			sa.e.refuseUnauthenticated(sa.c, "peer never completed IKE_AUTH")
 		}
 		return
 	}
@@ -295,7 +295,9 @@ func (sa *ikeSA) tick(now time.Time) {
 	switch {
 	case !sa.rekeyAt.IsZero() && now.After(sa.rekeyAt):
 		sa.rekeyAt = time.Time{}
-		sa.rekeyIKE()
+		if sa.c.sa == sa { // a superseded SA is on its way out
+			sa.rekeyIKE()
+		}
 	case sa.child != nil && !sa.child.rekeyAt.IsZero() && now.After(sa.child.rekeyAt):
 		sa.child.rekeyAt = time.Time{}
 		sa.rekeyChild()
@@ -312,14 +314,72 @@ func (sa *ikeSA) fail(phase int, reason string) {
 		sa.e.setStatus(sa.c, func(s *Status) { s.Phase2, s.Phase2Reason = StateFailed, reason })
 		return
 	}
+	// Only the connection's current SA speaks for it: a superseded one
+	// (rekeyed, or replaced by the peer's new SA) failing, say on its
+	// unanswered Delete, leaves its successor's status alone; a half-open
+	// SA beside an established one failed before anyone authenticated.
+	current := sa.c.sa == sa
 	sa.teardown(reason)
 	sa.remove()
-	sa.e.failConn(sa.c, 1, reason)
+	switch {
+	case current:
+		sa.e.failConn(sa.c, 1, reason)
+	case !sa.established:
+		sa.e.refuseUnauthenticated(sa.c, reason)
+	default:
+		sa.e.log.Info("ike: superseded IKE SA failed", "conn", sa.c.cfg.Name, "reason", reason)
+	}
 }
 
 // failConn marks a connection failed and schedules the next attempt.
 func (e *Endpoint) failConn(c *conn, phase int, reason string) {
 	e.log.Warn("ike: negotiation failed", "conn", c.cfg.Name, "phase", phase, "reason", reason)
+	e.markFailed(c, reason)
+}
+
+// refuseUnauthenticated handles an exchange of c that failed before the
+// peer authenticated: an IKE_SA_INIT we refuse (RFC 7296 §1.2, §2.21.1) or
+// a half-open SA's IKE_AUTH. Anyone who can spoof the peer's address can
+// cause one, so with an IKE SA established it is only counted (Status.
+// Refused) and the connection stays up; without one it is the
+// connection's failure, shown as the provider's console shows a
+// misconfigured peer. Its WARN line is rate-limited either way.
+func (e *Endpoint) refuseUnauthenticated(c *conn, reason string) {
+	e.logRefused(c, reason, time.Now())
+	if c.sa != nil && c.sa.established {
+		e.setStatus(c, func(s *Status) { s.Refused, s.LastRefused = s.Refused+1, reason })
+		return
+	}
+	e.markFailed(c, reason)
+}
+
+// logRefused logs the first refusal of an interval and counts the others.
+func (e *Endpoint) logRefused(c *conn, reason string, now time.Time) {
+	l := &e.refusedLog
+	if l.since.IsZero() {
+		l.since = now
+		e.log.Warn("ike: unauthenticated request refused", "conn", c.cfg.Name, "reason", reason, "established", c.sa != nil && c.sa.established)
+		return
+	}
+	l.suppressed++
+	l.conn, l.last = c.cfg.Name, reason
+}
+
+// flushRefusedLog ends the interval of logRefused once it has run its
+// course, with one line for the refusals it did not log.
+func (e *Endpoint) flushRefusedLog(now time.Time) {
+	l := &e.refusedLog
+	if l.since.IsZero() || now.Sub(l.since) < refusedLogInterval {
+		return
+	}
+	if l.suppressed > 0 {
+		e.log.Warn("ike: more unauthenticated requests refused", "count", l.suppressed, "interval", refusedLogInterval, "last_conn", l.conn, "last_reason", l.last)
+	}
+	*l = refusedLog{}
+}
+
+// markFailed records a phase 1 failure of c and schedules the next attempt.
+func (e *Endpoint) markFailed(c *conn, reason string) {
 	e.setStatus(c, func(s *Status) {
 		s.Phase1, s.Phase1Reason = StateFailed, reason
 		if s.Phase2 == StateEstablished || s.Phase2 == StateConnecting {

@@ -1,6 +1,7 @@
 package ike
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -76,41 +77,93 @@ func (sa *ikeSA) rekeyIKE() {
 		&Nonce{Data: ni},
 		&KE{Group: c.cfg.IKE.DH, Data: dh.public},
 	}
+	sa.rekeyingIKE = true
 	sa.sendEncrypted(CreateChildSA, ps, func(_ Header, rs []Payload) {
+		sa.rekeyingIKE = false
+		// theirs is the SA of the peer's rekey we answered meanwhile.
+		theirs := sa.collision
 		m := collect(rs)
 		prop, err := c.cfg.IKE.accepted(ProtoIKE, m.sa, true)
-		if err != nil || m.nonce == nil || m.ke == nil || len(prop.SPI) != 8 {
-			sa.rekeyErr = "the peer's answer to our IKE SA rekey was unusable"
-			sa.rekeyAt = time.Now().Add(time.Second)
-			return
+		var gir []byte
+		if err == nil && m.nonce != nil && m.ke != nil && len(prop.SPI) == 8 {
+			gir, err = dh.shared(m.ke.Data)
+		} else {
+			err = fmt.Errorf("the peer's answer to our IKE SA rekey was unusable")
 		}
-		gir, err := dh.shared(m.ke.Data)
+		for _, n := range m.notifies {
+			if n.Kind.IsError() {
+				err = fmt.Errorf("the peer refused our IKE SA rekey with %s", n.Kind)
+			}
+		}
 		if err != nil {
+			if theirs != nil {
+				// The peer refused ours (TEMPORARY_FAILURE, §2.25.2): the
+				// rekey we answered stands.
+				sa.e.log.Info("ike: simultaneous IKE SA rekey: the peer's SA stays, ours was refused", "conn", c.cfg.Name, "reason", err)
+				return
+			}
+			sa.rekeyErr = err.Error()
 			sa.rekeyAt = time.Now().Add(time.Second)
 			return
 		}
-		sa.replaceBy(true, spi, binary.BigEndian.Uint64(prop.SPI), gir, ni, m.nonce.Data)
+		ours := sa.rekeyed(true, spi, binary.BigEndian.Uint64(prop.SPI), gir, ni, m.nonce.Data)
+		if theirs == nil {
+			sa.succeed(ours, sa, true)
+			return
+		}
+		// RFC 7296 §2.8.2: of the two new SAs, the one whose exchange
+		// carried the lowest of the four nonces is redundant and deleted by
+		// the end that initiated it; the initiator of the other deletes the
+		// old SA. The peer sees the same nonces and decides alike.
+		if bytes.Compare(minNonce(ours), minNonce(theirs)) < 0 {
+			sa.e.log.Info("ike: simultaneous IKE SA rekey: the peer's SA stays", "conn", c.cfg.Name)
+			ours.rekeyAt = time.Time{}
+			ours.sendInformational([]Payload{&Delete{Protocol: ProtoIKE}}, func(Header, []Payload) { ours.remove() })
+			return
+		}
+		sa.e.log.Info("ike: simultaneous IKE SA rekey: ours stays", "conn", c.cfg.Name)
+		theirs.rekeyAt = time.Time{} // the peer deletes it
+		sa.succeed(ours, theirs, false)
 	})
 }
 
-// replaceBy creates the rekeyed IKE SA and moves the CHILD SA to it; we
-// initiated the rekey exchange when weInitiated, and then delete the old
-// SA ourselves.
-func (sa *ikeSA) replaceBy(weInitiated bool, spiI, spiR uint64, gir, ni, nr []byte) {
+// minNonce is the lower of the two nonces of the exchange that created sa.
+func minNonce(sa *ikeSA) []byte {
+	if bytes.Compare(sa.ni, sa.nr) < 0 {
+		return sa.ni
+	}
+	return sa.nr
+}
+
+// rekeyed creates and registers the IKE SA that replaces sa (RFC 7296
+// §2.18); we initiated the rekey exchange when weInitiated. It carries no
+// CHILD SA until succeed moves them.
+func (sa *ikeSA) rekeyed(weInitiated bool, spiI, spiR uint64, gir, ni, nr []byte) *ikeSA {
 	c := sa.c
 	n := &ikeSA{e: sa.e, c: c, initiator: weInitiated, spiI: spiI, spiR: spiR, natt: sa.natt, ni: ni, nr: nr,
-		established: true, firstInitiator: sa.firstInitiator, child: sa.child, retired: sa.retired, lastRecv: time.Now()}
+		established: true, firstInitiator: sa.firstInitiator, lastRecv: time.Now()}
 	n.keys = deriveIKEKeys(sa.keys.prf, sa.keys.cs, rekeySKEYSEED(sa.keys.prf, sa.keys.d, gir, ni, nr), ni, nr, spiI, spiR)
 	if lt := c.cfg.IKELifetime; lt > 0 {
 		n.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
 		n.expireAt = time.Now().Add(lt)
 	}
-	sa.child, sa.retired = nil, nil
 	sa.e.sas[n.ourSPI()] = n
+	return n
+}
+
+// succeed makes n, rekeyed from sa, the connection's IKE SA: the CHILD
+// SAs move to it from holder (sa, or after a collision the redundant new
+// SA). Whoever initiated n's exchange deletes sa (RFC 7296 §1.3.2).
+func (sa *ikeSA) succeed(n, holder *ikeSA, count bool) {
+	c := sa.c
+	n.child, n.retired = holder.child, holder.retired
+	holder.child, holder.retired = nil, nil
 	c.sa = n
-	sa.e.setStatus(c, func(s *Status) { s.IKERekeys++ })
-	sa.e.log.Info("ike: IKE SA rekeyed", "conn", c.cfg.Name)
-	if weInitiated {
+	if count {
+		sa.e.setStatus(c, func(s *Status) { s.IKERekeys++ })
+		sa.e.log.Info("ike: IKE SA rekeyed", "conn", c.cfg.Name)
+	}
+	if n.initiator {
 		sa.sendInformational([]Payload{&Delete{Protocol: ProtoIKE}}, func(Header, []Payload) { sa.remove() })
 	}
 }
@@ -126,6 +179,11 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 	}
 	nr := nonce()
 	if offer.Proposals[0].Protocol == ProtoIKE {
+		if c.sa != sa {
+			// Rekeyed already, so being deleted (RFC 7296 §2.25.2).
+			sa.e.log.Info("ike: simultaneous IKE SA rekey: the peer's request came after ours completed, refused with TEMPORARY_FAILURE", "conn", c.cfg.Name)
+			return []Payload{&Notify{Kind: TemporaryFailure}}
+		}
 		prop, ok := c.cfg.IKE.choose(ProtoIKE, offer.Proposals, false)
 		if !ok || ke == nil || len(prop.SPI) != 8 {
 			return []Payload{&Notify{Kind: NoProposalChosen}}
@@ -142,7 +200,13 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 		spiR := randSPI64()
 		peerSPI := binary.BigEndian.Uint64(prop.SPI)
 		prop.SPI = binary.BigEndian.AppendUint64(nil, spiR)
-		sa.replaceBy(false, peerSPI, spiR, gir, ni.Data, nr)
+		n := sa.rekeyed(false, peerSPI, spiR, gir, ni.Data, nr)
+		if sa.rekeyingIKE {
+			// Both ends rekey at once: answered as usual, resolved when
+			// our own answer comes (RFC 7296 §2.8.2, §2.25.2).
+			sa.collision = n
+		}
+		sa.succeed(n, sa, true)
 		return []Payload{&SA{Proposals: []Proposal{prop}}, &Nonce{Data: nr}, &KE{Group: c.cfg.IKE.DH, Data: dh.public}}
 	}
 	if tsi == nil || tsr == nil {

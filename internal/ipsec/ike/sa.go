@@ -46,6 +46,11 @@ type ikeSA struct {
 	dead     bool
 	// cookieTries counts the COOKIEs a responder asked of our IKE_SA_INIT.
 	cookieTries int
+	// rekeyingIKE: our CREATE_CHILD_SA rekeying this IKE SA is
+	// outstanding; collision is the SA of the peer's rekey of it that we
+	// answered meanwhile (RFC 7296 §2.8.2).
+	rekeyingIKE bool
+	collision   *ikeSA
 }
 
 type child struct {
@@ -179,13 +184,13 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 	}
 	if offer == nil || ke == nil || ni == nil {
 		reply(&Notify{Kind: InvalidSyntax})
-		e.failConn(c, 1, "IKE_SA_INIT from the peer lacks SA, KE or Nonce")
+		e.refuseUnauthenticated(c, "IKE_SA_INIT from the peer lacks SA, KE or Nonce")
 		return
 	}
 	chosen, ok := c.cfg.IKE.choose(ProtoIKE, offer.Proposals, false)
 	if !ok {
 		reply(&Notify{Kind: NoProposalChosen})
-		e.failConn(c, 1, fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
+		e.refuseUnauthenticated(c, fmt.Sprintf("NO_PROPOSAL_CHOSEN: peer offered %s; we accept %s",
 			FormatProposals(offer.Proposals), FormatProposal(c.cfg.IKE.proposal(ProtoIKE, nil, true))))
 		return
 	}
@@ -202,13 +207,13 @@ func (e *Endpoint) respondInit(h Header, ps []Payload, raw []byte, from netip.Ad
 	gir, err := dh.shared(ke.Data)
 	if err != nil {
 		reply(&Notify{Kind: InvalidSyntax})
-		e.failConn(c, 1, err.Error())
+		e.refuseUnauthenticated(c, err.Error())
 		return
 	}
 	sa.ni, sa.nr = ni.Data, nonce()
 	natDetected := e.natDetected(sa, 0, m.notifies, from)
 	if err := sa.deriveKeys(gir); err != nil {
-		e.failConn(c, 1, err.Error())
+		e.refuseUnauthenticated(c, err.Error())
 		return
 	}
 	chosen.SPI = nil
@@ -416,8 +421,8 @@ func (sa *ikeSA) setEstablished() {
 // rekeyMargin: the end that initiated the connection rekeys at 90% of the
 // lifetime, the other at 95% (a fallback for a peer with a longer
 // lifetime). The roles never swap, even after an IKE rekey, so two ends of
-// one configuration do not rekey the same SA at once (emu has no
-// simultaneous-rekey resolution, RFC 7296 §2.8.1).
+// one configuration seldom rekey the same SA at once (emu resolves that
+// for the IKE SA, RFC 7296 §2.8.2, not yet for a CHILD SA, §2.8.1).
 func rekeyMargin(lt time.Duration, initiator bool) time.Duration {
 	if initiator {
 		return lt * 9 / 10

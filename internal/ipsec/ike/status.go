@@ -30,6 +30,13 @@ type Status struct {
 	Established  time.Time `json:"established,omitzero"`
 	IKERekeys    int       `json:"ike_rekeys"`
 	ChildRekeys  int       `json:"child_rekeys"`
+	// Refused counts the exchanges refused before the peer authenticated
+	// (a malformed or unacceptable IKE_SA_INIT, a half-open SA's failed
+	// IKE_AUTH) while an IKE SA was established: anyone who can spoof the
+	// peer's address can send them, so they leave the connection as it is.
+	// LastRefused is the last one's reason.
+	Refused     uint64 `json:"refused_unauthenticated,omitempty"`
+	LastRefused string `json:"last_refused,omitempty"`
 }
 
 // Counters are the endpoint's packet counters; every packet that is not a
