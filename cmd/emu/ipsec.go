@@ -29,7 +29,10 @@ IKE_SA_INIT requests it refused (unauthenticated, so possibly spoofed; they leav
 established) with the last one's reason. Then, per connection, the SPIs and counters of both SAs: packets and
 bytes, the last sequence number sent or the highest accepted, and what the inbound
 SA refused (auth: the ICV did not verify; replay: the sequence number was seen or
-older than the window; malformed: short, misaligned, bad padding). Per node, the ESP
+older than the window; malformed: short, misaligned, bad padding). A row "in after
+delete" (in_after_delete in JSON) counts what arrived on inbound SAs in the few seconds
+after IKE deleted them at a rekey (packets still queued for them), summed since the
+agent started; those SAs are no longer the connection's current ones. Per node, the ESP
 packets refused before any SA saw them: short (no SPI and sequence number), unknown
 SPI, wrong encap (raw ESP for an SA negotiated for ESP in UDP, or the reverse), wrong
 source (the SPI's SA expects another peer). An agent that is dead or hung
@@ -119,6 +122,10 @@ func printIPsec(w io.Writer, views []ipsecView) error {
 		for _, ts := range v.Tunnels {
 			sas.Append(v.Node, ts.Name, "out", fmt.Sprintf("0x%08x", ts.OutSPI), fmt.Sprint(ts.Out.Packets), fmt.Sprint(ts.Out.Bytes), fmt.Sprint(ts.Out.Seq), "", "", fmt.Sprint(ts.Out.Errors))
 			sas.Append(v.Node, ts.Name, "in", fmt.Sprintf("0x%08x", ts.InSPI), fmt.Sprint(ts.In.Packets), fmt.Sprint(ts.In.Bytes), fmt.Sprint(ts.In.Seq), fmt.Sprint(ts.In.AuthFailures), fmt.Sprint(ts.In.ReplayDrops), fmt.Sprint(ts.In.Errors))
+			if d := ts.InAfterDelete; d != (userspace.DrainStats{}) {
+				// Summed over the SAs IKE deleted at rekeys, while they drained: no SPI of its own.
+				sas.Append(v.Node, ts.Name, "in after delete", "", fmt.Sprint(d.Packets), fmt.Sprint(d.Bytes), "", fmt.Sprint(d.AuthFailures), fmt.Sprint(d.ReplayDrops), fmt.Sprint(d.Errors))
+			}
 		}
 		if d := v.Drops; d != nil {
 			pre.Append(v.Node, fmt.Sprint(d.Short), fmt.Sprint(d.UnknownSPI), fmt.Sprint(d.WrongEncap), fmt.Sprint(d.WrongSource))

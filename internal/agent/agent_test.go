@@ -108,6 +108,40 @@ func TestAgentKilled_IsRestarted_TunnelResumesWithZeroReplayDropsOnThePeer(t *te
 	}
 }
 
+// A worker stopped on its own (SIGTERM to its pid, which it answers by
+// exiting 0) is restarted like one that crashed: only a stop sent to the
+// supervisor ends the agent. Before, the supervisor ended with it and the
+// lab lost its tunnel.
+func TestAgentWorkerTerminated_IsRestarted_TunnelCarriesTrafficAgain(t *testing.T) {
+	l := labtest.Deploy(t, "static.yaml")
+	onprem := configOf(l, "onprem")
+	before := agent.Check(onprem)
+	if !before.Alive || before.Restarts != 0 {
+		t.Fatalf("onprem's agent after deploy: %s", before.Summary())
+	}
+	if err := syscall.Kill(before.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var after agent.Health
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if after = agent.Check(onprem); after.Alive && after.Restarts > 0 {
+			break
+		}
+	}
+	if !after.Alive || after.Restarts != 1 || after.PID == before.PID || !strings.Contains(after.Detail, "exit status 0") {
+		t.Fatalf("onprem's agent after SIGTERM to its worker pid %d: %s", before.PID, after.Summary())
+	}
+	if !flows(l, 10*time.Second) {
+		t.Fatalf("no traffic client → ECS after the worker was restarted as pid %d", after.PID)
+	}
+	labc := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+	for _, r := range checktest.Run(t, labc, checks.Connectivity, checks.Encryption) {
+		if !r.Passed {
+			t.Errorf("after the restart: %s: %s", r.Check, r.Evidence)
+		}
+	}
+}
+
 func TestAgentDead_BGPCheckFailsNamingItAndItsLog_InspectSaysDead(t *testing.T) {
 	l := labtest.Deploy(t, "static-bgp.yaml")
 	vpngw := configOf(l, "vpngw")

@@ -35,8 +35,11 @@ const (
 // again, marked by workerEnv), reports ready once the first worker serves,
 // records both processes in StatusPath, and restarts the worker whenever it
 // dies or hangs, so a lab does not silently rot after a crash or a kill -9.
-// A worker that exits with status 0 was stopped on purpose (SIGTERM): the
-// supervisor then ends too. On SIGTERM it stops the worker and ends.
+// Only the supervisor's own stop (SIGTERM or SIGINT to it, which destroy
+// sends) ends the agent: it then stops the worker and ends. A worker that
+// ends on its own is restarted whatever its exit status or signal: a
+// SIGTERM sent to the worker alone (`kill` of the pid `emu inspect` shows)
+// makes it exit 0, and that is no reason for the lab to lose its tunnels.
 func supervise(configPath string, ready func()) error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -70,16 +73,16 @@ func supervise(configPath string, ready func()) error {
 			if first {
 				ready()
 			}
-			exit, clean := watch(ctx, w, configPath)
+			exit := watch(ctx, w, configPath)
 			if ctx.Err() != nil {
 				return nil
 			}
 			st.WorkerPID, st.LastExit, st.LastExitAt = 0, exit, time.Now()
 			writeJSON(StatusPath(configPath), st, 0o644)
-			if clean {
-				logger.Printf("worker pid %d stopped (%s)", w.Process.Pid, exit)
-				return nil
-			}
+			// A stop sent to the supervisor and the worker together (destroy
+			// signals every process of the agent) may reach the worker first:
+			// the wait below ends at the supervisor's own stop, so no worker
+			// is started after it.
 			logger.Printf("worker pid %d %s; restarting in %s", w.Process.Pid, exit, backoff)
 			if time.Since(st.Since) > stableAfter {
 				backoff = minBackoff
@@ -137,9 +140,8 @@ func ReadLine(f *os.File, timeout time.Duration) (string, error) {
 }
 
 // watch waits until the worker exits, hangs (it is then killed) or ctx ends
-// (it is then stopped), and describes how it ended; clean is true for exit
-// status 0, a deliberate stop.
-func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string, clean bool) {
+// (it is then stopped), and describes how it ended.
+func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string) {
 	done := make(chan error, 1)
 	go func() { done <- w.Wait() }()
 	tick := time.NewTicker(PublishEvery)
@@ -148,7 +150,7 @@ func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string, cl
 	for {
 		select {
 		case err := <-done:
-			return describe(w.ProcessState, err), err == nil
+			return describe(w.ProcessState, err)
 		case <-ctx.Done():
 			w.Process.Signal(syscall.SIGTERM)
 			select {
@@ -157,7 +159,7 @@ func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string, cl
 				w.Process.Kill()
 				<-done
 			}
-			return "stopped", true
+			return "stopped"
 		case <-tick.C:
 			s, err := readState(configPath)
 			last := started
@@ -167,7 +169,7 @@ func watch(ctx context.Context, w *exec.Cmd, configPath string) (exit string, cl
 			if silent := time.Since(last); silent > hungAfter {
 				w.Process.Kill()
 				<-done
-				return fmt.Sprintf("hung (no heartbeat for %s), killed", silent.Round(100*time.Millisecond)), false
+				return fmt.Sprintf("hung (no heartbeat for %s), killed", silent.Round(100*time.Millisecond))
 			}
 		}
 	}

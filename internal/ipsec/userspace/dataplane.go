@@ -18,6 +18,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
@@ -69,6 +70,35 @@ type tunnel struct {
 	nextTx *txPath
 	in     atomic.Pointer[esp.Inbound] // the newest inbound SA, for Stats
 	noSA   atomic.Uint64
+	// drained counts what the tunnel's draining inbound SAs opened or
+	// refused (Remove), since no SA the Stats show does.
+	drained drainCounters
+}
+
+// drainCounters are the tunnel's InAfterDelete.
+type drainCounters struct {
+	packets, bytes, authFailures, replayDrops, errors atomic.Uint64
+}
+
+// count files the outcome of opening one packet on a draining SA: err from
+// Open, or n inner bytes delivered.
+func (c *drainCounters) count(err error, n int) {
+	switch {
+	case err == nil:
+		c.packets.Add(1)
+		c.bytes.Add(uint64(n))
+	case errors.Is(err, esp.ErrAuth):
+		c.authFailures.Add(1)
+	case errors.Is(err, esp.ErrReplay):
+		c.replayDrops.Add(1)
+	default:
+		c.errors.Add(1)
+	}
+}
+
+func (c *drainCounters) stats() DrainStats {
+	return DrainStats{Packets: c.packets.Load(), Bytes: c.bytes.Load(), AuthFailures: c.authFailures.Load(),
+		ReplayDrops: c.replayDrops.Load(), Errors: c.errors.Load()}
 }
 
 // txPath is one outbound SA and where its packets go.
@@ -93,6 +123,14 @@ type inboundSA struct {
 	// encap: negotiated for ESP in UDP (RFC 3948), so it takes only what
 	// arrives on the NAT-T socket; otherwise only raw ESP.
 	encap bool
+	// drainUntil is set once IKE deleted the SA after a rekey: it opens
+	// what arrives until then (Remove); zero while the SA is in use.
+	drainUntil time.Time
+}
+
+// drainedBy reports whether the SA's drain ended by now.
+func (sa *inboundSA) drainedBy(now time.Time) bool {
+	return !sa.drainUntil.IsZero() && now.After(sa.drainUntil)
 }
 
 // TunnelStats is the traffic of one connection: its SAs' SPIs and counters.
@@ -106,6 +144,21 @@ type TunnelStats struct {
 	// outbound SA (an IKE-keyed tunnel before its CHILD SA, or after it
 	// went down), dropped.
 	NoSA uint64 `json:"no_sa,omitempty"`
+	// InAfterDelete is what arrived, since the tunnel started, on its
+	// inbound SAs after IKE deleted them at a rekey, while they drained
+	// (packets still queued in the socket when the DELETE was handled):
+	// neither InSPI nor In shows those SAs, which are no longer current.
+	InAfterDelete DrainStats `json:"in_after_delete,omitzero"`
+}
+
+// DrainStats counts the packets that draining inbound SAs opened and those
+// they refused, as esp.Stats does for one SA.
+type DrainStats struct {
+	Packets      uint64 `json:"packets"`
+	Bytes        uint64 `json:"bytes"` // inner packet bytes
+	AuthFailures uint64 `json:"auth_failures"`
+	ReplayDrops  uint64 `json:"replay_drops"`
+	Errors       uint64 `json:"errors"`
 }
 
 // SeqReserve is how many sequence numbers a resumed outbound SA skips past
@@ -141,6 +194,15 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dat
 				in.Resume(uint64(p.In.Seq))
 			}
 		}
+	}
+	d.start()
+	return d, nil
+}
+
+// start starts moving packets: a send loop per tunnel, a receive loop per
+// socket.
+func (d *Dataplane) start() {
+	for _, t := range d.tunnels {
 		d.wg.Add(1)
 		go d.sendLoop(t)
 	}
@@ -148,7 +210,6 @@ func StartFrom(conns []ipsec.Conn, logger *log.Logger, prev []TunnelStats) (*Dat
 		d.wg.Add(1)
 		go d.receiveLoop(s)
 	}
-	return d, nil
 }
 
 // newDataplane makes the interfaces and sockets without moving packets yet.
@@ -563,7 +624,7 @@ func (d *Dataplane) stopped(what string, err error) {
 func (d *Dataplane) Stats() []TunnelStats {
 	out := make([]TunnelStats, len(d.tunnels))
 	for i, t := range d.tunnels {
-		out[i].Name, out[i].NoSA = t.conn.Name, t.noSA.Load()
+		out[i].Name, out[i].NoSA, out[i].InAfterDelete = t.conn.Name, t.noSA.Load(), t.drained.stats()
 		if tx := t.tx.Load(); tx != nil {
 			out[i].OutSPI, out[i].Out = tx.out.SPI(), tx.out.Stats()
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/ipv4"
@@ -33,10 +34,12 @@ func (d *Dataplane) install(t *tunnel, outCfg, inCfg esp.Config, w packetWriter,
 	d.spiMu.Lock()
 	defer d.spiMu.Unlock()
 	old := *d.bySPI.Load()
-	if _, dup := old[inCfg.SPI]; dup {
+	// A draining SA (deleted by IKE, see Remove) gives its SPI up to a
+	// new SA: the new one is current.
+	if sa, dup := old[inCfg.SPI]; dup && sa.drainUntil.IsZero() {
 		return fmt.Errorf("inbound SPI 0x%08x is used twice on this node", inCfg.SPI)
 	}
-	m := maps.Clone(old)
+	m := cloneLive(old, time.Now())
 	_, encap := w.(*udpWriter) // ESP in UDP leaves by the NAT-T socket, and arrives there
 	m[inCfg.SPI] = &inboundSA{t: t, in: in, encap: encap}
 	d.bySPI.Store(&m)
@@ -225,29 +228,64 @@ func (d *Dataplane) Install(name string, out, in esp.Config, encap *Encap, remot
 
 // Remove drops the inbound SA inSPI of connection name, and the outbound
 // one too when it was the pair's last inbound SA (the tunnel went down).
+//
+// The inbound SA of an older pair (a rekey replaced it) drains first: it
+// still opens what arrives for drainGrace, then counts as an unknown SPI.
+// IKE's DELETE comes by UDP while the SA's last packets may still wait in
+// the raw ESP socket's receive buffer, which the kernel's XFRM does not
+// have; dropping them cost thousands of packets at each rekey under load.
+// Everything else happens at once: the switch to a rekey's new outbound
+// SA, and a tunnel going down, which takes its draining SAs with it.
 func (d *Dataplane) Remove(name string, inSPI uint32) {
 	d.spiMu.Lock()
 	defer d.spiMu.Unlock()
+	now := time.Now()
 	old := *d.bySPI.Load()
 	sa := old[inSPI]
-	if sa == nil || sa.t.conn.Name != name {
+	if sa == nil || sa.t.conn.Name != name || !sa.drainUntil.IsZero() {
 		return
 	}
-	m := maps.Clone(old)
-	delete(m, inSPI)
-	d.bySPI.Store(&m)
-	if sa.t.in.Load() == sa.in {
+	m := cloneLive(old, now)
+	t := sa.t
+	if t.in.Load() == sa.in {
 		// The newest SA went: no rekey replaced it, the CHILD SA is down.
-		sa.t.tx.Store(nil)
-		sa.t.in.Store(nil)
-		sa.t.nextTx = nil
+		for spi, o := range m {
+			if o.t == t {
+				delete(m, spi)
+			}
+		}
+		d.bySPI.Store(&m)
+		t.tx.Store(nil)
+		t.in.Store(nil)
+		t.nextTx = nil
 		return
 	}
+	drain := *sa // the receive loops read sa without a lock: it is not changed
+	drain.drainUntil = now.Add(drainGrace)
+	m[inSPI] = &drain
+	d.bySPI.Store(&m)
 	// An older pair went: a rekey we answered may send on its new one now.
-	if next := sa.t.nextTx; next != nil {
-		sa.t.tx.Store(next)
-		sa.t.nextTx = nil
+	if next := t.nextTx; next != nil {
+		t.tx.Store(next)
+		t.nextTx = nil
 	}
+}
+
+// drainGrace is how long an inbound SA deleted after a rekey still opens
+// packets: long enough to drain a full receive buffer of the raw ESP
+// socket at the dataplane's slowest rate. The buffer holds at most 16 MiB
+// (socketBuffer, which the kernel doubles); the slowest algorithm, raw ESP
+// 3des-cbc-sha1, carried 0.11 Gbit/s (14 MB/s) in the bench: 1.2 s, and
+// rates swing 3× on a loaded machine. Packets for the SA are still
+// authenticated and replay-checked, and the peer sends nothing new on it
+// once it deleted it, so a longer grace costs only the SA's memory.
+const drainGrace = 4 * time.Second
+
+// cloneLive copies an SPI table without the SAs whose drain ended by now.
+func cloneLive(m map[uint32]*inboundSA, now time.Time) map[uint32]*inboundSA {
+	c := maps.Clone(m)
+	maps.DeleteFunc(c, func(_ uint32, sa *inboundSA) bool { return sa.drainedBy(now) })
+	return c
 }
 
 func (d *Dataplane) tunnel(name string) *tunnel {
@@ -278,7 +316,8 @@ func (d *Dataplane) open(from netip.Addr, encap bool, pkt, dst []byte) (*tunnel,
 		return nil, nil
 	}
 	sa := (*d.bySPI.Load())[binary.BigEndian.Uint32(pkt[:4])]
-	if sa == nil {
+	draining := sa != nil && !sa.drainUntil.IsZero()
+	if sa == nil || draining && sa.drainedBy(time.Now()) {
 		d.drops.unknownSPI.Add(1)
 		return nil, nil
 	}
@@ -291,6 +330,9 @@ func (d *Dataplane) open(from netip.Addr, encap bool, pkt, dst []byte) (*tunnel,
 		return nil, nil
 	}
 	inner, _, err := sa.in.Open(dst, pkt)
+	if draining {
+		sa.t.drained.count(err, len(inner)-len(dst))
+	}
 	if err != nil || len(inner) == len(dst) {
 		return nil, nil
 	}
