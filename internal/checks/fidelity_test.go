@@ -278,20 +278,16 @@ func TestBandwidth_SpecsLimitATCPStreamToWithin10Percent(t *testing.T) {
 				}
 				if i == attempts {
 					// Control: the same path without the shaper. If it cannot
-					// carry twice the spec, the machine (not the shaper) set
-					// the rate, and no verdict on the lower bound can be drawn
-					// from it: with two busy cores (a CI run and a review
-					// beside it) the unshaped path carried 284–311 Mbit/s
-					// while the shaped stream got 62–82% of 200, since a
-					// starved userspace tunnel delivers in bursts and the
-					// shaper's 2 ms of tokens cannot bank the gaps.
+					// carry well above the spec either, the machine (not the
+					// shaper) set the rate, and no verdict on the lower bound
+					// can be drawn from it.
 					removeRootQdisc(t, l.NS(c.node), c.ifc)
 					free, err := probe.Throughput(context.Background(), l.NS(c.from), l.NS(c.to), dst, seconds*time.Second)
 					if err != nil {
 						t.Fatal(err)
 					}
 					t.Logf("control without the spec: %.1f Mbit/s", free/1e6)
-					if free < 2*spec {
+					if free < 1.2*spec {
 						t.Skipf("inconclusive: without the spec the path carried only %.1f Mbit/s now (machine busy), so a rate under the %d Mbit/s spec proves nothing; re-run on a quieter machine", free/1e6, c.mbit)
 					}
 					t.Fatalf("TCP stream at %.1f Mbit/s in %d attempts, want within 10%% of the %d Mbit/s spec (the same path without it carries %.1f)", bps/1e6, attempts, c.mbit, free/1e6)
