@@ -32,8 +32,9 @@ its own): it says whether there was one, and lists the faults still in the lab. 
 down" sets an interface down, so its veth peer loses carrier; "link up" brings it back
 with its routes, and lists the faults left too. When no fault is left, "up" waits (at most
 20 s, progress on stderr, Ctrl-C stops the wait) until what the fault broke is back: every
-IKE-keyed connection's CHILD SA, every BGP session Established with its peer's prefixes
-installed, every route DPD or a health check withdrew; a check run next judges a recovered
+IKE-keyed connection's CHILD SA, every BGP session Established, heard from its peer since
+the repair (one that lost keepalives for less than its hold time may still drop) and with its
+peer's prefixes installed, every route DPD or a health check withdrew; a check run next judges a recovered
 lab. --no-wait skips that. Not recovered in time: exit 1, naming what is missing. All are
 idempotent. Example:
    emu fault tunnel down -t topologies/static.yaml to-vpc`,
@@ -118,8 +119,9 @@ func faultFlags(dir string) []cli.Flag {
 
 // reportAndAwait says which faults are left after a repair and, when none
 // is, waits (up to lab.RecoverTimeout, with progress on stderr, until
-// Ctrl-C) for what the fault broke to come back: IKE, BGP sessions and
-// their routes, the routes DPD and health checks withdrew. A check run
+// Ctrl-C) for what the fault broke to come back: IKE, BGP sessions (each
+// heard from its peer since the repair) and their routes, the routes DPD
+// and health checks withdrew. A check run
 // right after then judges a recovered lab, not one half-way. With faults
 // left the lab cannot recover, so it does not wait; nor with --no-wait.
 func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {

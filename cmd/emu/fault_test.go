@@ -118,6 +118,42 @@ func TestCLI_FaultTunnelUp_WaitsUntilRecovered_ThenACheckPassesAtOnce(t *testing
 	}
 }
 
+// The reviewer's F3: both of on-prem's tunnels down for 2 s, less than the
+// 3 s BGP hold time of the sessions over them, then repaired: the sessions
+// were still Established, so `fault up` said there was nothing to wait
+// for, then their hold timers expired and the check failed (encryption,
+// ECMP). The wait now lasts until every session heard from its peer after
+// the repair (or dropped and came back).
+func TestCLI_FaultTunnelUp_FaultShorterThanBGPHold_WaitsUntilSessionsHeard_ThenACheckPasses(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, "transit-router.yaml", name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
+	}
+	for _, conn := range []string{"onprem:to-vpc-1", "onprem:to-vpc-2"} {
+		if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, conn); r.code != 0 {
+			t.Fatalf("fault down %s: exit %d: %s", conn, r.code, r.stderr)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	for _, conn := range []string{"onprem:to-vpc-1", "onprem:to-vpc-2"} {
+		if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, conn); r.code != 0 {
+			t.Fatalf("fault up %s: exit %d\nstdout: %s\nstderr: %s", conn, r.code, r.stdout, r.stderr)
+		} else {
+			t.Logf("fault up %s:\n%s%s", conn, r.stdout, r.stderr)
+		}
+	}
+	if r := runEmu(t, state, "check", "-t", topo); r.code != 0 {
+		t.Fatalf("check right after the repair: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
 // tunnelRoute reports whether namespace ns routes prefix out of dev.
 func tunnelRoute(t *testing.T, ns, prefix, dev string) bool {
 	t.Helper()

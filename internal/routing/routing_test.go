@@ -357,6 +357,10 @@ func TestBGP_RouteFollowsSession(t *testing.T) {
 	if got := fibRoutes(t, nsA); len(got) != 0 {
 		t.Errorf("A installed %v; its own network must stay out of its FIB", got)
 	}
+	// Keepalives (a third of the hold time apart) count as messages heard:
+	// what a repair's wait asks of a session that outlived a fault.
+	heard := b.read().Neighbors[0].Messages
+	waitFor(t, "a keepalive counted", holdTime*time.Second, func() bool { return b.read().Neighbors[0].Messages > heard })
 
 	// Cutting A's side leaves B's link with no carrier but its routes in
 	// place: only the hold timer can tell B.

@@ -248,6 +248,10 @@ type NeighborState struct {
 	Received   uint64    `json:"received"`
 	Accepted   uint64    `json:"accepted"`
 	Advertised uint64    `json:"advertised"`
+	// Messages counts the BGP messages received from the peer (OPEN,
+	// UPDATE, KEEPALIVE, ...; GoBGP's total): one received after a repair
+	// reset the session's hold timer with the path working again.
+	Messages uint64 `json:"messages_received"`
 }
 
 // Neighbors reports every configured session.
@@ -259,6 +263,7 @@ func (s *Speaker) Neighbors(ctx context.Context) ([]NeighborState, error) {
 		st := p.GetState().GetSessionState()
 		n.State = strings.ToLower(st.String())
 		n.Established = st == api.PeerState_ESTABLISHED
+		n.Messages = p.GetState().GetMessages().GetReceived().GetTotal()
 		if t := p.GetTimers().GetState(); t != nil {
 			ts := t.GetDowntime()
 			if n.Established {

@@ -340,17 +340,20 @@ func (e *Endpoint) failConn(c *conn, phase int, reason string) {
 // refuseUnauthenticated handles an exchange of c that failed before the
 // peer authenticated: an IKE_SA_INIT we refuse (RFC 7296 §1.2, §2.21.1) or
 // a half-open SA's IKE_AUTH. Anyone who can spoof the peer's address can
-// cause one, so with an IKE SA established it is only counted (Status.
-// Refused) and the connection stays up; without one it is the
-// connection's failure, shown as the provider's console shows a
-// misconfigured peer. Its WARN line is rate-limited either way.
+// cause one, so it is counted (Status.Refused) and never changes what the
+// connection does: with an IKE SA established the status stays as it is;
+// without one the reason is shown as the connection's failure, as the
+// provider's console shows a misconfigured peer, but the initiator's own
+// retry schedule is left alone (a refusal that pushed it out let spoofed
+// INITs faster than RetryAfter keep a down connection down). Its WARN
+// line is rate-limited either way.
 func (e *Endpoint) refuseUnauthenticated(c *conn, reason string) {
 	e.logRefused(c, reason, time.Now())
+	e.setStatus(c, func(s *Status) { s.Refused, s.LastRefused = s.Refused+1, reason })
 	if c.sa != nil && c.sa.established {
-		e.setStatus(c, func(s *Status) { s.Refused, s.LastRefused = s.Refused+1, reason })
 		return
 	}
-	e.markFailed(c, reason)
+	e.setFailed(c, reason)
 }
 
 // logRefused logs the first refusal of an interval and counts the others.
@@ -380,15 +383,20 @@ func (e *Endpoint) flushRefusedLog(now time.Time) {
 
 // markFailed records a phase 1 failure of c and schedules the next attempt.
 func (e *Endpoint) markFailed(c *conn, reason string) {
+	e.setFailed(c, reason)
+	if c.cfg.Initiate {
+		c.retryAt = time.Now().Add(e.opt.RetryAfter)
+	}
+}
+
+// setFailed shows a phase 1 failure of c in its status.
+func (e *Endpoint) setFailed(c *conn, reason string) {
 	e.setStatus(c, func(s *Status) {
 		s.Phase1, s.Phase1Reason = StateFailed, reason
 		if s.Phase2 == StateEstablished || s.Phase2 == StateConnecting {
 			s.Phase2, s.Phase2Reason = StateDown, "IKE SA failed"
 		}
 	})
-	if c.cfg.Initiate {
-		c.retryAt = time.Now().Add(e.opt.RetryAfter)
-	}
 }
 
 // teardown removes the CHILD SAs from the dataplane and marks the

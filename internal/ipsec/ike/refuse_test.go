@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -110,11 +111,76 @@ func TestIKEv2_RefusedInit_FreshConnectionShowsTheFailure(t *testing.T) {
 			if st.Phase1 != StateFailed || !strings.Contains(st.Phase1Reason, v.reason) {
 				t.Errorf("phase 1 %s %q, want failed with %q", st.Phase1, st.Phase1Reason, v.reason)
 			}
-			if st.Refused != 0 {
-				t.Errorf("refused %d: a failure with no SA up is the status, not a count", st.Refused)
+			if st.Refused != 1 {
+				t.Errorf("refused %d, want 1: refusals are counted with or without an SA", st.Refused)
 			}
 		})
 	}
+}
+
+// The reviewer's F4: each refused INIT while the connection was down
+// pushed the initiator's next attempt RetryAfter further out, so spoofs
+// faster than that (4/s against 2 s) kept it down for as long as they
+// came. Here 20/s against 400 ms: the initiator still retries on its own
+// schedule and establishes once the peer listens.
+func TestIKEv2_RefusedInitFlood_DownInitiatorStillRetries(t *testing.T) {
+	const retry = 400 * time.Millisecond
+	var a, b *side
+	var port uint16
+	opts := func(addr netip.Addr, h Handler) Options {
+		return Options{Addr: addr, IKEPort: port, NATTPort: port + 1, Handler: h, RetransmitBase: 100 * time.Millisecond, RetransmitTries: 3, RetryAfter: retry}
+	}
+	for try := 0; ; try++ {
+		port = uint16(20000 + rand.IntN(20000))
+		a = &side{rec: &recorder{}, cfg: baseConfig(addrA, addrB)}
+		a.cfg.Initiate = true
+		var err error
+		if a.e, err = Listen(opts(addrA, a.rec)); err == nil {
+			break
+		} else if try == 10 {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { a.e.Close() })
+	if err := a.e.Add(a.cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The peer does not answer yet: the first attempt times out (0.7 s).
+	waitStatus(t, a, "first attempt failed", func(s Status) bool { return s.Phase1 == StateDown || s.Phase1 == StateFailed })
+	spoofer, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addrB, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h, ps := refusedInits[0].build()
+		for i := uint64(1); ; i++ {
+			h.SPIi = i << 20
+			spoofer.WriteToUDPAddrPort(Marshal(h, ps), netip.AddrPortFrom(addrA, port))
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-stopped; spoofer.Close() })
+	time.Sleep(4 * retry) // refusals while down
+	b = &side{rec: &recorder{}, cfg: baseConfig(addrB, addrA)}
+	if b.e, err = Listen(opts(addrB, b.rec)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.e.Close() })
+	if err := b.e.Add(b.cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The next retry is due within RetryAfter plus a timed-out attempt.
+	st := waitStatus(t, a, "established under refused INITs", established)
+	if st.Refused < 10 || !strings.Contains(st.LastRefused, refusedInits[0].reason) {
+		t.Errorf("refused %d (last %q), want every spoof counted", st.Refused, st.LastRefused)
+	}
+	requireTraffic(t, a, b)
 }
 
 // The reviewer's (b): after an IKE rekey the old SA's Delete went

@@ -32,8 +32,9 @@ type Status struct {
 	ChildRekeys  int       `json:"child_rekeys"`
 	// Refused counts the exchanges refused before the peer authenticated
 	// (a malformed or unacceptable IKE_SA_INIT, a half-open SA's failed
-	// IKE_AUTH) while an IKE SA was established: anyone who can spoof the
-	// peer's address can send them, so they leave the connection as it is.
+	// IKE_AUTH), with or without an IKE SA established: anyone who can
+	// spoof the peer's address can send them, so they never take an SA
+	// down or delay the initiator's next attempt.
 	// LastRefused is the last one's reason.
 	Refused     uint64 `json:"refused_unauthenticated,omitempty"`
 	LastRefused string `json:"last_refused,omitempty"`
