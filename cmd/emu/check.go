@@ -158,8 +158,9 @@ commands do.`,
 // refuseOrNoteFaults looks for faults emu fault left in force in lab t.
 // --failover breaks and repairs a connection itself: with a fault already
 // in force its verdicts are wrong (no outage, since the traffic stopped
-// before it began) and its repair would remove a fault it did not make, so
-// it is refused (exit 2) naming the faults and their repairs. Without
+// before it began), so it is refused (exit 2) naming the faults and their
+// repairs (the check's own fault is a table of its own and would leave
+// them in place). Without
 // --failover the checks judge the faulted lab as it is (traffic that the
 // fault stops fails, as it should), so a note on stderr names the faults
 // and the checks run.
@@ -173,7 +174,7 @@ func refuseOrNoteFaults(c *cli.Context, t *topology.Topology) error {
 		repairs = append(repairs, "`"+f.repair(c.String("topo"))+"`")
 	}
 	if c.Bool("failover") {
-		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab and remove them: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
+		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
 			t.Name, faultList(faults), strings.Join(repairs, ", "), c.String("topo"))}
 	}
 	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the checks judge the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), strings.Join(repairs, ", "))
