@@ -73,7 +73,9 @@ func checkCommand() *cli.Command {
                 to the same peer is left (ECMP), 0 probes lost is expected, the
                 broken connection's SAs must vanish from the wire and come back after
                 the repair. Refused (exit 2) while a fault of emu fault is in force:
-                it would misjudge the lab and its repair would remove that fault.
+                it would misjudge the lab. Its own fault is a separate nftables
+                table (emu-check-<connection>); a fault of emu fault added while it
+                runs is left in place and makes the repair row inconclusive.
                 Without --failover the checks run and judge the faulted lab as it
                 is; a note on stderr names the faults in force.
 A check that does not apply to the lab is not run and is named after the table
@@ -84,7 +86,10 @@ never pass: what it did not see may have been a leak.
 Exit code 3 when a check fails, so CI can tell a broken lab from a broken
 command; 4 when none failed but some were inconclusive (re-run on a quieter
 machine). JSON results carry "result": "pass", "fail" or "inconclusive"; JUnit
-reports an inconclusive check as <error message="inconclusive">.`,
+reports an inconclusive check as <error message="inconclusive">.
+Ctrl-C stops the checks (--failover first removes its fault): the rows it cut
+short are INCONCLUSIVE ("interrupted"), and emu exits 1, as other interrupted
+commands do.`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
@@ -136,6 +141,10 @@ reports an inconclusive check as <error message="inconclusive">.`,
 				}
 			}
 			switch _, failed, inconclusive := checks.Count(results); {
+			case c.Context.Err() != nil:
+				// Ctrl-C: what it cut short is inconclusive, not judged;
+				// exit as other interrupted commands do (1).
+				return errors.New("interrupted: the checks cut short are reported inconclusive (--failover removed its fault)")
 			case failed > 0:
 				return cli.Exit(errors.New("some checks failed"), exitChecksFailed)
 			case inconclusive > 0:
@@ -149,8 +158,9 @@ reports an inconclusive check as <error message="inconclusive">.`,
 // refuseOrNoteFaults looks for faults emu fault left in force in lab t.
 // --failover breaks and repairs a connection itself: with a fault already
 // in force its verdicts are wrong (no outage, since the traffic stopped
-// before it began) and its repair would remove a fault it did not make, so
-// it is refused (exit 2) naming the faults and their repairs. Without
+// before it began), so it is refused (exit 2) naming the faults and their
+// repairs (the check's own fault is a table of its own and would leave
+// them in place). Without
 // --failover the checks judge the faulted lab as it is (traffic that the
 // fault stops fails, as it should), so a note on stderr names the faults
 // and the checks run.
@@ -164,7 +174,7 @@ func refuseOrNoteFaults(c *cli.Context, t *topology.Topology) error {
 		repairs = append(repairs, "`"+f.repair(c.String("topo"))+"`")
 	}
 	if c.Bool("failover") {
-		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab and remove them: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
+		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
 			t.Name, faultList(faults), strings.Join(repairs, ", "), c.String("topo"))}
 	}
 	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the checks judge the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), strings.Join(repairs, ", "))

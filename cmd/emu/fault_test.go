@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -197,7 +199,7 @@ func TestCLI_CheckFailover_UsersFaultInForce_RefusedWithExit2_FaultKept(t *testi
 	}
 	r := runEmu(t, state, "check", "-t", topo, "--failover")
 	want := "lab \"" + name + "\" has faults in force: tunnel onprem:to-vpc (ESP dropped); " +
-		"--failover breaks and repairs a connection itself, so it would misjudge the lab and remove them: " +
+		"--failover breaks and repairs a connection itself, so it would misjudge the lab: " +
 		"repair them first (`emu fault tunnel up -t " + topo + " onprem:to-vpc`), or run `emu check -t " + topo + "` without --failover"
 	if r.code != exitInvalid || !strings.Contains(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 || r.stdout != "" {
 		t.Errorf("check --failover with a fault in force: exit %d, want %d and one line with %q\nstdout: %s\nstderr: %s", r.code, exitInvalid, want, r.stdout, r.stderr)
@@ -211,5 +213,69 @@ func TestCLI_CheckFailover_UsersFaultInForce_RefusedWithExit2_FaultKept(t *testi
 	}
 	if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc"); r.code != 0 || !strings.Contains(r.stdout, "removed its fault on onprem") {
 		t.Errorf("fault up: exit %d, want the user's fault removed\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// Ctrl-C while --failover has the tunnel broken: the check removes its own
+// fault, reports what it cut short as interrupted (inconclusive, no FAIL)
+// and exits 1, as other interrupted commands do.
+func TestCLI_CheckFailover_CtrlC_RepairsReportsInterruptedExit1(t *testing.T) {
+	labtest.RequireRoot(t)
+	state := t.TempDir()
+	name := labtest.UniqueName()
+	topo := labtest.Copy(t, staticTopology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
+	}
+	ns := "emu-" + name + "-onprem"
+	cmd := emuCmd(t, state, "check", "-t", topo, "--failover", "--format", "json")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt 4 s after the check's own fault is in force.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if broken, _ := fault.TunnelBrokenBy(fault.ByCheck, ns, "to-vpc"); broken {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("the check's fault never appeared\nstdout: %s\nstderr: %s", out.String(), errb.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(4 * time.Second)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	code := cmd.ProcessState.ExitCode()
+	var rs []struct {
+		Check  string `json:"check"`
+		Result string `json:"result"`
+		Evid   string `json:"evidence"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
+		t.Fatalf("results: %v\nstdout: %s\nstderr: %s", err, out.String(), errb.String())
+	}
+	interrupted := 0
+	for _, r := range rs {
+		if r.Result == "fail" {
+			t.Errorf("%s failed after Ctrl-C: %s", r.Check, r.Evid)
+		}
+		if strings.HasPrefix(r.Check, "failover") && r.Result == "inconclusive" && strings.Contains(r.Evid, "interrupted") {
+			interrupted++
+		}
+	}
+	if interrupted == 0 || code != exitFailed || !strings.Contains(errb.String(), "interrupted") {
+		t.Errorf("Ctrl-C during check --failover: exit %d (want %d), %d failover rows interrupted (want some)\nstdout: %s\nstderr: %s", code, exitFailed, interrupted, out.String(), errb.String())
+	}
+	if broken, err := fault.TunnelBrokenBy(fault.ByCheck, ns, "to-vpc"); err != nil || broken {
+		t.Errorf("the check's fault outlived Ctrl-C (broken %v, %v)", broken, err)
 	}
 }

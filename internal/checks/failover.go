@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/probe"
@@ -60,6 +63,11 @@ func failover(ctx context.Context, l Lab) []Result {
 	}
 	auto := automatic(l.Topology, tun)
 	var out []Result
+	// The connection's outbound SPIs: the lab's keys, and for IKE the
+	// agents' live SAs, learnt again whenever the wire is judged (a rekey
+	// changes them; any SA of the connection seen counts).
+	spis := connSPIs{}
+	spis.learn(l, gw.Name, tun)
 
 	// 1. Break the tunnel; watch the stream.
 	start := time.Now()
@@ -68,20 +76,30 @@ func failover(ctx context.Context, l Lab) []Result {
 	if !auto {
 		window = 8 * time.Second // DPD's 3 s, then proof that nothing resumes
 	}
-	res, err := streamAround(ctx, src, dst, window, func() error { return fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote) })
+	res, err := streamAround(ctx, src, dst, window, func() error {
+		return fault.TunnelDownBy(fault.ByCheck, ns, tun.Name, tun.Local, tun.Remote)
+	})
 	switch {
 	case err != nil:
 		r.Evidence = err.Error()
 	case auto:
 		r.Passed, r.Evidence = judgeAutomatic(res, otherConnection(gw, tun))
+		// A stream cut short proves nothing held to the end of the window.
+		r.Passed = r.Passed && ctx.Err() == nil
 	default:
 		// Stopped from the fault (plus DPD's detection) to the end.
 		stopped := res.Trailing >= window-5*time.Second
 		r.Passed = stopped
 		r.Evidence = fmt.Sprintf("method 1: traffic stopped and stayed stopped with the VPN gateway's routes published (%s)", res)
-		if !stopped {
+		switch {
+		case ctx.Err() != nil:
+			// Staying stopped needs the whole window.
+			r.Passed = false
+			r.Evidence = "the stream was cut short: " + res.String()
+		case !stopped:
 			r.Evidence = "traffic resumed without the operator, which method 1 does not do: " + res.String()
-		} else if gwNode := l.Topology.Node(tun.Peer.Node); gwNode != nil {
+		case l.Topology.Node(tun.Peer.Node) != nil:
+			gwNode := l.Topology.Node(tun.Peer.Node)
 			// Round trips stopped; say what each direction does on the
 			// wire, as measured: one of them may still get through.
 			if w, werr := observeOutage(ctx, l, a, b, gwNode); werr != nil {
@@ -102,10 +120,10 @@ func failover(ctx context.Context, l Lab) []Result {
 		}
 	}
 	r.Duration = time.Since(start)
-	out = append(out, r)
+	out = append(out, cutShort(ctx, r))
 
 	// 2. Method 1's manual step.
-	if !auto {
+	if !auto && ctx.Err() == nil {
 		start = time.Now()
 		r = Result{Check: "failover: operator withdraws the VPN gateway's routes"}
 		res, err = streamAround(ctx, src, dst, 4*time.Second, func() error {
@@ -119,18 +137,26 @@ func failover(ctx context.Context, l Lab) []Result {
 			r.Evidence = fmt.Sprintf("after the withdrawal: %s", res)
 		}
 		r.Duration = time.Since(start)
-		out = append(out, r)
+		out = append(out, cutShort(ctx, r))
 	}
 
 	// 3. The fallback path: in clear, unless another connection is left.
 	start = time.Now()
-	enc, v := observeEncryption(ctx, l)
+	var enc Result
+	var v *verdict
+	if ctx.Err() == nil {
+		enc, v = observeEncryption(ctx, l)
+		spis.learn(l, gw.Name, tun)
+	}
 	r = Result{Check: "failover: fallback path", Duration: time.Since(start)}
-	if otherConnection(gw, tun) {
+	switch {
+	case ctx.Err() != nil:
+		r.Evidence = "not observed"
+	case otherConnection(gw, tun):
 		// Zero outage is only believable if the broken connection really
 		// stopped carrying: none of its SAs may be on the wire.
 		// Only what the faulted end sends (sentSPIs).
-		still := sentSPIs(l, tun, v)
+		still := spis.seen(v)
 		r.Passed = enc.Passed && len(still) == 0
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
@@ -140,7 +166,7 @@ func failover(ctx context.Context, l Lab) []Result {
 		if len(still) > 0 {
 			r.Evidence = fmt.Sprintf("the fault did not bite: %s still carries ESP (SPI %s); %s", tun.Name, strings.Join(still, ", "), enc.Evidence)
 		}
-	} else {
+	default:
 		r.Passed = !enc.Passed && !enc.Inconclusive && !strings.Contains(enc.Evidence, "marker in 0") && !strings.Contains(enc.Evidence, "traffic failed")
 		r.Inconclusive = enc.Inconclusive
 		r.Evidence = "unencrypted over Express Connect + CEN, as the guide says: " + enc.Evidence
@@ -148,17 +174,32 @@ func failover(ctx context.Context, l Lab) []Result {
 			r.Evidence = "the guide says the traffic falls back unencrypted over Express Connect + CEN, but: " + enc.Evidence
 		}
 	}
-	out = append(out, r)
+	out = append(out, cutShort(ctx, r))
 
-	// 4. Repair, and back to the tunnel.
+	// 4. Repair (only the check's own fault), and back to the tunnel.
 	start = time.Now()
 	r = Result{Check: fmt.Sprintf("failover: %s repaired", tun.Name)}
-	err = fault.TunnelUp(ns, tun.Name)
+	err = fault.TunnelUpBy(fault.ByCheck, ns, tun.Name)
 	if err == nil && !auto {
 		_, err = lab.SetPublishedRoutes(l.Topology, true)
 	}
 	if err != nil {
 		r.Evidence = err.Error()
+		return append(out, r)
+	}
+	// A fault of `emu fault` added while the check ran stays, and keeps
+	// the connection down: nothing to judge the repair by.
+	if broken, err := fault.TunnelBroken(ns, tun.Name); err != nil || broken {
+		r.Inconclusive, r.Duration = true, time.Since(start)
+		r.Evidence = fmt.Sprintf("a fault was added to %s:%s while the check ran (left in place; repair it with `emu fault tunnel up`): the repair cannot be judged", gw.Name, tun.Name)
+		if err != nil {
+			r.Evidence = "the repair cannot be judged: " + err.Error()
+		}
+		return append(out, r)
+	}
+	if ctx.Err() != nil {
+		r.Inconclusive, r.Duration = true, time.Since(start)
+		r.Evidence = "interrupted: the check's fault is removed; the return to the tunnel was not observed"
 		return append(out, r)
 	}
 	// With another connection the traffic was encrypted all along: the
@@ -169,7 +210,8 @@ func failover(ctx context.Context, l Lab) []Result {
 	deadline := time.Now().Add(RepairLimit)
 	for {
 		enc, v = observeEncryption(ctx, l)
-		back = sentSPIs(l, tun, v)
+		spis.learn(l, gw.Name, tun)
+		back = spis.seen(v)
 		if enc.Passed && (!other || len(back) > 0) || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -185,7 +227,18 @@ func failover(ctx context.Context, l Lab) []Result {
 	case other:
 		r.Evidence = fmt.Sprintf("%s carries again (SPI %s) after %s: %s", tun.Name, strings.Join(back, ", "), r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	}
-	return append(out, r)
+	return append(out, cutShort(ctx, r))
+}
+
+// cutShort marks r inconclusive when ctx ended (Ctrl-C) before r was
+// judged to pass: what the row waited for may simply not have had the time.
+func cutShort(ctx context.Context, r Result) Result {
+	if ctx.Err() == nil || r.Passed {
+		return r
+	}
+	r.Inconclusive = true
+	r.Evidence = "interrupted before it could be judged: " + r.Evidence
+	return r
 }
 
 // judgeAutomatic judges the outage of an automatic failover. Traffic must
@@ -253,21 +306,84 @@ func automatic(t *topology.Topology, tun *topology.Tunnel) bool {
 	return false
 }
 
-// sentSPIs lists the outbound SPIs of connection tun's local end (the
-// faulted end; from the lab's keys) that the capture behind v saw. Only
-// that end's sending tells whether the fault holds and whether the repair
-// took: its peer sends into the connection all along (data until its
-// routes go, BGP reconnects after), and those packets cross the private
-// path whether or not the faulted end drops them on arrival.
-func sentSPIs(l Lab, tun *topology.Tunnel, v *verdict) []string {
-	var out []string
+// connSPIs is the set of outbound SPIs of a connection's local end (the
+// faulted end): from the lab's keys (manual keying), and for IKE-keyed
+// connections from the live SAs the agents report (what `emu ipsec` shows),
+// which IKE negotiates at runtime and replaces at each rekey. Only that
+// end's sending tells whether the fault holds and whether the repair took:
+// its peer sends into the connection all along (data until its routes go,
+// BGP reconnects after), and those packets cross the private path whether
+// or not the faulted end drops them on arrival.
+type connSPIs map[uint32]bool
+
+// learn adds the connection's outbound SPIs known now. The agent's state
+// lives in l.Dir; a connection whose local end is not emu's (External) is
+// read from its peer's inbound SA. A state that cannot be read adds nothing.
+func (s connSPIs) learn(l Lab, gw string, tun *topology.Tunnel) {
+	for _, c := range l.Conns {
+		if c.Name == tun.Name && c.Local == tun.Local && c.Out.SPI != 0 {
+			s[c.Out.SPI] = true
+		}
+	}
+	if tun.IKE == nil || l.Dir == "" {
+		return
+	}
+	node, conn, inbound := gw, tun.Name, false
+	if tun.External() {
+		node, conn, inbound = tun.Peer.Node, tun.Peer.Interface, true
+		if n := l.Topology.Node(node); n != nil {
+			if pt := n.Tunnel(tun.Peer.Interface); pt != nil {
+				conn = pt.Name
+			}
+		}
+	}
+	st, err := agent.ReadState(filepath.Join(l.Dir, "agents", node+".json"))
+	if err != nil {
+		return
+	}
+	s.addLive(st, conn, inbound)
+}
+
+// addLive adds the SPIs of connection conn in an agent's state: its IKE
+// CHILD SA and its dataplane's current SA, outbound (or inbound, for the
+// peer of an end emu does not run). Zero (no SA yet) is not an SPI.
+func (s connSPIs) addLive(st *agent.State, conn string, inbound bool) {
+	add := func(out, in uint32) {
+		spi := out
+		if inbound {
+			spi = in
+		}
+		if spi != 0 {
+			s[spi] = true
+		}
+	}
+	for _, i := range st.IKE {
+		if i.Name == conn {
+			add(i.OutSPI, i.InSPI)
+		}
+	}
+	for _, t := range st.Tunnels {
+		if t.Name == conn {
+			add(t.OutSPI, t.InSPI)
+		}
+	}
+}
+
+// seen lists, sorted, the SPIs of s that the capture behind v saw.
+func (s connSPIs) seen(v *verdict) []string {
 	if v == nil {
 		return nil
 	}
-	for _, c := range l.Conns {
-		if c.Name == tun.Name && c.Local == tun.Local && v.spis[c.Out.SPI] {
-			out = append(out, fmt.Sprintf("0x%08x", c.Out.SPI))
+	var spis []uint32
+	for spi := range s {
+		if v.spis[spi] {
+			spis = append(spis, spi)
 		}
+	}
+	slices.Sort(spis)
+	out := make([]string, len(spis))
+	for i, spi := range spis {
+		out[i] = fmt.Sprintf("0x%08x", spi)
 	}
 	return out
 }

@@ -271,3 +271,88 @@ func TestFailoverCheck_FaultAlreadyInForce_NotRunAndLeftInPlace(t *testing.T) {
 		t.Errorf("the check removed a fault it did not make (broken %v, %v)", broken, err)
 	}
 }
+
+// ikeTransitRouter is the shipped transit-router scenario with its four
+// connections keyed by IKEv2 (no SPI in the lab's keys: negotiated at run
+// time, replaced at each rekey).
+func ikeTransitRouter(t *testing.T) string {
+	text := labtest.Shipped(t, "transit-router.yaml")
+	for _, addr := range []string{"169.254.10.1/30", "169.254.11.1/30", "169.254.10.2/30", "169.254.11.2/30"} {
+		line := "address: " + addr + "\n"
+		if !strings.Contains(text, line) {
+			t.Fatalf("transit-router.yaml has no %q", line)
+		}
+		text = strings.Replace(text, line, line+"          ike: {ike-version: ikev2, psk: SomePsk2026}\n", 1)
+	}
+	return text
+}
+
+// With IKE the broken connection's SAs come from the agents' live state:
+// the fault is seen to bite (its end stops sending) and the repair to take
+// (its end sends again, on a newly negotiated SA).
+func TestTransitRouterIKE_FailoverCheck_OtherConnectionCarries_RepairSeenOnLiveSAs(t *testing.T) {
+	l := labtest.DeployText(t, ikeTransitRouter(t))
+	failoverCheckOn(t, l, "another connection carried the traffic")
+}
+
+// A fault of `emu fault` added while the check runs is the user's: the
+// check's repair leaves it in force and says the repair could not be judged.
+func TestFailoverCheck_UserFaultAddedDuringTheCheck_LeftInPlace_Inconclusive(t *testing.T) {
+	l := labtest.Deploy(t, "transit-router.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := l.Topology.Node("onprem").Tunnels[0]
+	ns := l.NS("onprem")
+	go func() {
+		time.Sleep(3 * time.Second) // the check's fault is in force by then
+		if err := fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote); err != nil {
+			t.Error(err)
+		}
+	}()
+	// Not checktest.Run: it re-runs inconclusive results.
+	rs := checks.Run(context.Background(), checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}, []checks.Check{checks.Failover})
+	for _, r := range rs {
+		t.Logf("%s: %s: %s", r.Check, r.Outcome(), r.Evidence)
+	}
+	last := rs[len(rs)-1]
+	if last.Check != "failover: to-vpc-1 repaired" || !last.Inconclusive || !strings.Contains(last.Evidence, "a fault was added to onprem:to-vpc-1 while the check ran (left in place") {
+		t.Errorf("repair row with a user's fault in force: %+v, want inconclusive, saying so", last)
+	}
+	if broken, err := fault.TunnelBroken(ns, tun.Name); err != nil || !broken {
+		t.Errorf("the check removed the user's fault (broken %v, %v)", broken, err)
+	}
+	if broken, err := fault.TunnelBrokenBy(fault.ByCheck, ns, tun.Name); err != nil || broken {
+		t.Errorf("the check left its own fault (broken %v, %v)", broken, err)
+	}
+}
+
+// Ctrl-C during the check: its fault is repaired, and the rows it cut short
+// are inconclusive (interrupted), never failures.
+func TestFailoverCheck_Interrupted_RepairsAndFailsNothing(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun := l.Topology.Node("onprem").Tunnels[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rs := checks.Run(ctx, checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}, []checks.Check{checks.Failover})
+	for _, r := range rs {
+		t.Logf("%s: %s: %s", r.Check, r.Outcome(), r.Evidence)
+		if r.Outcome() == checks.OutcomeFail {
+			t.Errorf("row %q failed after the interruption: %s", r.Check, r.Evidence)
+		}
+	}
+	if len(rs) == 0 || !strings.Contains(rs[0].Evidence, "interrupted") {
+		t.Errorf("the first row does not say it was interrupted: %+v", rs)
+	}
+	if broken, err := fault.TunnelBrokenBy(fault.ByCheck, l.NS("onprem"), tun.Name); err != nil || broken {
+		t.Errorf("the check's fault outlived the interruption (broken %v, %v)", broken, err)
+	}
+	if !reachable(l, 8*time.Second) {
+		t.Error("no traffic after the interrupted check repaired its fault")
+	}
+}

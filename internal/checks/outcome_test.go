@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/capture"
 	"github.com/emu-lab/emu/internal/ipsec"
+	"github.com/emu-lab/emu/internal/ipsec/ike"
+	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/topology"
 )
@@ -69,6 +72,11 @@ func TestFailover_OtherConnection_BrokenOneStillOnTheWire_FaultDidNotBite(t *tes
 		{Name: "to-vpc-2", Local: tun.Local, Out: ipsec.SA{SPI: 0x21}, In: ipsec.SA{SPI: 0x22}},
 		{Name: "to-vpc-1", Local: netip.MustParseAddr("172.16.1.10"), Out: ipsec.SA{SPI: 0x12}, In: ipsec.SA{SPI: 0x11}},
 	}}
+	sentSPIs := func(l Lab, tun *topology.Tunnel, v *verdict) []string {
+		s := connSPIs{}
+		s.learn(l, "onprem", tun)
+		return s.seen(v)
+	}
 	if got := sentSPIs(l, tun, &verdict{spis: map[uint32]bool{0x21: true, 0x22: true}}); len(got) != 0 {
 		t.Errorf("only the other connection on the wire, yet %v reported", got)
 	}
@@ -85,6 +93,51 @@ func TestFailover_OtherConnection_BrokenOneStillOnTheWire_FaultDidNotBite(t *tes
 	// own outbound SA on the wire is.
 	if got := sentSPIs(l, tun, &verdict{spis: map[uint32]bool{0x12: true, 0x21: true}}); len(got) != 0 {
 		t.Errorf("the peer's packets into the connection taken for the repaired end sending again: %v", got)
+	}
+}
+
+// IKE-keyed connections have no SPI in the lab's keys (0: negotiated at
+// runtime): the connection's SPIs come from the agent's live SAs, and
+// every SA learnt during the window counts, also after a rekey replaced it.
+func TestFailover_IKEKeyed_SPIsFromTheAgentsLiveSAs_AcrossRekeys(t *testing.T) {
+	tun := &topology.Tunnel{Name: "to-vpc-1", Local: netip.MustParseAddr("10.0.0.1")}
+	l := Lab{Conns: []ipsec.Conn{
+		{Name: "to-vpc-1", Local: tun.Local},
+		{Name: "to-vpc-2", Local: tun.Local},
+	}}
+	s := connSPIs{}
+	s.learn(l, "onprem", tun) // no Dir: the keys only, all zero
+	if len(s) != 0 {
+		t.Fatalf("SPI 0 of an IKE-keyed connection taken for an SA: %v", s)
+	}
+	if got := s.seen(&verdict{spis: map[uint32]bool{0: true, 0xc1: true}}); len(got) != 0 {
+		t.Errorf("nothing learnt, yet %v reported", got)
+	}
+	st := &agent.State{
+		IKE: []ike.Status{
+			{Name: "to-vpc-1", OutSPI: 0xc1, InSPI: 0xd1},
+			{Name: "to-vpc-2", OutSPI: 0xc2, InSPI: 0xd2},
+		},
+		Tunnels: []userspace.TunnelStats{{Name: "to-vpc-1", OutSPI: 0xc1, InSPI: 0xd1}},
+	}
+	s.addLive(st, "to-vpc-1", false)
+	// A rekey: the new CHILD SA replaces the old one in the state.
+	st.IKE[0].OutSPI, st.IKE[0].InSPI = 0xe1, 0xf1
+	st.Tunnels[0].OutSPI, st.Tunnels[0].InSPI = 0xe1, 0xf1
+	s.addLive(st, "to-vpc-1", false)
+	wire := &verdict{spis: map[uint32]bool{0xc1: true, 0xe1: true, 0xc2: true, 0xd1: true}}
+	if got := strings.Join(s.seen(wire), " "); got != "0x000000c1 0x000000e1" {
+		t.Errorf("seen = %q, want both SAs of to-vpc-1's local end (before and after the rekey), not to-vpc-2's nor the peer's", got)
+	}
+	// Only the other connection (and the peer into this one) on the wire.
+	if got := s.seen(&verdict{spis: map[uint32]bool{0xc2: true, 0xf1: true}}); len(got) != 0 {
+		t.Errorf("the broken connection's end reported sending: %v", got)
+	}
+	// The peer of an end emu does not run: its inbound SAs are that end's outbound.
+	p := connSPIs{}
+	p.addLive(st, "to-vpc-1", true)
+	if got := strings.Join(p.seen(&verdict{spis: map[uint32]bool{0xf1: true, 0xe1: true}}), " "); got != "0x000000f1" {
+		t.Errorf("external end: seen = %q, want the peer's inbound SA 0x000000f1", got)
 	}
 }
 

@@ -21,8 +21,21 @@ import (
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
-// tablePrefix names the nftables tables emu owns; one per broken connection.
+// tablePrefix names the nftables tables of the user's faults (`emu fault`);
+// one per broken connection.
 const tablePrefix = "emu-fault-"
+
+// Owner is who made a tunnel fault, which names its nftables table: the
+// user's faults (`emu fault`, ByUser: emu-fault-<conn>) and those `emu check
+// --failover` makes for itself (ByCheck: emu-check-<conn>) live side by side,
+// so repairing one never removes the other.
+type Owner string
+
+// The owners of tunnel faults: the value is the prefix of the table name.
+const (
+	ByUser  Owner = tablePrefix
+	ByCheck Owner = "emu-check-"
+)
 
 // TunnelDown drops, between local and remote in and out of namespace ns (the
 // gateway holding one end), every packet of the tunnel: ESP (IP protocol 50),
@@ -32,6 +45,11 @@ const tablePrefix = "emu-fault-"
 // strongSwan's kernel-libipsec, which sends ESP in UDP only, is cut too).
 // Breaking a tunnel that is already broken is not an error.
 func TunnelDown(ns, conn string, local, remote netip.Addr) error {
+	return TunnelDownBy(ByUser, ns, conn, local, remote)
+}
+
+// TunnelDownBy is TunnelDown for a fault of owner o, in o's own table.
+func TunnelDownBy(o Owner, ns, conn string, local, remote netip.Addr) error {
 	if !local.Is4() || !remote.Is4() {
 		return fmt.Errorf("tunnel %s: only IPv4 endpoints can be broken yet", conn)
 	}
@@ -40,7 +58,7 @@ func TunnelDown(ns, conn string, local, remote netip.Addr) error {
 		return err
 	}
 	defer closeNS()
-	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: tablePrefix + conn}
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: string(o) + conn}
 	// Delete and recreate in one batch: idempotent, and atomic.
 	c.AddTable(t)
 	c.DelTable(t)
@@ -66,19 +84,22 @@ func TunnelDown(ns, conn string, local, remote netip.Addr) error {
 
 // TunnelUp removes what TunnelDown added; repairing a healthy tunnel is not
 // an error.
-func TunnelUp(ns, conn string) error {
+func TunnelUp(ns, conn string) error { return TunnelUpBy(ByUser, ns, conn) }
+
+// TunnelUpBy removes what TunnelDownBy added for owner o, and only that.
+func TunnelUpBy(o Owner, ns, conn string) error {
 	c, closeNS, err := open(ns)
 	if err != nil {
 		return err
 	}
 	defer closeNS()
-	if _, err := c.ListTableOfFamily(tablePrefix+conn, nftables.TableFamilyIPv4); err != nil {
+	if _, err := c.ListTableOfFamily(string(o)+conn, nftables.TableFamilyIPv4); err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		return fmt.Errorf("repair tunnel %s in %s: %w", conn, ns, err)
 	}
-	c.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: tablePrefix + conn})
+	c.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: string(o) + conn})
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("repair tunnel %s in %s: nftables: %w", conn, ns, err)
 	}
@@ -86,13 +107,16 @@ func TunnelUp(ns, conn string) error {
 }
 
 // TunnelBroken reports whether TunnelDown is in force for conn.
-func TunnelBroken(ns, conn string) (bool, error) {
+func TunnelBroken(ns, conn string) (bool, error) { return TunnelBrokenBy(ByUser, ns, conn) }
+
+// TunnelBrokenBy reports whether owner o's TunnelDownBy is in force for conn.
+func TunnelBrokenBy(o Owner, ns, conn string) (bool, error) {
 	c, closeNS, err := open(ns)
 	if err != nil {
 		return false, err
 	}
 	defer closeNS()
-	_, err = c.ListTableOfFamily(tablePrefix+conn, nftables.TableFamilyIPv4)
+	_, err = c.ListTableOfFamily(string(o)+conn, nftables.TableFamilyIPv4)
 	return err == nil, nil
 }
 

@@ -75,3 +75,38 @@ func TestLinkDown_CutsThePath_LinkUpRestoresIt(t *testing.T) {
 	}
 	t.Fatalf("after link up: %v", err)
 }
+
+// The check's fault and the user's live in their own tables: repairing the
+// check's leaves the user's in force, and the tunnel broken.
+func TestTunnelUpBy_Check_LeavesUsersFault(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	onprem := l.NS("onprem")
+	tun := l.Topology.Node("onprem").Tunnels[0]
+	if err := fault.TunnelDownBy(fault.ByCheck, onprem, tun.Name, tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
+	}
+	if broken, err := fault.TunnelBroken(onprem, tun.Name); err != nil || broken {
+		t.Fatalf("the check's fault reads as the user's: TunnelBroken = %v, %v", broken, err)
+	}
+	if err := fault.TunnelDown(onprem, tun.Name, tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
+	}
+	if err := fault.TunnelUpBy(fault.ByCheck, onprem, tun.Name); err != nil {
+		t.Fatal(err)
+	}
+	if broken, err := fault.TunnelBrokenBy(fault.ByCheck, onprem, tun.Name); err != nil || broken {
+		t.Fatalf("TunnelBrokenBy(check) = %v, %v after its repair", broken, err)
+	}
+	if broken, err := fault.TunnelBroken(onprem, tun.Name); err != nil || !broken {
+		t.Fatalf("the check's repair removed the user's fault: TunnelBroken = %v, %v", broken, err)
+	}
+	if _, err := probe.Ping(l.NS("client"), ecs, time.Second); err == nil {
+		t.Fatal("ping crossed a tunnel the user broke")
+	}
+	if err := fault.TunnelUp(onprem, tun.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ping(l.NS("client"), ecs, 2*time.Second); err != nil {
+		t.Fatalf("after both repairs: %v", err)
+	}
+}
