@@ -12,7 +12,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/fault"
-	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
 )
 
@@ -21,17 +20,7 @@ import (
 // route step says when it changed nothing. Results go to stdout; a node
 // interface that does not exist is an input error naming those that do.
 func TestCLI_FaultUp_SaysWhatItRemovedAndWhatFaultsRemain(t *testing.T) {
-	labtest.RequireRoot(t)
-	state := t.TempDir()
-	name := labtest.UniqueName()
-	topo := labtest.Copy(t, staticTopology, name)
-	t.Cleanup(func() {
-		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-		labtest.AssertNothingLeft(t, name)
-	})
-	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
-		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
-	}
+	state, name, topo := deployCLI(t, staticTopology)
 	step := func(want string, args ...string) {
 		t.Helper()
 		r := runEmu(t, state, append(args, "-t", topo)...)
@@ -84,17 +73,7 @@ func TestCLI_FaultUp_SaysWhatItRemovedAndWhatFaultsRemain(t *testing.T) {
 // the wait, `fault tunnel up` followed by `emu check` failed the first
 // ping (the reply looped between the VPC and the VPN gateway).
 func TestCLI_FaultTunnelUp_WaitsUntilRecovered_ThenACheckPassesAtOnce(t *testing.T) {
-	labtest.RequireRoot(t)
-	state := t.TempDir()
-	name := labtest.UniqueName()
-	topo := labtest.Copy(t, staticTopology, name)
-	t.Cleanup(func() {
-		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-		labtest.AssertNothingLeft(t, name)
-	})
-	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
-		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
-	}
+	state, name, topo := deployCLI(t, staticTopology)
 	if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, "to-vpc"); r.code != 0 {
 		t.Fatalf("fault down: exit %d: %s", r.code, r.stderr)
 	}
@@ -127,17 +106,7 @@ func TestCLI_FaultTunnelUp_WaitsUntilRecovered_ThenACheckPassesAtOnce(t *testing
 // ECMP). The wait now lasts until every session heard from its peer after
 // the repair (or dropped and came back).
 func TestCLI_FaultTunnelUp_FaultShorterThanBGPHold_WaitsUntilSessionsHeard_ThenACheckPasses(t *testing.T) {
-	labtest.RequireRoot(t)
-	state := t.TempDir()
-	name := labtest.UniqueName()
-	topo := labtest.Copy(t, "transit-router.yaml", name)
-	t.Cleanup(func() {
-		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-		labtest.AssertNothingLeft(t, name)
-	})
-	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
-		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
-	}
+	state, _, topo := deployCLI(t, "transit-router.yaml")
 	for _, conn := range []string{"onprem:to-vpc-1", "onprem:to-vpc-2"} {
 		if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, conn); r.code != 0 {
 			t.Fatalf("fault down %s: exit %d: %s", conn, r.code, r.stderr)
@@ -183,17 +152,7 @@ func tunnelRoute(t *testing.T, ns, prefix, dev string) bool {
 // fault and its repair, and leaves the fault in place; a plain check runs,
 // judging the faulted lab as it is, with a note naming the fault.
 func TestCLI_CheckFailover_UsersFaultInForce_RefusedWithExit2_FaultKept(t *testing.T) {
-	labtest.RequireRoot(t)
-	state := t.TempDir()
-	name := labtest.UniqueName()
-	topo := labtest.Copy(t, staticTopology, name)
-	t.Cleanup(func() {
-		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-		labtest.AssertNothingLeft(t, name)
-	})
-	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
-		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
-	}
+	state, name, topo := deployCLI(t, staticTopology)
 	if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, "to-vpc"); r.code != 0 {
 		t.Fatalf("fault down: exit %d: %s", r.code, r.stderr)
 	}
@@ -220,17 +179,7 @@ func TestCLI_CheckFailover_UsersFaultInForce_RefusedWithExit2_FaultKept(t *testi
 // fault, reports what it cut short as interrupted (inconclusive, no FAIL)
 // and exits 1, as other interrupted commands do.
 func TestCLI_CheckFailover_CtrlC_RepairsReportsInterruptedExit1(t *testing.T) {
-	labtest.RequireRoot(t)
-	state := t.TempDir()
-	name := labtest.UniqueName()
-	topo := labtest.Copy(t, staticTopology, name)
-	t.Cleanup(func() {
-		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-		labtest.AssertNothingLeft(t, name)
-	})
-	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
-		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
-	}
+	state, name, topo := deployCLI(t, staticTopology)
 	ns := "emu-" + name + "-onprem"
 	cmd := emuCmd(t, state, "check", "-t", topo, "--failover", "--format", "json")
 	var out, errb bytes.Buffer

@@ -46,6 +46,25 @@ func emuCmd(t *testing.T, stateDir string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// deployCLI deploys a copy of a shipped topology under a fresh lab name with
+// `emu deploy`, as root, and destroys it (asserting nothing is left) when
+// the test ends. It returns the state directory, the lab name and the copy.
+func deployCLI(t *testing.T, topology string) (state, name, topo string) {
+	t.Helper()
+	labtest.RequireRoot(t)
+	state = t.TempDir()
+	name = labtest.UniqueName()
+	topo = labtest.Copy(t, topology, name)
+	t.Cleanup(func() {
+		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
+		labtest.AssertNothingLeft(t, name)
+	})
+	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
+	}
+	return state, name, topo
+}
+
 func runEmu(t *testing.T, stateDir string, args ...string) result {
 	t.Helper()
 	cmd := emuCmd(t, stateDir, args...)
@@ -147,17 +166,7 @@ func TestCLI_TopologyInputError_Exit2FromEveryCommand(t *testing.T) {
 // Exit 2 on an input error must not strand a lab: a deployed lab is still
 // destroyed after its file was edited into something invalid.
 func TestCLI_DeployedLabWhoseFileTurnedInvalid_StillDestroyed(t *testing.T) {
-	labtest.RequireRoot(t)
-	state := t.TempDir()
-	name := labtest.UniqueName()
-	topo := labtest.Copy(t, staticTopology, name)
-	t.Cleanup(func() {
-		runEmu(t, state, "destroy", "-t", topo, "--cleanup")
-		labtest.AssertNothingLeft(t, name)
-	})
-	if r := runEmu(t, state, "deploy", "-t", topo); r.code != 0 {
-		t.Fatalf("deploy: exit %d: %s", r.code, r.stderr)
-	}
+	state, name, topo := deployCLI(t, staticTopology)
 	if err := os.WriteFile(topo, []byte("name: "+name+"\ntopology:\n\tnodes: {}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
