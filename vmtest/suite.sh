@@ -20,7 +20,11 @@ failed=()
 for pkg in "${packages[@]}"; do
   bin="$out/$(basename "$pkg").test"
   (cd "$here/.." && CGO_ENABLED=0 go test -c -o "$bin" "$pkg")
-  if ! "$here/run.sh" "$@" "$bin" -test.v; then
+  # The checks package deploys some twenty labs, each under TCG emulation
+  # (about 5 minutes here): it gets twice run.sh's default.
+  timeout=300
+  [[ $pkg == ./internal/checks ]] && timeout=600
+  if ! "$here/run.sh" --timeout "$timeout" "$@" "$bin" -test.v; then
     failed+=("$pkg")
   fi
 done
