@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -39,17 +38,13 @@ const ceilingRow = "ceiling: raw IP, ESP-sized packets, no crypto"
 // this path and machine, counted as the TCP rows are: in bit/s of the TCP
 // payload such packets carry (ceilingPayload each).
 func rawIPCeiling(ctx context.Context, l *benchLab, d time.Duration) (float64, error) {
-	var addr [2]netip.Addr
-	for i, node := range gateways {
-		t := l.topo.Node(node).Tunnels
-		if len(t) != 1 {
-			return 0, fmt.Errorf("%s has %d tunnels, want 1", node, len(t))
-		}
-		addr[i] = t[0].Local
+	addr, err := l.endpoints()
+	if err != nil {
+		return 0, err
 	}
 	network := fmt.Sprintf("ip4:%d", ceilingProtocol)
 	var tx, rx *net.IPConn
-	err := netnsx.Do(l.ns(gateways[0]), func() (err error) {
+	err = netnsx.Do(l.ns(gateways[0]), func() (err error) {
 		tx, err = net.ListenIP(network, &net.IPAddr{IP: addr[0].AsSlice()})
 		return err
 	})

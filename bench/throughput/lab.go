@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,6 +45,19 @@ type benchLab struct {
 	plan       *plan.Plan
 	dep        *lab.Deployer
 	dir        string
+}
+
+// endpoints are the tunnel endpoints (outer addresses) of the gateways, in
+// the order of gateways; each gateway must have one tunnel.
+func (l *benchLab) endpoints() (addrs [2]netip.Addr, err error) {
+	for i, node := range gateways {
+		t := l.topo.Node(node).Tunnels
+		if len(t) != 1 {
+			return addrs, fmt.Errorf("%s has %d tunnels, want 1", node, len(t))
+		}
+		addrs[i] = t[0].Local
+	}
+	return addrs, nil
 }
 
 var (

@@ -198,14 +198,12 @@ func startWireGuardPair(l *benchLab) (wgPair, error) {
 		addr netip.Addr
 		keys wgKeys
 	}
+	addrs, err := l.endpoints()
+	if err != nil {
+		return nil, err
+	}
 	for i, node := range gateways {
-		ends[i].node = node
-		t := l.topo.Node(node).Tunnels
-		if len(t) != 1 {
-			return nil, fmt.Errorf("%s has %d tunnels, want 1", node, len(t))
-		}
-		ends[i].addr = t[0].Local
-		var err error
+		ends[i].node, ends[i].addr = node, addrs[i]
 		if ends[i].keys, err = newWGKeys(); err != nil {
 			return nil, err
 		}
