@@ -169,7 +169,26 @@ func removeLabDir(dir string) error {
 		}
 	}
 	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove lab directory: %w", err)
+		return fmt.Errorf("remove lab directory: %w%s", err, leftIn(dir))
 	}
 	return nil
+}
+
+// leftIn names what a failed removal left under dir (at most 5 paths), so
+// the error says what was written there meanwhile, or what could not go.
+func leftIn(dir string) string {
+	var left []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, path)
+		}
+		if len(left) == 5 {
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	if len(left) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (left there: %s)", strings.Join(left, ", "))
 }
