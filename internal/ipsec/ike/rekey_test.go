@@ -27,7 +27,10 @@ type childExchanges struct {
 }
 
 // watch makes s report the CREATE_CHILD_SA messages it receives from peer.
-func (x *childExchanges) watch(s, peer *side) {
+// With earlyDelete, when s is about to read the answer to its rekey and
+// wins the collision, the peer's Delete of its redundant SA comes first,
+// as when the answer was lost and retransmitted.
+func (x *childExchanges) watch(s, peer *side, earlyDelete bool) {
 	done := make(chan struct{})
 	s.e.do(func() {
 		s.e.trace = func(b []byte) {
@@ -63,6 +66,11 @@ func (x *childExchanges) watch(s, peer *side) {
 				ex.nr, ex.spiR, ex.reply = m.nonce.Data, spiOf, true
 			} else {
 				ex.ni, ex.spiI, ex.request = m.nonce.Data, spiOf, true
+			}
+			theirs := sa.childCollision
+			if earlyDelete && h.IsResponse() && theirs != nil &&
+				bytes.Compare(lowerNonce(ex.ni, ex.nr), lowerNonce(theirs.ni, theirs.nr)) > 0 {
+				sa.handleInformational([]Payload{deleteChild(theirs.sa.OutSPI)})
 			}
 		}
 		close(done)
@@ -128,75 +136,174 @@ func settled(a, b childView) bool {
 // CHILD SA at once. Each answers the other's request as usual, then the
 // new SA whose exchange carried the lowest of the four nonces is deleted
 // by the end that initiated it and the other end deletes the old SA;
-// before, both rekeys completed and the ends were left with different
-// CHILD SAs. Both ends must end with the other new SA, the same on both,
-// in their dataplane, counted as one rekey.
+// before, each end deleted the SA it had answered as if it were the old
+// one, and the CHILD SA went down on both. Both ends must end with the
+// other new SA, the same on both, counted as one rekey, and their
+// dataplanes sending on it without ever having been told to delete the
+// pair they sent on. "peer-delete-first": the loser's Delete of its SA
+// reaches the winner before the answer to the winner's own rekey.
 func TestIKEv2_SimultaneousChildRekey_BothEndsKeepTheHigherNonceSA(t *testing.T) {
-	for try := range 4 { // either end's SA may survive: run a few
-		t.Run(fmt.Sprint(try), func(t *testing.T) {
-			a, b := pair(t, nil)
-			waitStatus(t, a, "established", established)
-			waitStatus(t, b, "established", established)
-			orig := lookChild(a)
-			x := &childExchanges{by: map[*side]*childExchange{}}
-			x.watch(a, b)
-			x.watch(b, a)
-			// Both loops held, then each sends its rekey before it can
-			// read the peer's: the collision is certain.
-			start := make(chan struct{})
-			for _, s := range []*side{a, b} {
-				s.e.do(func() { <-start; s.e.conns[0].sa.rekeyChild() })
-			}
-			close(start)
-			var va, vb childView
-			for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				va, vb = lookChild(a), lookChild(b)
-				if settled(va, vb) && va.in != orig.in {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("after a simultaneous CHILD SA rekey: a %+v, b %+v; want one and the same new CHILD SA", va, vb)
-				}
-			}
-			ea, eb := x.get(a), x.get(b)
-			if !ea.request || !ea.reply || !eb.request || !eb.reply {
-				t.Fatalf("not both exchanges seen whole: a's %+v, b's %+v", ea, eb)
-			}
-			// The survivor is the SA whose exchange's lower nonce is the
-			// higher one (RFC 7296 §2.8.1); in a's view, its inbound SPI is
-			// the one a chose in that exchange.
-			wantIn, wantOut, winner := ea.spiI, ea.spiR, "a's"
-			if bytes.Compare(lowerNonce(ea.ni, ea.nr), lowerNonce(eb.ni, eb.nr)) < 0 {
-				wantIn, wantOut, winner = eb.spiR, eb.spiI, "b's"
-			}
-			t.Logf("%s rekey survives: a in 0x%08x out 0x%08x", winner, va.in, va.out)
-			if va.in != wantIn || va.out != wantOut {
-				t.Fatalf("a kept in 0x%08x out 0x%08x; the SA §2.8.1 keeps is %s, in 0x%08x out 0x%08x (a's exchange %x/%x, b's %x/%x)",
-					va.in, va.out, winner, wantIn, wantOut, ea.ni[:4], ea.nr[:4], eb.ni[:4], eb.nr[:4])
-			}
-			for _, s := range []struct {
-				name string
-				v    childView
-			}{{"a", va}, {"b", vb}} {
-				if s.v.ikeSAs != 1 || !s.v.childIKE || s.v.phase2 != StateEstablished || s.v.rekeys != 1 {
-					t.Errorf("%s: %+v, want one IKE SA carrying the CHILD SA, established after one rekey", s.name, s.v)
-				}
-			}
-			requireTraffic(t, a, b)
-			// Nothing is left to take the survivor down: a request from
-			// each end is answered and the CHILD SA stays.
-			for _, s := range []*side{a, b} {
-				answered := make(chan struct{})
-				s.e.do(func() { s.e.conns[0].sa.sendInformational(nil, func(Header, []Payload) { close(answered) }) })
-				select {
-				case <-answered:
-				case <-time.After(3 * time.Second):
-					t.Fatalf("%s: a liveness check on the IKE SA went unanswered", s.cfg.Local)
-				}
-			}
-			if va2, vb2 := lookChild(a), lookChild(b); !settled(va2, vb2) || va2.in != va.in || vb2.in != vb.in {
-				t.Fatalf("the CHILD SA changed after the collision settled: a %+v -> %+v, b %+v -> %+v", va, va2, vb, vb2)
-			}
-		})
+	for _, early := range []bool{false, true} {
+		name := "in-order"
+		if early {
+			name = "peer-delete-first"
+		}
+		for try := range 4 { // either end's SA may survive: run a few
+			t.Run(fmt.Sprintf("%s/%d", name, try), func(t *testing.T) { simultaneousChildRekey(t, early) })
+		}
 	}
+}
+
+func simultaneousChildRekey(t *testing.T, earlyDelete bool) {
+	a, b := pair(t, nil)
+	waitStatus(t, a, "established", established)
+	waitStatus(t, b, "established", established)
+	orig := lookChild(a)
+	x := &childExchanges{by: map[*side]*childExchange{}}
+	x.watch(a, b, earlyDelete)
+	x.watch(b, a, earlyDelete)
+	// Both loops held, then each sends its rekey before it can read the
+	// peer's: the collision is certain.
+	start := make(chan struct{})
+	for _, s := range []*side{a, b} {
+		s.e.do(func() { <-start; s.e.conns[0].sa.rekeyChild() })
+	}
+	close(start)
+	var va, vb childView
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		va, vb = lookChild(a), lookChild(b)
+		if settled(va, vb) && va.in != orig.in {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a simultaneous CHILD SA rekey: a %+v, b %+v; want one and the same new CHILD SA", va, vb)
+		}
+	}
+	ea, eb := x.get(a), x.get(b)
+	if !ea.request || !ea.reply || !eb.request || !eb.reply {
+		t.Fatalf("not both exchanges seen whole: a's %+v, b's %+v", ea, eb)
+	}
+	// The survivor is the SA whose exchange's lower nonce is the higher
+	// one (RFC 7296 §2.8.1); in a's view, its inbound SPI is the one a
+	// chose in that exchange.
+	wantIn, wantOut, winner := ea.spiI, ea.spiR, "a's"
+	if bytes.Compare(lowerNonce(ea.ni, ea.nr), lowerNonce(eb.ni, eb.nr)) < 0 {
+		wantIn, wantOut, winner = eb.spiR, eb.spiI, "b's"
+	}
+	t.Logf("%s rekey survives: a in 0x%08x out 0x%08x", winner, va.in, va.out)
+	if va.in != wantIn || va.out != wantOut {
+		t.Fatalf("a kept in 0x%08x out 0x%08x; the SA §2.8.1 keeps is %s, in 0x%08x out 0x%08x (a's exchange %x/%x, b's %x/%x)",
+			va.in, va.out, winner, wantIn, wantOut, ea.ni[:4], ea.nr[:4], eb.ni[:4], eb.nr[:4])
+	}
+	for _, s := range []struct {
+		name string
+		v    childView
+		rec  *recorder
+	}{{"a", va, a.rec}, {"b", vb, b.rec}} {
+		if s.v.ikeSAs != 1 || !s.v.childIKE || s.v.phase2 != StateEstablished || s.v.rekeys != 1 {
+			t.Errorf("%s: %+v, want one IKE SA carrying the CHILD SA, established after one rekey", s.name, s.v)
+		}
+		if newest, downs := s.rec.sending(); newest != s.v.in || downs != 0 {
+			t.Errorf("%s: the dataplane sends on the pair in 0x%08x and was told %d times to delete the pair it sent on; want the survivor 0x%08x, never",
+				s.name, newest, downs, s.v.in)
+		}
+	}
+	requireTraffic(t, a, b)
+	// Nothing is left to take the survivor down: a request from each end
+	// is answered and the CHILD SA stays.
+	for _, s := range []*side{a, b} {
+		answered := make(chan struct{})
+		s.e.do(func() { s.e.conns[0].sa.sendInformational(nil, func(Header, []Payload) { close(answered) }) })
+		select {
+		case <-answered:
+		case <-time.After(3 * time.Second):
+			t.Fatalf("%s: a liveness check on the IKE SA went unanswered", s.cfg.Local)
+		}
+	}
+	if va2, vb2 := lookChild(a), lookChild(b); !settled(va2, vb2) || va2.in != va.in || vb2.in != vb.in {
+		t.Fatalf("the CHILD SA changed after the collision settled: a %+v -> %+v, b %+v -> %+v", va, va2, vb, vb2)
+	}
+}
+
+// childRekeyRequest is the payloads of a CREATE_CHILD_SA request from the
+// end configured with cfg rekeying its CHILD SA with inbound SPI spi.
+func childRekeyRequest(cfg Config, spi uint32) []Payload {
+	g, _ := modpGroup(cfg.ESP.DH)
+	k, _ := g.generate()
+	return []Payload{
+		&Notify{Protocol: ProtoESP, SPI: binary.BigEndian.AppendUint32(nil, spi), Kind: RekeySA},
+		&SA{Proposals: []Proposal{cfg.ESP.proposal(ProtoESP, binary.BigEndian.AppendUint32(nil, randSPI32()), true)}},
+		&Nonce{Data: nonce()},
+		&KE{Group: cfg.ESP.DH, Data: k.public},
+		&TS{Selectors: selectors(cfg.LocalTS)},
+		&TS{Responder: true, Selectors: selectors(cfg.RemoteTS)},
+	}
+}
+
+// The other order of a collision: the peer's rekey request reaches us
+// after our own rekey of that CHILD SA completed (its first copy lost),
+// while our Delete of the old SA is under way. It is refused with
+// TEMPORARY_FAILURE (RFC 7296 §2.25.1), so the peer keeps ours; once the
+// old SA is gone, with CHILD_SA_NOT_FOUND. Before, either request made a
+// new CHILD SA that replaced ours on this end only.
+func TestIKEv2_ChildRekeyRequestOnReplacedSA_TemporaryFailureThenNotFound(t *testing.T) {
+	a, b := pair(t, nil)
+	waitStatus(t, a, "established", established)
+	waitStatus(t, b, "established", established)
+	old := lookChild(a)
+	// b's loop is held once it answered a's rekey: a's Delete of the old
+	// SA stays unanswered.
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	a.e.do(func() {
+		held := false
+		a.e.trace = func(m []byte) {
+			if h, _, err := Parse(m); err == nil && h.Exchange == CreateChildSA && h.IsResponse() && !held {
+				held = true
+				b.e.do(func() { <-release }) // queued before a handles the answer and sends its Delete
+			}
+		}
+		a.e.conns[0].sa.rekeyChild()
+	})
+	var v childView
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if v = lookChild(a); v.in != old.in && v.retired == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a's rekey did not complete with the old SA's Delete outstanding: %+v", v)
+		}
+	}
+	ask := func() []Payload {
+		r := make(chan []Payload)
+		a.e.do(func() { r <- a.e.conns[0].sa.handleCreateChild(childRekeyRequest(b.cfg, old.out)) })
+		return <-r
+	}
+	got := ask()
+	if len(got) != 1 || got[0].(*Notify).Kind != TemporaryFailure {
+		t.Fatalf("a rekey of the replaced CHILD SA answered %#v, want TEMPORARY_FAILURE", got)
+	}
+	if after := lookChild(a); after.in != v.in || after.up != v.up || after.rekeys != v.rekeys {
+		t.Fatalf("the refused request changed the CHILD SA: %+v -> %+v", v, after)
+	}
+	free()
+	var vb childView
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if v, vb = lookChild(a), lookChild(b); settled(v, vb) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rekey never settled: a %+v, b %+v", v, vb)
+		}
+	}
+	got = ask()
+	if n, ok := got[0].(*Notify); len(got) != 1 || !ok || n.Kind != ChildSANotFound || binary.BigEndian.Uint32(n.SPI) != old.out {
+		t.Fatalf("a rekey of the deleted CHILD SA answered %#v, want CHILD_SA_NOT_FOUND for 0x%08x", got, old.out)
+	}
+	if after := lookChild(a); after.in != v.in || after.up != 1 {
+		t.Fatalf("the refused request changed the CHILD SA: %+v -> %+v", v, after)
+	}
+	requireTraffic(t, a, b)
 }
