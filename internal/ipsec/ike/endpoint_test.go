@@ -19,6 +19,12 @@ type recorder struct {
 	mu    sync.Mutex
 	up    map[uint32]ChildSA // by inbound SPI
 	downs int
+	// newest is the inbound SPI of the last ChildUp, the pair a dataplane
+	// sends on (or will, SendAfterOldDeleted); newestDowns counts the
+	// ChildDowns of it, which a dataplane takes for the CHILD SA going
+	// down (userspace.Dataplane.Remove, kernel.IKE.ChildDown).
+	newest      uint32
+	newestDowns int
 }
 
 func (r *recorder) ChildUp(c ChildSA) {
@@ -28,6 +34,7 @@ func (r *recorder) ChildUp(c ChildSA) {
 		r.up = map[uint32]ChildSA{}
 	}
 	r.up[c.InSPI] = c
+	r.newest = c.InSPI
 }
 
 func (r *recorder) ChildDown(_ string, in uint32) {
@@ -35,6 +42,17 @@ func (r *recorder) ChildDown(_ string, in uint32) {
 	defer r.mu.Unlock()
 	delete(r.up, in)
 	r.downs++
+	if in == r.newest {
+		r.newestDowns++
+	}
+}
+
+// sending is what a dataplane driven by r sends on: the newest pair's
+// inbound SPI, and how often it saw the newest pair deleted.
+func (r *recorder) sending() (newest uint32, newestDowns int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.newest, r.newestDowns
 }
 
 func (r *recorder) snapshot() (map[uint32]ChildSA, int) {

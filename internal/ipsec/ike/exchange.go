@@ -208,26 +208,39 @@ func (sa *ikeSA) handleInformational(ps []Payload) []Payload {
 }
 
 // peerDeletedChild handles a Delete for the CHILD SA whose outbound SPI is
-// spi: the end of a rekey (the old pair) or the CHILD SA going down.
+// spi: the end of a rekey (the old pair, or the redundant one of a
+// collision), or the CHILD SA going down.
 func (sa *ikeSA) peerDeletedChild(spi uint32) []Payload {
 	for i, old := range sa.retired {
 		if old.sa.OutSPI == spi {
 			sa.retired = append(sa.retired[:i], sa.retired[i+1:]...)
 			sa.childDown(old)
-			return []Payload{&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, old.sa.InSPI)}}}
+			return []Payload{deleteChild(old.sa.InSPI)}
 		}
 	}
-	if sa.child != nil && sa.child.sa.OutSPI == spi {
-		ch := sa.child
-		sa.child = nil
-		sa.childDown(ch)
-		sa.e.setStatus(sa.c, func(s *Status) {
-			s.Phase2, s.Phase2Reason = StateDown, "peer deleted the CHILD SA"
-			sa.c.child = nil
-		})
-		return []Payload{&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, ch.sa.InSPI)}}}
+	ch := sa.child
+	if ch == nil || ch.sa.OutSPI != spi {
+		return nil
 	}
-	return nil
+	if ch == sa.childCollision {
+		// The peer lost the collision (RFC 7296 §2.8.1) and deleted its SA
+		// before our rekey was answered: it leaves the dataplane once ours
+		// is in, so the connection never lacks an outbound SA.
+		ch.peerDeleted = true
+		return []Payload{deleteChild(ch.sa.InSPI)}
+	}
+	sa.childGone(ch)
+	return []Payload{deleteChild(ch.sa.InSPI)}
+}
+
+// childGone takes down the connection's CHILD SA ch, which the peer deleted.
+func (sa *ikeSA) childGone(ch *child) {
+	sa.child = nil
+	sa.childDown(ch)
+	sa.e.setStatus(sa.c, func(s *Status) {
+		s.Phase2, s.Phase2Reason = StateDown, "peer deleted the CHILD SA"
+		sa.c.child = nil
+	})
 }
 
 // halfOpenTimeout bounds how long a responder keeps an IKE SA that
@@ -281,7 +294,7 @@ func (sa *ikeSA) tick(now time.Time) {
 	if ch := sa.child; ch != nil && !ch.expireAt.IsZero() && now.After(ch.expireAt) {
 		sa.child = nil
 		sa.childDown(ch)
-		sa.sendInformational([]Payload{&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, ch.sa.InSPI)}}}, nil)
+		sa.sendInformational([]Payload{deleteChild(ch.sa.InSPI)}, nil)
 		reason := "CHILD SA lifetime expired without a rekey: " + sa.rekeyErr
 		sa.e.setStatus(sa.c, func(s *Status) {
 			s.Phase2, s.Phase2Reason, s.InSPI, s.OutSPI = StateFailed, reason, 0, 0

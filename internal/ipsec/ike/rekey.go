@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -29,10 +30,24 @@ func (sa *ikeSA) rekeyChild() {
 		ps = append(ps, &KE{Group: c.cfg.ESP.DH, Data: dh.public})
 	}
 	ps = append(ps, &TS{Selectors: selectors(c.cfg.LocalTS)}, &TS{Responder: true, Selectors: selectors(c.cfg.RemoteTS)})
+	sa.rekeyingChild = old
 	sa.sendEncrypted(CreateChildSA, ps, func(_ Header, rs []Payload) {
+		// theirs is the CHILD SA of the peer's rekey we answered meanwhile.
+		theirs := sa.childCollision
+		sa.rekeyingChild, sa.childCollision = nil, nil
 		m := collect(rs)
 		for _, n := range m.notifies {
 			if n.Kind.IsError() {
+				if theirs != nil {
+					// The peer refused ours (TEMPORARY_FAILURE: its own rekey
+					// was done when ours came, RFC 7296 §2.25.1): the rekey
+					// we answered stands.
+					sa.e.log.Info("ike: simultaneous CHILD SA rekey: the peer's SA stays, ours was refused", "conn", c.cfg.Name, "reason", n.Kind)
+					if theirs.peerDeleted {
+						sa.childGone(theirs)
+					}
+					return
+				}
 				sa.rekeyErr = fmt.Sprintf("the peer refused our rekey with %s (we offered %s)", n.Kind, FormatProposal(c.cfg.ESP.Proposal(ProtoESP)))
 				sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", c.cfg.Name, "reason", sa.rekeyErr)
 				if sa.child != nil {
@@ -57,7 +72,43 @@ func (sa *ikeSA) rekeyChild() {
 				return
 			}
 		}
-		sa.installChild(prop, in, binary.BigEndian.Uint32(prop.SPI), gir, ni, m.nonce.Data, true, m.tsi.Selectors, m.tsr.Selectors)
+		out := binary.BigEndian.Uint32(prop.SPI)
+		if theirs == nil {
+			prev := sa.child
+			sa.installChild(prop, in, out, gir, ni, m.nonce.Data, true, m.tsi.Selectors, m.tsr.Selectors)
+			if prev != nil {
+				sa.countChildRekey()
+				sa.retireChild(prev, true) // RFC 7296 §2.8: the rekey initiator deletes the old CHILD SA
+			}
+			return
+		}
+		// RFC 7296 §2.8.1: of the two new CHILD SAs, the one whose exchange
+		// carried the lowest of the four nonces is redundant and deleted by
+		// the end that initiated it; the initiator of the other deletes the
+		// old SA. The peer sees the same nonces and decides alike, as
+		// strongSwan does (child_rekey.c, lost_collision). A peer that
+		// deleted its SA already has decided that ours stays.
+		if !theirs.peerDeleted && bytes.Compare(lowerNonce(ni, m.nonce.Data), lowerNonce(theirs.ni, theirs.nr)) < 0 {
+			// Ours never reaches the dataplane: the peer does not send on
+			// it, and a ChildDown of the newest pair would read as the
+			// CHILD SA going down. The old SA is the peer's to delete.
+			sa.e.log.Info("ike: simultaneous CHILD SA rekey: the peer's SA stays, deleting ours", "conn", c.cfg.Name,
+				"in_spi", fmt.Sprintf("0x%08x", in), "out_spi", fmt.Sprintf("0x%08x", out))
+			sa.sendInformational([]Payload{deleteChild(in)}, nil)
+			return
+		}
+		sa.e.log.Info("ike: simultaneous CHILD SA rekey: ours stays", "conn", c.cfg.Name)
+		sa.installChild(prop, in, out, gir, ni, m.nonce.Data, true, m.tsi.Selectors, m.tsr.Selectors)
+		// Ours is in, so theirs can leave the dataplane: the peer deletes it
+		// (or did); we delete the old one, unless the peer did already.
+		if theirs.peerDeleted {
+			sa.childDown(theirs)
+		} else {
+			sa.retireChild(theirs, false)
+		}
+		if slices.Contains(sa.retired, old) {
+			sa.deleteRetired(old)
+		}
 	})
 }
 
@@ -115,7 +166,7 @@ func (sa *ikeSA) rekeyIKE() {
 		// carried the lowest of the four nonces is redundant and deleted by
 		// the end that initiated it; the initiator of the other deletes the
 		// old SA. The peer sees the same nonces and decides alike.
-		if bytes.Compare(minNonce(ours), minNonce(theirs)) < 0 {
+		if bytes.Compare(lowerNonce(ours.ni, ours.nr), lowerNonce(theirs.ni, theirs.nr)) < 0 {
 			sa.e.log.Info("ike: simultaneous IKE SA rekey: the peer's SA stays", "conn", c.cfg.Name)
 			ours.rekeyAt = time.Time{}
 			ours.sendInformational([]Payload{&Delete{Protocol: ProtoIKE}}, func(Header, []Payload) { ours.remove() })
@@ -127,12 +178,13 @@ func (sa *ikeSA) rekeyIKE() {
 	})
 }
 
-// minNonce is the lower of the two nonces of the exchange that created sa.
-func minNonce(sa *ikeSA) []byte {
-	if bytes.Compare(sa.ni, sa.nr) < 0 {
-		return sa.ni
+// lowerNonce is the lower of an exchange's two nonces, compared octet by
+// octet (RFC 7296 §2.8.1).
+func lowerNonce(ni, nr []byte) []byte {
+	if bytes.Compare(ni, nr) < 0 {
+		return ni
 	}
-	return sa.nr
+	return nr
 }
 
 // rekeyed creates and registers the IKE SA that replaces sa (RFC 7296
@@ -212,6 +264,11 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 	if tsi == nil || tsr == nil {
 		return []Payload{&Notify{Kind: InvalidSyntax}}
 	}
+	if n := rekeyNotify(m.notifies); n != nil {
+		if refused := sa.rekeyable(n); refused != nil {
+			return []Payload{refused}
+		}
+	}
 	// The proposal first (RFC 7296 §1.3.1): a PFS group we do not use is
 	// NO_PROPOSAL_CHOSEN; INVALID_KE_PAYLOAD is for a KE of another group
 	// than the proposal we chose.
@@ -236,10 +293,51 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 		}
 		kePayload = []Payload{&KE{Group: c.cfg.ESP.DH, Data: dh.public}}
 	}
+	prev := sa.child
 	out, notify := sa.respondChild(offer, tsi, tsr, gir, ni.Data, nr, false)
 	if notify != nil {
 		return []Payload{notify}
 	}
+	if prev != nil {
+		sa.countChildRekey()
+		sa.retireChild(prev, false) // the peer deletes it (RFC 7296 §2.8)
+		if prev == sa.rekeyingChild {
+			// Both ends rekey it at once: answered as usual, resolved
+			// when our own answer comes (RFC 7296 §2.8.1).
+			sa.childCollision = sa.child
+			sa.e.log.Info("ike: simultaneous CHILD SA rekey: answered the peer's, resolved when ours is answered", "conn", c.cfg.Name)
+		}
+	}
 	// SA, Nr, [KEr], TSi, TSr (RFC 7296 §1.3.1).
 	return append(append([]Payload{out[0], &Nonce{Data: nr}}, kePayload...), out[1:]...)
+}
+
+// rekeyNotify is the REKEY_SA notify of a CREATE_CHILD_SA request for an
+// ESP SA, nil when it creates a new CHILD SA (RFC 7296 §1.3.3).
+func rekeyNotify(ns []*Notify) *Notify {
+	for _, n := range ns {
+		if n.Kind == RekeySA && n.Protocol == ProtoESP && len(n.SPI) == 4 {
+			return n
+		}
+	}
+	return nil
+}
+
+// rekeyable checks the CHILD SA a peer's rekey request n names, by the SPI
+// the peer receives on: nil when it is the connection's CHILD SA, else the
+// error to answer (RFC 7296 §2.25.1). One a rekey already replaced (ours,
+// which the peer's request crossed) is being deleted: TEMPORARY_FAILURE,
+// and the peer keeps ours. One we do not know: CHILD_SA_NOT_FOUND.
+func (sa *ikeSA) rekeyable(n *Notify) *Notify {
+	spi := binary.BigEndian.Uint32(n.SPI)
+	if sa.child != nil && sa.child.sa.OutSPI == spi {
+		return nil
+	}
+	for _, r := range sa.retired {
+		if r.sa.OutSPI == spi {
+			sa.e.log.Info("ike: simultaneous CHILD SA rekey: the peer's request came after ours completed, refused with TEMPORARY_FAILURE", "conn", sa.c.cfg.Name)
+			return &Notify{Kind: TemporaryFailure}
+		}
+	}
+	return &Notify{Protocol: ProtoESP, SPI: n.SPI, Kind: ChildSANotFound}
 }

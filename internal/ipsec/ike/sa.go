@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/emu-lab/emu/internal/ipsec/esp"
@@ -42,8 +43,10 @@ type ikeSA struct {
 	childSPI uint32    // our inbound SPI offered in IKE_AUTH
 	rawIn    []byte    // the IKE_SA_INIT response as received
 	created  time.Time // of a responder SA, for the half-open timeout
-	retired  []*child  // rekeyed CHILD SAs until the peer deletes them
-	dead     bool
+	// retired are CHILD SAs a rekey replaced, until their Delete exchange
+	// (ours or the peer's) ends (RFC 7296 §2.8).
+	retired []*child
+	dead    bool
 	// cookieTries counts the COOKIEs a responder asked of our IKE_SA_INIT.
 	cookieTries int
 	// rekeyingIKE: our CREATE_CHILD_SA rekeying this IKE SA is
@@ -51,12 +54,24 @@ type ikeSA struct {
 	// answered meanwhile (RFC 7296 §2.8.2).
 	rekeyingIKE bool
 	collision   *ikeSA
+	// rekeyingChild: our CREATE_CHILD_SA rekeying this CHILD SA is
+	// outstanding; childCollision is the CHILD SA of the peer's rekey of
+	// the same one that we answered meanwhile (RFC 7296 §2.8.1).
+	rekeyingChild  *child
+	childCollision *child
 }
 
 type child struct {
 	sa       ChildSA
 	rekeyAt  time.Time
 	expireAt time.Time // the lifetime's end: deleted if no rekey replaced it
+	// ni, nr are the nonces of the exchange that created it, which decide
+	// a rekey collision (RFC 7296 §2.8.1).
+	ni, nr []byte
+	// peerDeleted: the peer deleted this CHILD SA of a collision before our
+	// own rekey was answered; it goes once that answer is handled.
+	peerDeleted bool
+	down        bool // ChildDown was called
 }
 
 type request struct {
@@ -421,8 +436,9 @@ func (sa *ikeSA) setEstablished() {
 // rekeyMargin: the end that initiated the connection rekeys at 90% of the
 // lifetime, the other at 95% (a fallback for a peer with a longer
 // lifetime). The roles never swap, even after an IKE rekey, so two ends of
-// one configuration seldom rekey the same SA at once (emu resolves that
-// for the IKE SA, RFC 7296 §2.8.2, not yet for a CHILD SA, §2.8.1).
+// one configuration seldom rekey the same SA at once; when they do, the
+// collision is resolved (RFC 7296 §2.8.1 for a CHILD SA, §2.8.2 for the
+// IKE SA).
 func rekeyMargin(lt time.Duration, initiator bool) time.Duration {
 	if initiator {
 		return lt * 9 / 10
@@ -522,10 +538,12 @@ func (sa *ikeSA) childRefused(inAuth bool, reason string) {
 	sa.e.log.Warn("ike: CHILD SA rekey refused", "conn", sa.c.cfg.Name, "reason", reason)
 }
 
-// installChild derives a CHILD SA's keys (RFC 7296 §2.17) and hands it to
-// the handler. exchInitiator tells whether we initiated the exchange that
-// created it: that side's outbound SA takes the first keys of KEYMAT.
-// tsi/tsr are the initiator's and responder's selectors of that exchange.
+// installChild derives a CHILD SA's keys (RFC 7296 §2.17), makes it the
+// connection's CHILD SA and hands it to the handler. exchInitiator tells
+// whether we initiated the exchange that created it: that side's outbound
+// SA takes the first keys of KEYMAT. tsi/tsr are the initiator's and
+// responder's selectors of that exchange. The CHILD SA it replaces is the
+// caller's to retire.
 func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte, exchInitiator bool, tsi, tsr []Selector) {
 	c := sa.c
 	alg, _ := c.cfg.ESP.ESPAlgorithm()
@@ -542,37 +560,67 @@ func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte,
 		In:    esp.Config{SPI: in, Src: c.cfg.Remote, Dst: c.cfg.Local, Algorithm: alg, EncKey: inEnc, AuthKey: orNil(inInteg)},
 		Encap: sa.natt, LocalPort: sa.e.opt.NATTPort, RemotePort: sa.e.opt.NATTPort,
 	}
-	old := sa.child
-	ch.SendAfterOldDeleted = old != nil && !exchInitiator
-	sa.child = &child{sa: ch}
+	ch.SendAfterOldDeleted = sa.child != nil && !exchInitiator
+	n := &child{sa: ch, ni: ni, nr: nr}
 	if lt := c.cfg.ChildLifetime; lt > 0 {
-		sa.child.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
-		sa.child.expireAt = time.Now().Add(lt)
+		n.rekeyAt = time.Now().Add(rekeyMargin(lt, sa.firstInitiator))
+		n.expireAt = time.Now().Add(lt)
 	}
+	sa.child = n
 	if sa.e.opt.Handler != nil {
 		sa.e.opt.Handler.ChildUp(ch)
 	}
-	rekeyed := old != nil
 	sa.e.setStatus(c, func(s *Status) {
 		c.child = &ch
 		s.Phase2, s.Phase2Reason, s.ESPProposal = StateEstablished, "", FormatProposal(prop)
 		s.InSPI, s.OutSPI, s.Encap = in, out, sa.natt
 		s.LocalTS, s.RemoteTS = formatSelectors(local), formatSelectors(remote)
-		if rekeyed {
-			s.ChildRekeys++
-		}
 	})
 	sa.e.log.Info("ike: CHILD SA established", "conn", c.cfg.Name, "in_spi", fmt.Sprintf("0x%08x", in), "out_spi", fmt.Sprintf("0x%08x", out), "encap", sa.natt)
-	if old != nil && exchInitiator {
-		// RFC 7296 §2.8: the rekey initiator deletes the old CHILD SA.
-		sa.sendInformational([]Payload{&Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, old.sa.InSPI)}}},
-			func(Header, []Payload) { sa.childDown(old) })
-	} else if old != nil {
-		sa.retired = append(sa.retired, old)
+}
+
+// retireChild keeps old, replaced by a rekey, until its Delete exchange
+// ends; we send that Delete when we initiated the rekey that survives
+// (RFC 7296 §2.8, §2.8.1), else the peer does.
+func (sa *ikeSA) retireChild(old *child, weDelete bool) {
+	sa.retired = append(sa.retired, old)
+	if weDelete {
+		sa.deleteRetired(old)
 	}
 }
 
+// deleteRetired sends the Delete of a retired CHILD SA; it leaves the
+// dataplane once answered, unless the peer's own Delete of it came first.
+func (sa *ikeSA) deleteRetired(old *child) {
+	sa.sendInformational([]Payload{deleteChild(old.sa.InSPI)}, func(Header, []Payload) {
+		// An IKE rekey meanwhile moved the retired CHILD SAs to its successor.
+		for _, s := range []*ikeSA{sa, sa.c.sa} {
+			if s != nil {
+				s.retired = slices.DeleteFunc(s.retired, func(r *child) bool { return r == old })
+			}
+		}
+		sa.childDown(old)
+	})
+}
+
+// deleteChild is the Delete payload of the CHILD SA whose inbound SPI is
+// spi (RFC 7296 §3.11: a CHILD SA is named by the SPI its deleter receives on).
+func deleteChild(spi uint32) *Delete {
+	return &Delete{Protocol: ProtoESP, SPISize: 4, SPIs: [][]byte{binary.BigEndian.AppendUint32(nil, spi)}}
+}
+
+// countChildRekey counts a rekey of the connection's CHILD SA.
+func (sa *ikeSA) countChildRekey() {
+	sa.e.setStatus(sa.c, func(s *Status) { s.ChildRekeys++ })
+}
+
+// childDown takes ch out of the dataplane, once: both ends may delete a
+// retired CHILD SA.
 func (sa *ikeSA) childDown(ch *child) {
+	if ch.down {
+		return
+	}
+	ch.down = true
 	if sa.e.opt.Handler != nil {
 		sa.e.opt.Handler.ChildDown(sa.c.cfg.Name, ch.sa.InSPI)
 	}

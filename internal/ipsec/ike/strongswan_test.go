@@ -174,3 +174,63 @@ func TestStrongSwan_Responder_NarrowerSubnets_TSUnacceptable(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+// RFC 7296 §2.8.1 against charon: emu and charon rekey the CHILD SA at
+// once. emu's loop waits until charon's rekey request is in its queue,
+// then sends its own before reading it, so each end answers the other's
+// request while its own is outstanding. Both must keep the same one of
+// the two new CHILD SAs, and nothing else: charon decides by the nonces
+// as emu does (child_rekey.c, lost_collision). The charon lines about the
+// collision are logged.
+func TestStrongSwan_SimultaneousChildRekey_BothKeepTheSameSA(t *testing.T) {
+	for try := range 3 { // either end's SA may survive: run a few
+		t.Run(fmt.Sprint(try), func(t *testing.T) {
+			l := swtest.New(t)
+			emu := startEmu(t, l, emuConfig())
+			cc := swtest.DefaultConf()
+			cc.Start = true
+			l.StartCharon(cc)
+			orig := waitStatus(t, emu, "established", established)
+			waited := make(chan bool, 1)
+			emu.e.do(func() {
+				for deadline := time.Now().Add(10 * time.Second); len(emu.e.events) == 0 && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
+				waited <- len(emu.e.events) > 0
+				emu.e.conns[0].sa.rekeyChild()
+			})
+			if err := l.RekeyChild(); err != nil {
+				t.Fatal(err)
+			}
+			if !<-waited {
+				t.Fatal("charon's rekey request never reached emu")
+			}
+			var v childView
+			var sas string
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				v, sas = lookChild(emu), l.SAs()
+				if v.in != 0 && v.in != orig.InSPI && v.retired == 0 && !v.busy && v.up == 1 &&
+					strings.Count(sas, "INSTALLED") == 1 && strings.Contains(sas, fmt.Sprintf("in  %08x", v.out)) && strings.Contains(sas, fmt.Sprintf("out %08x", v.in)) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("emu keeps %+v; charon:\n%s", v, sas)
+				}
+			}
+			// charon is multi-threaded: it may also take emu's answer before
+			// emu's request, finish its rekey and refuse emu's with
+			// TEMPORARY_FAILURE (RFC 7296 §2.25.1), the other order.
+			for _, line := range strings.Split(l.Log(), "\n") {
+				if strings.Contains(line, "rekey collision") || strings.Contains(line, "unable to rekey") || strings.Contains(line, "TEMPORARY_FAILURE") {
+					t.Log("charon:", line)
+				}
+			}
+			if newest, downs := emu.rec.sending(); newest != v.in || downs != 0 {
+				t.Errorf("emu's dataplane sends on 0x%08x and was told %d times to delete the pair it sent on; want 0x%08x, never", newest, downs, v.in)
+			}
+			if st := emu.e.Status()[0]; !established(st) || st.ChildRekeys != 1 {
+				t.Errorf("emu: %+v, want established after one rekey", st)
+			}
+		})
+	}
+}

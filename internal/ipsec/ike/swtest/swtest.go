@@ -245,6 +245,21 @@ func (l *Lab) SAs() string {
 	return string(out)
 }
 
+// RekeyChild asks charon to rekey its CHILD SA now (`swanctl --rekey`).
+func (l *Lab) RekeyChild() error {
+	out, err := exec.Command("swanctl", "--rekey", "--child", "net", "--uri", l.vici()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("swanctl --rekey --child net: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Log is charon's log so far.
+func (l *Lab) Log() string {
+	b, _ := os.ReadFile(filepath.Join(l.Dir, "charon.log"))
+	return string(b)
+}
+
 func (l *Lab) write(name, text string) {
 	if err := os.WriteFile(filepath.Join(l.Dir, name), []byte(text), 0o600); err != nil {
 		l.t.Fatal(err)
