@@ -52,6 +52,7 @@ func supervise(configPath string, ready func()) error {
 	st := Status{SupervisorPID: os.Getpid(), SupervisorStart: self}
 	backoff := minBackoff
 	for first := true; ; first = false {
+		wait := backoff
 		w, err := startWorker(exe, configPath)
 		if err != nil {
 			if first {
@@ -79,19 +80,25 @@ func supervise(configPath string, ready func()) error {
 			}
 			st.WorkerPID, st.LastExit, st.LastExitAt = 0, exit, time.Now()
 			writeJSON(StatusPath(configPath), st, 0o644)
-			// A stop sent to the supervisor and the worker together (destroy
-			// signals every process of the agent) may reach the worker first:
-			// the wait below ends at the supervisor's own stop, so no worker
-			// is started after it.
-			logger.Printf("worker pid %d %s; restarting in %s", w.Process.Pid, exit, backoff)
 			if time.Since(st.Since) > stableAfter {
 				backoff = minBackoff
 			}
+			// A stop sent to the supervisor and the worker together (destroy
+			// signals every process of the agent) may reach the worker first,
+			// which then exits 0: the wait below ends at the supervisor's own
+			// stop, so no worker is started after it. The supervisor's signal
+			// may be handled late on a loaded machine, so after a clean exit
+			// it waits for it as long as its own stop may take.
+			wait = backoff
+			if exit == cleanExit {
+				wait = max(backoff, StopGrace)
+			}
+			logger.Printf("worker pid %d %s; restarting in %s", w.Process.Pid, exit, wait)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -184,3 +191,6 @@ func describe(ps *os.ProcessState, err error) string {
 	}
 	return fmt.Sprintf("exit status %d", ps.ExitCode())
 }
+
+// cleanExit is how describe words a worker's exit 0, its answer to SIGTERM.
+const cleanExit = "exit status 0"

@@ -148,16 +148,32 @@ func startInNode(ns string, cmd *exec.Cmd, logFile *os.File, attr *syscall.SysPr
 // its system call, which may be a write into the lab directory that
 // destroy removes next. Each process is held by a pidfd, so a pid reused
 // meanwhile is never signalled. A scan after the stop finds a process
-// started in the meantime (a worker its supervisor restarted).
+// started in the meantime (a worker its supervisor restarted); an empty
+// scan after a stop is trusted only once a second one, restartSettle
+// later, is empty too: in the VM's CI a worker that its stopped parent had
+// just started was missed by the first (1 run in about 10).
 func stopAgent(cfgPath string, in *netnsx.ID) error {
-	for range stopRounds {
+	stopped, settled := 0, false
+	for {
 		procs, err := agentProcs(cfgPath, in)
 		if err != nil {
 			return err
 		}
 		if len(procs) == 0 {
-			return nil
+			if stopped == 0 || settled {
+				return nil
+			}
+			settled = true
+			time.Sleep(restartSettle)
+			continue
 		}
+		if stopped == stopRounds {
+			for _, p := range procs {
+				unix.Close(p.fd)
+			}
+			return fmt.Errorf("stop agent %s: processes with this config keep starting after %d rounds of SIGTERM and SIGKILL: find them with `pgrep -af %s`", cfgPath, stopRounds, cfgPath)
+		}
+		stopped, settled = stopped+1, false
 		err = stopProcs(cfgPath, procs)
 		for _, p := range procs {
 			unix.Close(p.fd)
@@ -166,11 +182,12 @@ func stopAgent(cfgPath string, in *netnsx.ID) error {
 			return err
 		}
 	}
-	return fmt.Errorf("stop agent %s: processes with this config keep starting after %d rounds of SIGTERM and SIGKILL: find them with `pgrep -af %s`", cfgPath, stopRounds, cfgPath)
 }
 
 const (
 	stopRounds = 3
+	// restartSettle is the pause before the scan that confirms an empty one.
+	restartSettle = 50 * time.Millisecond
 	// stopGrace outlasts the supervisor's grace for its worker, so a
 	// supervisor stops its worker itself rather than being killed first.
 	stopGrace = agent.StopGrace + time.Second

@@ -152,6 +152,11 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 		}
 		return currentNS(e.Netns)
 	}
+	// First every process the lab started, newest first: agents and
+	// keepers are asked to stop, then whatever is still in a namespace the
+	// deploy made is killed. Only then go the files, so no process of the
+	// lab still writes into the directories removed below (a worker its
+	// supervisor restarted while it was being stopped, say).
 	var errs error
 	for i := len(entries) - 1; i >= 0; i-- {
 		e := entries[i]
@@ -167,6 +172,18 @@ func (d *Deployer) undo(lab string, removeDir bool) error {
 			if id, ok := mntIDs[e.Name]; ok {
 				errs = errors.Join(errs, netnsx.KillAll("mnt", id))
 			}
+		}
+	}
+	for name, id := range netIDs {
+		if checkNamespace(name, id) == nil { // an impostor is named below
+			errs = errors.Join(errs, netnsx.KillAll("net", id))
+		}
+	}
+	for i := len(entries) - 1; i >= 0; i-- {
+		e := entries[i]
+		switch e.Kind {
+		case "agent", "software":
+			// Stopped above.
 		case "mntns":
 			// An identity, for "software": nothing of its own to remove.
 		case "container":
