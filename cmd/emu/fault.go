@@ -151,7 +151,7 @@ func faultFlags(dir string) []cli.Flag {
 // is, waits for the lab to recover (awaitRecovered). With faults left the
 // lab cannot recover, so it does not wait; nor with --no-wait.
 func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
-	left, err := reportFaults(c.App.Writer, t, labDir)
+	left, err := reportFaults(c.App.Writer, t, labDir, c.String("topo"))
 	if err != nil || left > 0 || c.Bool("no-wait") {
 		return err
 	}
@@ -212,7 +212,7 @@ func (f labFault) String() string {
 // goes when that check ends.
 func (f labFault) repair(file string) string {
 	if f.Check && f.Held {
-		return fmt.Sprintf("wait for the `emu check --failover` holding %s:%s (%s) to end, or stop it with Ctrl-C", f.node, f.Name, (&fault.HeldError{PID: f.HeldBy}).Holder())
+		return "wait for that check to end, or stop it with Ctrl-C"
 	}
 	return fmt.Sprintf("`emu fault %s up -t %s %s:%s`", f.Kind, file, f.node, f.Name)
 }
@@ -250,9 +250,9 @@ func repairs(fs []labFault, file string) string {
 	return strings.Join(s, ", ")
 }
 
-// reportFaults says which faults are left in the lab after a repair, and
-// returns how many.
-func reportFaults(w io.Writer, t *topology.Topology, labDir string) (int, error) {
+// reportFaults says which faults are left in the lab deployed from file
+// after a repair, and how to remove each; it returns how many.
+func reportFaults(w io.Writer, t *topology.Topology, labDir, file string) (int, error) {
 	left, err := activeFaults(t, labDir)
 	if err != nil {
 		return 0, err
@@ -261,7 +261,7 @@ func reportFaults(w io.Writer, t *topology.Topology, labDir string) (int, error)
 		fmt.Fprintf(w, "no fault left in lab %q\n", t.Name)
 		return 0, nil
 	}
-	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, faultList(left))
+	fmt.Fprintf(w, "faults still in lab %q: %s (repair: %s; not waiting for the lab to recover)\n", t.Name, faultList(left), repairs(left, file))
 	return len(left), nil
 }
 

@@ -293,7 +293,7 @@ func TestCLI_CheckFailoverKilled_FaultListsItLeftOver_TunnelUpRemovesIt_Encrypte
 	pid := check.Process.Pid
 
 	r := runEmu(t, state, "fault", "list", "-t", topo)
-	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d): wait for the `emu check --failover` holding onprem:to-vpc (pid %d) to end", pid, pid); r.code != 0 || !strings.Contains(r.stdout, want) {
+	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d): wait for that check to end, or stop it with Ctrl-C", pid); r.code != 0 || !strings.Contains(r.stdout, want) {
 		t.Errorf("fault list while the check runs: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
 	}
 	r = runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
