@@ -14,7 +14,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/emu-lab/emu/internal/checks"
+	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/lab"
+	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
 )
 
@@ -74,10 +76,16 @@ func checkCommand() *cli.Command {
                 broken connection's SAs must vanish from the wire and come back after
                 the repair. Refused (exit 2) while a fault of emu fault is in force:
                 it would misjudge the lab. Its own fault is a separate nftables
-                table (emu-check-<connection>); a fault of emu fault added while it
-                runs is left in place and makes the repair row inconclusive.
+                table (emu-check-<connection>), held while it runs; a fault of emu
+                fault added while it runs is left in place and makes the repair row
+                inconclusive. That table left by a check that did not finish
+                (killed) is removed first, with a note on stderr, and the lab given
+                time to recover: the process that made it is gone. On another
+                connection it is refused like emu fault's (removed by emu fault
+                tunnel up); while another check --failover runs on the lab, too.
                 Without --failover the checks run and judge the faulted lab as it
-                is; a note on stderr names the faults in force.
+                is; a note on stderr names the faults in force, a check's left
+                over included, and how to remove each.
 A check that does not apply to the lab is not run and is named after the table
 ("not applicable: connectivity: needs two end systems (kind host) ..."); a lab
 with nothing to check says so and exits 0.
@@ -108,7 +116,12 @@ commands do.`,
 			if !rec.Complete {
 				return &lab.DeployedError{Record: rec}
 			}
-			if err := refuseOrNoteFaults(c, t); err != nil {
+			if c.Bool("failover") {
+				if err := removeLeftCheckFault(c, t, rec.Dir); err != nil {
+					return err
+				}
+			}
+			if err := refuseOrNoteFaults(c, t, rec.Dir); err != nil {
 				return err
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
@@ -155,29 +168,53 @@ commands do.`,
 	}
 }
 
-// refuseOrNoteFaults looks for faults emu fault left in force in lab t.
-// --failover breaks and repairs a connection itself: with a fault already
-// in force its verdicts are wrong (no outage, since the traffic stopped
-// before it began), so it is refused (exit 2) naming the faults and their
-// repairs (the check's own fault is a table of its own and would leave
-// them in place). Without
-// --failover the checks judge the faulted lab as it is (traffic that the
-// fault stops fails, as it should), so a note on stderr names the faults
-// and the checks run.
-func refuseOrNoteFaults(c *cli.Context, t *topology.Topology) error {
-	faults, err := activeFaults(t)
+// removeLeftCheckFault removes, before --failover's checks run, the fault
+// an `emu check --failover` that did not finish (killed) left on the very
+// connection this one breaks, says so on stderr, and waits for the lab to
+// recover from it. That table is emu's, its maker is provably gone (its
+// hold is free), and the failover check would replace it with its own and
+// remove it anyway; left in place it stops the traffic before the other
+// checks run and before the failover's stream begins, so the checks would
+// report failures of a fault nobody meant to be in force. A check's fault
+// left on another connection, or one a running check holds, is not this
+// run's to remove: refuseOrNoteFaults names it.
+func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) error {
+	gw, tun := checks.FailoverConnection(t)
+	if tun == nil {
+		return nil
+	}
+	removed, err := fault.RemoveLeftCheck(labDir, plan.NamespaceName(t.Name, gw.Name), tun.Name)
+	var held *fault.HeldError
+	if err != nil && !errors.As(err, &held) {
+		return err
+	}
+	if !removed {
+		return nil
+	}
+	fmt.Fprintf(c.App.ErrWriter, "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on %s:%s (nftables table %s%s): it kept the tunnel broken\n", gw.Name, tun.Name, fault.ByCheck, tun.Name)
+	return awaitRecovered(c, c.App.ErrWriter, t, labDir)
+}
+
+// refuseOrNoteFaults looks for faults in force in lab t: emu fault's, and
+// those of an emu check --failover, running or left by one that did not
+// finish. --failover breaks and repairs a connection itself: with a fault
+// already in force its verdicts are wrong (no outage, since the traffic
+// stopped before it began), so it is refused (exit 2) naming the faults and
+// how to remove them (the check's own fault is a table of its own and would
+// leave them in place). Without --failover the checks judge the faulted lab
+// as it is (traffic that the fault stops fails, as it should), so a note on
+// stderr names the faults, whose they are and their repairs, and the checks
+// run.
+func refuseOrNoteFaults(c *cli.Context, t *topology.Topology, labDir string) error {
+	faults, err := activeFaults(t, labDir)
 	if err != nil || len(faults) == 0 {
 		return err
 	}
-	var repairs []string
-	for _, f := range faults {
-		repairs = append(repairs, "`"+f.repair(c.String("topo"))+"`")
-	}
 	if c.Bool("failover") {
 		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
-			t.Name, faultList(faults), strings.Join(repairs, ", "), c.String("topo"))}
+			t.Name, faultList(faults), repairs(faults, c.String("topo")), c.String("topo"))}
 	}
-	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the checks judge the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), strings.Join(repairs, ", "))
+	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the checks judge the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), repairs(faults, c.String("topo")))
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -22,6 +23,7 @@ func faultCommand() *cli.Command {
 		Usage: "break or repair a tunnel or a link of a running lab",
 		UsageText: `emu fault tunnel down|up -t FILE CONNECTION     (CONNECTION: name, or NODE:name)
 emu fault link down|up -t FILE NODE:IF
+emu fault list -t FILE
 (up also takes --no-wait)`,
 		Description: `"tunnel down" drops every packet of the tunnel between the connection's two endpoints,
 both ways: ESP, ESP in UDP/4500 and IKE (UDP 500 and 4500), with an nftables table
@@ -36,8 +38,16 @@ IKE-keyed connection's CHILD SA, every BGP session Established, heard from its p
 the repair (one that lost keepalives for less than its hold time may still drop) and with its
 peer's prefixes installed, every route DPD or a health check withdrew; a check run next judges a recovered
 lab. --no-wait skips that. Not recovered in time: exit 1, naming what is missing. All are
-idempotent. Example:
-   emu fault tunnel down -t topologies/static.yaml to-vpc`,
+idempotent.
+"emu check --failover" breaks its connection with a table of its own (emu-check-<connection>)
+and holds it while it runs (a lock in the lab directory the kernel drops when the check's
+process ends, however it ends). A check killed (SIGKILL, a CI runner's timeout) leaves that
+table and the tunnel broken: "list" shows it "left by an emu check --failover that did not
+finish", and "tunnel up" on that connection removes it too and says so; one a running check
+holds is listed with the check's pid and never removed ("tunnel up" says it kept it). "list"
+prints every fault in force, one a line, with the command that removes it. Example:
+   emu fault tunnel down -t topologies/static.yaml to-vpc
+   emu fault list -t topologies/static.yaml`,
 		Subcommands: []*cli.Command{
 			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP and IKE of one connection", Subcommands: []*cli.Command{
 				tunnelFault("down"), tunnelFault("up"),
@@ -45,6 +55,7 @@ idempotent. Example:
 			{Name: "link", Usage: "set an interface down or up", Subcommands: []*cli.Command{
 				linkFault("down"), linkFault("up"),
 			}},
+			listFaults(),
 		},
 	}
 }
@@ -92,10 +103,29 @@ func tunnelFault(dir string) *cli.Command {
 			if err := fault.TunnelUp(ns, tun.Name); err != nil {
 				return err
 			}
-			if broken {
+			// A check's fault its check no longer holds is left over (the
+			// check was killed): emu's own, and in the user's way. One a
+			// running check holds stays: that check removes it.
+			leftOver, err := fault.RemoveLeftCheck(rec.Dir, ns, tun.Name)
+			var held *fault.HeldError
+			if errors.As(err, &held) {
+				err = nil
+			}
+			if err != nil {
+				return err
+			}
+			switch {
+			case broken && leftOver:
+				fmt.Fprintf(c.App.Writer, "%s: removed its fault on %s, and the fault an `emu check --failover` that did not finish left there (nftables table %s%s)\n", what, node.Name, fault.ByCheck, tun.Name)
+			case leftOver:
+				fmt.Fprintf(c.App.Writer, "%s: removed the fault an `emu check --failover` that did not finish left on %s (nftables table %s%s)\n", what, node.Name, fault.ByCheck, tun.Name)
+			case broken:
 				fmt.Fprintf(c.App.Writer, "%s: removed its fault on %s\n", what, node.Name)
-			} else {
+			case held == nil:
 				fmt.Fprintf(c.App.Writer, "%s: no fault on %s, nothing removed\n", what, node.Name)
+			}
+			if held != nil {
+				fmt.Fprintf(c.App.Writer, "%s: kept the fault of the `emu check --failover` running now on %s (%s): it removes it when it ends\n", what, node.Name, held.Holder())
 			}
 			return reportAndAwait(c, t, rec.Dir)
 		},
@@ -118,17 +148,22 @@ func faultFlags(dir string) []cli.Flag {
 }
 
 // reportAndAwait says which faults are left after a repair and, when none
-// is, waits (up to lab.RecoverTimeout, with progress on stderr, until
-// Ctrl-C) for what the fault broke to come back: IKE, BGP sessions (each
-// heard from its peer since the repair) and their routes, the routes DPD
-// and health checks withdrew. A check run
-// right after then judges a recovered lab, not one half-way. With faults
-// left the lab cannot recover, so it does not wait; nor with --no-wait.
+// is, waits for the lab to recover (awaitRecovered). With faults left the
+// lab cannot recover, so it does not wait; nor with --no-wait.
 func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
-	left, err := reportFaults(c.App.Writer, t)
+	left, err := reportFaults(c.App.Writer, t, labDir, c.String("topo"))
 	if err != nil || left > 0 || c.Bool("no-wait") {
 		return err
 	}
+	return awaitRecovered(c, c.App.Writer, t, labDir)
+}
+
+// awaitRecovered waits (up to lab.RecoverTimeout, with progress on stderr,
+// until Ctrl-C) for what a fault broke to come back: IKE, BGP sessions
+// (each heard from its peer since the repair) and their routes, the routes
+// DPD and health checks withdrew, and says on w how long it took. A check
+// run right after then judges a recovered lab, not one half-way.
+func awaitRecovered(c *cli.Context, w io.Writer, t *topology.Topology, labDir string) error {
 	start := time.Now()
 	// Everything seen missing while waiting came back: count it all (a
 	// BGP prefix may go missing only after its session returned), each
@@ -150,37 +185,44 @@ func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
 		return fmt.Errorf("lab %q did not recover within %s: %s (see the agents' logs in %s)", t.Name, lab.RecoverTimeout, missing, filepath.Join(labDir, "logs"))
 	}
 	if len(waited) == 0 {
-		fmt.Fprintf(c.App.Writer, "lab %q: nothing to wait for, its IKE SAs, BGP sessions and monitored routes are up\n", t.Name)
+		fmt.Fprintf(w, "lab %q: nothing to wait for, its IKE SAs, BGP sessions and monitored routes are up\n", t.Name)
 		return nil
 	}
-	fmt.Fprintf(c.App.Writer, "lab %q recovered in %s: %s came back\n", t.Name, elapsed, waited.Count())
+	fmt.Fprintf(w, "lab %q recovered in %s: %s came back\n", t.Name, elapsed, waited.Count())
 	return nil
 }
 
-// labFault is one fault emu fault put in force in a running lab and did
-// not repair: what it broke, on which node.
+// labFault is one fault in force in a running lab: what it broke, on which
+// node; emu fault's, or an emu check --failover's (running, or left over
+// by one that did not finish).
 type labFault struct {
 	node string
 	fault.Fault
 }
 
-// String is "tunnel NODE:CONN (ESP dropped)" or "link NODE:IF (down)".
+// String is "tunnel NODE:CONN (ESP dropped)" or "link NODE:IF (down)"; a
+// check's fault says whose it is.
 func (f labFault) String() string {
 	return fmt.Sprintf("%s %s:%s (%s)", f.Kind, f.node, f.Name, f.Effect())
 }
 
-// repair is the command that removes the fault from the lab deployed from
-// file: `emu fault tunnel up -t FILE NODE:CONN` or `emu fault link up ...`.
+// repair says how to remove the fault from the lab deployed from file:
+// `emu fault tunnel up -t FILE NODE:CONN` or `emu fault link up ...`
+// (which removes a check's left-over fault too); a running check's fault
+// goes when that check ends.
 func (f labFault) repair(file string) string {
-	return fmt.Sprintf("emu fault %s up -t %s %s:%s", f.Kind, file, f.node, f.Name)
+	if f.Check && f.Held {
+		return "wait for that check to end, or stop it with Ctrl-C"
+	}
+	return fmt.Sprintf("`emu fault %s up -t %s %s:%s`", f.Kind, file, f.node, f.Name)
 }
 
-// activeFaults lists what emu fault has broken in the running lab t and not
-// repaired, node by node in order (inspect reads the same).
-func activeFaults(t *topology.Topology) ([]labFault, error) {
+// activeFaults lists the faults in force in the running lab t whose
+// directory is labDir, node by node in order (inspect reads the same).
+func activeFaults(t *topology.Topology, labDir string) ([]labFault, error) {
 	var out []labFault
 	for _, n := range t.Nodes {
-		active, err := fault.Active(plan.NamespaceName(t.Name, n.Name))
+		active, err := fault.Active(plan.NamespaceName(t.Name, n.Name), labDir)
 		if err != nil {
 			return nil, err
 		}
@@ -199,10 +241,19 @@ func faultList(fs []labFault) string {
 	return strings.Join(s, ", ")
 }
 
-// reportFaults says which faults are left in the lab after a repair, and
-// returns how many.
-func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
-	left, err := activeFaults(t)
+// repairs lists how to remove each fault, for the lab deployed from file.
+func repairs(fs []labFault, file string) string {
+	var s []string
+	for _, f := range fs {
+		s = append(s, f.repair(file))
+	}
+	return strings.Join(s, ", ")
+}
+
+// reportFaults says which faults are left in the lab deployed from file
+// after a repair, and how to remove each; it returns how many.
+func reportFaults(w io.Writer, t *topology.Topology, labDir, file string) (int, error) {
+	left, err := activeFaults(t, labDir)
 	if err != nil {
 		return 0, err
 	}
@@ -210,8 +261,41 @@ func reportFaults(w io.Writer, t *topology.Topology) (int, error) {
 		fmt.Fprintf(w, "no fault left in lab %q\n", t.Name)
 		return 0, nil
 	}
-	fmt.Fprintf(w, "faults still in lab %q: %s (repair with `emu fault ... up`; not waiting for the lab to recover)\n", t.Name, faultList(left))
+	fmt.Fprintf(w, "faults still in lab %q: %s (repair: %s; not waiting for the lab to recover)\n", t.Name, faultList(left), repairs(left, file))
 	return len(left), nil
+}
+
+// listFaults is `emu fault list`: every fault in force in the lab, one a
+// line, with how to remove it.
+func listFaults() *cli.Command {
+	return &cli.Command{
+		Name:      "list",
+		Usage:     "list the faults in force: emu fault's, and an emu check --failover's (running, or left by one that did not finish)",
+		UsageText: "emu fault list -t FILE",
+		Flags:     []cli.Flag{topoFlag},
+		Action: func(c *cli.Context) error {
+			finishDespiteClosedOutput()
+			t, rec, err := deployedTopology(c)
+			if err != nil {
+				return err
+			}
+			fs, err := activeFaults(t, rec.Dir)
+			if err != nil {
+				return err
+			}
+			if len(fs) == 0 {
+				fmt.Fprintf(c.App.Writer, "no fault in lab %q\n", t.Name)
+			}
+			for _, f := range fs {
+				how := "remove with " + f.repair(c.String("topo"))
+				if f.Check && f.Held {
+					how = f.repair(c.String("topo"))
+				}
+				fmt.Fprintf(c.App.Writer, "%s: %s\n", f, how)
+			}
+			return nil
+		},
+	}
 }
 
 // findTunnel resolves "name" or "node:name" to one connection.

@@ -3,16 +3,23 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/emu-lab/emu/internal/fault"
+	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/netnsx"
+	"github.com/emu-lab/emu/internal/probe"
 )
 
 // A repair says what it removed and what is still broken in the lab: never
@@ -226,5 +233,145 @@ func TestCLI_CheckFailover_CtrlC_RepairsReportsInterruptedExit1(t *testing.T) {
 	}
 	if broken, err := fault.TunnelBrokenBy(fault.ByCheck, ns, "to-vpc"); err != nil || broken {
 		t.Errorf("the check's fault outlived Ctrl-C (broken %v, %v)", broken, err)
+	}
+}
+
+// waitCheckTable waits until the table of `emu check --failover` (read over
+// netlink) is in force on conn in ns, while check runs; it fails the test
+// when check ends first or the table never comes. The channel it returns
+// closes once check has ended (and been waited for).
+func waitCheckTable(t *testing.T, check *exec.Cmd, out *bytes.Buffer, ns, conn string) <-chan struct{} {
+	t.Helper()
+	ended := make(chan struct{})
+	go func() { check.Wait(); close(ended) }()
+	t.Cleanup(func() { check.Process.Kill(); <-ended })
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if broken, _ := fault.TunnelBrokenBy(fault.ByCheck, ns, conn); broken {
+			return ended
+		}
+		select {
+		case <-ended:
+			t.Fatalf("the check ended before its fault was in force:\n%s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the check's fault never appeared:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkTable reports whether the table of `emu check --failover` for conn
+// is in ns, read over netlink.
+func checkTable(t *testing.T, ns, conn string) bool {
+	t.Helper()
+	broken, err := fault.TunnelBrokenBy(fault.ByCheck, ns, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return broken
+}
+
+// An `emu check --failover` SIGKILLed (a CI runner's timeout) while its
+// fault was in force left its table and the tunnel broken, and `emu fault`
+// did not show it. While the check runs, `fault list` shows its fault held
+// by it (its pid) and `fault tunnel up` keeps it; once it is killed, `fault
+// list` says it was left by a check that did not finish, with the command
+// that removes it, and that command removes it: the ping crosses and a
+// check finds the traffic encrypted again.
+func TestCLI_CheckFailoverKilled_FaultListsItLeftOver_TunnelUpRemovesIt_EncryptedAgain(t *testing.T) {
+	state, name, topo := deployCLI(t, staticTopology)
+	ns := "emu-" + name + "-onprem"
+	check := emuCmd(t, state, "check", "--failover", "-t", topo)
+	var out bytes.Buffer
+	check.Stdout, check.Stderr = &out, &out
+	if err := check.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := waitCheckTable(t, check, &out, ns, "to-vpc")
+	pid := check.Process.Pid
+
+	r := runEmu(t, state, "fault", "list", "-t", topo)
+	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d): wait for that check to end, or stop it with Ctrl-C", pid); r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("fault list while the check runs: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
+	if want := fmt.Sprintf("kept the fault of the `emu check --failover` running now on onprem (pid %d)", pid); r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("fault tunnel up while the check runs: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	if !checkTable(t, ns, "to-vpc") {
+		t.Fatal("fault tunnel up removed the fault of a check still running")
+	}
+
+	check.Process.Signal(syscall.SIGKILL)
+	<-ended
+	t.Logf("the check, killed:\n%s", out.String())
+	if !checkTable(t, ns, "to-vpc") {
+		t.Fatal("the killed check's table is gone: nothing left over to test")
+	}
+	r = runEmu(t, state, "fault", "list", "-t", topo)
+	if want := "tunnel onprem:to-vpc (ESP dropped, left by an `emu check --failover` that did not finish): remove with `emu fault tunnel up -t " + topo + " onprem:to-vpc`"; r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("fault list after the check was killed: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "onprem:to-vpc")
+	if want := "removed the fault an `emu check --failover` that did not finish left on onprem (nftables table emu-check-to-vpc)\nno fault left in lab"; r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("fault tunnel up after the check was killed: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	t.Logf("emu fault tunnel up:\n%s%s", r.stdout, r.stderr)
+	if checkTable(t, ns, "to-vpc") {
+		t.Fatal("fault tunnel up left the killed check's table in place")
+	}
+	if _, err := probe.Ping("emu-"+name+"-client", netip.MustParseAddr("172.16.2.10"), 2*time.Second); err != nil {
+		t.Errorf("no ping client → ECS after the repair: %v", err)
+	}
+	r = runEmu(t, state, "check", "-t", topo, "--format", "json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"check": "encryption"`) || strings.Contains(r.stderr, "note: faults in force") {
+		t.Errorf("check after the repair: exit %d, want 0 with the encryption check passed and no fault noted\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// A check table whose check is gone (made here as the check makes it, its
+// hold not taken) on the connection `check --failover` breaks: a plain
+// check names it and its repair; `check --failover` removes it itself
+// (emu's own object, its maker gone), says so and passes. The same table
+// held by a running check (this test's process) refuses --failover and is
+// not removed by it, nor by `fault tunnel up`.
+func TestCLI_CheckFailover_LeftOverCheckTable_RemovedAndSaid_HeldOneKept(t *testing.T) {
+	state, name, topo := deployCLI(t, staticTopology)
+	ns := "emu-" + name + "-onprem"
+	tun := labtest.Load(t, topo).Node("onprem").Tunnels[0]
+	labDir := filepath.Join(filepath.Dir(topo), "emu-"+name)
+
+	hold, err := fault.HoldCheck(labDir, ns, "to-vpc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fault.TunnelDownBy(fault.ByCheck, ns, "to-vpc", tun.Local, tun.Remote); err != nil {
+		hold.Release()
+		t.Fatal(err)
+	}
+	r := runEmu(t, state, "check", "--failover", "-t", topo)
+	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d)", os.Getpid()); r.code != exitInvalid || !strings.Contains(r.stderr, want) {
+		t.Errorf("check --failover while another holds its fault: exit %d, want %d and %q\nstdout: %s\nstderr: %s", r.code, exitInvalid, want, r.stdout, r.stderr)
+	}
+	if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc"); r.code != 0 || !strings.Contains(r.stdout, "kept the fault") {
+		t.Errorf("fault tunnel up of a held check fault: exit %d, want it kept\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if !checkTable(t, ns, "to-vpc") {
+		t.Fatal("a check fault still held was removed")
+	}
+	hold.Release()
+
+	r = runEmu(t, state, "check", "-t", topo)
+	if want := `note: faults in force in lab "` + name + "\": tunnel onprem:to-vpc (ESP dropped, left by an `emu check --failover` that did not finish); the checks judge the lab with them, as it is (repair: `emu fault tunnel up -t " + topo + " onprem:to-vpc`)"; !strings.Contains(r.stderr, want) {
+		t.Errorf("plain check with a left-over check fault: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "check", "--failover", "-t", topo)
+	if want := "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on onprem:to-vpc (nftables table emu-check-to-vpc)"; r.code != 0 || !strings.Contains(r.stderr, want) || strings.Contains(r.stdout, "FAIL") {
+		t.Errorf("check --failover with a left-over check fault: exit %d, want 0 and %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	if checkTable(t, ns, "to-vpc") {
+		t.Error("the check's table is still in force after check --failover")
 	}
 }

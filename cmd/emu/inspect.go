@@ -92,7 +92,8 @@ type nodeView struct {
 	// Agent is the node agent's live health, where the node has one.
 	Agent   *agent.Health      `json:"agent,omitempty"`
 	Daemons []lab.DaemonStatus `json:"daemons,omitempty"`
-	// Faults are those emu fault put in force on the node and not repaired.
+	// Faults are those emu fault put in force on the node and not repaired,
+	// and those of an emu check --failover, running or left over.
 	Faults []fault.Fault `json:"faults,omitempty"`
 }
 
@@ -130,7 +131,7 @@ func viewLabs(ctx context.Context, store lab.Store, recs []*lab.Record) []nodeVi
 			ifs, err := wiring.Interfaces(n.Namespace)
 			if err != nil {
 				v.State = "missing"
-			} else if v.Faults, err = fault.Active(n.Namespace); err != nil {
+			} else if v.Faults, err = fault.Active(n.Namespace, r.Dir); err != nil {
 				v.State = "faults unknown: " + err.Error()
 			}
 			if cfg := filepath.Join(r.Dir, "agents", n.Name+".json"); fileExists(cfg) {

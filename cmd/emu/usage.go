@@ -59,7 +59,7 @@ func strictCommand(parent string, cmd *cli.Command) {
 	case len(cmd.Subcommands) > 0 && action == nil:
 		cmd.Action = func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return usageError{full, fmt.Errorf("missing command: %s", strings.Join(visibleNames(cmd.Subcommands), " or "))}
+				return usageError{full, fmt.Errorf("missing command: %s", orList(visibleNames(cmd.Subcommands)))}
 			}
 			return unknownCommand(full, cmd.Subcommands, c.Args().First())
 		}
@@ -92,6 +92,14 @@ func visibleNames(commands []*cli.Command) []string {
 		}
 	}
 	return names
+}
+
+// orList is "a", "a or b", "a, b or c".
+func orList(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 // closest is the visible command within two edits of name (a typo), or "".

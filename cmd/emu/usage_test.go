@@ -29,7 +29,7 @@ func TestCLI_CommandLineMistake_Exit2WithOneLineAndHint(t *testing.T) {
 		{[]string{"check", "-t"}, "check: flag needs an argument: -t (see `emu check --help`)"},
 		{[]string{"deploy", "--bogus", "-t", topo}, "deploy: flag provided but not defined: -bogus (see `emu deploy --help`)"},
 		{[]string{"check", "-t", topo, "extra"}, "check: unexpected argument \"extra\" (this command takes none)"},
-		{[]string{"fault"}, "fault: missing command: tunnel or link (see `emu fault --help`)"},
+		{[]string{"fault"}, "fault: missing command: tunnel, link or list (see `emu fault --help`)"},
 		{[]string{"fault", "tunnel"}, "fault tunnel: missing command: down or up (see `emu fault tunnel --help`)"},
 		{[]string{"fault", "tunnel", "dwn", "to-vpc"}, "fault tunnel: unknown command \"dwn\": did you mean \"down\"?"},
 		{[]string{"fault", "tunnel", "down", "-x", "-t", topo, "to-vpc"}, "fault tunnel down: flag provided but not defined: -x (see `emu fault tunnel down --help`)"},

@@ -41,7 +41,7 @@ const (
 )
 
 func failover(ctx context.Context, l Lab) []Result {
-	gw, tun := firstConnection(l.Topology)
+	gw, tun := FailoverConnection(l.Topology)
 	a, b, why := endPair(l.Topology)
 	if tun == nil {
 		why = "needs an onprem-gateway with an ipsec connection"
@@ -56,6 +56,20 @@ func failover(ctx context.Context, l Lab) []Result {
 	// never judge through, nor remove, a fault this check did not make.
 	if broken, err := fault.TunnelBroken(ns, tun.Name); err != nil || broken {
 		r := Result{Check: "failover", Inconclusive: true, Evidence: fmt.Sprintf("not run: connection %s:%s is already broken by a fault this check did not make (left in place; repair it with `emu fault tunnel up`)", gw.Name, tun.Name)}
+		if err != nil {
+			r.Evidence = "not run: " + err.Error()
+		}
+		return []Result{r}
+	}
+	// The check holds its fault while it runs, so `emu fault` tells it
+	// from one a killed check left, and never removes it under the check.
+	hold, err := fault.HoldCheck(l.Dir, ns, tun.Name)
+	if err != nil {
+		return []Result{{Check: "failover", Inconclusive: true, Evidence: "not run: " + err.Error()}}
+	}
+	defer hold.Release() // after the repair below: the table goes first
+	if left, err := fault.TunnelBrokenBy(fault.ByCheck, ns, tun.Name); err != nil || left {
+		r := Result{Check: "failover", Inconclusive: true, Evidence: fmt.Sprintf("not run: connection %s:%s is broken by the fault an `emu check --failover` that did not finish left (nftables table %s%s; remove it with `emu fault tunnel up`)", gw.Name, tun.Name, fault.ByCheck, tun.Name)}
 		if err != nil {
 			r.Evidence = "not run: " + err.Error()
 		}
@@ -278,7 +292,9 @@ func streamAround(ctx context.Context, src string, dst netip.Addr, window time.D
 	return res, err
 }
 
-func firstConnection(t *topology.Topology) (*topology.Node, *topology.Tunnel) {
+// FailoverConnection is the connection Failover breaks: the first of the
+// first on-premises gateway with one; nil without.
+func FailoverConnection(t *topology.Topology) (*topology.Node, *topology.Tunnel) {
 	for _, n := range t.Nodes {
 		if n.Roles.CustomerEdge && len(n.Tunnels) > 0 {
 			return n, n.Tunnels[0]

@@ -2,7 +2,9 @@ package checks_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -269,6 +271,38 @@ func TestFailoverCheck_FaultAlreadyInForce_NotRunAndLeftInPlace(t *testing.T) {
 	}
 	if broken, err := fault.TunnelBroken(l.NS("onprem"), tun.Name); err != nil || !broken {
 		t.Errorf("the check removed a fault it did not make (broken %v, %v)", broken, err)
+	}
+}
+
+// The check holds its fault while it runs. While another process holds
+// it (a check running on the same lab), the check does not break the
+// connection a second time, and it leaves that holder's table alone. A
+// check table nobody holds (left by a check that was killed) is not judged
+// through: the traffic stopped before the stream began. Both make one
+// inconclusive row, and the table stays in force (read over netlink).
+func TestFailoverCheck_CheckFaultHeldOrLeftOver_NotRunAndLeftInPlace(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	ns, tun := l.NS("onprem"), l.Topology.Node("onprem").Tunnels[0]
+	labc := checks.Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+	hold, err := fault.HoldCheck(l.Plan.LabDir, ns, tun.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fault.TunnelDownBy(fault.ByCheck, ns, tun.Name, tun.Local, tun.Remote); err != nil {
+		hold.Release()
+		t.Fatal(err)
+	}
+	rs := checktest.Run(t, labc, checks.Failover)
+	hold.Release()
+	if want := fmt.Sprintf("not run: connection to-vpc is held by an `emu check --failover` running now (pid %d)", os.Getpid()); len(rs) != 1 || !rs[0].Inconclusive || !strings.Contains(rs[0].Evidence, want) {
+		t.Errorf("failover while another holds its fault: %+v, want one inconclusive row with %q", rs, want)
+	}
+	rs = checktest.Run(t, labc, checks.Failover)
+	if want := "not run: connection onprem:to-vpc is broken by the fault an `emu check --failover` that did not finish left"; len(rs) != 1 || !rs[0].Inconclusive || !strings.Contains(rs[0].Evidence, want) {
+		t.Errorf("failover with a left-over check fault: %+v, want one inconclusive row with %q", rs, want)
+	}
+	if broken, err := fault.TunnelBrokenBy(fault.ByCheck, ns, tun.Name); err != nil || !broken {
+		t.Errorf("the check table is gone (broken %v, %v): the check must leave it to emu fault tunnel up", broken, err)
 	}
 }
 

@@ -31,7 +31,7 @@ func TestFailover_AsksCustomerEdge_FindsTheFRRGatewayOfAThirdPartyKind(t *testin
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, tun := firstConnection(topo)
+	gw, tun := FailoverConnection(topo)
 	if gw == nil || gw.Kind != "third-party-onprem-gateway" || gw.BGP == nil || gw.BGP.Speaker != "frr" || tun == nil {
 		t.Fatalf("failover would break %+v's connection %+v, want the FRR-run on-premises gateway's", gw, tun)
 	}

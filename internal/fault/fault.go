@@ -191,25 +191,40 @@ func setLink(ns, ifname string, up bool) error {
 }
 
 // Fault is one fault in force in a namespace: Kind "tunnel" with the
-// connection TunnelDown broke, or "link" with an interface set down.
+// connection TunnelDown broke, or "link" with an interface set down. A
+// tunnel broken by `emu check --failover` (ByCheck) has Check set, and
+// HeldBy the pid of the check that holds it while it runs (see HoldCheck);
+// a check's fault nobody holds was left by a check that did not finish.
 type Fault struct {
-	Kind string `json:"kind"`
-	Name string `json:"name"`
+	Kind   string `json:"kind"`
+	Name   string `json:"name"`
+	Check  bool   `json:"check,omitempty"`
+	Held   bool   `json:"held,omitempty"`
+	HeldBy int    `json:"held_by,omitempty"`
 }
 
-// Effect says what the fault does, for the user.
+// LeftOver reports whether f is a check's fault whose check did not finish.
+func (f Fault) LeftOver() bool { return f.Check && !f.Held }
+
+// Effect says what the fault does and, for a check's, whose it is.
 func (f Fault) Effect() string {
-	if f.Kind == "tunnel" {
-		return "ESP dropped"
+	switch {
+	case f.Kind != "tunnel":
+		return "down"
+	case f.LeftOver():
+		return "ESP dropped, left by an `emu check --failover` that did not finish"
+	case f.Check:
+		return "ESP dropped by the `emu check --failover` running now, " + pidText(f.HeldBy)
 	}
-	return "down"
+	return "ESP dropped"
 }
 
 // Active lists the faults in force in namespace ns: the tunnels TunnelDown
-// broke there (their tables, of whatever family), then the interfaces set
-// down (a veth whose peer is down stays up, without carrier, and is not
-// listed).
-func Active(ns string) ([]Fault, error) {
+// broke there (their tables, of whatever family), those a check broke
+// (emu-check-<conn>) with their holders read from the lab directory dir,
+// then the interfaces set down (a veth whose peer is down stays up,
+// without carrier, and is not listed).
+func Active(ns, dir string) ([]Fault, error) {
 	c, closeNS, err := open(ns)
 	if err != nil {
 		return nil, err
@@ -221,8 +236,17 @@ func Active(ns string) ([]Fault, error) {
 	}
 	var out []Fault
 	for _, t := range tables {
-		if conn, ok := strings.CutPrefix(t.Name, tablePrefix); ok {
-			out = append(out, Fault{"tunnel", conn})
+		if conn, ok := strings.CutPrefix(t.Name, string(ByUser)); ok {
+			out = append(out, Fault{Kind: "tunnel", Name: conn})
+		}
+	}
+	for _, t := range tables {
+		if conn, ok := strings.CutPrefix(t.Name, string(ByCheck)); ok {
+			pid, held, err := CheckHolder(dir, ns, conn)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, Fault{Kind: "tunnel", Name: conn, Check: true, Held: held, HeldBy: pid})
 		}
 	}
 	nl, err := wiring.Open(ns)
@@ -237,7 +261,7 @@ func Active(ns string) ([]Fault, error) {
 	for _, l := range links {
 		// lo is down only in a namespace emu did not set up.
 		if a := l.Attrs(); a.Flags&net.FlagUp == 0 && a.Name != "lo" {
-			out = append(out, Fault{"link", a.Name})
+			out = append(out, Fault{Kind: "link", Name: a.Name})
 		}
 	}
 	return out, nil
