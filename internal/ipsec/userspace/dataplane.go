@@ -321,7 +321,9 @@ func configureLink(c ipsec.Conn, maxSegs int) error {
 // It is the first stage of a pipeline: while it reads and seals one batch,
 // transmit sends the previous one (sendmmsg, whose system call also carries
 // the kernel's forwarding of every packet over the lab's links), so the two
-// run on two cores.
+// overlap: the worker has one P (agent.WorkerGOMAXPROCS), and the Go
+// runtime hands it to the other goroutine while transmit is in that long
+// system call.
 //
 // The tunnel's txPath is loaded once per read: a rekey takes effect at the
 // next read, and while an IKE-keyed tunnel has no SA what it reads is
