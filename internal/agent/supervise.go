@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -122,10 +123,7 @@ func startWorker(exe, configPath string) (*exec.Cmd, error) {
 	}
 	defer r.Close()
 	cmd := exec.Command(exe, os.Args[1:]...)
-	cmd.Env = append(os.Environ(), workerEnv+"=1", fmt.Sprintf("%s=%d", ReadyEnv, ReadyFD))
-	if os.Getenv("GOMAXPROCS") == "" {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+WorkerGOMAXPROCS)
-	}
+	cmd.Env = workerEnviron(os.Environ())
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{w}
 	err = cmd.Start()
@@ -143,6 +141,19 @@ func startWorker(exe, configPath string) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("worker pid %d: %w", cmd.Process.Pid, err)
 	}
 	return cmd, nil
+}
+
+// workerEnviron is the worker's environment: the supervisor's, marked as
+// the worker's, with its ready pipe, and GOMAXPROCS=WorkerGOMAXPROCS unless
+// the supervisor's sets GOMAXPROCS (to anything but the empty string).
+func workerEnviron(environ []string) []string {
+	env := append(slices.Clone(environ), workerEnv+"=1", fmt.Sprintf("%s=%d", ReadyEnv, ReadyFD))
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok && v != "" {
+			return env
+		}
+	}
+	return append(env, "GOMAXPROCS="+WorkerGOMAXPROCS)
 }
 
 // ReadLine reads the one line an agent writes on its ready pipe.
