@@ -62,7 +62,6 @@ func supervise(configPath string, ready func()) error {
 	st := Status{SupervisorPID: os.Getpid(), SupervisorStart: self}
 	backoff := minBackoff
 	for first := true; ; first = false {
-		wait := backoff
 		w, err := startWorker(exe, configPath)
 		if err != nil {
 			if first {
@@ -93,22 +92,17 @@ func supervise(configPath string, ready func()) error {
 			if time.Since(st.Since) > stableAfter {
 				backoff = minBackoff
 			}
-			// A stop sent to the supervisor and the worker together (destroy
-			// signals every process of the agent) may reach the worker first,
-			// which then exits 0: the wait below ends at the supervisor's own
-			// stop, so no worker is started after it. The supervisor's signal
-			// may be handled late on a loaded machine, so after a clean exit
-			// it waits for it as long as its own stop may take.
-			wait = backoff
-			if exit == cleanExit {
-				wait = max(backoff, StopGrace)
-			}
-			logger.Printf("worker pid %d %s; restarting in %s", w.Process.Pid, exit, wait)
+			// Destroy stops the supervisor before its worker, so a worker
+			// that ends on its own is one to restart; a stop sent to both at
+			// once (pkill) that reaches the worker first ends the wait below
+			// at the supervisor's own stop, and a worker started meanwhile is
+			// stopped with it.
+			logger.Printf("worker pid %d %s; restarting in %s", w.Process.Pid, exit, backoff)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(wait):
+		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -214,6 +208,3 @@ func describe(ps *os.ProcessState, err error) string {
 	}
 	return fmt.Sprintf("exit status %d", ps.ExitCode())
 }
-
-// cleanExit is how describe words a worker's exit 0, its answer to SIGTERM.
-const cleanExit = "exit status 0"

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -186,6 +187,9 @@ func stopAgent(cfgPath string, in *netnsx.ID) error {
 
 const (
 	stopRounds = 3
+	// childGrace is how long a process whose parent was stopped first has
+	// to answer its own SIGTERM (its parent normally stopped it already).
+	childGrace = time.Second
 	// restartSettle is the pause before the scan that confirms an empty one.
 	restartSettle = 50 * time.Millisecond
 	// stopGrace outlasts the supervisor's grace for its worker, so a
@@ -201,11 +205,28 @@ type proc struct {
 	pid, fd int
 }
 
+// stopProcs stops procs: first those whose parent is not among them (an
+// agent's supervisor, a keeper), each of which stops what it started
+// within its own grace, so a supervisor never sees its worker end before
+// its own stop arrived and restarts it; then the rest; then SIGKILL to
+// whatever is still running.
 func stopProcs(cfgPath string, procs []proc) error {
+	var roots, children []proc
 	for _, p := range procs {
+		if slices.ContainsFunc(procs, func(q proc) bool { return q.pid == parentOf(p.pid) }) {
+			children = append(children, p)
+		} else {
+			roots = append(roots, p)
+		}
+	}
+	for _, p := range roots {
 		unix.PidfdSendSignal(p.fd, unix.SIGTERM, nil, 0)
 	}
-	alive := waitExit(procs, stopGrace)
+	alive := waitExit(roots, stopGrace)
+	for _, p := range children {
+		unix.PidfdSendSignal(p.fd, unix.SIGTERM, nil, 0)
+	}
+	alive = waitExit(append(alive, children...), childGrace)
 	for _, p := range alive {
 		unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0)
 	}
@@ -354,22 +375,38 @@ func identify(pid int, cfgPath string, in *netnsx.ID) (match, execing bool) {
 	return false, false
 }
 
+// statFields returns the fields of /proc/<pid>/stat after the command name
+// (which may hold spaces and parentheses: fields count from the last ')'),
+// so that f[0] is the state (field 3), f[1] the parent's pid (field 4), f[6]
+// the flags (field 9); nil if it cannot be read.
+func statFields(dir string) [][]byte {
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return nil
+	}
+	return bytes.Fields(stat[i+1:])
+}
+
+// parentOf returns pid's parent's pid, or 0 if it cannot be read.
+func parentOf(pid int) int {
+	f := statFields(filepath.Join("/proc", strconv.Itoa(pid)))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(string(f[1]))
+	return ppid
+}
+
 // userAndLive reports whether the process of /proc/<pid> dir is neither a
 // kernel thread (their command line is always empty) nor a zombie or dead
 // one (/proc/<pid>/stat: state, field 3; flags, field 9, PF_KTHREAD).
 func userAndLive(dir string) bool {
 	const pfKthread = 0x00200000 // include/linux/sched.h
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return false
-	}
-	// The command name may hold spaces and parentheses: fields count from
-	// the last ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return false
-	}
-	f := bytes.Fields(stat[i+1:])
+	f := statFields(dir)
 	if len(f) < 7 || bytes.ContainsAny(f[0], "ZXx") {
 		return false
 	}

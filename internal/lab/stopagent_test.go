@@ -18,7 +18,10 @@ import (
 // SA files, until it is stopped. Its value says how it meets SIGTERM:
 // "restart" starts a writer like itself and exits (a supervisor restarting
 // its worker while destroy runs), "ignore" keeps writing until SIGKILL
-// (a worker slower to stop than destroy's grace), "exit" exits.
+// (a worker slower to stop than destroy's grace), "exit" exits, and
+// "supervisor" starts an "exit" writer as its worker and, at SIGTERM, says
+// in the file "verdict" beside the lab directory whether its worker was
+// still there for it to stop.
 const racingWriterEnv = "EMU_TEST_RACING_WRITER"
 
 func racingWriterMain() {
@@ -29,10 +32,28 @@ func racingWriterMain() {
 	cfg := os.Args[3] // agent --config FILE
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
+	var child *exec.Cmd
+	if mode == "supervisor" {
+		child, _ = startRacingWriter("exit", cfg)
+	}
 	for i := 0; ; i++ {
 		select {
 		case <-term:
 			switch mode {
+			case "supervisor":
+				// As agent.supervise: stop the worker, unless it already
+				// ended, which a supervisor takes for a crash to restart.
+				time.Sleep(100 * time.Millisecond)
+				verdict := "stopped its worker"
+				var ws syscall.WaitStatus
+				if pid, _ := syscall.Wait4(child.Process.Pid, &ws, syscall.WNOHANG, nil); pid == child.Process.Pid {
+					verdict = "saw its worker end first"
+				} else {
+					child.Process.Signal(syscall.SIGTERM)
+					child.Wait()
+				}
+				os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(cfg)), "verdict"), []byte(verdict), 0o644)
+				os.Exit(0)
 			case "restart":
 				startRacingWriter("exit", cfg) // its pid is learnt by no one
 				os.Exit(0)
@@ -97,6 +118,40 @@ func TestStopAgent_WritersRacingTheRemoval_AllGoneBeforeItReturns(t *testing.T) 
 				t.Fatalf("the lab directory is back after its removal: %v", err)
 			}
 		})
+	}
+}
+
+// stopAgent stops the supervisor first and its worker only after, so the
+// supervisor never sees its worker end before its own stop (and restarts
+// it, as a worker ending on its own is restarted).
+func TestStopAgent_SupervisorFirst_ItStopsItsWorkerItself(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "emu-race", "agents")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vpngw.json")
+	w, err := startRacingWriter("supervisor", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, pid := range must(lab.AgentPIDsForTest(cfg)) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		w.Process.Kill()
+		w.Wait()
+	})
+	for deadline := time.Now().Add(5 * time.Second); len(must(lab.AgentPIDsForTest(cfg))) < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor's worker never started")
+		}
+	}
+	if err := lab.StopAgentForTest(cfg); err != nil {
+		t.Fatal(err)
+	}
+	verdict, err := os.ReadFile(filepath.Join(filepath.Dir(dir), "verdict"))
+	if err != nil || string(verdict) != "stopped its worker" {
+		t.Fatalf("the supervisor %q (%v); want it to have stopped its worker itself", verdict, err)
 	}
 }
 
