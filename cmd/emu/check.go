@@ -97,10 +97,15 @@ machine). JSON results carry "result": "pass", "fail" or "inconclusive"; JUnit
 reports an inconclusive check as <error message="inconclusive">.
 Ctrl-C stops the checks (--failover first removes its fault): the rows it cut
 short are INCONCLUSIVE ("interrupted"), and emu exits 1, as other interrupted
-commands do.`,
+commands do.
+
+Examples:
+   emu check -t topologies/static.yaml
+   emu check -t topologies/static-bgp.yaml --failover
+   emu check -t topologies/bgp.yaml --format json --junit report.xml`,
 		Flags: []cli.Flag{
 			topoFlag,
-			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+			formatFlag,
 			&cli.StringFlag{Name: "junit", Usage: "also write a JUnit XML report to `FILE` (for CI)"},
 			&cli.BoolFlag{Name: "failover", Usage: "also break the tunnel and check the method's failover (disrupts the lab for ~20 s, then restores it)"},
 		},

@@ -45,16 +45,39 @@ process ends, however it ends). A check killed (SIGKILL, a CI runner's timeout) 
 table and the tunnel broken: "list" shows it "left by an emu check --failover that did not
 finish", and "tunnel up" on that connection removes it too and says so; one a running check
 holds is listed with the check's pid and never removed ("tunnel up" says it kept it). "list"
-prints every fault in force, one a line, with the command that removes it. Example:
+prints every fault in force, one a line, with the command that removes it.
+` + connectionNames + `
+
+Examples:
    emu fault tunnel down -t topologies/static.yaml to-vpc
-   emu fault list -t topologies/static.yaml`,
+   emu fault list -t topologies/static.yaml
+   emu fault tunnel up -t topologies/static.yaml to-vpc
+   emu fault link down -t topologies/static-bgp.yaml vbr:eth1`,
 		Subcommands: []*cli.Command{
-			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP and IKE of one connection", Subcommands: []*cli.Command{
-				tunnelFault("down"), tunnelFault("up"),
-			}},
-			{Name: "link", Usage: "set an interface down or up", Subcommands: []*cli.Command{
-				linkFault("down"), linkFault("up"),
-			}},
+			{
+				Name:      "tunnel",
+				Usage:     "drop (down) or pass (up) the ESP and IKE of one connection",
+				UsageText: "emu fault tunnel down|up -t FILE CONNECTION     (up also takes --no-wait)",
+				Description: connectionNames + `
+
+Examples:
+   emu fault tunnel down -t topologies/static.yaml to-vpc
+   emu fault tunnel up -t topologies/static.yaml to-vpc
+   emu fault tunnel down -t topologies/transit-router.yaml onprem:to-vpc-1`,
+				Subcommands: []*cli.Command{tunnelFault("down"), tunnelFault("up")},
+			},
+			{
+				Name:      "link",
+				Usage:     "set an interface down or up",
+				UsageText: "emu fault link down|up -t FILE NODE:IF     (up also takes --no-wait)",
+				Description: `NODE:IF is a node of the topology and one of its interfaces (its links: endpoints);
+a wrong one is refused with the interfaces the node has.
+
+Examples:
+   emu fault link down -t topologies/static-bgp.yaml vbr:eth1
+   emu fault link up -t topologies/static-bgp.yaml vbr:eth1`,
+				Subcommands: []*cli.Command{linkFault("down"), linkFault("up")},
+			},
 			listFaults(),
 		},
 	}
@@ -70,7 +93,14 @@ func tunnelFault(dir string) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "CONNECTION",
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION" + waitUsage(dir),
-		Flags:     faultFlags(dir),
+		Description: connectionNames + `
+
+Examples:
+   emu fault tunnel ` + dir + ` -t topologies/static.yaml to-vpc
+   emu fault tunnel ` + dir + ` -t topologies/static-bgp.yaml vpngw:to-dc` + map[string]string{"down": `
+   emu fault tunnel down -t topologies/transit-router.yaml to-vpc-1`, "up": `
+   emu fault tunnel up -t topologies/static-bgp.yaml to-vpc --no-wait`}[dir],
+		Flags: faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, rec, err := deployedTopology(c)
@@ -131,6 +161,13 @@ func tunnelFault(dir string) *cli.Command {
 		},
 	}
 }
+
+// connectionNames says where CONNECTION comes from, for every tunnel
+// command's help.
+const connectionNames = `CONNECTION is the name of an IPsec connection in the topology (an ipsec: entry's name:
+to-vpc on onprem and to-dc on vpngw in the shipped topologies); write NODE:name when
+two nodes use the same name. A name the lab does not have is refused with the list of
+its connections.`
 
 func waitUsage(dir string) string {
 	if dir == "down" {
@@ -272,7 +309,10 @@ func listFaults() *cli.Command {
 		Name:      "list",
 		Usage:     "list the faults in force: emu fault's, and an emu check --failover's (running, or left by one that did not finish)",
 		UsageText: "emu fault list -t FILE",
-		Flags:     []cli.Flag{topoFlag},
+		Description: `Examples:
+   emu fault list -t topologies/static.yaml
+   emu fault list -t topologies/static-bgp.yaml`,
+		Flags: []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, rec, err := deployedTopology(c)
@@ -349,7 +389,13 @@ func linkFault(dir string) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "NODE:IF",
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF" + waitUsage(dir),
-		Flags:     faultFlags(dir),
+		Description: `NODE:IF is a node of the topology and one of its interfaces (its links: endpoints);
+a wrong one is refused with the interfaces the node has.
+
+Examples:
+   emu fault link ` + dir + ` -t topologies/static.yaml vbr:eth1
+   emu fault link ` + dir + ` -t topologies/static-bgp.yaml cen:eth2`,
+		Flags: faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, rec, err := deployedTopology(c)
