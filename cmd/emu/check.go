@@ -188,6 +188,7 @@ func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) e
 	if tun == nil {
 		return nil
 	}
+	repaired := time.Now()
 	removed, err := fault.RemoveLeftCheck(labDir, plan.NamespaceName(t.Name, gw.Name), tun.Name)
 	var held *fault.HeldError
 	if err != nil && !errors.As(err, &held) {
@@ -197,7 +198,7 @@ func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) e
 		return nil
 	}
 	fmt.Fprintf(c.App.ErrWriter, "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on %s:%s (nftables table %s%s): it kept the tunnel broken\n", gw.Name, tun.Name, fault.ByCheck, tun.Name)
-	return awaitRecovered(c, c.App.ErrWriter, t, labDir)
+	return awaitRecovered(c, c.App.ErrWriter, t, labDir, repaired)
 }
 
 // refuseOrNoteFaults looks for faults in force in lab t: emu fault's, and
