@@ -22,10 +22,16 @@ func captureCommand() *cli.Command {
 		Description: `Captures on one interface of a node with an AF_PACKET socket inside the node's
 namespace. Without -w it prints one line per frame; with -w it writes a pcap file
 (nanosecond timestamps), "-w -" writes pcap to stdout:
-   emu capture -t lab.yaml vbr:eth1 -w - | wireshark -k -i -
+   emu capture -t topologies/static.yaml vbr:eth1 -w - | wireshark -k -i -
 Deploy writes the lab's ESP keys as emu-<lab>/esp_sa (mode 0600) in Wireshark's format:
 copy it to ~/.config/wireshark/esp_sa (or load it under Preferences → Protocols → ESP)
-and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.`,
+and Wireshark decrypts the tunnel. Stops on Ctrl-C, --count or --duration.
+NODE:IF is a node of the topology and one of its interfaces (links: endpoints); a wrong
+one is refused with the interfaces the node has.
+
+Examples:
+   emu capture -t topologies/static.yaml vbr:eth1 -c 10
+   emu capture -t topologies/static.yaml cen:eth1 -d 10s -w cen.pcap`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.StringFlag{Name: "write", Aliases: []string{"w"}, Usage: "write a pcap `FILE` (- for stdout)"},

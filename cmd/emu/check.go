@@ -97,10 +97,15 @@ machine). JSON results carry "result": "pass", "fail" or "inconclusive"; JUnit
 reports an inconclusive check as <error message="inconclusive">.
 Ctrl-C stops the checks (--failover first removes its fault): the rows it cut
 short are INCONCLUSIVE ("interrupted"), and emu exits 1, as other interrupted
-commands do.`,
+commands do.
+
+Examples:
+   emu check -t topologies/static.yaml
+   emu check -t topologies/static-bgp.yaml --failover
+   emu check -t topologies/bgp.yaml --format json --junit report.xml`,
 		Flags: []cli.Flag{
 			topoFlag,
-			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+			formatFlag,
 			&cli.StringFlag{Name: "junit", Usage: "also write a JUnit XML report to `FILE` (for CI)"},
 			&cli.BoolFlag{Name: "failover", Usage: "also break the tunnel and check the method's failover (disrupts the lab for ~20 s, then restores it)"},
 		},
@@ -183,6 +188,7 @@ func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) e
 	if tun == nil {
 		return nil
 	}
+	repaired := time.Now()
 	removed, err := fault.RemoveLeftCheck(labDir, plan.NamespaceName(t.Name, gw.Name), tun.Name)
 	var held *fault.HeldError
 	if err != nil && !errors.As(err, &held) {
@@ -192,7 +198,7 @@ func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) e
 		return nil
 	}
 	fmt.Fprintf(c.App.ErrWriter, "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on %s:%s (nftables table %s%s): it kept the tunnel broken\n", gw.Name, tun.Name, fault.ByCheck, tun.Name)
-	return awaitRecovered(c, c.App.ErrWriter, t, labDir)
+	return awaitRecovered(c, c.App.ErrWriter, t, labDir, repaired)
 }
 
 // refuseOrNoteFaults looks for faults in force in lab t: emu fault's, and

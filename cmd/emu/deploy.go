@@ -12,6 +12,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/nodes"
 )
 
@@ -49,17 +50,28 @@ namespace (not even the kernel probe's scratch one) and writes no file; with the
 The topology must be a regular file of at most 1 MiB. The lab directory emu-<lab>/
 beside it receives the keys (mode 0600): deploy refuses one that is a symlink, belongs
 to another user or is writable by others. If a deploy fails, it removes what it made
-and says so; if that removal fails too, it says what is left.`,
+and says so; if that removal fails too, it says what is left.
+A lab already deployed is refused (exit 2) before anything is done: destroy it, or
+deploy with --reconfigure.
+
+Examples:
+   emu deploy -t topologies/static.yaml
+   emu deploy -t topologies/static-bgp.yaml --dry-run       # the plan only: no root, no change
+   emu deploy -t topologies/static.yaml --reconfigure       # after editing the file
+   emu deploy -t topologies/dual-stack.yaml --ipsec-dataplane userspace`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan, change nothing"},
 			&cli.BoolFlag{Name: "reconfigure", Usage: "destroy the lab first if it is deployed, then deploy it again"},
-			&cli.StringFlag{Name: dataplaneFlag, Usage: "run IPsec tunnels on `auto` (kernel ESP if the kernel has it, else userspace), kernel or userspace; overrides the topology's ipsec-dataplane"},
+			&cli.StringFlag{Name: dataplaneFlag, Usage: "run IPsec tunnels on `MODE`: auto (default: kernel ESP if the kernel has it, else userspace), kernel or userspace; overrides the topology's ipsec-dataplane"},
 		},
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, err := loadTopology(c)
 			if err != nil {
+				return err
+			}
+			if err := refuseDeployed(c, t); err != nil {
 				return err
 			}
 			for _, w := range t.Warnings {
@@ -111,6 +123,22 @@ and says so; if that removal fails too, it says what is left.`,
 			return nil // deployed, whether or not anyone still reads
 		},
 	}
+}
+
+// refuseDeployed refuses, before anything is printed or probed, a deploy of
+// a lab that is already deployed (lab.DeployedError, exit 2); Deploy
+// refuses it too, but only after the dataplane probe and the "deploying"
+// line, which read as if it had started. --dry-run and --reconfigure go on.
+// A store that cannot be read here is left for Deploy to report.
+func refuseDeployed(c *cli.Context, t *topology.Topology) error {
+	if c.Bool("dry-run") || c.Bool("reconfigure") {
+		return nil
+	}
+	rec, err := deployer(c).Store.Get(t.Name)
+	if err != nil || rec == nil {
+		return nil
+	}
+	return invalidInput{&lab.DeployedError{Record: rec, File: t.File}}
 }
 
 func printPlan(w io.Writer, p *plan.Plan) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,16 +46,39 @@ process ends, however it ends). A check killed (SIGKILL, a CI runner's timeout) 
 table and the tunnel broken: "list" shows it "left by an emu check --failover that did not
 finish", and "tunnel up" on that connection removes it too and says so; one a running check
 holds is listed with the check's pid and never removed ("tunnel up" says it kept it). "list"
-prints every fault in force, one a line, with the command that removes it. Example:
+prints every fault in force, one a line, with the command that removes it.
+` + connectionNames + `
+
+Examples:
    emu fault tunnel down -t topologies/static.yaml to-vpc
-   emu fault list -t topologies/static.yaml`,
+   emu fault list -t topologies/static.yaml
+   emu fault tunnel up -t topologies/static.yaml to-vpc
+   emu fault link down -t topologies/static-bgp.yaml vbr:eth1`,
 		Subcommands: []*cli.Command{
-			{Name: "tunnel", Usage: "drop (down) or pass (up) the ESP and IKE of one connection", Subcommands: []*cli.Command{
-				tunnelFault("down"), tunnelFault("up"),
-			}},
-			{Name: "link", Usage: "set an interface down or up", Subcommands: []*cli.Command{
-				linkFault("down"), linkFault("up"),
-			}},
+			{
+				Name:      "tunnel",
+				Usage:     "drop (down) or pass (up) the ESP and IKE of one connection",
+				UsageText: "emu fault tunnel down|up -t FILE CONNECTION     (up also takes --no-wait)",
+				Description: connectionNames + `
+
+Examples:
+   emu fault tunnel down -t topologies/static.yaml to-vpc
+   emu fault tunnel up -t topologies/static.yaml to-vpc
+   emu fault tunnel down -t topologies/transit-router.yaml onprem:to-vpc-1`,
+				Subcommands: []*cli.Command{tunnelFault("down"), tunnelFault("up")},
+			},
+			{
+				Name:      "link",
+				Usage:     "set an interface down or up",
+				UsageText: "emu fault link down|up -t FILE NODE:IF     (up also takes --no-wait)",
+				Description: `NODE:IF is a node of the topology and one of its interfaces (its links: endpoints);
+a wrong one is refused with the interfaces the node has.
+
+Examples:
+   emu fault link down -t topologies/static-bgp.yaml vbr:eth1
+   emu fault link up -t topologies/static-bgp.yaml vbr:eth1`,
+				Subcommands: []*cli.Command{linkFault("down"), linkFault("up")},
+			},
 			listFaults(),
 		},
 	}
@@ -70,7 +94,14 @@ func tunnelFault(dir string) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "CONNECTION",
 		UsageText: "emu fault tunnel " + dir + " -t FILE CONNECTION" + waitUsage(dir),
-		Flags:     faultFlags(dir),
+		Description: connectionNames + `
+
+Examples:
+   emu fault tunnel ` + dir + ` -t topologies/static.yaml to-vpc
+   emu fault tunnel ` + dir + ` -t topologies/static-bgp.yaml vpngw:to-dc` + map[string]string{"down": `
+   emu fault tunnel down -t topologies/transit-router.yaml to-vpc-1`, "up": `
+   emu fault tunnel up -t topologies/static-bgp.yaml to-vpc --no-wait`}[dir],
+		Flags: faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, rec, err := deployedTopology(c)
@@ -100,6 +131,7 @@ func tunnelFault(dir string) *cli.Command {
 			if err != nil {
 				return err
 			}
+			repaired := time.Now()
 			if err := fault.TunnelUp(ns, tun.Name); err != nil {
 				return err
 			}
@@ -127,10 +159,17 @@ func tunnelFault(dir string) *cli.Command {
 			if held != nil {
 				fmt.Fprintf(c.App.Writer, "%s: kept the fault of the `emu check --failover` running now on %s (%s): it removes it when it ends\n", what, node.Name, held.Holder())
 			}
-			return reportAndAwait(c, t, rec.Dir)
+			return reportAndAwait(c, t, rec.Dir, broken || leftOver, repaired)
 		},
 	}
 }
+
+// connectionNames says where CONNECTION comes from, for every tunnel
+// command's help.
+const connectionNames = `CONNECTION is the name of an IPsec connection in the topology (an ipsec: entry's name:
+to-vpc on onprem and to-dc on vpngw in the shipped topologies); write NODE:name when
+two nodes use the same name. A name the lab does not have is refused with the list of
+its connections.`
 
 func waitUsage(dir string) string {
 	if dir == "down" {
@@ -149,13 +188,19 @@ func faultFlags(dir string) []cli.Flag {
 
 // reportAndAwait says which faults are left after a repair and, when none
 // is, waits for the lab to recover (awaitRecovered). With faults left the
-// lab cannot recover, so it does not wait; nor with --no-wait.
-func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
+// lab cannot recover, so it does not wait; nor with --no-wait; nor when the
+// repair removed nothing (removed false), which changed nothing to recover
+// from, on every lab alike. repaired is when the repair began.
+func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string, removed bool, repaired time.Time) error {
 	left, err := reportFaults(c.App.Writer, t, labDir, c.String("topo"))
 	if err != nil || left > 0 || c.Bool("no-wait") {
 		return err
 	}
-	return awaitRecovered(c, c.App.Writer, t, labDir)
+	if !removed {
+		fmt.Fprintf(c.App.Writer, "lab %q: nothing removed; nothing to wait for\n", t.Name)
+		return nil
+	}
+	return awaitRecovered(c, c.App.Writer, t, labDir, repaired)
 }
 
 // awaitRecovered waits (up to lab.RecoverTimeout, with progress on stderr,
@@ -163,14 +208,13 @@ func reportAndAwait(c *cli.Context, t *topology.Topology, labDir string) error {
 // (each heard from its peer since the repair) and their routes, the routes
 // DPD and health checks withdrew, and says on w how long it took. A check
 // run right after then judges a recovered lab, not one half-way.
-func awaitRecovered(c *cli.Context, w io.Writer, t *topology.Topology, labDir string) error {
+func awaitRecovered(c *cli.Context, w io.Writer, t *topology.Topology, labDir string, repaired time.Time) error {
 	start := time.Now()
-	// Everything seen missing while waiting came back: count it all (a
-	// BGP prefix may go missing only after its session returned), each
-	// object once though its state changed.
-	var waited lab.Recovery
-	missing, err := lab.AwaitRecovery(c.Context, t, labDir, lab.RecoverTimeout, func(m lab.Recovery) {
-		waited = waited.Add(m)
+	// What came back is counted by lab.AwaitRecovery: everything seen
+	// missing while waiting (a BGP prefix may go missing only after its
+	// session returned) and the sessions up since the repair, each object
+	// once; not the sessions only waited for until they heard their peer.
+	missing, waited, err := lab.AwaitRecovery(c.Context, t, labDir, repaired, lab.RecoverTimeout, func(m lab.Recovery) {
 		if len(m) > 0 {
 			fmt.Fprintf(c.App.ErrWriter, "waiting for the lab to recover (%s): %s\n", time.Since(start).Round(100*time.Millisecond), m)
 		}
@@ -186,6 +230,10 @@ func awaitRecovered(c *cli.Context, w io.Writer, t *topology.Topology, labDir st
 	}
 	if len(waited) == 0 {
 		fmt.Fprintf(w, "lab %q: nothing to wait for, its IKE SAs, BGP sessions and monitored routes are up\n", t.Name)
+		return nil
+	}
+	if waited.Count() == "" { // only keepalives awaited (lab.MissingKeepalive)
+		fmt.Fprintf(w, "lab %q recovered in %s: nothing had gone down, and its BGP sessions heard from their peers since the repair\n", t.Name, elapsed)
 		return nil
 	}
 	fmt.Fprintf(w, "lab %q recovered in %s: %s came back\n", t.Name, elapsed, waited.Count())
@@ -272,7 +320,10 @@ func listFaults() *cli.Command {
 		Name:      "list",
 		Usage:     "list the faults in force: emu fault's, and an emu check --failover's (running, or left by one that did not finish)",
 		UsageText: "emu fault list -t FILE",
-		Flags:     []cli.Flag{topoFlag},
+		Description: `Examples:
+   emu fault list -t topologies/static.yaml
+   emu fault list -t topologies/static-bgp.yaml`,
+		Flags: []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, rec, err := deployedTopology(c)
@@ -349,7 +400,13 @@ func linkFault(dir string) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "NODE:IF",
 		UsageText: "emu fault link " + dir + " -t FILE NODE:IF" + waitUsage(dir),
-		Flags:     faultFlags(dir),
+		Description: `NODE:IF is a node of the topology and one of its interfaces (its links: endpoints);
+a wrong one is refused with the interfaces the node has.
+
+Examples:
+   emu fault link ` + dir + ` -t topologies/static.yaml vbr:eth1
+   emu fault link ` + dir + ` -t topologies/static-bgp.yaml cen:eth2`,
+		Flags: faultFlags(dir),
 		Action: func(c *cli.Context) error {
 			finishDespiteClosedOutput()
 			t, rec, err := deployedTopology(c)
@@ -365,20 +422,40 @@ func linkFault(dir string) *cli.Command {
 				return err
 			}
 			if dir == "down" {
-				err = fault.LinkDown(ns, ifname)
-			} else if err = fault.LinkUp(ns, ifname); err == nil {
-				err = reapplyRoutes(t, node)
+				if err := fault.LinkDown(ns, ifname); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "link %s:%s is down\n", node, ifname)
+				return nil
 			}
+			wasDown, err := linkDown(ns, rec.Dir, ifname)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "link %s:%s is %s\n", node, ifname, dir)
-			if dir == "up" {
-				return reportAndAwait(c, t, rec.Dir)
+			repaired := time.Now()
+			if err := fault.LinkUp(ns, ifname); err != nil {
+				return err
 			}
-			return nil
+			if err := reapplyRoutes(t, node); err != nil {
+				return err
+			}
+			if wasDown {
+				fmt.Fprintf(c.App.Writer, "link %s:%s is up\n", node, ifname)
+			} else {
+				fmt.Fprintf(c.App.Writer, "link %s:%s was up already, nothing removed\n", node, ifname)
+			}
+			return reportAndAwait(c, t, rec.Dir, wasDown, repaired)
 		},
 	}
+}
+
+// linkDown reports whether ifname in ns is down (a link fault in force).
+func linkDown(ns, labDir, ifname string) (bool, error) {
+	active, err := fault.Active(ns, labDir)
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(active, func(f fault.Fault) bool { return f.Kind == "link" && f.Name == ifname }), nil
 }
 
 // reapplyRoutes puts back the static routes the kernel deleted when the

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,6 +61,9 @@ func TestCLI_FaultUp_SaysWhatItRemovedAndWhatFaultsRemain(t *testing.T) {
 	step("tunnel vpngw:to-dc (172.16.1.10 ↔ 10.0.0.1): removed its fault on vpngw\n"+
 		`faults still in lab "`+name+`": link vbr:eth1 (down)`, "fault", "tunnel", "up", "vpngw:to-dc")
 	step("link vbr:eth1 is up\nno fault left in lab", "fault", "link", "up", "vbr:eth1")
+	// Repeated repairs remove nothing, so they wait for nothing.
+	step("no fault on onprem, nothing removed\nno fault left in lab \""+name+"\"\nlab \""+name+"\": nothing removed; nothing to wait for\n", "fault", "tunnel", "up", "onprem:to-vpc")
+	step("link vbr:eth1 was up already, nothing removed\nno fault left in lab \""+name+"\"\nlab \""+name+"\": nothing removed; nothing to wait for\n", "fault", "link", "up", "vbr:eth1")
 
 	step("vpc: withdrew route 10.1.0.0/24", "route", "withdraw")
 	step("vpc: already withdrawn: route 10.1.0.0/24", "route", "withdraw")
@@ -130,6 +134,53 @@ func TestCLI_FaultTunnelUp_FaultShorterThanBGPHold_WaitsUntilSessionsHeard_ThenA
 	if r := runEmu(t, state, "check", "-t", topo); r.code != 0 {
 		t.Fatalf("check right after the repair: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// bgp.yaml has ten BGP session ends; breaking the tunnel drops one session
+// (its two ends). The repair counts and names only that session (and what
+// came back with it), never the nine that stayed up: those are waited for
+// until they hear from their peer, summed up in one clause, not listed
+// one by one. A repeated repair that removed nothing does not wait at all,
+// as on a lab without BGP.
+func TestCLI_FaultTunnelUp_BGPLab_CountsOnlyTheSessionThatDropped_RepeatedUpDoesNotWait(t *testing.T) {
+	state, name, topo := deployCLI(t, "bgp.yaml")
+	if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, "to-vpc"); r.code != 0 {
+		t.Fatalf("fault down: exit %d: %s", r.code, r.stderr)
+	}
+	// Witness: on-prem's session over the tunnel left Established.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := runEmu(t, state, "route", "show", "-t", topo, "onprem")
+		if row := lineWith(r.stdout, "169.254.10.2", "AS45104"); row != "" && !strings.Contains(row, "established") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("on-prem's session over the broken tunnel still up after 15 s:\n%s", r.stdout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
+	t.Logf("fault up:\n%s%s", r.stdout, r.stderr)
+	if r.code != 0 || !strings.Contains(r.stdout, `lab "`+name+`" recovered in`) || !strings.Contains(r.stdout, "1 BGP session") || strings.Contains(r.stdout, "BGP sessions") {
+		t.Errorf("fault up: exit %d, want one BGP session counted as come back\nstdout: %s", r.code, r.stdout)
+	}
+	if strings.Contains(r.stderr, "has not heard from its peer") {
+		t.Errorf("fault up lists each session awaiting a keepalive:\n%s", r.stderr)
+	}
+	r = runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
+	if want := `lab "` + name + `": nothing removed; nothing to wait for`; r.code != 0 || !strings.Contains(r.stdout, want) || strings.Contains(r.stdout, "came back") || r.stderr != "" {
+		t.Errorf("repeated fault up: exit %d, want %q and no wait\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+}
+
+// lineWith is the first line of s that contains every one of subs, or "".
+func lineWith(s string, subs ...string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if !slices.ContainsFunc(subs, func(sub string) bool { return !strings.Contains(l, sub) }) {
+			return l
+		}
+	}
+	return ""
 }
 
 // tunnelRoute reports whether namespace ns routes prefix out of dev.

@@ -20,7 +20,12 @@ func graphCommand() *cli.Command {
 		UsageText: "emu graph -t FILE [--dot | --mermaid | --svg FILE.svg]",
 		Description: `Prints Graphviz DOT (the default) or a Mermaid flowchart (GitHub renders it in
 Markdown). --svg renders the DOT with Graphviz's dot command, if installed
-(apt-get install graphviz). Needs no deployed lab and no root.`,
+(apt-get install graphviz). Needs no deployed lab and no root.
+
+Examples:
+   emu graph -t topologies/static.yaml | dot -Tpng -o static.png
+   emu graph -t topologies/transit-router.yaml --mermaid
+   emu graph -t topologies/bgp.yaml --svg bgp.svg`,
 		Flags: []cli.Flag{
 			topoFlag,
 			&cli.BoolFlag{Name: "dot", Usage: "Graphviz DOT (default)"},

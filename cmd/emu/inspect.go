@@ -25,7 +25,7 @@ func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
 		Usage:     "show deployed labs: nodes, namespaces, interfaces, addresses, state",
-		UsageText: "emu inspect -t FILE [--format table|json]\nemu inspect --all [--format table|json]",
+		UsageText: "emu inspect [-t FILE | --all] [--format table|json]",
 		Description: `Reads the live state of each node's namespace (not the topology file): interface
 operational state and addresses. A node whose namespace vanished shows as "missing".
 Agent: the node agent's health, judged from its processes (pid and start time) and
@@ -39,11 +39,18 @@ own process (pid and start time): one that outlived its keeper (killed) shows as
 running "(no keeper: destroy stops it)".
 A node whose namespace is not the one deploy made (someone deleted it and made
 another of that name) shows as "impostor", with nothing read from it: destroy
-leaves it alone too.`,
+leaves it alone too.
+Without -t, or with --all, it shows every lab recorded on this host (every user's);
+with -t FILE, the lab that FILE deployed.
+
+Examples:
+   emu inspect                                  # every lab on this host, as --all
+   emu inspect -t topologies/static.yaml
+   emu inspect -t topologies/static-bgp.yaml --format json`,
 		Flags: []cli.Flag{
 			topoFlag,
-			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "every deployed lab"},
-			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "every lab deployed on this host, every user's (the default without -t)"},
+			formatFlag,
 		},
 		Action: func(c *cli.Context) error {
 			format := c.String("format")

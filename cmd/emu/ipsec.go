@@ -39,10 +39,15 @@ source (the SPI's SA expects another peer). An agent that is dead or hung
 is reported as such with its log, never with its last counters. Nodes on the kernel
 dataplane have no agent counters: read them with ip -s xfrm state in the node. A
 connection end run by software in the node (speaker: strongswan) shows only who runs
-it: its state is its emu peer's row, its own SAs are the software's to show.`,
+it: its state is its emu peer's row, its own SAs are the software's to show.
+
+Examples:
+   emu ipsec -t topologies/static.yaml
+   emu ipsec -t topologies/transit-router.yaml
+   emu ipsec -t topologies/strongswan-onprem.yaml --format json`,
 		Flags: []cli.Flag{
 			topoFlag,
-			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+			formatFlag,
 		},
 		Action: func(c *cli.Context) error {
 			format := c.String("format")

@@ -135,6 +135,8 @@ were inconclusive (e.g. a capture lost frames: re-run).`,
 
 var topoFlag = &cli.StringFlag{Name: "topo", Aliases: []string{"t"}, Usage: "topology `FILE` (YAML)"}
 
+var formatFlag = &cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "output `FORMAT`: table or json"}
+
 func deployer(c *cli.Context) *lab.Deployer {
 	return &lab.Deployer{Store: lab.Store{Dir: c.String("state-dir")}}
 }
@@ -155,7 +157,7 @@ func finishDespiteClosedOutput() { signal.Notify(make(chan os.Signal, 1), syscal
 func loadTopology(c *cli.Context) (*topology.Topology, error) {
 	path := c.String("topo")
 	if path == "" {
-		return nil, invalidInput{errors.New("no topology: give one with -t FILE")}
+		return nil, noTopology(c)
 	}
 	t, err := nodes.Load(path)
 	if err != nil {
@@ -172,7 +174,7 @@ func loadTopology(c *cli.Context) (*topology.Topology, error) {
 func recordOf(c *cli.Context) (name string, rec *lab.Record, err error) {
 	path := c.String("topo")
 	if path == "" {
-		return "", nil, invalidInput{errors.New("no topology: give one with -t FILE")}
+		return "", nil, noTopology(c)
 	}
 	if name, err := topology.LabName(path); err == nil {
 		rec, err := deployer(c).Store.Get(name)

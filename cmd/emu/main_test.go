@@ -165,6 +165,21 @@ func TestCLI_TopologyInputError_Exit2FromEveryCommand(t *testing.T) {
 
 // Exit 2 on an input error must not strand a lab: a deployed lab is still
 // destroyed after its file was edited into something invalid.
+// Deploying a lab that is already deployed is refused (exit 2) before
+// anything else is said: no "ipsec dataplane" probe result, no "deploying"
+// line that reads as if it had started.
+func TestCLI_DeployTwice_RefusedFirst_WithoutTheDeployingLine(t *testing.T) {
+	state, name, topo := deployCLI(t, staticTopology)
+	r := runEmu(t, state, "deploy", "-t", topo)
+	want := fmt.Sprintf("emu: lab %q is already deployed from %s: use --reconfigure", name, topo)
+	if r.code != exitInvalid || !strings.HasPrefix(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || r.stdout != "" {
+		t.Errorf("second deploy: exit %d, want %d and stderr only %q...\nstderr: %s\nstdout: %s", r.code, exitInvalid, want, r.stderr, r.stdout)
+	}
+	if r := runEmu(t, state, "inspect", "-t", topo); r.code != 0 || !strings.Contains(r.stdout, "vpngw") {
+		t.Errorf("the refused deploy harmed the lab: inspect exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
 func TestCLI_DeployedLabWhoseFileTurnedInvalid_StillDestroyed(t *testing.T) {
 	state, name, topo := deployCLI(t, staticTopology)
 	if err := os.WriteFile(topo, []byte("name: "+name+"\ntopology:\n\tnodes: {}\n"), 0o644); err != nil {

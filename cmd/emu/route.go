@@ -27,7 +27,12 @@ the routes the VPN gateway published into the VPC route table; the VPC then reac
 data center over the CEN and Express Connect, unencrypted. "withdraw" removes those
 routes (every static route of a vpc node whose next hop is a vpn-gateway), "restore"
 puts them back. Both are idempotent. "show" prints each node's kernel routes (with
-where each came from: kernel, static, bgp) and its BGP sessions.`,
+where each came from: kernel, static, bgp) and its BGP sessions.
+
+Examples:
+   emu route withdraw -t topologies/static.yaml     # method 1: fall back over the CEN, in clear
+   emu route restore -t topologies/static.yaml
+   emu route show -t topologies/static-bgp.yaml vpngw onprem`,
 		Subcommands: []*cli.Command{
 			routeAction("withdraw", "remove the VPN gateway's routes from the VPC route tables", false),
 			routeAction("restore", "put the VPN gateway's routes back", true),
@@ -41,7 +46,13 @@ func routeAction(name, usage string, add bool) *cli.Command {
 		Name:      name,
 		Usage:     usage,
 		UsageText: "emu route " + name + " -t FILE",
-		Flags:     []cli.Flag{topoFlag},
+		Description: `Every static route of a vpc node whose next hop is a vpn-gateway (method 1's
+published routes) is ` + map[bool]string{true: "put back", false: "removed"}[add] + `; idempotent, and each route says whether it changed.
+
+Examples:
+   emu route ` + name + ` -t topologies/static.yaml
+   emu route ` + name + ` -t topologies/static-healthcheck.yaml`,
+		Flags: []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			t, _, err := deployedTopology(c)
 			if err != nil {
@@ -72,7 +83,14 @@ func routeShow() *cli.Command {
 		Usage:     "each node's routes and BGP sessions, live",
 		ArgsUsage: "[NODE...]",
 		UsageText: "emu route show -t FILE [NODE...]",
-		Flags:     []cli.Flag{topoFlag},
+		Description: `Prints the kernel routes of each NODE (default: every node of the topology), with
+where each came from (kernel, static, bgp), and its BGP sessions. NODE is a node name
+of the topology.
+
+Examples:
+   emu route show -t topologies/static.yaml
+   emu route show -t topologies/bgp.yaml onprem vpngw`,
+		Flags: []cli.Flag{topoFlag},
 		Action: func(c *cli.Context) error {
 			t, rec, err := deployedTopology(c)
 			if err != nil {

@@ -32,13 +32,20 @@ an ICMP error quoting the probe (time exceeded, unreachable) is shown in a table
 with its sender, type and code, and is never taken for the probe. A gateway
 as --to shows "decrypts" where the ESP for it arrived.
 With -6 the probe is an ICMPv6 echo to --to's first IPv6 address: in a dual-stack lab
-(topologies/dual-stack.yaml) the walk shows IPv6 inside the IPv4 tunnel.`,
+(topologies/dual-stack.yaml) the walk shows IPv6 inside the IPv4 tunnel.
+--from and --to take node names of the topology (client, ecs, vpngw in the shipped ones).
+
+Examples:
+   emu trace -t topologies/static.yaml
+   emu trace -t topologies/static.yaml --from ecs --to client
+   emu trace -t topologies/dual-stack.yaml -6
+   emu trace -t topologies/static-bgp.yaml --to vpngw --format json`,
 		Flags: []cli.Flag{
 			topoFlag,
-			&cli.StringFlag{Name: "from", Usage: "node that sends the probe"},
-			&cli.StringFlag{Name: "to", Usage: "node the probe is for"},
+			&cli.StringFlag{Name: "from", Usage: "`NODE` that sends the probe"},
+			&cli.StringFlag{Name: "to", Usage: "`NODE` the probe is for"},
 			&cli.BoolFlag{Name: "ipv6", Aliases: []string{"6"}, Usage: "trace an ICMPv6 echo to the node's first IPv6 address"},
-			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"},
+			formatFlag,
 		},
 		Action: func(c *cli.Context) error {
 			t, rec, err := deployedTopology(c)

@@ -3,6 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -66,7 +69,8 @@ func strictCommand(parent string, cmd *cli.Command) {
 	case action != nil && cmd.ArgsUsage == "":
 		cmd.Action = func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return usageError{full, fmt.Errorf("unexpected argument %q (this command takes none)", c.Args().First())}
+				arg := c.Args().First()
+				return usageError{full, fmt.Errorf("unexpected argument %q (this command takes none%s)", arg, topoHint(cmd, arg))}
 			}
 			return action(c)
 		}
@@ -74,6 +78,46 @@ func strictCommand(parent string, cmd *cli.Command) {
 	for _, sub := range cmd.Subcommands {
 		strictCommand(full, sub)
 	}
+}
+
+// noTopology is the error of a command run without -t: a usage mistake
+// (exit 2) that names --all where the command has it, and -t FILE where a
+// topology file was given without it (emu check static.yaml to-vpc).
+func noTopology(c *cli.Context) error {
+	msg := "no topology: give one with -t FILE"
+	if hasFlag(c.Command, "all") {
+		msg += " or --all (every lab on this host)"
+	}
+	for _, arg := range c.Args().Slice() {
+		if hint := topoHint(c.Command, arg); hint != "" {
+			msg += hint
+			break
+		}
+	}
+	return usageError{c.Command.HelpName, errors.New(msg)}
+}
+
+// topoHint is "; did you mean -t ARG?" when cmd takes -t and arg looks like
+// the topology given without it (an existing file, or a name ending in
+// .yaml or .yml), else "".
+func topoHint(cmd *cli.Command, arg string) string {
+	if !hasFlag(cmd, "topo") {
+		return ""
+	}
+	ext := strings.ToLower(filepath.Ext(arg))
+	if fi, err := os.Stat(arg); (err != nil || !fi.Mode().IsRegular()) && ext != ".yaml" && ext != ".yml" {
+		return ""
+	}
+	return fmt.Sprintf("; did you mean -t %s?", arg)
+}
+
+func hasFlag(cmd *cli.Command, name string) bool {
+	for _, f := range cmd.Flags {
+		if slices.Contains(f.Names(), name) {
+			return true
+		}
+	}
+	return false
 }
 
 func unknownCommand(parent string, commands []*cli.Command, name string) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io/fs"
 	"regexp"
 	"slices"
@@ -34,6 +35,12 @@ func TestCLI_CommandLineMistake_Exit2WithOneLineAndHint(t *testing.T) {
 		{[]string{"fault", "tunnel", "dwn", "to-vpc"}, "fault tunnel: unknown command \"dwn\": did you mean \"down\"?"},
 		{[]string{"fault", "tunnel", "down", "-x", "-t", topo, "to-vpc"}, "fault tunnel down: flag provided but not defined: -x (see `emu fault tunnel down --help`)"},
 		{[]string{"route", "restore", "-t", topo, "vpc"}, "route restore: unexpected argument \"vpc\""},
+		{[]string{"destroy"}, "destroy: no topology: give one with -t FILE or --all (every lab on this host) (see `emu destroy --help`)"},
+		{[]string{"check"}, "check: no topology: give one with -t FILE (see `emu check --help`)"},
+		{[]string{"deploy", "nustatic.yaml"}, "deploy: unexpected argument \"nustatic.yaml\" (this command takes none; did you mean -t nustatic.yaml?) (see `emu deploy --help`)"},
+		{[]string{"check", topo}, "check: unexpected argument \"" + topo + "\" (this command takes none; did you mean -t " + topo + "?)"},
+		{[]string{"fault", "tunnel", "down", topo, "to-vpc"}, "fault tunnel down: no topology: give one with -t FILE; did you mean -t " + topo + "? (see `emu fault tunnel down --help`)"},
+		{[]string{"route", "show", "lab.yml"}, "route show: no topology: give one with -t FILE; did you mean -t lab.yml?"},
 		{[]string{"graph", "-t", topo, "--dot", "--mermaid"}, "graph: --dot and --mermaid: choose one"},
 		{[]string{"graph", "-t", topo, "--mermaid", "--svg", "x.svg"}, "graph: --mermaid and --svg: choose one"},
 	} {
@@ -155,4 +162,76 @@ func TestCLI_DestroyAllHelp_SaysItIsHostWide(t *testing.T) {
 			t.Errorf("--all's usage %q does not say it takes every user's labs", bf.Usage)
 		}
 	}
+}
+
+// Every visible command and subcommand, at every depth, has a USAGE line of
+// its own (never urfave/cli's "[command options]") and examples in its
+// --help, each a real command line on a shipped topology: `emu fault tunnel
+// --help` had neither, and half the commands had no example.
+func TestCLI_EveryCommandHelp_HasUsageAndExamples(t *testing.T) {
+	var walk func(path []string, cmds []*cli.Command)
+	walk = func(path []string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			if c.Hidden || c.Name == "help" {
+				continue
+			}
+			p := append(slices.Clone(path), c.Name)
+			full := "emu " + strings.Join(p, " ")
+			walk(p, c.Subcommands)
+			var out bytes.Buffer
+			app := newApp()
+			app.Writer, app.ErrWriter = &out, &out
+			if err := app.Run(append(append([]string{"emu"}, p...), "--help")); err != nil {
+				t.Errorf("%s --help: %v", full, err)
+				continue
+			}
+			help := out.String()
+			_, usage, _ := strings.Cut(help, "USAGE:\n")
+			usage, _, _ = strings.Cut(usage, "\n\n")
+			if strings.Contains(usage, "[command options]") || !strings.HasPrefix(strings.TrimSpace(usage), full+" ") {
+				t.Errorf("%s --help: USAGE %q is not this command's synopsis", full, usage)
+			}
+			_, examples, ok := strings.Cut(help, "Examples:\n")
+			examples, _, _ = strings.Cut(examples, "\n\n")
+			var n int
+			for _, line := range strings.Split(examples, "\n") {
+				line = strings.TrimSpace(line)
+				if strings.HasPrefix(line, full+" ") && strings.Contains(line, "topologies/") {
+					n++
+				}
+			}
+			if !ok || n < 2 {
+				t.Errorf("%s --help: %d examples of it on a shipped topology, want 2 or more:\n%s", full, n, help)
+			}
+		}
+	}
+	walk(nil, newApp().Commands)
+}
+
+// A flag that takes a value shows a placeholder that says what the value is
+// (FILE, MODE, NODE), never urfave/cli's "value" or a default value in its
+// place: --ipsec-dataplane showed "auto" there.
+func TestCLI_ValueFlags_ShowAPlaceholder(t *testing.T) {
+	placeholder := regexp.MustCompile(`^--\S+ ([A-Z][A-Z0-9.]*)[ ,\t]`)
+	var walk func(full string, cmds []*cli.Command)
+	walk = func(full string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			if c.Hidden {
+				continue
+			}
+			walk(full+" "+c.Name, c.Subcommands)
+			for _, f := range c.Flags {
+				if _, isBool := f.(*cli.BoolFlag); isBool {
+					continue
+				}
+				if vf, ok := f.(cli.VisibleFlag); ok && !vf.IsVisible() {
+					continue
+				}
+				if s := f.String(); !placeholder.MatchString(s) {
+					t.Errorf("%s %s: %q has no capitalised placeholder", full, c.Name, s)
+				}
+			}
+		}
+	}
+	walk("emu", newApp().Commands)
 }

@@ -35,7 +35,8 @@ type Recovery []Missing
 
 // Missing is one thing a repair waits for: Kind says what it is (one of the
 // Missing* constants), Object which one, the same while its state changes
-// ("vpngw neighbor 169.254.10.1"), and Text its state, as "vpngw: neighbor
+// and, for a BGP session, from both its ends ("BGP 169.254.10.1 ↔
+// 169.254.10.2", sessionKey), and Text its state, as "vpngw: neighbor
 // 169.254.10.1 is active".
 type Missing struct {
 	Kind   string
@@ -51,6 +52,12 @@ const (
 	MissingBGPPrefix   = "BGP prefix"
 	MissingDPDRoute    = "route withdrawn by DPD"
 	MissingHealthRoute = "route withdrawn by the health check"
+	// MissingKeepalive is an Established session that has not heard from
+	// its peer since the repair (afterRepair): waited for, since its hold
+	// timer may yet expire, but it never went down, so Count leaves it out
+	// and String sums such sessions up in one clause. One that does drop
+	// is listed again as a MissingBGPSession.
+	MissingKeepalive = "keepalive since the repair"
 )
 
 // missingPlural gives each kind, in Count's order, its plural.
@@ -63,11 +70,23 @@ var missingPlural = []struct{ kind, plural string }{
 	{MissingHealthRoute, "routes withdrawn by the health check"},
 }
 
-// String lists what is missing, "; "-separated.
+// String lists what is missing, "; "-separated, and the sessions waited
+// for only until they hear from their peer in one clause ("waiting for
+// keepalives from 9 BGP sessions"): a BGP lab has many, and listing each
+// made one line of several hundred characters.
 func (r Recovery) String() string {
 	var s []string
 	for _, m := range r {
-		s = append(s, m.Text)
+		if m.Kind != MissingKeepalive {
+			s = append(s, m.Text)
+		}
+	}
+	switch keepalives := r.objects(MissingKeepalive); keepalives {
+	case 0:
+	case 1:
+		s = append(s, "waiting for a keepalive from 1 BGP session established before the repair")
+	default:
+		s = append(s, fmt.Sprintf("waiting for keepalives from %d BGP sessions established before the repair", keepalives))
 	}
 	return strings.Join(s, "; ")
 }
@@ -84,12 +103,26 @@ func (r Recovery) Add(more Recovery) Recovery {
 	return r
 }
 
+// objects counts the distinct objects of kind in r: a BGP session both of
+// whose ends are missing is one.
+func (r Recovery) objects(kind string) int {
+	seen := map[string]bool{}
+	for _, m := range r {
+		if m.Kind == kind {
+			seen[m.Object] = true
+		}
+	}
+	return len(seen)
+}
+
 // Count says how many of each kind r holds: "2 routes withdrawn by DPD",
-// "1 IKE SA, 1 BGP session"; empty for an empty r.
+// "1 IKE SA, 1 BGP session"; empty for an empty r. Sessions only waited
+// for a keepalive (MissingKeepalive) are not counted: they did not go down,
+// so they did not come back.
 func (r Recovery) Count() string {
 	var out []string
 	for _, k := range missingPlural {
-		switch n := len(slices.DeleteFunc(slices.Clone(r), func(m Missing) bool { return m.Kind != k.kind })); n {
+		switch n := r.objects(k.kind); n {
 		case 0:
 		case 1:
 			out = append(out, "1 "+k.kind)
@@ -137,7 +170,7 @@ func recovered(t *topology.Topology, labDir string, ar *afterRepair) (Recovery, 
 				out = append(out, ikeNotBack(n.Name, cfg, st)...)
 				out = append(out, bgpNotBack(t, n.Name, cfg, st)...)
 				if ar != nil {
-					out = append(out, ar.heard(n.Name, st)...)
+					out = append(out, ar.heard(t, n.Name, st)...)
 				}
 			}
 		}
@@ -197,7 +230,7 @@ func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.S
 	var out Recovery
 	for _, nb := range st.Neighbors {
 		if !nb.Established {
-			out = append(out, Missing{MissingBGPSession, node + " neighbor " + nb.Address.String(), fmt.Sprintf("%s: neighbor %s is %s", node, nb.Address, nb.State)})
+			out = append(out, Missing{MissingBGPSession, sessionKey(t, node, nb.Address), fmt.Sprintf("%s: neighbor %s is %s", node, nb.Address, nb.State)})
 		}
 	}
 	seen := map[netip.Prefix]bool{}
@@ -217,6 +250,34 @@ func bgpNotBack(t *topology.Topology, node string, cfg agent.Config, st *agent.S
 		}
 	}
 	return out
+}
+
+// sessionKey names the BGP session between node and its neighbor addr
+// alike from both ends, "BGP 169.254.10.1 ↔ 169.254.10.2", so a session
+// whose two ends both dropped counts as one; when node has no address in
+// a subnet holding addr (a multihop session), it names this end alone.
+func sessionKey(t *topology.Topology, node string, addr netip.Addr) string {
+	n := t.Node(node)
+	if n == nil {
+		return node + " neighbor " + addr.String()
+	}
+	var own []netip.Prefix // the node's addresses: its interfaces' and its tunnels'
+	for _, ifc := range n.Interfaces {
+		own = append(own, ifc.Addrs...)
+	}
+	for _, tun := range n.Tunnels {
+		own = append(own, tun.Address)
+	}
+	for _, p := range own {
+		if p.IsValid() && p.Contains(addr) && p.Addr() != addr {
+			a, b := p.Addr(), addr
+			if b.Less(a) {
+				a, b = b, a
+			}
+			return fmt.Sprintf("BGP %s ↔ %s", a, b)
+		}
+	}
+	return node + " neighbor " + addr.String()
 }
 
 // routePresent reports whether r is in its namespace's main table: same
@@ -265,16 +326,23 @@ type afterRepair struct {
 	// base is, per node and neighbor, the messages received as of the
 	// node's first state written after since.
 	base map[string]uint64
+	// back lists the sessions that came up after since: they were down
+	// when the repair began, whether or not a poll saw them down.
+	back Recovery
 }
 
 // heard lists node's Established sessions that have not heard from their
-// peer since the repair, as MissingBGPSession (the same objects bgpNotBack
-// names, so a session that also drops is counted once).
-func (ar *afterRepair) heard(node string, st *agent.State) Recovery {
+// peer since the repair, as MissingKeepalive (bgpNotBack names one that
+// drops as a MissingBGPSession, which is what Count counts).
+func (ar *afterRepair) heard(t *topology.Topology, node string, st *agent.State) Recovery {
 	var out Recovery
 	for _, nb := range st.Neighbors {
-		if !nb.Established || nb.Since.After(ar.since) {
-			continue // down (bgpNotBack lists it) or up since the repair
+		if !nb.Established {
+			continue // bgpNotBack lists it
+		}
+		if nb.Since.After(ar.since) { // down at the repair, up since
+			ar.back = ar.back.Add(Recovery{{MissingBGPSession, sessionKey(t, node, nb.Address), fmt.Sprintf("%s: neighbor %s is established since the repair", node, nb.Address)}})
+			continue
 		}
 		key := node + " neighbor " + nb.Address.String()
 		base, ok := ar.base[key]
@@ -286,36 +354,41 @@ func (ar *afterRepair) heard(node string, st *agent.State) Recovery {
 		case nb.Messages > base:
 			continue
 		}
-		out = append(out, Missing{MissingBGPSession, key, fmt.Sprintf("%s: neighbor %s is established but has not heard from its peer since the repair (its hold timer may still expire)", node, nb.Address)})
+		out = append(out, Missing{MissingKeepalive, sessionKey(t, node, nb.Address), fmt.Sprintf("%s: neighbor %s is established but has not heard from its peer since the repair (its hold timer may still expire)", node, nb.Address)})
 	}
 	return out
 }
 
 // AwaitRecovery polls Recovered until nothing is missing, timeout passes
-// (it returns what is still missing, and no error) or ctx ends (ctx's
-// error). The repair is taken to have happened just before the call: an
-// Established BGP session counts as back only once it has heard from its
-// peer since (afterRepair). progress, if set, gets what is missing each
-// time that changes, so a user sees the wait move.
-func AwaitRecovery(ctx context.Context, t *topology.Topology, labDir string, timeout time.Duration, progress func(Recovery)) (Recovery, error) {
-	ar := &afterRepair{since: time.Now(), base: map[string]uint64{}}
-	deadline := ar.since.Add(timeout)
+// (missing lists what is still missing, and err is nil) or ctx ends (ctx's
+// error). repaired is when the repair began (taken before the fault was
+// removed): an Established BGP session counts as back only once it has
+// heard from its peer since (afterRepair). progress, if set, gets what is
+// missing each time that changes, so a user sees the wait move. back is
+// what came back: all that a poll saw missing, each object once, and the
+// BGP sessions that came up after repaired (down at the repair, though
+// perhaps up again before the first poll); its MissingKeepalive entries
+// are sessions that stayed up, which Count leaves out.
+func AwaitRecovery(ctx context.Context, t *topology.Topology, labDir string, repaired time.Time, timeout time.Duration, progress func(Recovery)) (missing, back Recovery, err error) {
+	ar := &afterRepair{since: repaired, base: map[string]uint64{}}
+	deadline := time.Now().Add(timeout)
 	last := ""
 	for {
-		missing, err := recovered(t, labDir, ar)
+		missing, err = recovered(t, labDir, ar)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		back = back.Add(missing)
 		if now := missing.String(); now != last && progress != nil {
 			progress(missing)
 			last = now
 		}
 		if len(missing) == 0 || time.Now().After(deadline) {
-			return missing, nil
+			return missing, back.Add(ar.back), nil
 		}
 		select {
 		case <-ctx.Done():
-			return missing, ctx.Err()
+			return missing, back.Add(ar.back), ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -3,8 +3,10 @@ package lab_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +31,7 @@ func TestAwaitRecovery_ContextEnds_StopsAndNamesWhatIsMissing(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	var shown []lab.Recovery
-	missing, err := lab.AwaitRecovery(ctx, topo, dir, time.Minute, func(m lab.Recovery) { shown = append(shown, m) })
+	missing, _, err := lab.AwaitRecovery(ctx, topo, dir, time.Now(), time.Minute, func(m lab.Recovery) { shown = append(shown, m) })
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
 		t.Fatalf("err %v after %s, want the context's error at once", err, time.Since(start))
 	}
@@ -50,8 +52,10 @@ func TestRecoveryCount_NamesWhatCameBack(t *testing.T) {
 		want string
 	}{
 		{nil, ""},
-		{lab.Recovery{{lab.MissingDPDRoute, "", "onprem: to-vpc dpd not back yet"}, {lab.MissingDPDRoute, "", "vpngw: to-dc dpd not back yet"}}, "2 routes withdrawn by DPD"},
-		{lab.Recovery{{lab.MissingBGPPrefix, "", "a"}, {lab.MissingBGPSession, "", "b"}, {lab.MissingIKE, "", "c"}, {lab.MissingBGPPrefix, "", "d"}}, "1 IKE SA, 1 BGP session, 2 BGP prefixes"},
+		{lab.Recovery{{lab.MissingDPDRoute, "r1", "onprem: to-vpc dpd not back yet"}, {lab.MissingDPDRoute, "r2", "vpngw: to-dc dpd not back yet"}}, "2 routes withdrawn by DPD"},
+		{lab.Recovery{{lab.MissingBGPPrefix, "a", "a"}, {lab.MissingBGPSession, "b", "b"}, {lab.MissingIKE, "c", "c"}, {lab.MissingBGPPrefix, "d", "d"}}, "1 IKE SA, 1 BGP session, 2 BGP prefixes"},
+		// Both ends of one session down: one session came back.
+		{lab.Recovery{{lab.MissingBGPSession, "BGP 169.254.10.1 ↔ 169.254.10.2", "onprem: neighbor 169.254.10.2 is active"}, {lab.MissingBGPSession, "BGP 169.254.10.1 ↔ 169.254.10.2", "vpngw: neighbor 169.254.10.1 is active"}}, "1 BGP session"},
 		{lab.Recovery{{lab.MissingHealthRoute, "", "e"}}, "1 route withdrawn by the health check"},
 	} {
 		if got := c.r.Count(); got != c.want {
@@ -70,6 +74,32 @@ func TestRecoveryAdd_ObjectWhoseStateChanged_CountedOnce(t *testing.T) {
 		{lab.MissingBGPPrefix, "onprem 172.16.2.0/24", "onprem: 172.16.2.0/24 (from vpngw) not installed yet"},
 	})
 	if got, want := waited.Count(), "1 BGP session, 1 BGP prefix"; got != want {
+		t.Errorf("Count = %q, want %q", got, want)
+	}
+}
+
+// After a repair on a BGP lab with ten sessions of which one dropped, the
+// nine only waited for a keepalive are neither counted as come back nor
+// listed one by one: the progress line names the dropped one and sums up
+// the rest; the session that dropped after being waited for is counted.
+func TestRecovery_SessionsOnlyAwaitingAKeepalive_SummedUpNotCounted(t *testing.T) {
+	var waiting lab.Recovery
+	for i := range 9 {
+		key := fmt.Sprintf("r%d neighbor 169.254.%d.2", i, i)
+		waiting = append(waiting, lab.Missing{Kind: lab.MissingKeepalive, Object: key, Text: key + " is established but has not heard from its peer since the repair"})
+	}
+	down := lab.Missing{Kind: lab.MissingBGPSession, Object: "onprem neighbor 169.254.10.2", Text: "onprem: neighbor 169.254.10.2 is active"}
+	got := append(slices.Clone(waiting), down).String()
+	if want := "onprem: neighbor 169.254.10.2 is active; waiting for keepalives from 9 BGP sessions established before the repair"; got != want {
+		t.Errorf("String = %q, want %q", got, want)
+	}
+	waited := lab.Recovery{}.Add(waiting)
+	if got := waited.Count(); got != "" {
+		t.Errorf("Count of sessions that never went down = %q, want empty", got)
+	}
+	// r0's session drops after all: it came back, once.
+	waited = waited.Add(lab.Recovery{{Kind: lab.MissingBGPSession, Object: waiting[0].Object, Text: "r0: neighbor 169.254.0.2 is idle"}, down})
+	if got, want := waited.Count(), "2 BGP sessions"; got != want {
 		t.Errorf("Count = %q, want %q", got, want)
 	}
 }

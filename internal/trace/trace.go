@@ -105,7 +105,11 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 		if ipv6 {
 			family = "IPv6"
 		}
-		return nil, fmt.Errorf("trace: node %q has no %s address", to, family)
+		err := fmt.Errorf("trace: node %q has no %s address", to, family)
+		if ipv6 && !hasIPv6(t) {
+			err = fmt.Errorf("%w: lab %q has no IPv6 at all; topologies/dual-stack.yaml has (IPv6 inside the IPv4 tunnel)", err, t.Name)
+		}
+		return nil, err
 	}
 	var eps []capture.Endpoint
 	nodeOf := map[string]*topology.Node{}
@@ -152,7 +156,7 @@ func RunFamily(ctx context.Context, t *topology.Topology, conns []ipsec.Conn, fr
 	}
 	hops = append(hops, errHops...)
 	if pingErr != nil {
-		return hops, fmt.Errorf("trace: %w; %s (read `emu check`)", pingErr, Died(hops))
+		return hops, fmt.Errorf("trace: %w; %s (%s)", pingErr, Died(hops), checkRows(ipv6))
 	}
 	// A walk with frames missing may show a hop skipped: say so, with
 	// what was seen.
@@ -373,6 +377,27 @@ func walk(frames []frame, t *topology.Topology) []Hop {
 		hops[i].Step = i + 1
 	}
 	return hops
+}
+
+// checkRows says which rows of emu check explain a probe that got no
+// reply: the path row (path6 for IPv6) judges this same walk, the ike and
+// bgp rows say whether the tunnel and the routes over it are up.
+func checkRows(ipv6 bool) string {
+	path := "path"
+	if ipv6 {
+		path = "path6"
+	}
+	return fmt.Sprintf("read the %s row of `emu check`, which judges this walk, and its ike and bgp rows, if the lab has them, for the tunnel and its routes", path)
+}
+
+// hasIPv6 says whether any node of t has an IPv6 address.
+func hasIPv6(t *topology.Topology) bool {
+	for _, n := range t.Nodes {
+		if firstAddr(n, true).IsValid() {
+			return true
+		}
+	}
+	return false
 }
 
 func firstAddr(n *topology.Node, ipv6 bool) netip.Addr {

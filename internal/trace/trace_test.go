@@ -90,8 +90,8 @@ func TestTrace_Method1TunnelDown_ShowsWhereTheProbeDied(t *testing.T) {
 		t.Fatal(err)
 	}
 	hops, err := trace.Run(context.Background(), l.Topology, conns, "client", "ecs")
-	if err == nil || !strings.Contains(err.Error(), "last seen at onprem (drops)") {
-		t.Fatalf("err = %v, want the probe last seen at onprem", err)
+	if err == nil || !strings.Contains(err.Error(), "last seen at onprem (drops)") || !strings.Contains(err.Error(), "read the path row of `emu check`") {
+		t.Fatalf("err = %v, want the probe last seen at onprem and the check row to read", err)
 	}
 	if got := walk(hops); got != "client sends, onprem drops" {
 		t.Fatalf("walk %q, want client sends, onprem drops", got)
@@ -166,4 +166,14 @@ func hasRoute(t *testing.T, ns, prefix, dev string) bool {
 		t.Fatal(err)
 	}
 	return found
+}
+
+// -6 on a lab without IPv6 says so and names the shipped lab that has it.
+// Needs no lab: the target is chosen before anything is captured.
+func TestTrace_IPv6OnAnIPv4OnlyLab_NamesTheDualStackTopology(t *testing.T) {
+	_, err := trace.RunFamily(context.Background(), labtest.Load(t, "../../topologies/static.yaml"), nil, "client", "ecs", true)
+	want := `trace: node "ecs" has no IPv6 address: lab "static" has no IPv6 at all; topologies/dual-stack.yaml has`
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("err = %v, want %q...", err, want)
+	}
 }
