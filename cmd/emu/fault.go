@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -265,11 +266,14 @@ func faultList(fs []labFault) string {
 	return strings.Join(s, ", ")
 }
 
-// repairs lists how to remove each fault, for the lab deployed from file.
+// repairs lists how to remove each fault, for the lab deployed from file,
+// each command once (one removes all a killed check left).
 func repairs(fs []labFault, file string) string {
 	var s []string
 	for _, f := range fs {
-		s = append(s, f.repair(file))
+		if r := f.repair(file); !slices.Contains(s, r) {
+			s = append(s, r)
+		}
 	}
 	return strings.Join(s, ", ")
 }
