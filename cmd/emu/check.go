@@ -79,8 +79,10 @@ func checkCommand() *cli.Command {
                 table (emu-check-<connection>), held while it runs; a fault of emu
                 fault added while it runs is left in place and makes the repair row
                 inconclusive. That table left by a check that did not finish
-                (killed) is removed first, with a note on stderr, and the lab given
-                time to recover: the process that made it is gone. On another
+                (killed) is removed first, and the VPN gateway's routes such a
+                method-1 check withdrew are restored (it records them before it
+                withdraws them), with a note on stderr each, and the lab given
+                time to recover: the process that made them is gone. On another
                 connection it is refused like emu fault's (removed by emu fault
                 tunnel up); while another check --failover runs on the lab, too.
                 Without --failover the checks run and judge the faulted lab as it
@@ -175,7 +177,8 @@ Examples:
 
 // removeLeftCheckFault removes, before --failover's checks run, the fault
 // an `emu check --failover` that did not finish (killed) left on the very
-// connection this one breaks, says so on stderr, and waits for the lab to
+// connection this one breaks (its table, and the VPN gateway's routes a
+// method-1 check withdrew, recorded in its hold), says so on stderr, and waits for the lab to
 // recover from it. That table is emu's, its maker is provably gone (its
 // hold is free), and the failover check would replace it with its own and
 // remove it anyway; left in place it stops the traffic before the other
@@ -189,15 +192,20 @@ func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) e
 		return nil
 	}
 	repaired := time.Now()
-	removed, err := fault.RemoveLeftCheck(labDir, plan.NamespaceName(t.Name, gw.Name), tun.Name)
+	left, err := fault.RemoveLeftCheck(labDir, plan.NamespaceName(t.Name, gw.Name), tun.Name)
+	if left.Table {
+		fmt.Fprintf(c.App.ErrWriter, "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on %s:%s (nftables table %s%s): it kept the tunnel broken\n", gw.Name, tun.Name, fault.ByCheck, tun.Name)
+	}
+	for _, r := range left.Routes {
+		fmt.Fprintf(c.App.ErrWriter, "note: restored route %s on %s (published by %s), which an earlier `emu check --failover` that did not finish (killed) withdrew: the traffic crossed in clear\n", r, r.Node, r.Gateway)
+	}
 	var held *fault.HeldError
 	if err != nil && !errors.As(err, &held) {
 		return err
 	}
-	if !removed {
+	if !left.Any() {
 		return nil
 	}
-	fmt.Fprintf(c.App.ErrWriter, "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on %s:%s (nftables table %s%s): it kept the tunnel broken\n", gw.Name, tun.Name, fault.ByCheck, tun.Name)
 	return awaitRecovered(c, c.App.ErrWriter, t, labDir, repaired)
 }
 

@@ -44,9 +44,13 @@ idempotent.
 and holds it while it runs (a lock in the lab directory the kernel drops when the check's
 process ends, however it ends). A check killed (SIGKILL, a CI runner's timeout) leaves that
 table and the tunnel broken: "list" shows it "left by an emu check --failover that did not
-finish", and "tunnel up" on that connection removes it too and says so; one a running check
-holds is listed with the check's pid and never removed ("tunnel up" says it kept it). "list"
-prints every fault in force, one a line, with the command that removes it.
+finish", and "tunnel up" on that connection removes it too and says so. A method-1 check
+records the VPN gateway's routes in its lock file before it withdraws them: killed after
+that step, it left them withdrawn, and "list" shows each still withdrawn as a route fault on
+the vpc node, which "tunnel up" on the check's connection restores (and says so). A fault a
+running check holds is listed with the check's pid and never removed ("tunnel up" says it
+kept it): stop that check with kill -INT, never -9. "list" prints every fault in force, one
+a line, with the command that removes it.
 ` + connectionNames + `
 
 Examples:
@@ -138,28 +142,30 @@ Examples:
 			// A check's fault its check no longer holds is left over (the
 			// check was killed): emu's own, and in the user's way. One a
 			// running check holds stays: that check removes it.
-			leftOver, err := fault.RemoveLeftCheck(rec.Dir, ns, tun.Name)
+			left, err := fault.RemoveLeftCheck(rec.Dir, ns, tun.Name)
 			var held *fault.HeldError
 			if errors.As(err, &held) {
 				err = nil
 			}
 			if err != nil {
+				printRestored(c.App.Writer, what, left.Routes)
 				return err
 			}
 			switch {
-			case broken && leftOver:
+			case broken && left.Table:
 				fmt.Fprintf(c.App.Writer, "%s: removed its fault on %s, and the fault an `emu check --failover` that did not finish left there (nftables table %s%s)\n", what, node.Name, fault.ByCheck, tun.Name)
-			case leftOver:
+			case left.Table:
 				fmt.Fprintf(c.App.Writer, "%s: removed the fault an `emu check --failover` that did not finish left on %s (nftables table %s%s)\n", what, node.Name, fault.ByCheck, tun.Name)
 			case broken:
 				fmt.Fprintf(c.App.Writer, "%s: removed its fault on %s\n", what, node.Name)
-			case held == nil:
+			case held == nil && !left.Any():
 				fmt.Fprintf(c.App.Writer, "%s: no fault on %s, nothing removed\n", what, node.Name)
 			}
+			printRestored(c.App.Writer, what, left.Routes)
 			if held != nil {
 				fmt.Fprintf(c.App.Writer, "%s: kept the fault of the `emu check --failover` running now on %s (%s): it removes it when it ends\n", what, node.Name, held.Holder())
 			}
-			return reportAndAwait(c, t, rec.Dir, broken || leftOver, repaired)
+			return reportAndAwait(c, t, rec.Dir, broken || left.Any(), repaired)
 		},
 	}
 }
@@ -170,6 +176,14 @@ const connectionNames = `CONNECTION is the name of an IPsec connection in the to
 to-vpc on onprem and to-dc on vpngw in the shipped topologies); write NODE:name when
 two nodes use the same name. A name the lab does not have is refused with the list of
 its connections.`
+
+// printRestored says which routes a killed `emu check --failover` of the
+// connection what had withdrawn were put back.
+func printRestored(w io.Writer, what string, routes []fault.CheckRoute) {
+	for _, r := range routes {
+		fmt.Fprintf(w, "%s: restored route %s on %s (published by %s), which an `emu check --failover` that did not finish withdrew\n", what, r, r.Node, r.Gateway)
+	}
+}
 
 func waitUsage(dir string) string {
 	if dir == "down" {
@@ -256,11 +270,21 @@ func (f labFault) String() string {
 
 // repair says how to remove the fault from the lab deployed from file:
 // `emu fault tunnel up -t FILE NODE:CONN` or `emu fault link up ...`
-// (which removes a check's left-over fault too); a running check's fault
-// goes when that check ends.
+// (which removes a check's left-over fault too; a route a check withdrew
+// comes back with `emu fault tunnel up` on that check's connection); a
+// running check's fault goes when that check ends.
 func (f labFault) repair(file string) string {
-	if f.Check && f.Held {
-		return "wait for that check to end, or stop it with Ctrl-C"
+	switch {
+	case f.Check && f.Held:
+		// From another shell there is no Ctrl-C to press.
+		pid := "<pid>"
+		if f.HeldBy > 0 {
+			pid = fmt.Sprint(f.HeldBy)
+		}
+		return fmt.Sprintf("wait for that check to end, or stop it: `kill -INT %s` (not -9: a killed check leaves its fault)", pid)
+	case f.Kind == "route":
+		// Restored with the rest of what that check left, from its record.
+		return fmt.Sprintf("`emu fault tunnel up -t %s %s`", file, f.By)
 	}
 	return fmt.Sprintf("`emu fault %s up -t %s %s:%s`", f.Kind, file, f.node, f.Name)
 }
@@ -289,11 +313,14 @@ func faultList(fs []labFault) string {
 	return strings.Join(s, ", ")
 }
 
-// repairs lists how to remove each fault, for the lab deployed from file.
+// repairs lists how to remove each fault, for the lab deployed from file,
+// each command once (one removes all a killed check left).
 func repairs(fs []labFault, file string) string {
 	var s []string
 	for _, f := range fs {
-		s = append(s, f.repair(file))
+		if r := f.repair(file); !slices.Contains(s, r) {
+			s = append(s, r)
+		}
 	}
 	return strings.Join(s, ", ")
 }
@@ -339,6 +366,9 @@ func listFaults() *cli.Command {
 			}
 			for _, f := range fs {
 				how := "remove with " + f.repair(c.String("topo"))
+				if f.Kind == "route" {
+					how = "restore with " + f.repair(c.String("topo"))
+				}
 				if f.Check && f.Held {
 					how = f.repair(c.String("topo"))
 				}

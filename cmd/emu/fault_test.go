@@ -344,7 +344,7 @@ func TestCLI_CheckFailoverKilled_FaultListsItLeftOver_TunnelUpRemovesIt_Encrypte
 	pid := check.Process.Pid
 
 	r := runEmu(t, state, "fault", "list", "-t", topo)
-	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d): wait for that check to end, or stop it with Ctrl-C", pid); r.code != 0 || !strings.Contains(r.stdout, want) {
+	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d): wait for that check to end, or stop it: `kill -INT %d` (not -9: a killed check leaves its fault)", pid, pid); r.code != 0 || !strings.Contains(r.stdout, want) {
 		t.Errorf("fault list while the check runs: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
 	}
 	r = runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
@@ -424,5 +424,112 @@ func TestCLI_CheckFailover_LeftOverCheckTable_RemovedAndSaid_HeldOneKept(t *test
 	}
 	if checkTable(t, ns, "to-vpc") {
 		t.Error("the check's table is still in force after check --failover")
+	}
+}
+
+// vpnRoute reports whether the VPC's route to the data center through the
+// VPN gateway (static.yaml: 10.1.0.0/24 via 172.16.1.10, metric 10) is in
+// the vpc namespace, read over netlink.
+func vpnRoute(t *testing.T, name string) bool {
+	t.Helper()
+	found := false
+	err := netnsx.Do("emu-"+name+"-vpc", func() error {
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == "10.1.0.0/24" && r.Gw.String() == "172.16.1.10" && r.Priority == 10 {
+				found = true
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// killAfterWithdrawal starts a method-1 `emu check --failover` on the lab
+// and SIGKILLs it once its manual step withdrew the VPN gateway's route
+// (seen over netlink), as a CI runner's timeout late in the check would.
+func killAfterWithdrawal(t *testing.T, state, name, topo string) {
+	t.Helper()
+	check := emuCmd(t, state, "check", "--failover", "-t", topo)
+	var out bytes.Buffer
+	check.Stdout, check.Stderr = &out, &out
+	if err := check.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := waitCheckTable(t, check, &out, "emu-"+name+"-onprem", "to-vpc")
+	deadline := time.Now().Add(60 * time.Second)
+	for vpnRoute(t, name) {
+		select {
+		case <-ended:
+			t.Fatalf("the check ended before it withdrew the route:\n%s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the check never withdrew the route:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	check.Process.Signal(syscall.SIGKILL)
+	<-ended
+	if vpnRoute(t, name) {
+		t.Fatal("the route is back after the kill: nothing left over to test")
+	}
+}
+
+// A method-1 `emu check --failover` SIGKILLed after its manual step (the
+// VPN gateway's route withdrawn from the VPC) left that route withdrawn,
+// and nothing said so: `emu fault tunnel up` reported no fault left while
+// the traffic crossed in clear. Now `fault list` names the route, left by
+// that check, with the command that restores it; `fault tunnel up` on the
+// connection restores it (read over netlink) and a plain check passes. A
+// `check --failover` run after the same kill restores it itself, says so
+// and passes, and a check that ended cleanly leaves no lock file behind.
+func TestCLI_CheckFailoverKilledAfterWithdrawal_FaultListsRoute_TunnelUpRestoresIt_ChecksPass(t *testing.T) {
+	state, name, topo := deployCLI(t, staticTopology)
+	labDir := filepath.Join(filepath.Dir(topo), "emu-"+name)
+	killAfterWithdrawal(t, state, name, topo)
+
+	r := runEmu(t, state, "fault", "list", "-t", topo)
+	if want := "route vpc:10.1.0.0/24 via 172.16.1.10 metric 10 (published by vpngw, withdrawn by an `emu check --failover` of onprem:to-vpc that did not finish): restore with `emu fault tunnel up -t " + topo + " onprem:to-vpc`"; r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("fault list after the late kill: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "inspect", "-t", topo)
+	if want := "fault: route 10.1.0.0/24 via 172.16.1.10 metric 10 (published by vpngw, withdrawn by an `emu check --failover` of onprem:to-vpc that did not finish): `emu fault tunnel up -t"; !strings.Contains(r.stdout, want) {
+		t.Errorf("inspect after the late kill: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "check", "-t", topo)
+	if want := "route vpc:10.1.0.0/24 via 172.16.1.10 metric 10 (published by vpngw, withdrawn by an `emu check --failover` of onprem:to-vpc that did not finish)"; !strings.Contains(r.stderr, "note: faults in force") || !strings.Contains(r.stderr, want) {
+		t.Errorf("plain check after the late kill: exit %d, want a note with %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	r = runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc")
+	t.Logf("emu fault tunnel up:\n%s%s", r.stdout, r.stderr)
+	if want := "restored route 10.1.0.0/24 via 172.16.1.10 metric 10 on vpc (published by vpngw), which an `emu check --failover` that did not finish withdrew"; r.code != 0 || !strings.Contains(r.stdout, want) || !strings.Contains(r.stdout, "no fault left") {
+		t.Errorf("fault tunnel up after the late kill: exit %d, want %q and no fault left\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	if !vpnRoute(t, name) {
+		t.Fatal("fault tunnel up did not restore the route the killed check withdrew")
+	}
+	if checkTable(t, "emu-"+name+"-onprem", "to-vpc") {
+		t.Fatal("fault tunnel up left the killed check's table in place")
+	}
+	r = runEmu(t, state, "check", "-t", topo)
+	if r.code != 0 || strings.Contains(r.stderr, "note: faults in force") {
+		t.Errorf("check after the repair: exit %d, want 0 and no fault noted\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+
+	killAfterWithdrawal(t, state, name, topo)
+	r = runEmu(t, state, "check", "--failover", "-t", topo)
+	t.Logf("check --failover after the late kill:\n%s%s", r.stdout, r.stderr)
+	if want := "note: restored route 10.1.0.0/24 via 172.16.1.10 metric 10 on vpc (published by vpngw), which an earlier `emu check --failover` that did not finish (killed) withdrew"; r.code != 0 || !strings.Contains(r.stderr, want) {
+		t.Errorf("check --failover after the late kill: exit %d, want 0 and %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	if !vpnRoute(t, name) {
+		t.Error("the route is withdrawn after check --failover ended")
+	}
+	if left, _ := filepath.Glob(filepath.Join(labDir, "faults", "*.check")); len(left) > 0 {
+		t.Errorf("lock files left after the check ended cleanly: %v", left)
 	}
 }

@@ -102,6 +102,7 @@ type nodeView struct {
 	// Faults are those emu fault put in force on the node and not repaired,
 	// and those of an emu check --failover, running or left over.
 	Faults []fault.Fault `json:"faults,omitempty"`
+	topo   string        // the file the lab was deployed from, to name repairs
 }
 
 func viewLabs(ctx context.Context, store lab.Store, recs []*lab.Record) []nodeView {
@@ -110,7 +111,7 @@ func viewLabs(ctx context.Context, store lab.Store, recs []*lab.Record) []nodeVi
 	for _, r := range recs {
 		impostors, ierr := store.Impostors(r.Name)
 		for _, n := range r.Nodes {
-			v := nodeView{Lab: r.Name, Node: n.Name, Kind: n.Kind, Namespace: n.Namespace, State: "running", Runtime: n.Runtime}
+			v := nodeView{Lab: r.Name, Node: n.Name, Kind: n.Kind, Namespace: n.Namespace, State: "running", Runtime: n.Runtime, topo: r.Topology}
 			if !r.Complete {
 				v.State = "incomplete"
 			}
@@ -205,7 +206,12 @@ func printLabs(w io.Writer, store lab.Store, recs []*lab.Record) error {
 			state = append(state, line)
 		}
 		for _, f := range v.Faults {
-			state = append(state, fmt.Sprintf("fault: %s %s (%s)", f.Kind, f.Name, f.Effect()))
+			line := fmt.Sprintf("fault: %s %s (%s)", f.Kind, f.Name, f.Effect())
+			if f.Check {
+				// A check's fault is not removed on its node: say how.
+				line += ": " + labFault{v.Node, f}.repair(v.topo)
+			}
+			state = append(state, line)
 		}
 		if err := t.Append(v.Lab, v.Node, kind, v.Namespace, strings.Join(ifs, "\n"), strings.Join(state, "\n"), agentCol); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"github.com/emu-lab/emu/internal/lab"
 	"github.com/emu-lab/emu/internal/probe"
 	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/nodes"
 )
 
 // Failover breaks the first IPsec connection of the first on-premises
@@ -72,6 +73,18 @@ func failover(ctx context.Context, l Lab) []Result {
 		r := Result{Check: "failover", Inconclusive: true, Evidence: fmt.Sprintf("not run: connection %s:%s is broken by the fault an `emu check --failover` that did not finish left (nftables table %s%s; remove it with `emu fault tunnel up`)", gw.Name, tun.Name, fault.ByCheck, tun.Name)}
 		if err != nil {
 			r.Evidence = "not run: " + err.Error()
+		}
+		return []Result{r}
+	}
+	// A method-1 check killed after its manual step left the VPN
+	// gateway's routes withdrawn: the traffic would fall back in clear
+	// before the stream began.
+	if left, err := hold.LeftRoutes(); err != nil || len(left) > 0 {
+		r := Result{Check: "failover", Inconclusive: true}
+		if err != nil {
+			r.Evidence = "not run: " + err.Error()
+		} else {
+			r.Evidence = fmt.Sprintf("not run: route %s of %s (published by %s) is withdrawn, left by an `emu check --failover` of %s that did not finish (restore it with `emu fault tunnel up` on %s)", left[0], left[0].Node, left[0].Gateway, left[0].By, left[0].By)
 		}
 		return []Result{r}
 	}
@@ -141,6 +154,11 @@ func failover(ctx context.Context, l Lab) []Result {
 		start = time.Now()
 		r = Result{Check: "failover: operator withdraws the VPN gateway's routes"}
 		res, err = streamAround(ctx, src, dst, 4*time.Second, func() error {
+			// Recorded first: killed after the withdrawal, the check
+			// leaves in its hold what `emu fault tunnel up` restores.
+			if err := hold.RecordRoutes(publishedRoutes(l, gw.Name+":"+tun.Name)); err != nil {
+				return err
+			}
 			_, err := lab.SetPublishedRoutes(l.Topology, false)
 			return err
 		})
@@ -195,7 +213,9 @@ func failover(ctx context.Context, l Lab) []Result {
 	r = Result{Check: fmt.Sprintf("failover: %s repaired", tun.Name)}
 	err = fault.TunnelUpBy(fault.ByCheck, ns, tun.Name)
 	if err == nil && !auto {
-		_, err = lab.SetPublishedRoutes(l.Topology, true)
+		if _, err = lab.SetPublishedRoutes(l.Topology, true); err == nil {
+			err = hold.ForgetRoutes()
+		}
 	}
 	if err != nil {
 		r.Evidence = err.Error()
@@ -242,6 +262,18 @@ func failover(ctx context.Context, l Lab) []Result {
 		r.Evidence = fmt.Sprintf("%s carries again (SPI %s) after %s: %s", tun.Name, strings.Join(back, ", "), r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	}
 	return append(out, cutShort(ctx, r))
+}
+
+// publishedRoutes are the routes method 1's manual step withdraws (every
+// VPN gateway's in every VPC route table, as lab.SetPublishedRoutes), as
+// the hold of the check of connection by (NODE:CONNECTION) records them.
+func publishedRoutes(l Lab, by string) []fault.CheckRoute {
+	var out []fault.CheckRoute
+	for _, pr := range nodes.PublishedRoutes(l.Topology) {
+		r := pr.Route
+		out = append(out, fault.CheckRoute{Node: pr.VPC, Namespace: l.NS(pr.VPC), Dst: r.Dst, Via: r.Via, Dev: r.Dev, Metric: r.Metric, Gateway: pr.Gateway, By: by})
+	}
+	return out
 }
 
 // cutShort marks r inconclusive when ctx ended (Ctrl-C) before r was

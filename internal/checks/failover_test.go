@@ -390,3 +390,81 @@ func TestFailoverCheck_Interrupted_RepairsAndFailsNothing(t *testing.T) {
 		t.Error("no traffic after the interrupted check repaired its fault")
 	}
 }
+
+// vpnRouteIn reports whether the route r is in its namespace, read over
+// netlink.
+func vpnRouteIn(t *testing.T, r fault.CheckRoute) bool {
+	t.Helper()
+	found := false
+	err := netnsx.Do(r.Namespace, func() error {
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		for _, kr := range routes {
+			if kr.Dst != nil && kr.Dst.String() == r.Dst.String() && kr.Gw.String() == r.Via.String() && kr.Priority == r.Metric {
+				found = true
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// A method-1 check that did not finish after its manual step left the VPN
+// gateway's route withdrawn (recorded in its hold, which the kernel let
+// go): the failover is not judged through it (the traffic would fall back
+// in clear before the stream began) and the route is left as it is; the
+// next holder's RemoveLeftCheck restores it (read over netlink), and the
+// failover then runs and passes.
+func TestFailoverCheck_RouteLeftWithdrawn_NotRun_RemoveLeftCheckRestoresIt(t *testing.T) {
+	l := labtest.Deploy(t, staticTopology)
+	ns, tun := l.NS("onprem"), l.Topology.Node("onprem").Tunnels[0]
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labc := checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}
+	route := fault.CheckRoute{Node: "vpc", Namespace: l.NS("vpc"), Dst: netip.MustParsePrefix("10.1.0.0/24"), Via: netip.MustParseAddr("172.16.1.10"), Metric: 10, Gateway: "vpngw", By: "onprem:" + tun.Name}
+	// What the check does before it is killed after its manual step.
+	hold, err := fault.HoldCheck(l.Plan.LabDir, ns, tun.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hold.RecordRoutes([]fault.CheckRoute{route}); err != nil {
+		hold.Release()
+		t.Fatal(err)
+	}
+	_, err = lab.SetPublishedRoutes(l.Topology, false)
+	hold.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vpnRouteIn(t, route) {
+		t.Fatal("the route is still there after the withdrawal: nothing to test")
+	}
+	rs := checks.Run(context.Background(), labc, []checks.Check{checks.Failover})
+	if want := "not run: route 10.1.0.0/24 via 172.16.1.10 metric 10 of vpc (published by vpngw) is withdrawn, left by an `emu check --failover` of onprem:to-vpc that did not finish"; len(rs) != 1 || !rs[0].Inconclusive || !strings.Contains(rs[0].Evidence, want) {
+		t.Errorf("failover with a route left withdrawn: %+v, want one inconclusive row with %q", rs, want)
+	}
+	if vpnRouteIn(t, route) {
+		t.Error("the check restored a route it did not withdraw: that is emu fault tunnel up's to do")
+	}
+	left, err := fault.RemoveLeftCheck(l.Plan.LabDir, ns, tun.Name)
+	if err != nil || left.Table || len(left.Routes) != 1 || left.Routes[0] != route {
+		t.Fatalf("RemoveLeftCheck = %+v, %v; want the route restored, no table", left, err)
+	}
+	if !vpnRouteIn(t, route) {
+		t.Fatal("RemoveLeftCheck did not restore the route")
+	}
+	if !reachable(l, 20*time.Second) {
+		t.Fatal("no traffic after the route was restored")
+	}
+	rs = checktest.Run(t, labc, checks.Failover)
+	for _, r := range rs {
+		t.Logf("%s: %s: %s", r.Check, r.Outcome(), r.Evidence)
+		if r.Outcome() != checks.OutcomePass {
+			t.Errorf("row %q after the restore: %s: %s", r.Check, r.Outcome(), r.Evidence)
+		}
+	}
+}

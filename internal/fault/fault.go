@@ -191,16 +191,22 @@ func setLink(ns, ifname string, up bool) error {
 }
 
 // Fault is one fault in force in a namespace: Kind "tunnel" with the
-// connection TunnelDown broke, or "link" with an interface set down. A
-// tunnel broken by `emu check --failover` (ByCheck) has Check set, and
-// HeldBy the pid of the check that holds it while it runs (see HoldCheck);
-// a check's fault nobody holds was left by a check that did not finish.
+// connection TunnelDown broke, "link" with an interface set down, or
+// "route" with a route of a VPC route table that `emu check --failover`
+// withdrew (method 1's manual step; By names the check's connection,
+// NODE:CONNECTION, Gateway the vpn-gateway that published the route). A
+// fault of `emu check --failover` (a ByCheck tunnel, a route) has Check
+// set, and HeldBy the pid of the check that holds it while it runs (see
+// HoldCheck); a check's fault nobody holds was left by a check that did
+// not finish.
 type Fault struct {
-	Kind   string `json:"kind"`
-	Name   string `json:"name"`
-	Check  bool   `json:"check,omitempty"`
-	Held   bool   `json:"held,omitempty"`
-	HeldBy int    `json:"held_by,omitempty"`
+	Kind    string `json:"kind"`
+	Name    string `json:"name"`
+	Check   bool   `json:"check,omitempty"`
+	Held    bool   `json:"held,omitempty"`
+	HeldBy  int    `json:"held_by,omitempty"`
+	By      string `json:"by,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // LeftOver reports whether f is a check's fault whose check did not finish.
@@ -209,6 +215,10 @@ func (f Fault) LeftOver() bool { return f.Check && !f.Held }
 // Effect says what the fault does and, for a check's, whose it is.
 func (f Fault) Effect() string {
 	switch {
+	case f.Kind == "route" && f.LeftOver():
+		return fmt.Sprintf("published by %s, withdrawn by an `emu check --failover` of %s that did not finish", f.Gateway, f.By)
+	case f.Kind == "route":
+		return fmt.Sprintf("published by %s, withdrawn by the `emu check --failover` of %s running now, %s", f.Gateway, f.By, pidText(f.HeldBy))
 	case f.Kind != "tunnel":
 		return "down"
 	case f.LeftOver():
@@ -222,7 +232,8 @@ func (f Fault) Effect() string {
 // Active lists the faults in force in namespace ns: the tunnels TunnelDown
 // broke there (their tables, of whatever family), those a check broke
 // (emu-check-<conn>) with their holders read from the lab directory dir,
-// then the interfaces set down (a veth whose peer is down stays up,
+// the routes of ns a check withdrew and recorded in its hold there (see
+// HoldCheck), then the interfaces set down (a veth whose peer is down stays up,
 // without carrier, and is not listed).
 func Active(ns, dir string) ([]Fault, error) {
 	c, closeNS, err := open(ns)
@@ -249,6 +260,11 @@ func Active(ns, dir string) ([]Fault, error) {
 			out = append(out, Fault{Kind: "tunnel", Name: conn, Check: true, Held: held, HeldBy: pid})
 		}
 	}
+	routes, err := leftRoutes(dir, ns)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, routes...)
 	nl, err := wiring.Open(ns)
 	if err != nil {
 		return nil, err

@@ -3,8 +3,12 @@ package fault_test
 import (
 	"bufio"
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -92,4 +96,46 @@ func TestHoldCheck_HolderKilled_HoldFree(t *testing.T) {
 		t.Fatalf("hold after the holder was killed: %v", err)
 	}
 	h.Release()
+}
+
+// A hold released with no route recorded removes its lock file; one with
+// routes recorded (a check whose restore did not happen) keeps it, and the
+// next holder takes the record over until it forgets it.
+func TestHoldCheck_FileRemovedOnCleanRelease_KeptWhileRoutesRecorded(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "faults", "emu-x-onprem.to-vpc.check")
+	h, err := fault.HoldCheck(dir, "emu-x-onprem", "to-vpc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Release()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file after a clean release: %v, want it gone", err)
+	}
+	route := fault.CheckRoute{Node: "vpc", Namespace: "emu-x-vpc", Dst: netip.MustParsePrefix("10.1.0.0/24"), Via: netip.MustParseAddr("172.16.1.10"), Metric: 10, Gateway: "vpngw", By: "onprem:to-vpc"}
+	if h, err = fault.HoldCheck(dir, "emu-x-onprem", "to-vpc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RecordRoutes([]fault.CheckRoute{route}); err != nil {
+		t.Fatal(err)
+	}
+	h.Release()
+	data, err := os.ReadFile(path)
+	if err != nil || !strings.Contains(string(data), `"dst":"10.1.0.0/24"`) {
+		t.Fatalf("lock file after a release with a route recorded: %q, %v; want the route in it", data, err)
+	}
+	if h, err = fault.HoldCheck(dir, "emu-x-onprem", "to-vpc"); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = os.ReadFile(path)
+	if want := fmt.Sprintf("%d\n", os.Getpid()); !strings.HasPrefix(string(data), want) || !strings.Contains(string(data), `"via":"172.16.1.10"`) {
+		t.Fatalf("lock file of the next holder: %q, want its pid, then the route still recorded", data)
+	}
+	if err := h.ForgetRoutes(); err != nil {
+		t.Fatal(err)
+	}
+	h.Release()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file after the record was forgotten: %v, want it gone", err)
+	}
 }

@@ -1,8 +1,6 @@
 package lab
 
 import (
-	"errors"
-
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -29,21 +27,9 @@ func setRoutes(routes []plan.Route, present bool) (changed []bool, err error) {
 	defer w.Close()
 	changed = make([]bool, len(routes))
 	for i, r := range routes {
-		if present {
-			err = w.AddRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
-			if errors.Is(err, wiring.ErrRouteExists) {
-				continue
-			}
-		} else {
-			err = w.DeleteRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric)
-			if errors.Is(err, wiring.ErrNoRoute) {
-				continue
-			}
-		}
-		if err != nil {
+		if changed[i], err = w.EnsureRoute(r.Namespace, wiring.IPNet(r.Dst), wiring.IP(r.Via), r.Dev, r.Metric, present); err != nil {
 			return changed, err
 		}
-		changed[i] = true
 	}
 	return changed, nil
 }

@@ -443,6 +443,25 @@ func (w *Net) putRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric
 	return nil
 }
 
+// EnsureRoute adds (present) or removes a route, and reports whether it
+// changed anything: a route already as asked (ErrRouteExists, ErrNoRoute)
+// is not an error. Withdraw and restore steps that may run twice use it.
+func (w *Net) EnsureRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int, present bool) (bool, error) {
+	var err error
+	if present {
+		err = w.AddRoute(ns, dst, via, dev, metric)
+		if errors.Is(err, ErrRouteExists) {
+			return false, nil
+		}
+	} else {
+		err = w.DeleteRoute(ns, dst, via, dev, metric)
+		if errors.Is(err, ErrNoRoute) {
+			return false, nil
+		}
+	}
+	return err == nil, err
+}
+
 // DeleteRoute removes a route from the main table; dev and via narrow the
 // match as they do for `ip route del`.
 func (w *Net) DeleteRoute(ns string, dst *net.IPNet, via net.IP, dev string, metric int) error {
