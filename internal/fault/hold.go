@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -109,13 +110,19 @@ func HoldCheck(dir, ns, conn string) (*CheckHold, error) {
 		return nil, fmt.Errorf("hold the check's fault of %s in %s: no lab directory to hold it in", conn, ns)
 	}
 	path := holdPath(dir, ns, conn)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	// Never through a symlink (SPEC §12): the faults directory is made in
+	// the lab directory only if that one exists (a lab destroyed meanwhile
+	// is not made again), and the hold file is opened with O_NOFOLLOW.
+	if err := os.Mkdir(filepath.Dir(path), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("hold the check's fault of %s: %w", conn, err)
 	}
+	if info, err := os.Lstat(filepath.Dir(path)); err != nil || !info.IsDir() {
+		return nil, fmt.Errorf("hold the check's fault of %s: %s is not a directory (a symlink?): emu writes there only into a real directory: remove it", conn, filepath.Dir(path))
+	}
 	for {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o644)
 		if err != nil {
-			return nil, fmt.Errorf("hold the check's fault of %s: %w", conn, err)
+			return nil, fmt.Errorf("hold the check's fault of %s: %w (a symlink there is never followed: remove it)", conn, err)
 		}
 		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0}
 		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
@@ -130,7 +137,7 @@ func HoldCheck(dir, ns, conn string) (*CheckHold, error) {
 			continue
 		}
 		h := &CheckHold{f: f, path: path}
-		data, err := os.ReadFile(path)
+		data, err := readNoFollow(path)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("read %s: %w", path, err)
@@ -227,7 +234,7 @@ func CheckHolder(dir, ns, conn string) (pid int, held bool, err error) {
 
 func holder(path string) (pid int, held bool, err error) {
 	for {
-		f, err := os.Open(path)
+		f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 		if errors.Is(err, os.ErrNotExist) {
 			return 0, false, nil
 		}
@@ -256,8 +263,18 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
+// readNoFollow reads a hold file, never through a symlink (SPEC §12).
+func readNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 1<<20))
+}
+
 func readPID(path string) int {
-	data, _ := os.ReadFile(path)
+	data, _ := readNoFollow(path)
 	first, _, _ := strings.Cut(string(data), "\n")
 	pid, _ := strconv.Atoi(strings.TrimSpace(first))
 	return pid
@@ -371,7 +388,7 @@ func leftRoutes(dir, ns string) ([]Fault, error) {
 	}
 	var out []Fault
 	for _, path := range paths {
-		data, err := os.ReadFile(path)
+		data, err := readNoFollow(path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // its check just ended
 		}
