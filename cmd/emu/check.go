@@ -123,16 +123,29 @@ Examples:
 			if !rec.Complete {
 				return &lab.DeployedError{Record: rec}
 			}
+			var hold *fault.CheckHold
+			var repaired time.Time // when a killed check's leftovers were removed
 			if c.Bool("failover") {
-				if err := removeLeftCheckFault(c, t, rec.Dir); err != nil {
+				// Held for the whole run, so a second --failover is refused
+				// before any check runs (its checks would see this run's
+				// outage), and what a killed one left is this run's to remove.
+				if hold, repaired, err = holdFailover(c, t, rec.Dir); err != nil {
 					return err
+				}
+				if hold != nil {
+					defer hold.Release()
 				}
 			}
 			if err := refuseOrNoteFaults(c, t, rec.Dir); err != nil {
 				return err
 			}
+			if !repaired.IsZero() {
+				if err := awaitRecovered(c, c.App.ErrWriter, t, rec.Dir, repaired); err != nil {
+					return err
+				}
+			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
-			l := checks.Lab{Topology: t, Conns: conns, Dir: rec.Dir}
+			l := checks.Lab{Topology: t, Conns: conns, Dir: rec.Dir, FailoverHold: hold}
 			cs := checks.For(l)
 			if c.Bool("failover") {
 				cs = append(cs, checks.Failover)
@@ -175,38 +188,51 @@ Examples:
 	}
 }
 
-// removeLeftCheckFault removes, before --failover's checks run, the fault
-// an `emu check --failover` that did not finish (killed) left on the very
-// connection this one breaks (its table, and the VPN gateway's routes a
-// method-1 check withdrew, recorded in its hold), says so on stderr, and waits for the lab to
-// recover from it. That table is emu's, its maker is provably gone (its
-// hold is free), and the failover check would replace it with its own and
-// remove it anyway; left in place it stops the traffic before the other
-// checks run and before the failover's stream begins, so the checks would
-// report failures of a fault nobody meant to be in force. A check's fault
-// left on another connection, or one a running check holds, is not this
-// run's to remove: refuseOrNoteFaults names it.
-func removeLeftCheckFault(c *cli.Context, t *topology.Topology, labDir string) error {
+// holdFailover takes, for a --failover run, the hold on the check fault of
+// the connection it breaks; another --failover running on the lab holds it
+// already, and is refused (exit 2) with its pid. It then removes what an
+// `emu check --failover` that did not finish (killed) left on that
+// connection (its table, and the VPN gateway's routes a method-1 check
+// withdrew, recorded in its hold) and says so on stderr: that is emu's,
+// its maker is provably gone (its hold was free), and the failover check
+// would replace it anyway; left in place it stops the traffic before the
+// other checks run, so they would report failures of a fault nobody meant
+// to be in force. It returns when that repair began (zero if nothing was
+// left): the caller waits for the lab to recover from it once no other
+// fault is in force (refuseOrNoteFaults refuses a user's first, rather than
+// waiting 20 s for a recovery it stops). A lab with no connection to break
+// gets no hold (nil).
+func holdFailover(c *cli.Context, t *topology.Topology, labDir string) (*fault.CheckHold, time.Time, error) {
+	var repaired time.Time
 	gw, tun := checks.FailoverConnection(t)
 	if tun == nil {
-		return nil
+		return nil, repaired, nil
 	}
-	repaired := time.Now()
-	left, err := fault.RemoveLeftCheck(labDir, plan.NamespaceName(t.Name, gw.Name), tun.Name)
+	ns := plan.NamespaceName(t.Name, gw.Name)
+	hold, err := fault.HoldCheck(labDir, ns, tun.Name)
+	var held *fault.HeldError
+	if errors.As(err, &held) {
+		return nil, repaired, invalidInput{fmt.Errorf("another `emu check --failover` is running on lab %q (%s, on %s:%s): wait for it to end, or stop it: `kill -INT %d` (not -9: a killed check leaves its fault)", t.Name, held.Holder(), gw.Name, tun.Name, held.PID)}
+	}
+	if err != nil {
+		return nil, repaired, err
+	}
+	start := time.Now()
+	left, err := hold.RemoveLeft(ns, tun.Name)
 	if left.Table {
 		fmt.Fprintf(c.App.ErrWriter, "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on %s:%s (nftables table %s%s): it kept the tunnel broken\n", gw.Name, tun.Name, fault.ByCheck, tun.Name)
 	}
 	for _, r := range left.Routes {
 		fmt.Fprintf(c.App.ErrWriter, "note: restored route %s on %s (published by %s), which an earlier `emu check --failover` that did not finish (killed) withdrew: the traffic crossed in clear\n", r, r.Node, r.Gateway)
 	}
-	var held *fault.HeldError
-	if err != nil && !errors.As(err, &held) {
-		return err
+	if err != nil {
+		hold.Release()
+		return nil, repaired, err
 	}
-	if !left.Any() {
-		return nil
+	if left.Any() {
+		repaired = start
 	}
-	return awaitRecovered(c, c.App.ErrWriter, t, labDir, repaired)
+	return hold, repaired, nil
 }
 
 // refuseOrNoteFaults looks for faults in force in lab t: emu fault's, and

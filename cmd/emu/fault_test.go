@@ -398,13 +398,22 @@ func TestCLI_CheckFailover_LeftOverCheckTable_RemovedAndSaid_HeldOneKept(t *test
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A running check holds its connection from its start, before its
+	// fault is in force: a second --failover is refused before any check
+	// runs (it ran, and failed falsely, when the hold was only taken for
+	// the failover step).
+	refused := fmt.Sprintf("another `emu check --failover` is running on lab %q (pid %d, on onprem:to-vpc)", name, os.Getpid())
+	r := runEmu(t, state, "check", "--failover", "-t", topo)
+	if r.code != exitInvalid || !strings.Contains(r.stderr, refused) || r.stdout != "" {
+		t.Errorf("check --failover while another holds its connection (no fault yet): exit %d, want %d, %q and no checks run\nstdout: %s\nstderr: %s", r.code, exitInvalid, refused, r.stdout, r.stderr)
+	}
 	if err := fault.TunnelDownBy(fault.ByCheck, ns, "to-vpc", tun.Local, tun.Remote); err != nil {
 		hold.Release()
 		t.Fatal(err)
 	}
-	r := runEmu(t, state, "check", "--failover", "-t", topo)
-	if want := fmt.Sprintf("tunnel onprem:to-vpc (ESP dropped by the `emu check --failover` running now, pid %d)", os.Getpid()); r.code != exitInvalid || !strings.Contains(r.stderr, want) {
-		t.Errorf("check --failover while another holds its fault: exit %d, want %d and %q\nstdout: %s\nstderr: %s", r.code, exitInvalid, want, r.stdout, r.stderr)
+	r = runEmu(t, state, "check", "--failover", "-t", topo)
+	if r.code != exitInvalid || !strings.Contains(r.stderr, refused) {
+		t.Errorf("check --failover while another holds its fault: exit %d, want %d and %q\nstdout: %s\nstderr: %s", r.code, exitInvalid, refused, r.stdout, r.stderr)
 	}
 	if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc"); r.code != 0 || !strings.Contains(r.stdout, "kept the fault") {
 		t.Errorf("fault tunnel up of a held check fault: exit %d, want it kept\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
@@ -417,6 +426,23 @@ func TestCLI_CheckFailover_LeftOverCheckTable_RemovedAndSaid_HeldOneKept(t *test
 	r = runEmu(t, state, "check", "-t", topo)
 	if want := `note: faults in force in lab "` + name + "\": tunnel onprem:to-vpc (ESP dropped, left by an `emu check --failover` that did not finish); the checks judge the lab with them, as it is (repair: `emu fault tunnel up -t " + topo + " onprem:to-vpc`)"; !strings.Contains(r.stderr, want) {
 		t.Errorf("plain check with a left-over check fault: exit %d, want %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
+	// With a fault of the user's in force too, the left-over table goes,
+	// and the run is refused at once naming the user's fault (it waited
+	// 20 s for a recovery the user's fault stopped, then blamed the agents).
+	if r := runEmu(t, state, "fault", "tunnel", "down", "-t", topo, "to-dc"); r.code != 0 {
+		t.Fatalf("fault tunnel down to-dc: exit %d\nstderr: %s", r.code, r.stderr)
+	}
+	start := time.Now()
+	r = runEmu(t, state, "check", "--failover", "-t", topo)
+	if want := "tunnel vpngw:to-dc"; r.code != exitInvalid || !strings.Contains(r.stderr, want) || strings.Contains(r.stderr, "did not recover") {
+		t.Errorf("check --failover with a left-over check table and the user's fault: exit %d after %s, want %d naming %q\nstdout: %s\nstderr: %s", r.code, time.Since(start).Round(time.Millisecond), exitInvalid, want, r.stdout, r.stderr)
+	}
+	if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-dc"); r.code != 0 {
+		t.Fatalf("fault tunnel up to-dc: exit %d\nstderr: %s", r.code, r.stderr)
+	}
+	if err := fault.TunnelDownBy(fault.ByCheck, ns, "to-vpc", tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
 	}
 	r = runEmu(t, state, "check", "--failover", "-t", topo)
 	if want := "note: removed the fault an earlier `emu check --failover` that did not finish (killed) left on onprem:to-vpc (nftables table emu-check-to-vpc)"; r.code != 0 || !strings.Contains(r.stderr, want) || strings.Contains(r.stdout, "FAIL") {

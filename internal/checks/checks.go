@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/plan"
 	"github.com/emu-lab/emu/internal/topology"
@@ -18,6 +19,11 @@ type Lab struct {
 	Topology *topology.Topology
 	Conns    []ipsec.Conn // the lab's keys, to read ESP
 	Dir      string       // the lab directory: agents publish their state there
+	// FailoverHold, if set, is the hold on the failover connection's check
+	// fault that the caller took for its whole run (cmd/emu check
+	// --failover, so a second such run is refused before any check runs);
+	// the failover check then uses it rather than taking its own.
+	FailoverHold *fault.CheckHold
 }
 
 // NS is the namespace of a node.

@@ -64,11 +64,14 @@ func failover(ctx context.Context, l Lab) []Result {
 	}
 	// The check holds its fault while it runs, so `emu fault` tells it
 	// from one a killed check left, and never removes it under the check.
-	hold, err := fault.HoldCheck(l.Dir, ns, tun.Name)
-	if err != nil {
-		return []Result{{Check: "failover", Inconclusive: true, Evidence: "not run: " + err.Error()}}
+	hold := l.FailoverHold
+	if hold == nil {
+		var err error
+		if hold, err = fault.HoldCheck(l.Dir, ns, tun.Name); err != nil {
+			return []Result{{Check: "failover", Inconclusive: true, Evidence: "not run: " + err.Error()}}
+		}
+		defer hold.Release() // after the repair below: the table goes first
 	}
-	defer hold.Release() // after the repair below: the table goes first
 	if left, err := fault.TunnelBrokenBy(fault.ByCheck, ns, tun.Name); err != nil || left {
 		r := Result{Check: "failover", Inconclusive: true, Evidence: fmt.Sprintf("not run: connection %s:%s is broken by the fault an `emu check --failover` that did not finish left (nftables table %s%s; remove it with `emu fault tunnel up`)", gw.Name, tun.Name, fault.ByCheck, tun.Name)}
 		if err != nil {

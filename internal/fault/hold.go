@@ -347,12 +347,19 @@ func (l LeftCheck) Any() bool { return l.Table || len(l.Routes) > 0 }
 // the middle of it: one starting meanwhile finds the hold taken and does
 // not run its failover.
 func RemoveLeftCheck(dir, ns, conn string) (LeftCheck, error) {
-	var left LeftCheck
 	h, err := HoldCheck(dir, ns, conn)
 	if err != nil {
-		return left, err
+		return LeftCheck{}, err
 	}
 	defer h.Release()
+	return h.RemoveLeft(ns, conn)
+}
+
+// RemoveLeft is RemoveLeftCheck for the holder of the hold on conn in ns:
+// a check --failover that took it for its whole run.
+func (h *CheckHold) RemoveLeft(ns, conn string) (LeftCheck, error) {
+	var left LeftCheck
+	var err error
 	if left.Table, err = TunnelBrokenBy(ByCheck, ns, conn); err != nil {
 		return left, err
 	}
