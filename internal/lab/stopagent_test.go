@@ -73,6 +73,30 @@ func startRacingWriter(mode, cfg string) (*exec.Cmd, error) {
 	return cmd, cmd.Start()
 }
 
+// racingWriterIn starts a racing writer of mode as the agent of
+// <temp>/emu-race/agents/vpngw.json, killed with whatever it started when
+// the test ends, and returns that config path.
+func racingWriterIn(t *testing.T, mode string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "emu-race", "agents")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vpngw.json")
+	w, err := startRacingWriter(mode, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, pid := range must(lab.AgentPIDsForTest(cfg)) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		w.Process.Kill()
+		w.Wait()
+	})
+	return cfg
+}
+
 // Destroy removes the lab directory right after it stopped the agents: it
 // must return only once every process started with the agent's config is
 // gone, a worker restarted meanwhile and one that ignores SIGTERM included,
@@ -80,22 +104,8 @@ func startRacingWriter(mode, cfg string) (*exec.Cmd, error) {
 func TestStopAgent_WritersRacingTheRemoval_AllGoneBeforeItReturns(t *testing.T) {
 	for _, mode := range []string{"exit", "restart", "ignore"} {
 		t.Run(mode, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "emu-race", "agents")
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			cfg := filepath.Join(dir, "vpngw.json")
-			w, err := startRacingWriter(mode, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				for _, pid := range must(lab.AgentPIDsForTest(cfg)) {
-					syscall.Kill(pid, syscall.SIGKILL)
-				}
-				w.Process.Kill()
-				w.Wait()
-			})
+			cfg := racingWriterIn(t, mode)
+			dir := filepath.Dir(cfg)
 			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 				if entries, _ := os.ReadDir(dir); len(entries) > 0 {
 					break
@@ -125,22 +135,8 @@ func TestStopAgent_WritersRacingTheRemoval_AllGoneBeforeItReturns(t *testing.T) 
 // supervisor never sees its worker end before its own stop (and restarts
 // it, as a worker ending on its own is restarted).
 func TestStopAgent_SupervisorFirst_ItStopsItsWorkerItself(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "emu-race", "agents")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cfg := filepath.Join(dir, "vpngw.json")
-	w, err := startRacingWriter("supervisor", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, pid := range must(lab.AgentPIDsForTest(cfg)) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		w.Process.Kill()
-		w.Wait()
-	})
+	cfg := racingWriterIn(t, "supervisor")
+	dir := filepath.Dir(cfg)
 	for deadline := time.Now().Add(5 * time.Second); len(must(lab.AgentPIDsForTest(cfg))) < 2; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the supervisor's worker never started")
