@@ -220,6 +220,11 @@ func (sa *ikeSA) peerDeletedChild(spi uint32) []Payload {
 	}
 	ch := sa.child
 	if ch == nil || ch.sa.OutSPI != spi {
+		if sa.rekeyingChild != nil && len(sa.deletedUnknown) < maxDeletedUnknown {
+			// Perhaps the SA our outstanding rekey makes: not installed
+			// if it is (rekeyChild).
+			sa.deletedUnknown = append(sa.deletedUnknown, spi)
+		}
 		return nil
 	}
 	if ch == sa.childCollision {

@@ -33,8 +33,8 @@ func (sa *ikeSA) rekeyChild() {
 	sa.rekeyingChild = old
 	sa.sendEncrypted(CreateChildSA, ps, func(_ Header, rs []Payload) {
 		// theirs is the CHILD SA of the peer's rekey we answered meanwhile.
-		theirs := sa.childCollision
-		sa.rekeyingChild, sa.childCollision = nil, nil
+		theirs, deleted := sa.childCollision, sa.deletedUnknown
+		sa.rekeyingChild, sa.childCollision, sa.deletedUnknown = nil, nil, nil
 		m := collect(rs)
 		for _, n := range m.notifies {
 			if n.Kind.IsError() {
@@ -73,6 +73,10 @@ func (sa *ikeSA) rekeyChild() {
 			}
 		}
 		out := binary.BigEndian.Uint32(prop.SPI)
+		if slices.Contains(deleted, out) {
+			sa.oursDeletedFirst(old, theirs, in, out)
+			return
+		}
 		if theirs == nil {
 			prev := sa.child
 			sa.installChild(prop, in, out, gir, ni, m.nonce.Data, true, m.tsi.Selectors, m.tsr.Selectors)
@@ -98,6 +102,7 @@ func (sa *ikeSA) rekeyChild() {
 			return
 		}
 		sa.e.log.Info("ike: simultaneous CHILD SA rekey: ours stays", "conn", c.cfg.Name)
+		cur := sa.child // theirs, as rekeyable refuses to rekey it meanwhile
 		sa.installChild(prop, in, out, gir, ni, m.nonce.Data, true, m.tsi.Selectors, m.tsr.Selectors)
 		// Ours is in, so theirs can leave the dataplane: the peer deletes it
 		// (or did); we delete the old one, unless the peer did already.
@@ -106,10 +111,37 @@ func (sa *ikeSA) rekeyChild() {
 		} else {
 			sa.retireChild(theirs, false)
 		}
+		if cur != nil && cur != theirs {
+			sa.retireChild(cur, false) // never left in the dataplane unnamed
+		}
 		if slices.Contains(sa.retired, old) {
 			sa.deleteRetired(old)
 		}
 	})
+}
+
+// oursDeletedFirst ends our rekey of old whose new SA (inbound SPI in,
+// outbound out) the peer deleted before its answer reached us: the SA is
+// never installed, so nothing is sent on it. Without a collision old
+// stays the CHILD SA and is rekeyed again later. After one, the peer's SA
+// theirs stays unless it deleted that too (the CHILD SA is then down),
+// and we delete old, which the peer left to us as the winner's initiator
+// (RFC 7296 §2.8.1).
+func (sa *ikeSA) oursDeletedFirst(old, theirs *child, in, out uint32) {
+	sa.e.log.Info("ike: CHILD SA rekey: the peer deleted our new SA before answering, not installed", "conn", sa.c.cfg.Name,
+		"in_spi", fmt.Sprintf("0x%08x", in), "out_spi", fmt.Sprintf("0x%08x", out))
+	if theirs == nil {
+		if sa.child != nil {
+			sa.child.rekeyAt = time.Now().Add(time.Second)
+		}
+		return
+	}
+	if theirs.peerDeleted && sa.child == theirs {
+		sa.childGone(theirs)
+	}
+	if slices.Contains(sa.retired, old) {
+		sa.deleteRetired(old)
+	}
 }
 
 // rekeyIKE replaces the IKE SA (RFC 7296 §1.3.2, §2.18): the CHILD SA
@@ -312,11 +344,12 @@ func (sa *ikeSA) handleCreateChild(ps []Payload) []Payload {
 	return append(append([]Payload{out[0], &Nonce{Data: nr}}, kePayload...), out[1:]...)
 }
 
-// rekeyNotify is the REKEY_SA notify of a CREATE_CHILD_SA request for an
-// ESP SA, nil when it creates a new CHILD SA (RFC 7296 §1.3.3).
+// rekeyNotify is the REKEY_SA notify of a CREATE_CHILD_SA request, of
+// whatever protocol and SPI size (rekeyable checks them), nil when the
+// request creates a new CHILD SA (RFC 7296 §1.3.3).
 func rekeyNotify(ns []*Notify) *Notify {
 	for _, n := range ns {
-		if n.Kind == RekeySA && n.Protocol == ProtoESP && len(n.SPI) == 4 {
+		if n.Kind == RekeySA {
 			return n
 		}
 	}
@@ -325,12 +358,25 @@ func rekeyNotify(ns []*Notify) *Notify {
 
 // rekeyable checks the CHILD SA a peer's rekey request n names, by the SPI
 // the peer receives on: nil when it is the connection's CHILD SA, else the
-// error to answer (RFC 7296 §2.25.1). One a rekey already replaced (ours,
-// which the peer's request crossed) is being deleted: TEMPORARY_FAILURE,
-// and the peer keeps ours. One we do not know: CHILD_SA_NOT_FOUND.
+// error to answer (RFC 7296 §2.25.1, §3.10). An SPI that is not 4 octets
+// is INVALID_SYNTAX; an SA of another protocol than ESP (we have none) or
+// one we do not know is CHILD_SA_NOT_FOUND. One a rekey already replaced
+// (ours, which the peer's request crossed) is being deleted, and one
+// whose collision our outstanding rekey has yet to resolve may be
+// deleted: TEMPORARY_FAILURE, the peer tries again later.
 func (sa *ikeSA) rekeyable(n *Notify) *Notify {
+	if len(n.SPI) != 4 {
+		return &Notify{Kind: InvalidSyntax}
+	}
+	if n.Protocol != ProtoESP {
+		return &Notify{Protocol: n.Protocol, SPI: n.SPI, Kind: ChildSANotFound}
+	}
 	spi := binary.BigEndian.Uint32(n.SPI)
 	if sa.child != nil && sa.child.sa.OutSPI == spi {
+		if sa.child == sa.childCollision {
+			sa.e.log.Info("ike: simultaneous CHILD SA rekey: the peer rekeys its new SA before the collision is resolved, refused with TEMPORARY_FAILURE", "conn", sa.c.cfg.Name)
+			return &Notify{Kind: TemporaryFailure}
+		}
 		return nil
 	}
 	for _, r := range sa.retired {

@@ -59,7 +59,15 @@ type ikeSA struct {
 	// the same one that we answered meanwhile (RFC 7296 §2.8.1).
 	rekeyingChild  *child
 	childCollision *child
+	// deletedUnknown are the SPIs of CHILD SAs we did not know that the
+	// peer deleted while our rekey was outstanding: it may delete the SA
+	// that rekey makes before its answer reaches us (RFC 7296 §2.8.1).
+	deletedUnknown []uint32
 }
+
+// maxDeletedUnknown bounds deletedUnknown: the SA our rekey makes is one
+// SPI, which a peer names among a few at most.
+const maxDeletedUnknown = 16
 
 type child struct {
 	sa       ChildSA
@@ -583,6 +591,9 @@ func (sa *ikeSA) installChild(prop Proposal, in, out uint32, gir, ni, nr []byte,
 // ends; we send that Delete when we initiated the rekey that survives
 // (RFC 7296 §2.8, §2.8.1), else the peer does.
 func (sa *ikeSA) retireChild(old *child, weDelete bool) {
+	if slices.Contains(sa.retired, old) {
+		return // retired already: its Delete is on its way
+	}
 	sa.retired = append(sa.retired, old)
 	if weDelete {
 		sa.deleteRetired(old)
