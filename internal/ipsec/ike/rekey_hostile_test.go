@@ -29,7 +29,7 @@ func rekeyRequestWithNonce(cfg Config, spi uint32, nonceData []byte) []Payload {
 // then be gone from the dataplane once the peer deletes it, and a's
 // retired list must empty: nothing may stay installed that no Delete can
 // remove.
-func TestAttack_CollisionThenPeerRekeysItsNewSA_NothingLeftInDataplane(t *testing.T) {
+func TestHostilePeer_CollisionThenPeerRekeysItsNewSA_NothingLeftInDataplane(t *testing.T) {
 	a, b := pair(t, nil)
 	waitStatus(t, a, "established", established)
 	waitStatus(t, b, "established", established)
@@ -92,7 +92,7 @@ func TestAttack_CollisionThenPeerRekeysItsNewSA_NothingLeftInDataplane(t *testin
 // SAs (its own, and ours, which it has answered) and reaches us before its
 // answer to our rekey (the answer was lost and is retransmitted). We must
 // not then install our SA and send on it as if it were alive.
-func TestAttack_CollisionPeerDeletesBothNewSAsBeforeAnswer_NotSentOn(t *testing.T) {
+func TestHostilePeer_CollisionPeerDeletesBothNewSAsBeforeAnswer_NotSentOn(t *testing.T) {
 	a, b := pair(t, nil)
 	waitStatus(t, a, "established", established)
 	waitStatus(t, b, "established", established)
@@ -147,7 +147,7 @@ func TestAttack_CollisionPeerDeletesBothNewSAsBeforeAnswer_NotSentOn(t *testing.
 // A peer's rekey request whose REKEY_SA notify names the SA with another
 // protocol or SPI size is not a rekey of our CHILD SA: it must not replace
 // it unchecked (RFC 7296 §1.3.3: REKEY_SA names the SA being rekeyed).
-func TestAttack_RekeyNotifyOfOtherProtocol_DoesNotReplaceUnchecked(t *testing.T) {
+func TestHostilePeer_RekeyNotifyOfOtherProtocol_DoesNotReplaceUnchecked(t *testing.T) {
 	a, b := pair(t, nil)
 	waitStatus(t, a, "established", established)
 	waitStatus(t, b, "established", established)
@@ -168,7 +168,7 @@ func TestAttack_RekeyNotifyOfOtherProtocol_DoesNotReplaceUnchecked(t *testing.T)
 // A REKEY_SA naming an ESP SPI this connection does not have (another
 // connection's, or made up) is CHILD_SA_NOT_FOUND and changes nothing; the
 // same SPI rekeyed twice: the second is TEMPORARY_FAILURE (held).
-func TestAttack_RekeyUnknownOrTwice_Refused(t *testing.T) {
+func TestHostilePeer_RekeyUnknownOrTwice_Refused(t *testing.T) {
 	a, b := pair(t, nil)
 	waitStatus(t, a, "established", established)
 	waitStatus(t, b, "established", established)
