@@ -365,12 +365,13 @@ func listFaults() *cli.Command {
 				fmt.Fprintf(c.App.Writer, "no fault in lab %q\n", t.Name)
 			}
 			for _, f := range fs {
-				how := "remove with " + f.repair(c.String("topo"))
-				if f.Kind == "route" {
-					how = "restore with " + f.repair(c.String("topo"))
-				}
-				if f.Check && f.Held {
-					how = f.repair(c.String("topo"))
+				how := f.repair(c.String("topo"))
+				switch {
+				case f.Check && f.Held: // how says to wait for that check
+				case f.Kind == "route":
+					how = "restore with " + how
+				default:
+					how = "remove with " + how
 				}
 				fmt.Fprintf(c.App.Writer, "%s: %s\n", f, how)
 			}

@@ -137,7 +137,7 @@ func HoldCheck(dir, ns, conn string) (*CheckHold, error) {
 			continue
 		}
 		h := &CheckHold{f: f, path: path}
-		data, err := readNoFollow(path)
+		data, err := io.ReadAll(io.LimitReader(f, maxHoldFile))
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("read %s: %w", path, err)
@@ -270,8 +270,11 @@ func readNoFollow(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, 1<<20))
+	return io.ReadAll(io.LimitReader(f, maxHoldFile))
 }
+
+// maxHoldFile bounds what is read of a hold file: a pid and a few routes.
+const maxHoldFile = 1 << 20
 
 func readPID(path string) int {
 	data, _ := readNoFollow(path)

@@ -213,7 +213,8 @@ type proc struct {
 func stopProcs(cfgPath string, procs []proc) error {
 	var roots, children []proc
 	for _, p := range procs {
-		if slices.ContainsFunc(procs, func(q proc) bool { return q.pid == parentOf(p.pid) }) {
+		ppid := parentOf(p.pid)
+		if slices.ContainsFunc(procs, func(q proc) bool { return q.pid == ppid }) {
 			children = append(children, p)
 		} else {
 			roots = append(roots, p)
