@@ -296,20 +296,29 @@ func waitCheckTable(t *testing.T, check *exec.Cmd, out *bytes.Buffer, ns, conn s
 	ended := make(chan struct{})
 	go func() { check.Wait(); close(ended) }()
 	t.Cleanup(func() { check.Process.Kill(); <-ended })
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		if broken, _ := fault.TunnelBrokenBy(fault.ByCheck, ns, conn); broken {
-			return ended
-		}
+	whileCheckRuns(t, ended, out, 90*time.Second, "its fault was in force", func() bool {
+		broken, _ := fault.TunnelBrokenBy(fault.ByCheck, ns, conn)
+		return broken
+	})
+	return ended
+}
+
+// whileCheckRuns polls done until it holds, failing the test if the check
+// ended first (ended closed) or within passed; what says what done waits
+// for, for the failure.
+func whileCheckRuns(t *testing.T, ended <-chan struct{}, out *bytes.Buffer, within time.Duration, what string, done func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !done() {
 		select {
 		case <-ended:
-			t.Fatalf("the check ended before its fault was in force:\n%s", out.String())
+			t.Fatalf("the check ended before %s:\n%s", what, out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the check's fault never appeared:\n%s", out.String())
+			t.Fatalf("not %s within %s of the check:\n%s", what, within, out.String())
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -486,18 +495,7 @@ func killAfterWithdrawal(t *testing.T, state, name, topo string) {
 		t.Fatal(err)
 	}
 	ended := waitCheckTable(t, check, &out, "emu-"+name+"-onprem", "to-vpc")
-	deadline := time.Now().Add(60 * time.Second)
-	for vpnRoute(t, name) {
-		select {
-		case <-ended:
-			t.Fatalf("the check ended before it withdrew the route:\n%s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the check never withdrew the route:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	whileCheckRuns(t, ended, &out, 60*time.Second, "it withdrew the route", func() bool { return !vpnRoute(t, name) })
 	check.Process.Signal(syscall.SIGKILL)
 	<-ended
 	if vpnRoute(t, name) {
