@@ -135,20 +135,28 @@ func procStart(pid int) (uint64, bool) {
 	if pid <= 0 {
 		return 0, false
 	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	// The command name may hold spaces and parentheses: fields count from
-	// the last ')'. Then state is field 3 and starttime field 22.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := bytes.Fields(stat[i+1:])
+	// State is field 3, starttime field 22.
+	f := StatFields(pid)
 	if len(f) < 20 || f[0][0] == 'Z' || f[0][0] == 'X' {
 		return 0, false
 	}
 	start, err := strconv.ParseUint(string(f[19]), 10, 64)
 	return start, err == nil
+}
+
+// StatFields returns the fields of /proc/<pid>/stat (proc(5)) after the
+// command name, which may hold spaces and parentheses (fields count from
+// the last ')'): f[0] is the state (field 3), f[1] the parent's pid (field
+// 4), f[6] the flags (field 9), f[19] the start time (field 22); nil if the
+// process is gone or the file cannot be read.
+func StatFields(pid int) [][]byte {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return nil
+	}
+	return bytes.Fields(stat[i+1:])
 }

@@ -365,7 +365,7 @@ func identify(pid int, cfgPath string, in *netnsx.ID) (match, execing bool) {
 		}
 	}
 	if len(cmdline) == 0 {
-		return false, userAndLive(dir)
+		return false, userAndLive(pid)
 	}
 	args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
 	for i := 0; i+1 < len(args); i++ {
@@ -376,25 +376,9 @@ func identify(pid int, cfgPath string, in *netnsx.ID) (match, execing bool) {
 	return false, false
 }
 
-// statFields returns the fields of /proc/<pid>/stat after the command name
-// (which may hold spaces and parentheses: fields count from the last ')'),
-// so that f[0] is the state (field 3), f[1] the parent's pid (field 4), f[6]
-// the flags (field 9); nil if it cannot be read.
-func statFields(dir string) [][]byte {
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return nil
-	}
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return nil
-	}
-	return bytes.Fields(stat[i+1:])
-}
-
 // parentOf returns pid's parent's pid, or 0 if it cannot be read.
 func parentOf(pid int) int {
-	f := statFields(filepath.Join("/proc", strconv.Itoa(pid)))
+	f := agent.StatFields(pid)
 	if len(f) < 2 {
 		return 0
 	}
@@ -402,12 +386,12 @@ func parentOf(pid int) int {
 	return ppid
 }
 
-// userAndLive reports whether the process of /proc/<pid> dir is neither a
-// kernel thread (their command line is always empty) nor a zombie or dead
-// one (/proc/<pid>/stat: state, field 3; flags, field 9, PF_KTHREAD).
-func userAndLive(dir string) bool {
+// userAndLive reports whether process pid is neither a kernel thread (their
+// command line is always empty) nor a zombie or dead one (/proc/<pid>/stat:
+// state, field 3; flags, field 9, PF_KTHREAD).
+func userAndLive(pid int) bool {
 	const pfKthread = 0x00200000 // include/linux/sched.h
-	f := statFields(dir)
+	f := agent.StatFields(pid)
 	if len(f) < 7 || bytes.ContainsAny(f[0], "ZXx") {
 		return false
 	}
