@@ -11,6 +11,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/topology"
 )
 
 // BGP reads what each node's speaker publishes and requires every session
@@ -60,11 +61,17 @@ func bgpOnce(l Lab) []Result {
 		}
 		// Several sessions to one peer (a transit router's ECMP) bring the
 		// same prefixes: each is judged and shown once, with every nexthop.
+		// Each session must still have brought them: one Established a
+		// moment ago may have sent none yet, and a lab judged then would
+		// pass with one nexthop of two.
 		judged := map[netip.Prefix]bool{}
 		for _, nb := range n.BGP.Neighbors {
 			peer := l.Topology.Owner(nb.Address)
 			if peer == nil || peer.BGP == nil {
 				continue
+			}
+			if p := missingPrefixes(st.Neighbors, nb.Address, peer); p != "" {
+				problems = append(problems, p)
 			}
 			for _, p := range peer.BGP.Networks {
 				if judged[p] {
@@ -109,4 +116,19 @@ func bgpOnce(l Lab) []Result {
 		out = append(out, r)
 	}
 	return out
+}
+
+// missingPrefixes names an Established session to addr that has accepted
+// fewer prefixes than peer originates (its BGP Networks; GoBGP's accepted
+// count of the IPv4 unicast Adj-RIB-In, RFC 4271 §3.2), "" when it has all
+// of them or the session is not up (bgpOnce names that one already). The
+// count is a lower bound: a peer that also passes on others' prefixes may
+// reach it while one of its own is missing, which the RIB check then names.
+func missingPrefixes(seen []routing.NeighborState, addr netip.Addr, peer *topology.Node) string {
+	i := slices.IndexFunc(seen, func(nb routing.NeighborState) bool { return nb.Address == addr })
+	want := uint64(len(peer.BGP.Networks))
+	if i < 0 || !seen[i].Established || seen[i].Accepted >= want {
+		return ""
+	}
+	return fmt.Sprintf("session with %s is established but has brought %d of the %d prefixes %s originates", addr, seen[i].Accepted, want, peer.Name)
 }
