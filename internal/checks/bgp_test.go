@@ -4,7 +4,10 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/emu-lab/emu/internal/fault"
+	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/routing"
 	"github.com/emu-lab/emu/internal/topology"
 )
@@ -34,4 +37,26 @@ func TestMissingPrefixes_EstablishedSessionWithoutThePeersPrefixes(t *testing.T)
 	if got := missingPrefixes(seen, netip.MustParseAddr("192.0.2.1"), vpngw); got != "" {
 		t.Errorf("a neighbor without a session state is not this check's: %q", got)
 	}
+}
+
+// A repair not seen in time names the control plane's state then: with the
+// tunnel still broken, the gateway's BGP session over it is not
+// Established, and the row says so rather than only "not encrypted".
+func TestRepairState_TunnelStillDown_NamesTheSessionThatIsDown(t *testing.T) {
+	l := labtest.Deploy(t, "static-bgp.yaml")
+	labc := Lab{Topology: l.Topology, Dir: l.Plan.LabDir}
+	gw, tun := FailoverConnection(l.Topology)
+	if got := repairState(labc, gw, tun); !strings.Contains(got, "bgp onprem: 169.254.10.2 AS45104 established") {
+		t.Fatalf("before the fault the session is up and shown: %q", got)
+	}
+	if err := fault.TunnelDown(l.NS(gw.Name), tun.Name, tun.Local, tun.Remote); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if got = repairState(labc, gw, tun); strings.Contains(got, "bgp onprem: session with 169.254.10.2 is ") {
+			return
+		}
+	}
+	t.Fatalf("with the tunnel down the session over it must be named down: %q", got)
 }

@@ -258,9 +258,9 @@ func failover(ctx context.Context, l Lab) []Result {
 	r.Evidence = fmt.Sprintf("encrypted again after %s: %s", r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	switch {
 	case !enc.Passed:
-		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s", RepairLimit, enc.Evidence)
+		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s%s", RepairLimit, enc.Evidence, repairState(l, gw, tun))
 	case other && len(back) == 0:
-		r.Evidence = fmt.Sprintf("%s carries nothing again within %s: %s", tun.Name, RepairLimit, enc.Evidence)
+		r.Evidence = fmt.Sprintf("%s carries nothing again within %s: %s%s", tun.Name, RepairLimit, enc.Evidence, repairState(l, gw, tun))
 	case other:
 		r.Evidence = fmt.Sprintf("%s carries again (SPI %s) after %s: %s", tun.Name, strings.Join(back, ", "), r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	}
@@ -446,4 +446,29 @@ func otherConnection(gw *topology.Node, tun *topology.Tunnel) bool {
 		}
 	}
 	return false
+}
+
+// repairState says, for a repair not seen in time, what the control plane
+// of connection tun of gw looked like then: its IKE SA when IKE keys it,
+// and the BGP sessions and routes of gw and of the tunnel's peer, as the
+// bgp check shows them; "" with no agent state to read (a lab without
+// BGP or IKE, or a test without a lab directory).
+func repairState(l Lab, gw *topology.Node, tun *topology.Tunnel) string {
+	if l.Dir == "" {
+		return ""
+	}
+	var out []string
+	if tun.IKE != nil {
+		_, what := ikeDown(l, gw.Name, tun)
+		out = append(out, what)
+	}
+	for _, r := range bgpOnce(l) {
+		if r.Check == "bgp "+gw.Name || r.Check == "bgp "+tun.Peer.Node {
+			out = append(out, r.Check+": "+r.Evidence)
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return "; then " + strings.Join(out, "; ")
 }
