@@ -27,6 +27,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec/userspace"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/safefile"
 	"github.com/emu-lab/emu/internal/wiring"
 )
 
@@ -101,7 +102,7 @@ func readyPipe() *os.File {
 }
 
 func serve(configPath string, ready func()) error {
-	data, err := os.ReadFile(configPath)
+	data, err := safefile.ReadFile(configPath)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}

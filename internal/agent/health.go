@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/emu-lab/emu/internal/safefile"
 )
 
 // Status is what an agent's supervisor records of itself and of the worker it
@@ -69,7 +71,7 @@ func (h Health) Summary() string {
 // processes it names and the worker's heartbeat.
 func Check(configPath string) Health {
 	h := Health{Node: nodeOf(configPath), State: StateUnknown, Log: LogPath(configPath)}
-	data, err := os.ReadFile(StatusPath(configPath))
+	data, err := safefile.ReadFile(StatusPath(configPath))
 	if err != nil {
 		h.Detail = fmt.Sprintf("no record of its supervisor: %v", err)
 		return h

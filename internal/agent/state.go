@@ -77,7 +77,7 @@ func ReadState(configPath string) (*State, error) {
 }
 
 func readState(configPath string) (*State, error) {
-	data, err := os.ReadFile(StatePath(configPath))
+	data, err := safefile.ReadFile(StatePath(configPath))
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/emu-lab/emu/internal/ipsec/ike"
 	"github.com/emu-lab/emu/internal/monitor"
 	"github.com/emu-lab/emu/internal/routing"
+	"github.com/emu-lab/emu/internal/safefile"
 	"github.com/emu-lab/emu/internal/topology"
 	"github.com/emu-lab/emu/internal/wiring"
 )
@@ -151,7 +151,7 @@ func recovered(t *topology.Topology, labDir string, ar *afterRepair) (Recovery, 
 	var out Recovery
 	for _, n := range t.Nodes {
 		cfgPath := agentConfigPath(labDir, n.Name)
-		data, err := os.ReadFile(cfgPath)
+		data, err := safefile.ReadFile(cfgPath)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // a node without an agent: nothing of it to recover
 		}

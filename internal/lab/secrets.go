@@ -3,7 +3,6 @@ package lab
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 
 	"github.com/emu-lab/emu/internal/capture"
@@ -70,7 +69,7 @@ func writeSecrets(j *journal, p *plan.Plan) error {
 // Those keyed by IKE get the SAs their agents last negotiated, so traces of
 // them decrypt too.
 func ReadConns(labDir string) ([]ipsec.Conn, error) {
-	data, err := os.ReadFile(filepath.Join(labDir, ConnsFile))
+	data, err := safefile.ReadFile(filepath.Join(labDir, ConnsFile))
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +79,7 @@ func ReadConns(labDir string) ([]ipsec.Conn, error) {
 	}
 	files, _ := filepath.Glob(filepath.Join(labDir, "agents", "*.sas.json"))
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		data, err := safefile.ReadFile(f)
 		if err != nil {
 			continue // an agent that negotiated nothing yet
 		}

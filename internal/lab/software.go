@@ -126,7 +126,7 @@ func (d *Deployer) startKeeper(ctx context.Context, j *journal, s plan.Software)
 // config, or 0 and nil when the node runs none.
 func NodeSoftware(labDir, node string) (int, *software.Config, error) {
 	cfgPath := KeeperConfigPath(labDir, node)
-	data, err := os.ReadFile(cfgPath)
+	data, err := safefile.ReadFile(cfgPath)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil, nil
 	}
@@ -219,7 +219,7 @@ func Daemons(labDir, node string) []DaemonStatus {
 // network namespace. Both must match, so a reused process group id never
 // hits a stranger.
 func stopOrphans(cfgPath string) error {
-	data, err := os.ReadFile(cfgPath)
+	data, err := safefile.ReadFile(cfgPath)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // the deploy stopped before writing it: nothing started
 	}

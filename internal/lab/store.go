@@ -19,6 +19,7 @@ import (
 
 	"github.com/emu-lab/emu/internal/netnsx"
 	"github.com/emu-lab/emu/internal/plan"
+	"github.com/emu-lab/emu/internal/safefile"
 )
 
 // DefaultStateDir holds the records of deployed labs. It is on tmpfs on
@@ -74,7 +75,7 @@ func (s Store) sourcePath(lab string) string  { return filepath.Join(s.Dir, lab+
 // lab an emu that kept none deployed. The file is root's, mode 0600: a
 // topology may hold pre-shared keys.
 func (s Store) Source(lab string) ([]byte, error) {
-	data, err := os.ReadFile(s.sourcePath(lab))
+	data, err := safefile.ReadFile(s.sourcePath(lab))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -103,7 +104,7 @@ func (s Store) lock() (unlock func(), err error) {
 
 // Get returns the record of a lab, or nil if it is not deployed.
 func (s Store) Get(lab string) (*Record, error) {
-	data, err := os.ReadFile(s.recordPath(lab))
+	data, err := safefile.ReadFile(s.recordPath(lab))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}

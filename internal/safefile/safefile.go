@@ -1,13 +1,16 @@
 // Package safefile writes the files emu keeps in a lab directory without
 // ever writing through a symlink or into a file someone else prepared
 // there: a link planted at a file's name (`ln -s /etc/x emu-lab/nodes/a.json`)
-// is replaced or refused, never followed. The directories themselves are
-// checked by the caller (lab's checked-directory helper).
+// is replaced or refused, never followed. It reads them back the same way:
+// a FIFO, device or link planted there is refused, never waited on. The
+// directories themselves are checked by the caller (lab's checked-directory
+// helper).
 package safefile
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 
@@ -74,4 +77,40 @@ func OpenAppend(path string, perm fs.FileMode) (*os.File, error) {
 		return nil, fmt.Errorf("open log %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// MaxRead bounds what ReadFile reads of one of emu's own files, in bytes: a
+// state file of an agent with 256 connections is under 1 MiB.
+const MaxRead = 64 << 20
+
+// ReadFile returns the contents of one of the files emu keeps in a lab
+// directory. It opens without following a symlink (O_NOFOLLOW) and without
+// blocking (O_NONBLOCK), and refuses anything but a regular file of at most
+// MaxRead bytes: a FIFO planted at the name fails at once instead of
+// hanging the reader. A missing file's error matches fs.ErrNotExist.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("read %s: a symlink, not the file emu wrote: remove it (emu never follows one)", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: not a regular file (%s), not the file emu wrote: remove it", path, info.Mode().Type())
+	}
+	// The file may grow after the stat: read one byte past the limit to see.
+	data, err := io.ReadAll(io.LimitReader(f, MaxRead+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > MaxRead {
+		return nil, fmt.Errorf("read %s: over %d MiB, not a file emu wrote", path, MaxRead>>20)
+	}
+	return data, nil
 }

@@ -86,7 +86,7 @@ type State struct {
 
 // ReadState reads the state a keeper published.
 func ReadState(path string) (*State, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +144,7 @@ type daemonRun struct {
 }
 
 func start(configPath string) (*keeper, error) {
-	data, err := os.ReadFile(configPath)
+	data, err := safefile.ReadFile(configPath)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
