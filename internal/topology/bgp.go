@@ -119,7 +119,14 @@ func (r *resolver) bgp(node *Node, n *yaml.Node) *BGP {
 			}
 		case "networks":
 			for _, p := range r.strs(f.val, what+" networks") {
-				if pf, ok := r.prefix(p.Line, what+" network", p.Value); ok && r.ipv4Network(p.Line, what+" network", pf) {
+				pf, ok := r.prefix(p.Line, what+" network", p.Value)
+				switch {
+				case !ok || !r.ipv4Network(p.Line, what+" network", pf):
+				case slices.Contains(b.Networks, pf.Masked()):
+					// Announced once however often listed: counted twice, the
+					// bgp check would wait for a prefix that never comes.
+					r.at(p.Line, "%s: network %s is listed twice (as %s): list each prefix once", what, pf.Masked(), p.Value)
+				default:
 					b.Networks = append(b.Networks, pf.Masked())
 				}
 			}

@@ -88,3 +88,27 @@ func TestParse_EndpointPinnedWithALowerMetric_Accepted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A network listed twice (or once more with host bits) is announced once:
+// counted twice, the bgp check waited 10 s for a prefix that never came and
+// failed a healthy lab. Refused, naming the line.
+func TestParse_BGPNetworkListedTwice_Rejected(t *testing.T) {
+	data, err := os.ReadFile("../../topologies/bgp.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dup := range []string{"10.1.0.0/24", "10.1.0.1/24"} {
+		old := "networks: [10.1.0.0/24]"
+		if !strings.Contains(string(data), old) {
+			t.Fatalf("bgp.yaml no longer has %q", old)
+		}
+		text := strings.Replace(string(data), old, "networks: [10.1.0.0/24, "+dup+"]", 1)
+		_, err = topology.Parse("lab.yaml", []byte(text), nodes.Default())
+		if err == nil {
+			t.Fatalf("Parse accepted network 10.1.0.0/24 listed again as %s", dup)
+		}
+		if got := firstError(t, err).Error(); !strings.Contains(got, "network 10.1.0.0/24 is listed twice (as "+dup+"): list each prefix once") {
+			t.Errorf("first error: %s", got)
+		}
+	}
+}
