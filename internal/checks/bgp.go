@@ -66,6 +66,11 @@ func bgpOnce(l Lab) []Result {
 		// pass with one nexthop of two.
 		judged := map[netip.Prefix]bool{}
 		for _, nb := range n.BGP.Neighbors {
+			// Only the sessions the state lists are judged above: one the
+			// topology configures must be among them.
+			if !slices.ContainsFunc(st.Neighbors, func(s routing.NeighborState) bool { return s.Address == nb.Address }) {
+				problems = append(problems, fmt.Sprintf("%s's agent reports no session with %s, which the topology configures (line %d)", n.Name, nb.Address, nb.Line))
+			}
 			peer := l.Topology.Owner(nb.Address)
 			if peer == nil || peer.BGP == nil {
 				continue
@@ -121,7 +126,7 @@ func bgpOnce(l Lab) []Result {
 // missingPrefixes names an Established session to addr that has accepted
 // fewer prefixes than peer originates (its BGP Networks; GoBGP's accepted
 // count of the IPv4 unicast Adj-RIB-In, RFC 4271 §3.2), "" when it has all
-// of them or the session is not up (bgpOnce names that one already). The
+// of them, the session is not up or not listed (bgpOnce names those). The
 // count is a lower bound: a peer that also passes on others' prefixes may
 // reach it while one of its own is missing, which the RIB check then names.
 func missingPrefixes(seen []routing.NeighborState, addr netip.Addr, peer *topology.Node) string {

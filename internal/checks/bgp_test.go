@@ -1,15 +1,20 @@
 package checks
 
 import (
+	"encoding/json"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/labtest"
 	"github.com/emu-lab/emu/internal/routing"
 	"github.com/emu-lab/emu/internal/topology"
+	"github.com/emu-lab/emu/nodes"
 )
 
 // A second ECMP session Established a moment ago, before its UPDATE came,
@@ -59,4 +64,45 @@ func TestRepairState_TunnelStillDown_NamesTheSessionThatIsDown(t *testing.T) {
 		}
 	}
 	t.Fatalf("with the tunnel down the session over it must be named down: %q", got)
+}
+
+// A state that lists none of the sessions the topology configures (another
+// node's state planted at the vbr's name) passed the row: it judged only
+// the sessions the state listed. Each configured session must be there.
+func TestBGPOnce_ConfiguredSessionMissingFromTheState_Fails(t *testing.T) {
+	data, err := os.ReadFile("../../topologies/bgp.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo, err := topology.Parse("bgp.yaml", data, nodes.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "agents"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	start, _ := agent.StartTime(os.Getpid())
+	// onprem's sessions, every one established with its peer's prefixes.
+	st := agent.State{Updated: time.Now(), PID: os.Getpid(), PIDStart: start, Neighbors: []routing.NeighborState{
+		{Address: netip.MustParseAddr("10.0.0.2"), State: "established", Established: true, Accepted: 5},
+		{Address: netip.MustParseAddr("169.254.10.2"), State: "established", Established: true, Accepted: 3},
+	}}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "agents", "vbr.state.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range bgpOnce(Lab{Topology: topo, Dir: dir}) {
+		if r.Check != "bgp vbr" {
+			continue
+		}
+		if r.Passed || !strings.Contains(r.Evidence, "vbr's agent reports no session with 10.0.0.1, which the topology configures (line 57)") {
+			t.Fatalf("a configured session missing from the state must fail the row, naming it: %+v", r)
+		}
+		return
+	}
+	t.Fatal("no bgp vbr row")
 }

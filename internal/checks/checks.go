@@ -6,8 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
+	"github.com/emu-lab/emu/internal/agent"
 	"github.com/emu-lab/emu/internal/fault"
 	"github.com/emu-lab/emu/internal/ipsec"
 	"github.com/emu-lab/emu/internal/plan"
@@ -76,12 +78,18 @@ type Check struct {
 }
 
 // Run runs the checks in order and returns every result. A failed result
-// also names the node agents that are not alive, with their logs: the
-// failure may be theirs.
+// also names the node agents that are not alive, with their logs, and
+// those that restarted while its check ran: the failure may be theirs. An
+// agent that restarted during the run (killed, crashed, or hung and
+// restarted by its supervisor) adds a failed row "agent NODE during the
+// checks" at the end, since the agent rows at the top judged it before.
 func Run(ctx context.Context, l Lab, cs []Check) []Result {
 	var out []Result
+	first := agentHealth(l)
 	for _, c := range cs {
+		before := agentHealth(l)
 		rs := c.Run(ctx, l)
+		restarted := restartedSince(before, agentHealth(l))
 		for i := range rs {
 			if rs[i].Passed || c.Name == Agents.Name { // those rows name them already
 				continue
@@ -89,8 +97,36 @@ func Run(ctx context.Context, l Lab, cs []Check) []Result {
 			if trouble := agentTrouble(l, rs[i].Evidence); trouble != "" {
 				rs[i].Evidence += "; " + trouble
 			}
+			for _, r := range restarted {
+				rs[i].Evidence += "; agent of " + r + " while this check ran"
+			}
 		}
 		out = append(out, rs...)
+	}
+	for _, h := range agentHealth(l) {
+		if r := restartedSince(first, []agent.Health{h}); len(r) > 0 {
+			out = append(out, Result{Check: "agent " + h.Node + " during the checks", Evidence: r[0] + ": the rows above may have run while it was down; its log: " + h.Log})
+		}
+	}
+	return out
+}
+
+// restartedSince describes each agent of after whose supervisor restarted
+// its worker since before was read (the restart count of agent.Health
+// grew), as "onprem restarted (restarts 0 → 1, last restart after killed by
+// signal 9 at 21:04:05)". An agent new in after is not judged.
+func restartedSince(before, after []agent.Health) []string {
+	var out []string
+	for _, a := range after {
+		i := slices.IndexFunc(before, func(b agent.Health) bool { return b.Node == a.Node })
+		if i < 0 || a.Restarts <= before[i].Restarts {
+			continue
+		}
+		s := fmt.Sprintf("%s restarted (restarts %d → %d", a.Node, before[i].Restarts, a.Restarts)
+		if a.Detail != "" {
+			s += ", " + a.Detail
+		}
+		out = append(out, s+")")
 	}
 	return out
 }

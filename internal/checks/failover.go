@@ -256,11 +256,19 @@ func failover(ctx context.Context, l Lab) []Result {
 	}
 	r.Passed, r.Inconclusive, r.Duration = enc.Passed && (!other || len(back) > 0), enc.Inconclusive, time.Since(start)
 	r.Evidence = fmt.Sprintf("encrypted again after %s: %s", r.Duration.Round(100*time.Millisecond), enc.Evidence)
+	// Cut short (Ctrl-C), the row waited less than RepairLimit: it says
+	// how long, and the control plane mid-repair is no diagnosis.
+	within, state := "within "+RepairLimit.String(), ""
+	if ctx.Err() != nil {
+		within = "in the " + r.Duration.Round(100*time.Millisecond).String() + " before the interruption"
+	} else if !enc.Passed || other && len(back) == 0 {
+		state = repairState(l, gw, tun)
+	}
 	switch {
 	case !enc.Passed:
-		r.Evidence = fmt.Sprintf("not encrypted again within %s: %s%s", RepairLimit, enc.Evidence, repairState(l, gw, tun))
+		r.Evidence = fmt.Sprintf("not encrypted again %s: %s%s", within, enc.Evidence, state)
 	case other && len(back) == 0:
-		r.Evidence = fmt.Sprintf("%s carries nothing again within %s: %s%s", tun.Name, RepairLimit, enc.Evidence, repairState(l, gw, tun))
+		r.Evidence = fmt.Sprintf("%s carries nothing again %s: %s%s", tun.Name, within, enc.Evidence, state)
 	case other:
 		r.Evidence = fmt.Sprintf("%s carries again (SPI %s) after %s: %s", tun.Name, strings.Join(back, ", "), r.Duration.Round(100*time.Millisecond), enc.Evidence)
 	}

@@ -468,3 +468,48 @@ func TestFailoverCheck_RouteLeftWithdrawn_NotRun_RemoveLeftCheckRestoresIt(t *te
 		}
 	}
 }
+
+// Ctrl-C while the repair is awaited (method 3: BGP takes seconds to come
+// back over the repaired tunnel): the row says how long it waited, not
+// "within 15s", and attaches no control-plane state as if it had failed.
+func TestFailoverCheck_InterruptedDuringTheRepair_SaysHowLongItWaited(t *testing.T) {
+	l := labtest.Deploy(t, "bgp.yaml")
+	conns, err := lab.ReadConns(l.Plan.LabDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, tun := checks.FailoverConnection(l.Topology)
+	ns := l.NS(gw.Name)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // cancel as soon as the check removed its own fault
+		defer cancel()
+		seen := false
+		for deadline := time.Now().Add(40 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			broken, err := fault.TunnelBrokenBy(fault.ByCheck, ns, tun.Name)
+			if err != nil {
+				return
+			}
+			if broken {
+				seen = true
+			} else if seen {
+				return
+			}
+		}
+	}()
+	rs := checks.Run(ctx, checks.Lab{Topology: l.Topology, Conns: conns, Dir: l.Plan.LabDir}, []checks.Check{checks.Failover})
+	var repaired *checks.Result
+	for i, r := range rs {
+		t.Logf("%s: %s: %s", r.Check, r.Outcome(), r.Evidence)
+		if strings.HasSuffix(r.Check, " repaired") {
+			repaired = &rs[i]
+		}
+	}
+	if repaired == nil {
+		t.Fatal("no repaired row")
+	}
+	if repaired.Outcome() != checks.OutcomeInconclusive || !strings.Contains(repaired.Evidence, "before the interruption") ||
+		strings.Contains(repaired.Evidence, "within 15s") || strings.Contains(repaired.Evidence, "; then ") {
+		t.Errorf("the interrupted repair must be inconclusive, say how long it waited and attach no state: %s", repaired.Evidence)
+	}
+}
