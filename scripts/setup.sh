@@ -11,6 +11,8 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v tshark >/dev/null || need+=(tshark)
 command -v strace >/dev/null || need+=(strace)
+# tcpdump: what users look at a lab's links with (`ip netns exec emu-<lab>-vbr tcpdump -ni eth1`).
+command -v tcpdump >/dev/null || need+=(tcpdump)
 # The container-node tests build their users' image from a static busybox.
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 [ -x /usr/lib/frr/bgpd ] && [ -x /usr/lib/frr/zebra ] || need+=(frr)

@@ -50,7 +50,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if err := requireRoot(); err != nil {
+			if err := requireRoot(rootToEnter); err != nil {
 				return err
 			}
 			ns, err := nodeNamespaceInterface(name, node, ifname)

@@ -72,9 +72,10 @@ func checkCommand() *cli.Command {
                 10 s; method 1 must stay stopped until the routes are withdrawn (the
                 check does it); the fallback must be in clear; after the repair the
                 traffic must be encrypted again within 15 s. Where another connection
-                to the same peer is left (ECMP), 0 probes lost is expected, the
-                broken connection's SAs must vanish from the wire and come back after
-                the repair. Refused (exit 2) while a fault of emu fault is in force:
+                to the same peer is left (ECMP), it carries the traffic (a probe flow
+                hashed onto the broken one waits for its route to be withdrawn, BGP's
+                hold time), the SAs the on-prem gateway sends on the broken one must
+                vanish from the wire and come back after the repair. Refused (exit 2) while a fault of emu fault is in force:
                 it would misjudge the lab. Its own fault is a separate nftables
                 table (emu-check-<connection>), held while it runs; a fault of emu
                 fault added while it runs is left in place and makes the repair row

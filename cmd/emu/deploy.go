@@ -89,7 +89,7 @@ Examples:
 				printPlan(c.App.Writer, p)
 				return nil
 			}
-			if err := requireRoot(); err != nil {
+			if err := requireRoot(rootToCreate); err != nil {
 				return err
 			}
 			d := deployer(c)

@@ -52,7 +52,7 @@ Examples:
 				if err != nil {
 					return err
 				}
-				if err := requireRoot(); err != nil {
+				if err := requireRoot(rootToDelete); err != nil {
 					return err
 				}
 				rep, err := d.DestroyFrom(file, name, topology.LabDir(file, name), cleanup)
@@ -66,7 +66,7 @@ Examples:
 				fmt.Fprintln(c.App.Writer, destroyMessage(name, rep))
 				return nil
 			}
-			if err := requireRoot(); err != nil {
+			if err := requireRoot(rootToDelete); err != nil {
 				return err
 			}
 			recs, err := d.Store.All()

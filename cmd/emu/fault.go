@@ -122,8 +122,16 @@ Examples:
 			}
 			what := fmt.Sprintf("tunnel %s:%s (%s ↔ %s)", node.Name, tun.Name, tun.Local, tun.Remote)
 			if dir == "down" {
+				already, err := fault.TunnelBroken(ns, tun.Name)
+				if err != nil {
+					return err
+				}
 				if err := fault.TunnelDown(ns, tun.Name, tun.Local, tun.Remote); err != nil {
 					return err
+				}
+				if already {
+					fmt.Fprintf(c.App.Writer, "%s was broken already: ESP and IKE dropped both ways on %s\n", what, node.Name)
+					return nil
 				}
 				fmt.Fprintf(c.App.Writer, "%s is broken: ESP and IKE dropped both ways on %s\n", what, node.Name)
 				return nil

@@ -37,6 +37,7 @@ func TestCLI_FaultUp_SaysWhatItRemovedAndWhatFaultsRemain(t *testing.T) {
 		}
 	}
 	step("tunnel vpngw:to-dc (172.16.1.10 ↔ 10.0.0.1) is broken", "fault", "tunnel", "down", "vpngw:to-dc")
+	step("tunnel vpngw:to-dc (172.16.1.10 ↔ 10.0.0.1) was broken already", "fault", "tunnel", "down", "vpngw:to-dc")
 	step("tunnel onprem:to-vpc (10.0.0.1 ↔ 172.16.1.10): no fault on onprem, nothing removed\n"+
 		`faults still in lab "`+name+`": tunnel vpngw:to-dc (ESP dropped)`, "fault", "tunnel", "up", "onprem:to-vpc")
 	step("link vbr:eth1 is down", "fault", "link", "down", "vbr:eth1")

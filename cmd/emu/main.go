@@ -244,7 +244,7 @@ func deployedTopology(c *cli.Context) (*topology.Topology, *lab.Record, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := requireRoot(); err != nil {
+	if err := requireRoot(rootToEnter); err != nil {
 		return nil, nil, err
 	}
 	if rec == nil {
@@ -273,9 +273,18 @@ func sha256Hex(data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func requireRoot() error {
+// Why a command needs root, for requireRoot's error.
+const (
+	rootToCreate = "creates network namespaces"
+	rootToEnter  = "enters the lab's network namespaces and reads its agents' files"
+	rootToDelete = "deletes network namespaces and stops the lab's processes"
+)
+
+// requireRoot refuses a user other than root, saying why the command
+// needs root (rootToCreate, rootToEnter, rootToDelete).
+func requireRoot(why string) error {
 	if os.Geteuid() != 0 {
-		return errors.New("this command creates network namespaces and needs root: run it with sudo")
+		return fmt.Errorf("this command %s and needs root: run it with sudo", why)
 	}
 	return nil
 }

@@ -54,7 +54,7 @@ func bgpOnce(l Lab) []Result {
 		}
 		var seen, problems []string
 		for _, nb := range st.Neighbors {
-			seen = append(seen, fmt.Sprintf("%s AS%d %s (%d prefixes)", nb.Address, nb.PeerASN, nb.State, nb.Accepted))
+			seen = append(seen, fmt.Sprintf("%s AS%d %s (%s)", nb.Address, nb.PeerASN, nb.State, prefixCount(nb.Accepted)))
 			if !nb.Established {
 				problems = append(problems, fmt.Sprintf("session with %s is %s", nb.Address, nb.State))
 			}
@@ -135,5 +135,13 @@ func missingPrefixes(seen []routing.NeighborState, addr netip.Addr, peer *topolo
 	if i < 0 || !seen[i].Established || seen[i].Accepted >= want {
 		return ""
 	}
-	return fmt.Sprintf("session with %s is established but has brought %d of the %d prefixes %s originates", addr, seen[i].Accepted, want, peer.Name)
+	return fmt.Sprintf("session with %s is established but has brought %d of the %s %s originates", addr, seen[i].Accepted, prefixCount(want), peer.Name)
+}
+
+// prefixCount is "1 prefix", "3 prefixes".
+func prefixCount(n uint64) string {
+	if n == 1 {
+		return "1 prefix"
+	}
+	return fmt.Sprintf("%d prefixes", n)
 }

@@ -52,7 +52,7 @@ func externalBGP(l Lab, n *topology.Node) Result {
 			continue
 		}
 		s := st.Neighbors[i]
-		seen = append(seen, fmt.Sprintf("%s sees %s AS%d %s (%d prefixes accepted)", peer.Name, s.Address, s.PeerASN, s.State, s.Accepted))
+		seen = append(seen, fmt.Sprintf("%s sees %s AS%d %s (%s accepted)", peer.Name, s.Address, s.PeerASN, s.State, prefixCount(s.Accepted)))
 		if !s.Established {
 			problems = append(problems, fmt.Sprintf("%s's session with %s %s is %s, not established: is %s running and configured for AS%d ↔ AS%d? (its logs in %s)",
 				peer.Name, n.Name, s.Address, s.State, n.BGP.Speaker, n.BGP.ASN, peer.BGP.ASN, filepath.Join(l.Dir, "logs")))

@@ -194,7 +194,7 @@ func failover(ctx context.Context, l Lab) []Result {
 		still := spis.seen(v)
 		r.Passed = enc.Passed && len(still) == 0
 		r.Inconclusive = enc.Inconclusive
-		r.Evidence = "another connection to the same peer carries the traffic, still encrypted: " + enc.Evidence
+		r.Evidence = fmt.Sprintf("another connection to the same peer carries the traffic, still encrypted, and %s sends nothing on %s (its SAs are not on the wire; the far end's may be, until its own route is withdrawn): %s", gw.Name, tun.Name, enc.Evidence)
 		if !enc.Passed {
 			r.Evidence = "another connection to the same peer should carry the traffic encrypted, but: " + enc.Evidence
 		}
@@ -300,8 +300,9 @@ func cutShort(ctx context.Context, r Result) Result {
 
 // judgeAutomatic judges the outage of an automatic failover. Traffic must
 // resume by itself within FailoverLimit. With another connection to the same
-// peer left, ECMP or the routing keeps it flowing and zero outage is the
-// expected outcome (the fallback step proves the fault took effect). With no
+// peer left, ECMP or the routing keeps it flowing: no outage when the
+// probe's flow hashed onto the surviving connection, else until the broken
+// one's route is withdrawn (the fallback step proves the fault took effect). With no
 // other connection, the withdrawal takes at least a hold time or a health
 // check: zero outage then means the fault did not bite.
 func judgeAutomatic(res *probe.StreamResult, other bool) (bool, string) {
@@ -311,8 +312,12 @@ func judgeAutomatic(res *probe.StreamResult, other bool) (bool, string) {
 		return false, "traffic did not resume by itself: " + evidence
 	case res.Outage > FailoverLimit:
 		return false, fmt.Sprintf("outage longer than %s: %s", FailoverLimit, evidence)
+	case other && res.Outage == 0:
+		return true, "another connection carried the traffic, no probe lost (the probe's flow hashed onto it), " + evidence
 	case other:
-		return true, "another connection carried the traffic, " + evidence
+		// One flow hashes onto one connection: onto the broken one, it
+		// waits for its route to go (BGP's hold time, a health check).
+		return true, "another connection carried the traffic once the broken one's route was withdrawn (the probe's flow had hashed onto the broken one), " + evidence
 	case res.Outage == 0:
 		return false, "no outage although the only connection broke, so the fault did not take effect: " + evidence
 	}
