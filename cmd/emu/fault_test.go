@@ -229,6 +229,10 @@ func TestCLI_CheckFailover_UsersFaultInForce_RefusedWithExit2_FaultKept(t *testi
 	if want := `note: faults in force in lab "` + name + `": tunnel onprem:to-vpc (ESP dropped); the checks judge the lab with them`; r.code != exitChecksFailed || !strings.Contains(r.stderr, want) {
 		t.Errorf("plain check with a fault in force: exit %d, want %d and %q\nstdout: %s\nstderr: %s", r.code, exitChecksFailed, want, r.stdout, r.stderr)
 	}
+	r = runEmu(t, state, "trace", "-t", topo)
+	if want := `note: faults in force in lab "` + name + `": tunnel onprem:to-vpc (ESP dropped); the walk shows the lab with them`; !strings.Contains(r.stderr, want) {
+		t.Errorf("trace with a fault in force: exit %d, stderr lacks %q\nstdout: %s\nstderr: %s", r.code, want, r.stdout, r.stderr)
+	}
 	if r := runEmu(t, state, "fault", "tunnel", "up", "-t", topo, "to-vpc"); r.code != 0 || !strings.Contains(r.stdout, "removed its fault on onprem") {
 		t.Errorf("fault up: exit %d, want the user's fault removed\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}

@@ -69,6 +69,13 @@ Examples:
 					return invalidInput{fmt.Errorf("trace: --%s %s: no node %q in lab %q (nodes: %s)", flag, name, name, t.Name, strings.Join(t.NodeNames(), ", "))}
 				}
 			}
+			// As check does: a walk through a faulted lab shows the fault's
+			// effect (traffic in clear, or lost), and says it is one.
+			if faults, err := activeFaults(t, rec.Dir); err != nil {
+				return err
+			} else if len(faults) > 0 {
+				fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the walk shows the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), repairs(faults, c.String("topo")))
+			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))
 			var lost *capture.LostFramesError
