@@ -70,11 +70,7 @@ func TestRepairState_TunnelStillDown_NamesTheSessionThatIsDown(t *testing.T) {
 // node's state planted at the vbr's name) passed the row: it judged only
 // the sessions the state listed. Each configured session must be there.
 func TestBGPOnce_ConfiguredSessionMissingFromTheState_Fails(t *testing.T) {
-	data, err := os.ReadFile("../../topologies/bgp.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	topo, err := topology.Parse("bgp.yaml", data, nodes.Default())
+	topo, err := topology.Parse("bgp.yaml", []byte(labtest.Shipped(t, "bgp.yaml")), nodes.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
