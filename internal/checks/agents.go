@@ -45,12 +45,12 @@ func agentHealth(l Lab) []agent.Health {
 	return hs
 }
 
-// agentTrouble names the agents that are not alive and that evidence does
-// not name yet (by their log), for a failed check: its traffic or state may
-// have depended on them.
-func agentTrouble(l Lab, evidence string) string {
+// agentTrouble names the agents of hs that are not alive and that evidence
+// does not name yet (by their log), for a failed check: its traffic or
+// state may have depended on them.
+func agentTrouble(hs []agent.Health, evidence string) string {
 	var bad []string
-	for _, h := range agentHealth(l) {
+	for _, h := range hs {
 		if !h.Alive && !strings.Contains(evidence, h.Log) {
 			bad = append(bad, "agent of "+h.Node+" is "+h.Summary()+", log: "+h.Log)
 		}

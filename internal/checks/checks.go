@@ -86,15 +86,17 @@ type Check struct {
 func Run(ctx context.Context, l Lab, cs []Check) []Result {
 	var out []Result
 	first := agentHealth(l)
+	health := first // as the last check left it
 	for _, c := range cs {
-		before := agentHealth(l)
 		rs := c.Run(ctx, l)
-		restarted := restartedSince(before, agentHealth(l))
+		after := agentHealth(l)
+		restarted := restartedSince(health, after)
+		health = after
 		for i := range rs {
 			if rs[i].Passed || c.Name == Agents.Name { // those rows name them already
 				continue
 			}
-			if trouble := agentTrouble(l, rs[i].Evidence); trouble != "" {
+			if trouble := agentTrouble(health, rs[i].Evidence); trouble != "" {
 				rs[i].Evidence += "; " + trouble
 			}
 			for _, r := range restarted {
@@ -103,7 +105,7 @@ func Run(ctx context.Context, l Lab, cs []Check) []Result {
 		}
 		out = append(out, rs...)
 	}
-	for _, h := range agentHealth(l) {
+	for _, h := range health {
 		if r := restartedSince(first, []agent.Health{h}); len(r) > 0 {
 			out = append(out, Result{Check: "agent " + h.Node + " during the checks", Evidence: r[0] + ": the rows above may have run while it was down; its log: " + h.Log})
 		}
