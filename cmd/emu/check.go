@@ -255,8 +255,15 @@ func refuseOrNoteFaults(c *cli.Context, t *topology.Topology, labDir string) err
 		return invalidInput{fmt.Errorf("lab %q has faults in force: %s; --failover breaks and repairs a connection itself, so it would misjudge the lab: repair them first (%s), or run `emu check -t %s` without --failover to judge the faulted lab as it is",
 			t.Name, faultList(faults), repairs(faults, c.String("topo")), c.String("topo"))}
 	}
-	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the checks judge the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), repairs(faults, c.String("topo")))
+	noteFaults(c, t, faults, "the checks judge")
 	return nil
+}
+
+// noteFaults says on stderr which faults are in force in lab t and how to
+// repair them, for a command (check, trace) whose output shows their
+// effect: subject says what judges or shows the lab ("the checks judge").
+func noteFaults(c *cli.Context, t *topology.Topology, faults []labFault, subject string) {
+	fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; %s the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), subject, repairs(faults, c.String("topo")))
 }
 
 // printNotApplicable says which checks did not apply to the lab, and that

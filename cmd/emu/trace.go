@@ -74,7 +74,7 @@ Examples:
 			if faults, err := activeFaults(t, rec.Dir); err != nil {
 				return err
 			} else if len(faults) > 0 {
-				fmt.Fprintf(c.App.ErrWriter, "note: faults in force in lab %q: %s; the walk shows the lab with them, as it is (repair: %s)\n", t.Name, faultList(faults), repairs(faults, c.String("topo")))
+				noteFaults(c, t, faults, "the walk shows")
 			}
 			conns, _ := lab.ReadConns(rec.Dir) // a lab without IPsec has none
 			hops, err := trace.RunFamily(c.Context, t, conns, from, to, c.Bool("ipv6"))
